@@ -1,0 +1,74 @@
+"""What a stage function gets from its notebook: where to read and write, and where to record.
+
+Steps share nothing but artifacts under ``runs/<run_id>/<step>/`` and rows in the tracking DB,
+so any step can be rerun alone, in JupyterLab or under plain papermill, given the same run id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workbench.store import ArtifactInfo, Store, open_store
+from workbench.tracking import Tracker
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+@dataclass
+class StepContext:
+    run_id: str
+    step: str
+    store: Store
+    tracker: Tracker
+
+    def key(self, name: str, step: str | None = None) -> str:
+        return f"runs/{self.run_id}/{step or self.step}/{name}"
+
+    def save(self, name: str, data: bytes) -> ArtifactInfo:
+        """Write an artifact of this step atomically and record its sha256 and size."""
+        info = self.store.write_bytes(self.key(name), data)
+        self.tracker.log_artifact(self.run_id, self.step, info)
+        return info
+
+    def save_json(self, name: str, obj: Any) -> ArtifactInfo:
+        return self.save(name, json.dumps(obj, indent=2).encode())
+
+    def save_frame(self, name: str, frame: pd.DataFrame) -> ArtifactInfo:
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        return self.save(name, buf.getvalue())
+
+    def save_figure(self, name: str, fig: Figure) -> ArtifactInfo:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        return self.save(name, buf.getvalue())
+
+    def load(self, name: str, step: str) -> bytes:
+        return self.store.read_bytes(self.key(name, step))
+
+    def load_json(self, name: str, step: str) -> Any:
+        return json.loads(self.load(name, step))
+
+    def load_frame(self, name: str, step: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(self.load(name, step)))
+
+    def log_metrics(self, values: dict[str, float], epoch: int | None = None) -> None:
+        self.tracker.log_metrics(self.run_id, self.step, values, epoch)
+
+
+def step_context(step: str, run_id: str, store: str, db: str) -> StepContext:
+    """Open the store and tracking DB for one step of ``run_id``.
+
+    A run id the DB has not seen (a notebook opened in JupyterLab) is created on the spot.
+    """
+    artifact_store = open_store(store)
+    tracker = Tracker(db)
+    tracker.ensure_run(run_id, artifact_store.root)
+    return StepContext(run_id, step, artifact_store, tracker)

@@ -1,0 +1,176 @@
+"""Data preparation: read the source, check it, split it, fit the normalisation.
+
+The source is one string (a URI or path) handled by :func:`read_source`, so new kinds of source
+(object stores, SQL) plug in there without the stage changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import DataError
+from workbench.params import project_root
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from workbench.context import StepContext
+
+BUNDLED = {"digits": "digits.csv.gz"}
+SPLITS = ("train", "val", "test")
+
+
+def read_source(source: str) -> pd.DataFrame:
+    """A whole table from ``bundled:NAME``, or a local CSV, CSV.gz or Parquet file."""
+    if source.startswith("bundled:"):
+        name = source.split(":", 1)[1]
+        if name not in BUNDLED:
+            raise DataError(f"data.source {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
+        with resources.as_file(resources.files("workbench") / "data" / BUNDLED[name]) as path:
+            return pd.read_csv(path)
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        raise DataError(f"data.source {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path")
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = project_root() / path
+    if not path.is_file():
+        raise DataError(f"data.source: no file at {path}; check the path or use bundled:digits")
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        if name.endswith((".csv", ".csv.gz")):
+            return pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"data.source {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?") from None
+    raise DataError(f"data.source {path}: unknown format; use .csv, .csv.gz or .parquet")
+
+
+def _check(frame: pd.DataFrame, target: str, source: str) -> list[str]:
+    if target not in frame.columns:
+        cols = ", ".join(map(str, frame.columns[:8])) + (" ..." if len(frame.columns) > 8 else "")
+        raise DataError(f"data.target {target!r} is not a column of {source} (columns: {cols}); set data.target")
+    features = [c for c in frame.columns if c != target]
+    if not features:
+        raise DataError(f"data.source {source}: no feature columns besides {target!r}")
+    bad = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise DataError(f"data.source {source}: non-numeric feature columns {bad[:5]}; encode or drop them first")
+    missing = frame.columns[frame.isna().any()].tolist()
+    if missing:
+        raise DataError(f"data.source {source}: missing values in columns {missing[:5]}; fill or drop them first")
+    counts = frame[target].value_counts()
+    if len(counts) < 2:
+        raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(counts)}")
+    if counts.min() < 3:
+        raise DataError(f"data.target {target!r}: class {counts.idxmin()!r} has {counts.min()} rows; each class needs 3 or more to split")
+    return features
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Row indices per split; each class is shuffled with ``seed`` and cut in the same shares."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = max(1, round(len(idx) * val_fraction))
+        n_test = max(1, round(len(idx) * test_fraction))
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val:n_val + n_test])
+        parts["train"].append(idx[n_val + n_test:])
+    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+
+
+@dataclass
+class Prepared:
+    """What the data notebook shows: schema, split sizes, class balance and a sample."""
+
+    schema: pd.DataFrame
+    counts: pd.DataFrame
+    class_balance: pd.DataFrame
+    sample: pd.DataFrame
+    features: list[str]
+    target: str
+
+
+def prepare_data(ctx: StepContext, source: str, target: str, val_fraction: float, test_fraction: float, seed: int) -> Prepared:
+    """Read, check and split the source; write the splits, schema and normalisation."""
+    frame = read_source(source)
+    features = _check(frame, target, source)
+    classes = sorted(frame[target].unique().tolist())
+    label_codes = frame[target].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    index = stratified_split(label_codes, val_fraction, test_fraction, seed)
+    splits = {s: frame.iloc[idx].reset_index(drop=True) for s, idx in index.items()}
+
+    train_x = splits["train"][features].to_numpy(dtype=np.float64)
+    std = train_x.std(axis=0)
+    normalization = {"features": features, "mean": train_x.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+    for name, part in splits.items():
+        ctx.save_frame(f"{name}.parquet", part)
+    ctx.save_json("normalization.json", normalization)
+    ctx.save_json("schema.json", {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": source})
+
+    counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [len(splits[s]) for s in SPLITS] + [len(frame)]})
+    ctx.log_metrics({f"rows_{s}": len(splits[s]) for s in SPLITS} | {"rows_total": len(frame), "features": len(features), "classes": len(classes)})
+    balance = pd.DataFrame({s: splits[s][target].value_counts().sort_index() for s in SPLITS}).fillna(0).astype(int)
+    balance.index.name = target
+    schema = pd.DataFrame(
+        {
+            "column": frame.columns,
+            "dtype": [str(t) for t in frame.dtypes],
+            "min": frame.min().to_numpy(),
+            "max": frame.max().to_numpy(),
+            "role": ["target" if c == target else "feature" for c in frame.columns],
+        }
+    )
+    return Prepared(schema, counts, balance, splits["train"].head(40), features, target)
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class Split:
+    """One split as model-ready arrays: normalised float32 features and class indices."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def load_split(ctx: StepContext, name: str) -> Split:
+    """Read a split written by the prepare step and apply its normalisation."""
+    schema = ctx.load_json("schema.json", "prepare")
+    norm = ctx.load_json("normalization.json", "prepare")
+    frame = ctx.load_frame(f"{name}.parquet", "prepare")
+    codes = {c: i for i, c in enumerate(schema["classes"])}
+    x = (frame[norm["features"]].to_numpy(dtype=np.float64) - np.asarray(norm["mean"])) / np.asarray(norm["std"])
+    y = frame[schema["target"]].map(codes).to_numpy(dtype=np.int64)
+    return Split(x.astype(np.float32), y)
+
+
+def plot_digits(prepared: Prepared, count: int = 40) -> Figure:
+    """A grid of sample rows drawn as square images (features must form a square)."""
+    import matplotlib.pyplot as plt
+
+    side = int(round(len(prepared.features) ** 0.5))
+    if side * side != len(prepared.features):
+        raise DataError(f"{len(prepared.features)} features do not form a square image; plot_digits needs e.g. 64 (8x8)")
+    rows = prepared.sample.head(count)
+    cols = 10
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(cols * 0.9, (len(rows) + cols - 1) // cols * 1.05))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, (_, row) in zip(np.ravel(axes), rows.iterrows(), strict=False):
+        ax.imshow(row[prepared.features].to_numpy(dtype=float).reshape(side, side), cmap="gray_r")
+        ax.set_title(str(row[prepared.target]), fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

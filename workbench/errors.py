@@ -1,0 +1,39 @@
+"""The one exception family for mistakes a user can make.
+
+The CLI prints ``str(error)`` as a single line and exits non-zero; anything that is not a
+``WorkbenchError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """A user-caused failure; the message names the culprit and what to do."""
+
+
+class ParameterError(WorkbenchError):
+    """A parameter file or ``--set`` override is wrong (unknown key, type, value)."""
+
+
+class StoreError(WorkbenchError):
+    """An artifact is missing or the artifact store cannot be used."""
+
+
+class DataError(WorkbenchError):
+    """The data source is missing, unreadable, or lacks what the pipeline needs."""
+
+
+class ModelError(WorkbenchError):
+    """A model cannot be built, loaded, exported or imported."""
+
+
+class TrackingError(WorkbenchError):
+    """The tracking database cannot be reached or has no such run."""
+
+
+class StepFailed(WorkbenchError):
+    """A pipeline step's notebook raised; carries the step name and the error line."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"step {step} failed: {message}")
+        self.step = step

@@ -1,0 +1,226 @@
+"""Run parameters: one schema, YAML files layered in order, ``--set`` overrides on top.
+
+Everything is validated before a run exists, so a typo never costs a half-finished run. Each value
+remembers where it came from, so an error can name the file or the ``--set`` to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.errors import ParameterError
+
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: type
+    default: Any
+    help: str
+    check: Check | None = None
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _share(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be greater than 0 and at most 1"
+
+
+def _device(v: str) -> str | None:
+    ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)
+    return None if ok else "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _model(v: str) -> str | None:
+    ok = v in ("cnn", "mlp") or re.fullmatch(r"[\w.]+:\w+", v)
+    return None if ok else "must be 'cnn', 'mlp' or 'package.module:Class'"
+
+
+def _opset(v: int) -> str | None:
+    # MXNet's ONNX importer translates ops only up to opset 12.
+    return None if 7 <= v <= 12 else "must be between 7 and 12 (MXNet imports opset 12 at most)"
+
+
+def _db_url(v: str) -> str | None:
+    return None if "://" in v else "must be a SQLAlchemy URL such as sqlite:///artifacts/workbench.db"
+
+
+def _not_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+SCHEMA: tuple[Param, ...] = (
+    Param("store", str, "artifacts", "artifact root: a folder (relative to the project) or s3://bucket/prefix", _not_empty),
+    Param("db", str, "sqlite:///artifacts/workbench.db", "tracking database, a SQLAlchemy URL", _db_url),
+    Param("seed", int, 0, "seed for splits, weight init and shuffling"),
+    Param("data.source", str, "bundled:digits", "input table: a CSV/CSV.gz/Parquet path, or bundled:digits", _not_empty),
+    Param("data.target", str, "label", "name of the label column", _not_empty),
+    Param("data.val_fraction", float, 0.15, "share of rows held out for validation", _fraction),
+    Param("data.test_fraction", float, 0.15, "share of rows held out for the final test", _fraction),
+    Param("train.model", str, "cnn", "cnn, mlp, or your own nn.Module as package.module:Class", _model),
+    Param("train.epochs", int, 30, "passes over the training split", _positive),
+    Param("train.batch_size", int, 32, "samples per optimisation step", _positive),
+    Param("train.lr", float, 0.002, "Adam learning rate", _positive),
+    Param("train.device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N", _device),
+    Param("train.amp", bool, True, "mixed precision when training on CUDA (bf16 where supported)"),
+    Param("export.opset", int, 12, "ONNX opset for the MXNet-compatible export", _opset),
+    Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
+    Param("validate.atol", float, 1e-4, "absolute tolerance, MXNet vs PyTorch logits", _non_negative),
+    Param("validate.rtol", float, 1e-3, "relative tolerance, MXNet vs PyTorch logits", _non_negative),
+    Param("validate.min_agreement", float, 0.999, "share of rows whose predicted class must agree", _share),
+)
+SPEC: dict[str, Param] = {p.key: p for p in SCHEMA}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass
+class Parameters:
+    """Validated parameter values with the origin (file or ``--set``) of each."""
+
+    values: dict[str, Any]
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """Keys under ``name.`` without the prefix, as a notebook receives them."""
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    def nested(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.values.items():
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` holding ``parameters/default.yaml``.
+
+    Relative store and SQLite paths are resolved against it, so the same defaults work from a
+    JupyterLab kernel in ``notebooks/``, from plain papermill and from the CLI. Outside a project
+    the working directory is used.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "parameters" / "default.yaml").is_file():
+            return folder
+    return here
+
+
+def _unknown(key: str, origin: str) -> ParameterError:
+    hint = difflib.get_close_matches(key, SPEC, n=1)
+    tip = f"; did you mean {hint[0]}?" if hint else f"; known keys: {', '.join(SPEC)}"
+    return ParameterError(f"unknown parameter {key!r} in {origin}{tip}")
+
+
+def _flatten(tree: dict[str, Any], origin: str, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if key in SPEC:
+            flat[key] = value
+        elif isinstance(value, dict) and any(k.startswith(key + ".") for k in SPEC):
+            flat.update(_flatten(value, origin, key + "."))
+        else:
+            raise _unknown(key, origin)
+    return flat
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    spec = SPEC[key]
+    want = spec.type
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ParameterError(f"{key} in {origin}: expected {_TYPE_NAMES[want]}, got {value!r}")
+    if spec.check and (problem := spec.check(value)):
+        raise ParameterError(f"{key} in {origin}: {problem}, got {value!r}")
+    return value
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read one YAML layer as flat dotted keys (unchecked values)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ParameterError(f"parameter file {path} not found; check the -p path") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParameterError(f"parameter file {path}{where} is not valid YAML; fix the syntax") from None
+    if not isinstance(tree, dict):
+        raise ParameterError(f"parameter file {path} must hold a mapping of keys, not {type(tree).__name__}")
+    return _flatten(tree, str(path))
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML so numbers stay numbers."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ParameterError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    if key not in SPEC:
+        raise _unknown(key, f"--set {item}")
+    if SPEC[key].type is str:
+        return key, raw
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return key, raw
+
+
+def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path | None = None) -> Parameters:
+    """Schema defaults, then each file in order, then each ``--set``; all validated.
+
+    With no files, ``parameters/default.yaml`` of the project is used when it exists.
+    """
+    files = [Path(f) for f in files]
+    if not files:
+        default = project_root(root) / "parameters" / "default.yaml"
+        files = [default] if default.is_file() else []
+    values = {p.key: p.default for p in SCHEMA}
+    origin = {p.key: "defaults" for p in SCHEMA}
+    for path in files:
+        for key, value in load_file(path).items():
+            values[key] = _coerce(key, value, str(path))
+            origin[key] = str(path)
+    for item in sets:
+        key, value = parse_set(item)
+        values[key] = _coerce(key, value, f"--set {item}")
+        origin[key] = f"--set {item}"
+    held_out = values["data.val_fraction"] + values["data.test_fraction"]
+    if held_out >= 0.9:
+        where = origin["data.val_fraction"]
+        raise ParameterError(
+            f"data.val_fraction + data.test_fraction in {where}: {held_out:g} leaves too few rows "
+            "to train on; keep the sum below 0.9"
+        )
+    return Parameters(values, origin)

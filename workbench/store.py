@@ -1,0 +1,129 @@
+"""Artifact stores: one small interface, the backend chosen by the URI's scheme.
+
+Every write is atomic (temporary name, then rename) and returns the object's sha256 and size, so
+the tracking DB can prove later what a run produced. A reader never sees half an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from workbench.errors import StoreError
+from workbench.params import project_root
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    key: str
+    uri: str
+    sha256: str
+    bytes: int
+
+
+class Store(Protocol):
+    """What a pipeline step needs from wherever artifacts live. Keys use ``/`` separators."""
+
+    root: str
+
+    def uri(self, key: str) -> str: ...
+    def write_bytes(self, key: str, data: bytes) -> ArtifactInfo: ...
+    def put_file(self, key: str, path: Path) -> ArtifactInfo: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    """A folder on this machine; the embedded default."""
+
+    def __init__(self, root: str | Path) -> None:
+        path = Path(root).expanduser()
+        if not path.is_absolute():
+            path = project_root() / path
+        self.path = path.resolve()
+        self.root = str(self.path)
+
+    def _file(self, key: str) -> Path:
+        target = (self.path / key).resolve()
+        if self.path not in target.parents:
+            raise StoreError(f"artifact key {key!r} leaves the store {self.root}; use a relative key")
+        return target
+
+    def uri(self, key: str) -> str:
+        return str(self._file(key))
+
+    def local_path(self, key: str) -> Path:
+        """Direct path for libraries that want a file name (the file need not exist yet)."""
+        return self._file(key)
+
+    def _commit(self, key: str, fill: Callable[[Path], None]) -> ArtifactInfo:
+        target = self._file(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {self.root}: {exc.strerror}; check the 'store' path and its permissions") from None
+        try:
+            fill(Path(tmp))
+            info = ArtifactInfo(key, str(target), _hash_file(Path(tmp)), os.path.getsize(tmp))
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return info
+
+    def write_bytes(self, key: str, data: bytes) -> ArtifactInfo:
+        return self._commit(key, lambda tmp: tmp.write_bytes(data))
+
+    def put_file(self, key: str, path: Path) -> ArtifactInfo:
+        return self._commit(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._file(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"artifact {self.uri(key)} not found; run the step that writes it first") from None
+
+    def exists(self, key: str) -> bool:
+        return self._file(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._file(prefix) if prefix else self.path
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.path).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".part")
+        )
+
+
+_BACKENDS: dict[str, Callable[[str], Store]] = {"": LocalStore, "file": lambda uri: LocalStore(urlparse(uri).path)}
+
+
+def open_store(uri: str) -> Store:
+    """The store for ``uri``: a folder path or ``file://`` URI (S3 joins this registry)."""
+    scheme = urlparse(uri).scheme if "://" in uri else ""
+    try:
+        backend = _BACKENDS[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in _BACKENDS if s) + " or a folder path"
+        raise StoreError(f"store {uri!r}: unsupported scheme {scheme!r}; use {known}") from None
+    return backend(uri)

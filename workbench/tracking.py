@@ -1,0 +1,282 @@
+"""The tracking database: runs, their steps, parameters, metrics and artifacts.
+
+One SQLAlchemy schema serves SQLite (the embedded default) and server databases. Steps write
+their own metrics and artifacts while the pipeline writes run and step status, so a step run
+alone from JupyterLab is tracked the same way as one run by ``workbench run``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from workbench.errors import TrackingError
+from workbench.params import project_root
+from workbench.store import ArtifactInfo
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("store", Text, nullable=False),
+    Column("error", Text),
+)
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("duration_s", Float),
+    Column("notebook", Text),
+    Column("error", Text),
+)
+params = Table(
+    "params",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+)
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("step", String(32), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("epoch", Integer),
+)
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("step", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """Sortable by start time and unique across machines sharing one DB."""
+    return now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def display_url(url: str) -> str:
+    """The URL with any password masked, for messages and reports."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _resolve(url: str) -> str:
+    """Relative SQLite paths are taken from the project root, like the local store."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        if not path.is_absolute():
+            path = project_root() / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the report and the CLI read while a step writes; the busy timeout makes
+    # concurrent writers wait instead of failing with "database is locked".
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Tracker:
+    """Reads and writes the tracking DB at ``url`` (a SQLAlchemy URL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(_resolve(url))
+        except (ArgumentError, ValueError) as exc:
+            raise TrackingError(f"db {display_url(url)!r} is not a valid SQLAlchemy URL ({exc}); e.g. sqlite:///artifacts/workbench.db") from None
+        except ModuleNotFoundError as exc:
+            raise TrackingError(f"db {display_url(url)!r} needs the driver {exc.name!r}; install it or pick another URL") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise TrackingError(f"db {display_url(url)!r} is unreachable: {str(exc.orig).strip().splitlines()[0]}; check the db parameter") from None
+
+    def _write(self, *statements: Any) -> None:
+        try:
+            with self.engine.begin() as conn:
+                for stmt in statements:
+                    conn.execute(stmt)
+        except SQLAlchemyError as exc:
+            raise TrackingError(f"db {display_url(self.url)!r}: write failed: {str(exc).splitlines()[0]}") from None
+
+    # runs -------------------------------------------------------------------------------------
+    def create_run(self, store: str, values: dict[str, Any], origin: dict[str, str], run_id: str | None = None) -> str:
+        run_id = run_id or new_run_id()
+        rows = [{"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()]
+        self._write(
+            insert(runs).values(id=run_id, status="running", started_at=now(), store=store),
+            *([insert(params).values(rows)] if rows else []),
+        )
+        return run_id
+
+    def ensure_run(self, run_id: str, store: str) -> None:
+        """A notebook run by hand (JupyterLab, plain papermill) gets a run row on first use."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first()
+        if not found:
+            self._write(insert(runs).values(id=run_id, status="interactive", started_at=now(), store=store))
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self._write(update(runs).where(runs.c.id == run_id).values(status=status, finished_at=now(), error=error))
+
+    def plan_steps(self, run_id: str, names: list[str]) -> None:
+        self._write(insert(steps).values([{"run_id": run_id, "name": n, "position": i, "status": "pending"} for i, n in enumerate(names)]))
+
+    def start_step(self, run_id: str, name: str, notebook: str) -> None:
+        self._write(update(steps).where(steps.c.run_id == run_id, steps.c.name == name).values(status="running", started_at=now(), notebook=notebook))
+
+    def finish_step(self, run_id: str, name: str, status: str, duration_s: float, error: str | None = None) -> None:
+        self._write(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.name == name)
+            .values(status=status, finished_at=now(), duration_s=duration_s, error=error)
+        )
+
+    # metrics and artifacts --------------------------------------------------------------------
+    def log_metrics(self, run_id: str, step: str, values: dict[str, float], epoch: int | None = None) -> None:
+        rows = [{"run_id": run_id, "step": step, "key": k, "value": float(v), "epoch": epoch} for k, v in values.items()]
+        if rows:
+            self._write(insert(metrics).values(rows))
+
+    def log_artifact(self, run_id: str, step: str, info: ArtifactInfo) -> None:
+        self._write(
+            insert(artifacts).values(
+                run_id=run_id, step=step, key=info.key, uri=info.uri, sha256=info.sha256, bytes=info.bytes, created_at=now()
+            )
+        )
+
+    # reading ----------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """Everything known about one run, JSON-ready."""
+        with self.engine.connect() as conn:
+            run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+            if run is None:
+                raise TrackingError(f"no run {run_id!r} in db {display_url(self.url)!r}; `workbench runs` lists the runs")
+            step_rows = conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)).mappings().all()
+            param_rows = conn.execute(select(params).where(params.c.run_id == run_id).order_by(params.c.key)).mappings().all()
+            metric_rows = conn.execute(select(metrics).where(metrics.c.run_id == run_id).order_by(metrics.c.id)).mappings().all()
+            artifact_rows = conn.execute(select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id)).mappings().all()
+        final = {r["key"]: r["value"] for r in metric_rows if r["epoch"] is None}
+        history: dict[str, list[dict[str, Any]]] = {}
+        for r in metric_rows:
+            if r["epoch"] is not None:
+                history.setdefault(r["key"], []).append({"epoch": r["epoch"], "value": r["value"]})
+        latest: dict[str, dict[str, Any]] = {}
+        for a in artifact_rows:  # a rewritten artifact (e.g. a rerun step) keeps its latest record
+            latest[a["key"]] = {k: a[k] for k in ("step", "key", "uri", "sha256", "bytes")}
+        return {
+            "id": run["id"],
+            "status": run["status"],
+            "store": run["store"],
+            "started_at": _iso(run["started_at"]),
+            "finished_at": _iso(run["finished_at"]),
+            "duration_s": _duration(run["started_at"], run["finished_at"]),
+            "error": run["error"],
+            "steps": [
+                {k: (_iso(s[k]) if k.endswith("_at") else s[k]) for k in ("name", "status", "started_at", "finished_at", "duration_s", "notebook", "error")}
+                for s in step_rows
+            ],
+            "parameters": {p["key"]: json.loads(p["value"]) for p in param_rows},
+            "metrics": final,
+            "history": history,
+            "artifacts": list(latest.values()),
+        }
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first, with each run's final metrics."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).order_by(runs.c.started_at.desc()).limit(limit)).mappings().all()
+            ids = [r["id"] for r in rows]
+            final = conn.execute(
+                select(metrics.c.run_id, metrics.c.key, func.max(metrics.c.id))
+                .where(metrics.c.run_id.in_(ids), metrics.c.epoch.is_(None))
+                .group_by(metrics.c.run_id, metrics.c.key)
+            ).all()
+            latest_ids = [row[2] for row in final]
+            values = conn.execute(select(metrics.c.run_id, metrics.c.key, metrics.c.value).where(metrics.c.id.in_(latest_ids))).all()
+        by_run: dict[str, dict[str, float]] = {}
+        for run_id, key, value in values:
+            by_run.setdefault(run_id, {})[key] = value
+        return [
+            {
+                "id": r["id"],
+                "status": r["status"],
+                "started_at": _iso(r["started_at"]),
+                "duration_s": _duration(r["started_at"], r["finished_at"]),
+                "metrics": by_run.get(r["id"], {}),
+            }
+            for r in rows
+        ]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every value written here is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _as_utc(value).isoformat(timespec="seconds") if value else None
+
+
+def _duration(start: datetime | None, end: datetime | None) -> float | None:
+    return round((_as_utc(end) - _as_utc(start)).total_seconds(), 1) if start and end else None
