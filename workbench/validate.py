@@ -85,6 +85,11 @@ class Parity:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"value": self.stats}).rename_axis("MXNet vs PyTorch")
 
+    def check(self) -> None:
+        """Fail the step (and so the run) when the verdict is FAIL, after it has been recorded."""
+        if not self.passed:
+            raise ModelError("MXNet parity FAIL: " + "; ".join(self.reasons) + "; see validate.atol/rtol/min_agreement")
+
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
         why = "" if self.passed else "<ul>" + "".join(f"<li>{r}</li>" for r in self.reasons) + "</ul>"

@@ -1,0 +1,142 @@
+"""The ``workbench`` command: run the pipeline, list and show runs, re-render reports.
+
+A user error prints one line (``error: ...``) and exits non-zero; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from workbench.errors import ParameterError, WorkbenchError
+from workbench.params import SCHEMA, Parameters, load
+
+
+def _keys_help() -> str:
+    width = max(len(p.key) for p in SCHEMA)
+    lines = [f"  {p.key:<{width}}  {p.help} (default: {p.default!r})" for p in SCHEMA]
+    return "parameter keys (for YAML files and --set):\n" + "\n".join(lines)
+
+
+def _parameters(args: argparse.Namespace) -> Parameters:
+    return load(args.params or (), args.set or ())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from workbench.pipeline import run_pipeline
+
+    result = run_pipeline(_parameters(args))
+    print(f"run {result.run_id} {result.status}")
+    print(f"report {result.report}")
+    return 0
+
+
+def _tracker_and_store(args: argparse.Namespace):  # noqa: ANN202
+    from workbench.store import open_store
+    from workbench.tracking import Tracker
+
+    params = _parameters(args)
+    return Tracker(params["db"]), open_store(params["store"])
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    tracker, _ = _tracker_and_store(args)
+    if args.action == "show":
+        run = tracker.get_run(args.run_id)
+        if args.json:
+            print(json.dumps(run, indent=2))
+        else:
+            print(f"run {run['id']}  {run['status']}  started {run['started_at']}  {run['duration_s'] or '-'} s")
+            for step in run["steps"]:
+                print(f"  {step['name']:<9} {step['status']:<9} {step['duration_s'] or 0:>6.1f} s  {step['error'] or ''}")
+            for key, value in sorted(run["metrics"].items()):
+                print(f"  {key:<28} {value:.6g}")
+        return 0
+    runs = tracker.list_runs(args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    if not runs:
+        print("no runs yet; start one with `workbench run`")
+        return 0
+    print(f"{'run':<23} {'status':<11} {'started':<25} {'seconds':>8}  {'val acc':>7}  parity")
+    for r in runs:
+        m = r["metrics"]
+        acc = f"{m['val_accuracy']:.3f}" if "val_accuracy" in m else "-"
+        parity = {1.0: "PASS", 0.0: "FAIL"}.get(m.get("parity_pass"), "-")
+        seconds = f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-"
+        print(f"{r['id']:<23} {r['status']:<11} {r['started_at']:<25} {seconds:>8}  {acc:>7}  {parity}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.report import render_report
+
+    tracker, store = _tracker_and_store(args)
+    tracker.get_run(args.run_id)
+    print(f"report {render_report(args.run_id, tracker, store)}")
+    return 0
+
+
+def _cmd_kernel(args: argparse.Namespace) -> int:
+    from workbench.kernel import KERNEL_NAME, ensure_kernel
+
+    print(f"kernel {KERNEL_NAME} registered in {ensure_kernel()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    layers = argparse.ArgumentParser(add_help=False)
+    layers.add_argument("-p", "--params", action="append", metavar="FILE",
+                        help="YAML parameter file; repeat to layer (default: parameters/default.yaml)")
+    layers.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter, e.g. --set train.epochs=3")
+
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Run the notebook pipeline (prepare, train, export to ONNX, validate in MXNet) and inspect its runs.",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", parents=[layers], help="run the whole pipeline", epilog=_keys_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Execute the four step notebooks with papermill; prints the run id and the report path.")
+    run.set_defaults(func=_cmd_run)
+
+    runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")
+    runs.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.set_defaults(func=_cmd_runs, action=None)
+    runs_sub = runs.add_subparsers(dest="action", metavar="show")
+    show = runs_sub.add_parser("show", parents=[layers], help="status, parameters, metrics and artifacts of one run")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+    report = sub.add_parser("report", parents=[layers], help="re-render a run's HTML report")
+    report.add_argument("run_id")
+    report.set_defaults(func=_cmd_report)
+
+    kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
+    kernel.set_defaults(func=_cmd_kernel)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

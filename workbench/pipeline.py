@@ -1,0 +1,126 @@
+"""``workbench run``: execute the step notebooks in order with papermill, track and report.
+
+Each step's executed notebook is written to a scratch folder, then put into the store whether
+the step passed or failed, so a failure keeps its evidence (the error sits in the notebook).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import StepFailed, WorkbenchError
+from workbench.kernel import KERNEL_NAME, ensure_kernel
+from workbench.params import Parameters, project_root
+from workbench.store import Store, open_store
+from workbench.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    notebook: str
+    section: str
+    shared: tuple[str, ...] = ()
+
+    def parameters(self, params: Parameters, run_id: str, store: Store) -> dict[str, Any]:
+        """What papermill injects: the run's coordinates plus this step's section, unprefixed."""
+        return {"run_id": run_id, "store": store.root, "db": params["db"], **{k: params[k] for k in self.shared}, **params.section(self.section)}
+
+
+STEPS: tuple[StepSpec, ...] = (
+    StepSpec("prepare", "01_prepare_data.ipynb", "data", ("seed",)),
+    StepSpec("train", "02_train.ipynb", "train", ("seed",)),
+    StepSpec("export", "03_export_onnx.ipynb", "export"),
+    StepSpec("validate", "04_validate_mxnet.ipynb", "validate"),
+)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    report: str
+
+
+def notebooks_dir() -> Path:
+    folder = project_root() / "notebooks"
+    if not (folder / STEPS[0].notebook).is_file():
+        raise WorkbenchError(f"no step notebooks in {folder}; run workbench from the project folder (the one holding notebooks/)")
+    return folder
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def execute_step(step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path) -> str | None:
+    """Run one notebook; returns the error line when a cell raised, None on success."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill.execute_notebook(
+            str(folder / step.notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=KERNEL_NAME,
+            cwd=str(folder),
+            progress_bar=False,
+            request_save_on_cell_execute=False,
+        )
+    except PapermillExecutionError as exc:
+        return f"{exc.ename}: {exc.evalue}"
+    return None
+
+
+def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunResult:
+    """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
+
+    The run row, the executed notebooks and the report exist even when a step fails.
+    """
+    from workbench.report import render_report
+
+    folder = notebooks_dir()
+    store = open_store(params["store"])
+    tracker = Tracker(params["db"])
+    ensure_kernel()
+    run_id = tracker.create_run(store.root, params.values, params.origin)
+    tracker.plan_steps(run_id, [s.name for s in STEPS])
+    say(f"run {run_id}: {len(STEPS)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
+    status, failure = "failed", None
+    try:
+        with tempfile.TemporaryDirectory(prefix="workbench-") as scratch:
+            for number, step in enumerate(STEPS, 1):
+                key = f"runs/{run_id}/{step.notebook}"
+                tracker.start_step(run_id, step.name, store.uri(key))
+                say(f"[{number}/{len(STEPS)}] {step.name:<9} {step.notebook} ...")
+                started = time.perf_counter()
+                output = Path(scratch) / step.notebook
+                error = execute_step(step, step.parameters(params, run_id, store), folder, output)
+                if output.exists():
+                    tracker.log_artifact(run_id, step.name, store.put_file(key, output))
+                took = time.perf_counter() - started
+                tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
+                say(f"[{number}/{len(STEPS)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
+                if error:
+                    failure = StepFailed(step.name, error)
+                    raise failure
+        status = "finished"
+    except KeyboardInterrupt:
+        failure = WorkbenchError("interrupted")
+        raise
+    except WorkbenchError as exc:
+        failure = exc
+        raise
+    finally:
+        tracker.finish_run(run_id, status, None if failure is None else str(failure))
+        report = render_report(run_id, tracker, store)
+        if failure is not None:
+            say(f"report: {report}")
+    return RunResult(run_id, status, report)

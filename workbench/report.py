@@ -1,0 +1,68 @@
+"""The run report: every executed notebook as HTML, plus an ``index.html`` for the run.
+
+All links in the report are relative to ``runs/<run_id>/report/``, so the folder reads the same
+from a local disk, a static web server or an object store.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import PurePosixPath
+
+from workbench.store import Store
+from workbench.tracking import Tracker, display_url
+
+PLOTS = (("Training curves", "train/curves.png"), ("MXNet vs PyTorch", "validate/parity.png"))
+
+
+def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e12:
+        return f"{int(value):,}"
+    return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def _notebook_html(source: bytes) -> str:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nbformat.reads(source.decode(), as_version=4))
+    return body
+
+
+def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
+    """(Re)write the run's report from the store and the DB; returns the index URI."""
+    from jinja2 import Environment
+
+    base = f"runs/{run_id}"
+    run = tracker.get_run(run_id)
+    present = set(store.list(base))
+    for step in run["steps"]:
+        step["ipynb"] = step["html"] = None
+        name = PurePosixPath(step["notebook"] or "").name
+        if name and f"{base}/{name}" in present:
+            html = name.removesuffix(".ipynb") + ".html"
+            store.write_bytes(f"{base}/report/{html}", _notebook_html(store.read_bytes(f"{base}/{name}")).encode())
+            step["ipynb"], step["html"] = f"../{name}", html
+    for artifact in run["artifacts"]:
+        artifact["href"] = "../" + artifact["key"].removeprefix(base + "/")
+    metrics = run["metrics"]
+    verdict = None if "parity_pass" not in metrics else ("PASS" if metrics["parity_pass"] == 1 else "FAIL")
+    cards = [
+        (label, fmt(metrics[key]))
+        for label, key, fmt in (
+            ("validation accuracy", "val_accuracy", "{:.2%}".format),
+            ("MXNet accuracy", "mxnet_accuracy_candidate", "{:.2%}".format),
+            ("MXNet max abs error", "mxnet_max_abs_err", "{:.2e}".format),
+            ("onnxruntime max abs error", "ort_max_abs_err", "{:.2e}".format),
+            ("training seconds", "train_seconds", "{:.1f}".format),
+        )
+        if key in metrics
+    ]
+    plots = [(title, f"../{key}") for title, key in PLOTS if f"{base}/{key}" in present]
+    run["parameters"] = {k: display_url(v) if k == "db" else v for k, v in run["parameters"].items()}
+    template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
+    page = Environment(autoescape=True).from_string(template).render(
+        run=run, verdict=verdict, cards=cards, plots=plots, fmt=_fmt
+    )
+    return store.write_bytes(f"{base}/report/index.html", page.encode()).uri
