@@ -41,6 +41,16 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; artifacts get the usual permissions.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -82,6 +92,7 @@ class LocalStore:
             raise StoreError(f"cannot write to store {self.root}: {exc.strerror}; check the 'store' path and its permissions") from None
         try:
             fill(Path(tmp))
+            os.chmod(tmp, _FILE_MODE)
             info = ArtifactInfo(key, str(target), _hash_file(Path(tmp)), os.path.getsize(tmp))
             os.replace(tmp, target)
         finally:

@@ -110,6 +110,8 @@ def fit(
     x, y = train
     device = x.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -137,12 +139,14 @@ def fit(
         val_loss, val_acc = _evaluate(model, *val, batch=1024, amp=amp)
         row = {
             "epoch": epoch,
+            "lr": schedule.get_last_lr()[0],
             "train_loss": loss_sum.item() / len(x),
             "train_accuracy": correct.item() / len(x),
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "seconds": time.perf_counter() - started,
         }
+        schedule.step()
         rows.append(row)
         bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
         if on_epoch:

@@ -44,6 +44,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, at
 
 def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """Import the ONNX model into MXNet and run ``x`` through it (GPU context when present)."""
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # else MXNet logs a banner on every bind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mxnet as mx
