@@ -47,14 +47,20 @@ def main() -> None:
     ratios = []
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
+
             def place(name: str) -> list[str]:
                 return [f"store={tmp}/{name}", f"db=sqlite:///{tmp}/{name}.db", *args.set]
 
             workbench = [sys.executable, "-m", "workbench", "run"] + [f"--set={s}" for s in place("pipeline")]
             direct = [sys.executable, "-c", IN_PROCESS, *place("direct")]
-            pair = (timed(workbench), timed(direct)) if i % 2 == 0 else tuple(reversed((timed(direct), timed(workbench))))
+            pair = (
+                (timed(workbench), timed(direct)) if i % 2 == 0 else tuple(reversed((timed(direct), timed(workbench))))
+            )
         ratios.append(pair[0] / pair[1])
-        print(f"run {i + 1}: workbench run {pair[0]:.1f} s, in-process {pair[1]:.1f} s, ratio {ratios[-1]:.2f}", flush=True)
+        print(
+            f"run {i + 1}: workbench run {pair[0]:.1f} s, in-process {pair[1]:.1f} s, ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
     print(f"pipeline overhead ratio (median of {args.repeat}): {statistics.median(ratios):.2f}  (target <= 1.5)")
 
 

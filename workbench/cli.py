@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracker_and_store(args: argparse.Namespace):  # noqa: ANN202
+def _tracker_and_store(args: argparse.Namespace):
     from workbench.store import open_store
     from workbench.tracking import Tracker
 
@@ -50,7 +50,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         else:
             print(f"run {run['id']}  {run['status']}  started {run['started_at']}  {run['duration_s'] or '-'} s")
             for step in run["steps"]:
-                print(f"  {step['name']:<9} {step['status']:<9} {step['duration_s'] or 0:>6.1f} s  {step['error'] or ''}")
+                print(
+                    f"  {step['name']:<9} {step['status']:<9} {step['duration_s'] or 0:>6.1f} s  {step['error'] or ''}"
+                )
             for key, value in sorted(run["metrics"].items()):
                 print(f"  {key:<28} {value:.6g}")
         return 0
@@ -89,9 +91,16 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     layers = argparse.ArgumentParser(add_help=False)
-    layers.add_argument("-p", "--params", action="append", metavar="FILE",
-                        help="YAML parameter file; repeat to layer (default: parameters/default.yaml)")
-    layers.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter, e.g. --set train.epochs=3")
+    layers.add_argument(
+        "-p",
+        "--params",
+        action="append",
+        metavar="FILE",
+        help="YAML parameter file; repeat to layer (default: parameters/default.yaml)",
+    )
+    layers.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override one parameter, e.g. --set train.epochs=3"
+    )
 
     parser = argparse.ArgumentParser(
         prog="workbench",
@@ -100,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", parents=[layers], help="run the whole pipeline", epilog=_keys_help(),
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="Execute the four step notebooks with papermill; prints the run id and the report path.")
+    run = sub.add_parser(
+        "run",
+        parents=[layers],
+        help="run the whole pipeline",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Execute the four step notebooks with papermill; prints the run id and the report path.",
+    )
     run.set_defaults(func=_cmd_run)
 
     runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")

@@ -37,7 +37,9 @@ def read_source(source: str) -> pd.DataFrame:
             return pd.read_csv(path)
     if "://" in source:
         scheme = source.split("://", 1)[0]
-        raise DataError(f"data.source {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path")
+        raise DataError(
+            f"data.source {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path"
+        )
     path = Path(source).expanduser()
     if not path.is_absolute():
         path = project_root() / path
@@ -50,7 +52,9 @@ def read_source(source: str) -> pd.DataFrame:
         if name.endswith((".csv", ".csv.gz")):
             return pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"data.source {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?") from None
+        raise DataError(
+            f"data.source {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?"
+        ) from None
     raise DataError(f"data.source {path}: unknown format; use .csv, .csv.gz or .parquet")
 
 
@@ -71,7 +75,9 @@ def _check(frame: pd.DataFrame, target: str, source: str) -> list[str]:
     if len(counts) < 2:
         raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(counts)}")
     if counts.min() < 3:
-        raise DataError(f"data.target {target!r}: class {counts.idxmin()!r} has {counts.min()} rows; each class needs 3 or more to split")
+        raise DataError(
+            f"data.target {target!r}: class {counts.idxmin()!r} has {counts.min()} rows; each class needs 3 or more to split"
+        )
     return features
 
 
@@ -84,8 +90,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         n_val = max(1, round(len(idx) * val_fraction))
         n_test = max(1, round(len(idx) * test_fraction))
         parts["val"].append(idx[:n_val])
-        parts["test"].append(idx[n_val:n_val + n_test])
-        parts["train"].append(idx[n_val + n_test:])
+        parts["test"].append(idx[n_val : n_val + n_test])
+        parts["train"].append(idx[n_val + n_test :])
     return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
 
 
@@ -101,7 +107,9 @@ class Prepared:
     target: str
 
 
-def prepare_data(ctx: StepContext, source: str, target: str, val_fraction: float, test_fraction: float, seed: int) -> Prepared:
+def prepare_data(
+    ctx: StepContext, source: str, target: str, val_fraction: float, test_fraction: float, seed: int
+) -> Prepared:
     """Read, check and split the source; write the splits, schema and normalisation."""
     frame = read_source(source)
     features = _check(frame, target, source)
@@ -112,14 +120,24 @@ def prepare_data(ctx: StepContext, source: str, target: str, val_fraction: float
 
     train_x = splits["train"][features].to_numpy(dtype=np.float64)
     std = train_x.std(axis=0)
-    normalization = {"features": features, "mean": train_x.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+    normalization = {
+        "features": features,
+        "mean": train_x.mean(axis=0).tolist(),
+        "std": np.where(std > 0, std, 1.0).tolist(),
+    }
     for name, part in splits.items():
         ctx.save_frame(f"{name}.parquet", part)
     ctx.save_json("normalization.json", normalization)
-    ctx.save_json("schema.json", {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": source})
+    ctx.save_json(
+        "schema.json",
+        {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": source},
+    )
 
     counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [len(splits[s]) for s in SPLITS] + [len(frame)]})
-    ctx.log_metrics({f"rows_{s}": len(splits[s]) for s in SPLITS} | {"rows_total": len(frame), "features": len(features), "classes": len(classes)})
+    ctx.log_metrics(
+        {f"rows_{s}": len(splits[s]) for s in SPLITS}
+        | {"rows_total": len(frame), "features": len(features), "classes": len(classes)}
+    )
     balance = pd.DataFrame({s: splits[s][target].value_counts().sort_index() for s in SPLITS}).fillna(0).astype(int)
     balance.index.name = target
     schema = pd.DataFrame(
@@ -166,7 +184,9 @@ def plot_digits(prepared: Prepared, count: int = 40, per_row: int = 10) -> Figur
 
     side = math.isqrt(len(prepared.features))
     if side * side != len(prepared.features):
-        raise DataError(f"{len(prepared.features)} features do not form a square image; plot_digits needs e.g. 64 (8x8)")
+        raise DataError(
+            f"{len(prepared.features)} features do not form a square image; plot_digits needs e.g. 64 (8x8)"
+        )
     rows = prepared.sample.head(count)
     images = rows[prepared.features].to_numpy(dtype=float).reshape(-1, side, side)
     grid_rows = -(-len(images) // per_row)
@@ -174,11 +194,17 @@ def plot_digits(prepared: Prepared, count: int = 40, per_row: int = 10) -> Figur
     mosaic = np.full((grid_rows * (cell + 3), per_row * cell), np.nan)
     for i, image in enumerate(images):
         top, left = (i // per_row) * (cell + 3) + 3, (i % per_row) * cell
-        mosaic[top:top + side, left:left + side] = image
+        mosaic[top : top + side, left : left + side] = image
     fig, ax = plt.subplots(figsize=(per_row * 0.9, grid_rows * 1.1))
     ax.imshow(mosaic, cmap="gray_r", interpolation="nearest")
     for i, label in enumerate(rows[prepared.target]):
-        ax.text((i % per_row) * cell + side / 2 - 0.5, (i // per_row) * (cell + 3) + 1.2, str(label), ha="center", fontsize=9)
+        ax.text(
+            (i % per_row) * cell + side / 2 - 0.5,
+            (i // per_row) * (cell + 3) + 1.2,
+            str(label),
+            ha="center",
+            fontsize=9,
+        )
     ax.axis("off")
     plt.close(fig)
     return fig

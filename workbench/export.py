@@ -123,7 +123,11 @@ def export_onnx(ctx: StepContext, opset: int, ort_atol: float) -> ExportResult:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    meta = {"run_id": ctx.run_id, "model": config["model"], "classes": ",".join(map(str, ctx.load_json("schema.json", "prepare")["classes"]))}
+    meta = {
+        "run_id": ctx.run_id,
+        "model": config["model"],
+        "classes": ",".join(map(str, ctx.load_json("schema.json", "prepare")["classes"])),
+    }
     onnx.helper.set_model_props(proto, meta)
     blob = proto.SerializeToString()
 
@@ -136,7 +140,9 @@ def export_onnx(ctx: StepContext, opset: int, ort_atol: float) -> ExportResult:
     ort_out = session.run([OUTPUT], {INPUT: val.x})[0]
     err = float(np.abs(ort_out - reference).max())
     if err > ort_atol:
-        raise ModelError(f"onnxruntime differs from PyTorch by {err:.3g} > export.ort_atol {ort_atol:g}; the export is not faithful")
+        raise ModelError(
+            f"onnxruntime differs from PyTorch by {err:.3g} > export.ort_atol {ort_atol:g}; the export is not faithful"
+        )
 
     ctx.save("model.onnx", blob)
     buf = io.BytesIO()

@@ -57,7 +57,9 @@ class DigitCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         flat = channels * 2 * (side // 2) ** 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.reshape(-1, 1, self.side, self.side)))
@@ -75,7 +77,9 @@ def _user_class(spec: str) -> type[nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"train.model {spec!r}: cannot import {module_name!r} ({exc}); is the package installed or on PYTHONPATH?") from None
+        raise ModelError(
+            f"train.model {spec!r}: cannot import {module_name!r} ({exc}); is the package installed or on PYTHONPATH?"
+        ) from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ModelError(f"train.model {spec!r}: {module_name} has no nn.Module subclass named {class_name!r}")
@@ -99,5 +103,7 @@ def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Mod
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ModelError(f"model weights do not match config {config['model']!r} ({first}); retrain or pick the matching run") from None
+        raise ModelError(
+            f"model weights do not match config {config['model']!r} ({first}); retrain or pick the matching run"
+        ) from None
     return model.eval()

@@ -72,7 +72,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("store", str, "artifacts", "artifact root: a folder, relative to the project folder", _not_empty),
     Param("db", str, "sqlite:///artifacts/workbench.db", "tracking database, a SQLAlchemy URL", _db_url),
     Param("seed", int, 0, "seed for splits, weight init and shuffling"),
-    Param("data.source", str, "bundled:digits", "input table: a CSV/CSV.gz/Parquet path, or bundled:digits", _not_empty),
+    Param(
+        "data.source", str, "bundled:digits", "input table: a CSV/CSV.gz/Parquet path, or bundled:digits", _not_empty
+    ),
     Param("data.target", str, "label", "name of the label column", _not_empty),
     Param("data.val_fraction", float, 0.15, "share of rows held out for validation", _fraction),
     Param("data.test_fraction", float, 0.15, "share of rows held out for the final test", _fraction),
@@ -105,7 +107,7 @@ class Parameters:
     def section(self, name: str) -> dict[str, Any]:
         """Keys under ``name.`` without the prefix, as a notebook receives them."""
         prefix = name + "."
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
     def nested(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -32,14 +32,22 @@ class StepSpec:
 
     def parameters(self, params: Parameters, run_id: str, store: Store) -> dict[str, Any]:
         """What papermill injects: the run's coordinates plus this step's section, unprefixed."""
-        return {"run_id": run_id, "store": store.root, "db": params["db"], **{k: params[k] for k in self.shared}, **params.section(self.section)}
+        return {
+            "run_id": run_id,
+            "store": store.root,
+            "db": params["db"],
+            **{k: params[k] for k in self.shared},
+            **params.section(self.section),
+        }
 
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("prepare", "01_prepare_data.ipynb", "data", ("seed",), ("workbench.data", "matplotlib.pyplot")),
     StepSpec("train", "02_train.ipynb", "train", ("seed",), ("workbench.train", "matplotlib.pyplot")),
     StepSpec("export", "03_export_onnx.ipynb", "export", (), ("workbench.export", "onnxruntime")),
-    StepSpec("validate", "04_validate_mxnet.ipynb", "validate", (), ("workbench.validate", "mxnet", "matplotlib.pyplot")),
+    StepSpec(
+        "validate", "04_validate_mxnet.ipynb", "validate", (), ("workbench.validate", "mxnet", "matplotlib.pyplot")
+    ),
 )
 
 
@@ -53,7 +61,9 @@ class RunResult:
 def notebooks_dir() -> Path:
     folder = project_root() / "notebooks"
     if not (folder / STEPS[0].notebook).is_file():
-        raise WorkbenchError(f"no step notebooks in {folder}; run workbench from the project folder (the one holding notebooks/)")
+        raise WorkbenchError(
+            f"no step notebooks in {folder}; run workbench from the project folder (the one holding notebooks/)"
+        )
     return folder
 
 
@@ -84,7 +94,9 @@ class WarmKernel:
         self.log.close()
 
 
-def execute_step(step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path, kernel: WarmKernel) -> str | None:
+def execute_step(
+    step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path, kernel: WarmKernel
+) -> str | None:
     """Run one notebook; returns the error line when a cell raised, None on success."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -143,7 +155,9 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunRe
                 kernel.shutdown()
                 if output.exists():
                     tracker.log_artifact(run_id, step.name, store.put_file(key, output))
-                tracker.log_artifact(run_id, step.name, store.put_file(f"runs/{run_id}/logs/{step.name}.kernel.log", kernel.log_path))
+                tracker.log_artifact(
+                    run_id, step.name, store.put_file(f"runs/{run_id}/logs/{step.name}.kernel.log", kernel.log_path)
+                )
                 took = time.perf_counter() - started
                 tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
                 say(f"[{number}/{len(STEPS)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")

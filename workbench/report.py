@@ -62,7 +62,9 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
     plots = [(title, f"../{key}") for title, key in PLOTS if f"{base}/{key}" in present]
     run["parameters"] = {k: display_url(v) if k == "db" else v for k, v in run["parameters"].items()}
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
-    page = Environment(autoescape=True).from_string(template).render(
-        run=run, verdict=verdict, cards=cards, plots=plots, fmt=_fmt
+    page = (
+        Environment(autoescape=True)
+        .from_string(template)
+        .render(run=run, verdict=verdict, cards=cards, plots=plots, fmt=_fmt)
     )
     return store.write_bytes(f"{base}/report/index.html", page.encode()).uri

@@ -89,7 +89,9 @@ class LocalStore:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             os.close(fd)
         except OSError as exc:
-            raise StoreError(f"cannot write to store {self.root}: {exc.strerror}; check the 'store' path and its permissions") from None
+            raise StoreError(
+                f"cannot write to store {self.root}: {exc.strerror}; check the 'store' path and its permissions"
+            ) from None
         try:
             fill(Path(tmp))
             os.chmod(tmp, _FILE_MODE)
@@ -120,9 +122,7 @@ class LocalStore:
         if not base.is_dir():
             return []
         return sorted(
-            p.relative_to(self.path).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".part")
+            p.relative_to(self.path).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part")
         )
 
 

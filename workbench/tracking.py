@@ -141,15 +141,21 @@ class Tracker:
         try:
             self.engine: Engine = create_engine(_resolve(url))
         except (ArgumentError, ValueError) as exc:
-            raise TrackingError(f"db {display_url(url)!r} is not a valid SQLAlchemy URL ({exc}); e.g. sqlite:///artifacts/workbench.db") from None
+            raise TrackingError(
+                f"db {display_url(url)!r} is not a valid SQLAlchemy URL ({exc}); e.g. sqlite:///artifacts/workbench.db"
+            ) from None
         except ModuleNotFoundError as exc:
-            raise TrackingError(f"db {display_url(url)!r} needs the driver {exc.name!r}; install it or pick another URL") from None
+            raise TrackingError(
+                f"db {display_url(url)!r} needs the driver {exc.name!r}; install it or pick another URL"
+            ) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             metadata.create_all(self.engine)
         except OperationalError as exc:
-            raise TrackingError(f"db {display_url(url)!r} is unreachable: {str(exc.orig).strip().splitlines()[0]}; check the db parameter") from None
+            raise TrackingError(
+                f"db {display_url(url)!r} is unreachable: {str(exc.orig).strip().splitlines()[0]}; check the db parameter"
+            ) from None
 
     def _write(self, *statements: Any) -> None:
         try:
@@ -162,7 +168,9 @@ class Tracker:
     # runs -------------------------------------------------------------------------------------
     def create_run(self, store: str, values: dict[str, Any], origin: dict[str, str], run_id: str | None = None) -> str:
         run_id = run_id or new_run_id()
-        rows = [{"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()]
+        rows = [
+            {"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()
+        ]
         self._write(
             insert(runs).values(id=run_id, status="running", started_at=now(), store=store),
             *([insert(params).values(rows)] if rows else []),
@@ -180,10 +188,18 @@ class Tracker:
         self._write(update(runs).where(runs.c.id == run_id).values(status=status, finished_at=now(), error=error))
 
     def plan_steps(self, run_id: str, names: list[str]) -> None:
-        self._write(insert(steps).values([{"run_id": run_id, "name": n, "position": i, "status": "pending"} for i, n in enumerate(names)]))
+        self._write(
+            insert(steps).values(
+                [{"run_id": run_id, "name": n, "position": i, "status": "pending"} for i, n in enumerate(names)]
+            )
+        )
 
     def start_step(self, run_id: str, name: str, notebook: str) -> None:
-        self._write(update(steps).where(steps.c.run_id == run_id, steps.c.name == name).values(status="running", started_at=now(), notebook=notebook))
+        self._write(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.name == name)
+            .values(status="running", started_at=now(), notebook=notebook)
+        )
 
     def finish_step(self, run_id: str, name: str, status: str, duration_s: float, error: str | None = None) -> None:
         self._write(
@@ -194,14 +210,22 @@ class Tracker:
 
     # metrics and artifacts --------------------------------------------------------------------
     def log_metrics(self, run_id: str, step: str, values: dict[str, float], epoch: int | None = None) -> None:
-        rows = [{"run_id": run_id, "step": step, "key": k, "value": float(v), "epoch": epoch} for k, v in values.items()]
+        rows = [
+            {"run_id": run_id, "step": step, "key": k, "value": float(v), "epoch": epoch} for k, v in values.items()
+        ]
         if rows:
             self._write(insert(metrics).values(rows))
 
     def log_artifact(self, run_id: str, step: str, info: ArtifactInfo) -> None:
         self._write(
             insert(artifacts).values(
-                run_id=run_id, step=step, key=info.key, uri=info.uri, sha256=info.sha256, bytes=info.bytes, created_at=now()
+                run_id=run_id,
+                step=step,
+                key=info.key,
+                uri=info.uri,
+                sha256=info.sha256,
+                bytes=info.bytes,
+                created_at=now(),
             )
         )
 
@@ -211,11 +235,23 @@ class Tracker:
         with self.engine.connect() as conn:
             run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             if run is None:
-                raise TrackingError(f"no run {run_id!r} in db {display_url(self.url)!r}; `workbench runs` lists the runs")
-            step_rows = conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)).mappings().all()
-            param_rows = conn.execute(select(params).where(params.c.run_id == run_id).order_by(params.c.key)).mappings().all()
-            metric_rows = conn.execute(select(metrics).where(metrics.c.run_id == run_id).order_by(metrics.c.id)).mappings().all()
-            artifact_rows = conn.execute(select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id)).mappings().all()
+                raise TrackingError(
+                    f"no run {run_id!r} in db {display_url(self.url)!r}; `workbench runs` lists the runs"
+                )
+            step_rows = (
+                conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)).mappings().all()
+            )
+            param_rows = (
+                conn.execute(select(params).where(params.c.run_id == run_id).order_by(params.c.key)).mappings().all()
+            )
+            metric_rows = (
+                conn.execute(select(metrics).where(metrics.c.run_id == run_id).order_by(metrics.c.id)).mappings().all()
+            )
+            artifact_rows = (
+                conn.execute(select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id))
+                .mappings()
+                .all()
+            )
         final = {r["key"]: r["value"] for r in metric_rows if r["epoch"] is None}
         history: dict[str, list[dict[str, Any]]] = {}
         for r in metric_rows:
@@ -233,7 +269,10 @@ class Tracker:
             "duration_s": _duration(run["started_at"], run["finished_at"]),
             "error": run["error"],
             "steps": [
-                {k: (_iso(s[k]) if k.endswith("_at") else s[k]) for k in ("name", "status", "started_at", "finished_at", "duration_s", "notebook", "error")}
+                {
+                    k: (_iso(s[k]) if k.endswith("_at") else s[k])
+                    for k in ("name", "status", "started_at", "finished_at", "duration_s", "notebook", "error")
+                }
                 for s in step_rows
             ],
             "parameters": {p["key"]: json.loads(p["value"]) for p in param_rows},
@@ -253,7 +292,9 @@ class Tracker:
                 .group_by(metrics.c.run_id, metrics.c.key)
             ).all()
             latest_ids = [row[2] for row in final]
-            values = conn.execute(select(metrics.c.run_id, metrics.c.key, metrics.c.value).where(metrics.c.id.in_(latest_ids))).all()
+            values = conn.execute(
+                select(metrics.c.run_id, metrics.c.key, metrics.c.value).where(metrics.c.id.in_(latest_ids))
+            ).all()
         by_run: dict[str, dict[str, float]] = {}
         for run_id, key, value in values:
             by_run.setdefault(run_id, {})[key] = value

@@ -38,7 +38,9 @@ def choose_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ModelError(f"train.device {name!r}: no CUDA device is visible here; use auto or cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(f"train.device {name!r}: only {torch.cuda.device_count()} CUDA device(s); pick a lower index")
+            raise ModelError(
+                f"train.device {name!r}: only {torch.cuda.device_count()} CUDA device(s); pick a lower index"
+            )
     return device
 
 
@@ -75,15 +77,17 @@ class TrainResult:
     config: dict[str, Any]
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: torch.dtype | None) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: torch.dtype | None
+) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     autocast = torch.autocast(x.device.type, dtype=amp) if amp else nullcontext()
     with torch.no_grad(), autocast:
         for start in range(0, len(x), batch):
-            logits = model(x[start:start + batch]).float()
-            loss_sum += nn.functional.cross_entropy(logits, y[start:start + batch], reduction="sum").item()
-            correct += (logits.argmax(1) == y[start:start + batch]).sum().item()
+            logits = model(x[start : start + batch]).float()
+            loss_sum += nn.functional.cross_entropy(logits, y[start : start + batch], reduction="sum").item()
+            correct += (logits.argmax(1) == y[start : start + batch]).sum().item()
     return loss_sum / len(x), correct / len(x)
 
 
@@ -117,7 +121,9 @@ def fit(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
     rows = []
-    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", file=sys.stderr, disable=not progress, mininterval=2)
+    bar = tqdm(
+        range(1, epochs + 1), desc="training", unit="epoch", file=sys.stderr, disable=not progress, mininterval=2
+    )
     for epoch in bar:
         model.train()
         started = time.perf_counter()
@@ -125,7 +131,7 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
             with autocast:
                 logits = model(xb)
@@ -174,17 +180,29 @@ def train_model(
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
         ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
-        ctx.save(f"checkpoints/epoch_{epoch:03d}.pt", _state_bytes({"config": config, "epoch": epoch, "model": net.state_dict()}))
+        ctx.save(
+            f"checkpoints/epoch_{epoch:03d}.pt",
+            _state_bytes({"config": config, "epoch": epoch, "model": net.state_dict()}),
+        )
 
     history = fit(
         net,
         (_to_device(train.x, target), _to_device(train.y, target)),
         (_to_device(val.x, target), _to_device(val.y, target)),
-        epochs, batch_size, lr, seed, dtype, on_epoch=checkpoint,
+        epochs,
+        batch_size,
+        lr,
+        seed,
+        dtype,
+        on_epoch=checkpoint,
     )
     env = environment(target, dtype)
     final = history.iloc[-1]
-    metrics = {"val_accuracy": float(final.val_accuracy), "val_loss": float(final.val_loss), "train_seconds": float(history.seconds.sum())}
+    metrics = {
+        "val_accuracy": float(final.val_accuracy),
+        "val_loss": float(final.val_loss),
+        "train_seconds": float(history.seconds.sum()),
+    }
     ctx.log_metrics(metrics)
     ctx.save("model.pth", _state_bytes({k: v.cpu() for k, v in net.state_dict().items()}))
     ctx.save_json("model_config.json", config)

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from workbench.context import StepContext
 
 
-def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, atol: float, rtol: float) -> dict[str, float]:
+def compare(
+    candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, atol: float, rtol: float
+) -> dict[str, float]:
     """Error statistics and agreement of ``candidate`` logits against ``reference`` logits."""
     abs_err = np.abs(candidate - reference)
     rel_err = abs_err / np.maximum(np.abs(reference), 1e-12)
@@ -59,7 +61,9 @@ def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
             with contextlib.redirect_stdout(io.StringIO()):  # the importer prints a deprecation banner
                 sym, arg_params, aux_params = onnx_mxnet.import_model(path)
         except (KeyError, NotImplementedError, AttributeError) as exc:
-            raise ModelError(f"MXNet cannot import the ONNX model ({type(exc).__name__}: {exc}); export with export.opset <= 12 and supported ops") from None
+            raise ModelError(
+                f"MXNet cannot import the ONNX model ({type(exc).__name__}: {exc}); export with export.opset <= 12 and supported ops"
+            ) from None
     data_names = [name for name in sym.list_inputs() if name not in arg_params and name not in aux_params]
     module = mx.mod.Module(symbol=sym, data_names=data_names, label_names=None, context=ctx)
     module.bind(for_training=False, data_shapes=[(data_names[0], x.shape)])
@@ -94,9 +98,7 @@ class Parity:
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
         why = "" if self.passed else "<ul>" + "".join(f"<li>{r}</li>" for r in self.reasons) + "</ul>"
-        return (
-            f'<div style="font-size:1.4em;font-weight:600;color:{color}">MXNet parity: {self.verdict}</div>{why}'
-        )
+        return f'<div style="font-size:1.4em;font-weight:600;color:{color}">MXNet parity: {self.verdict}</div>{why}'
 
 
 def validate_mxnet(ctx: StepContext, atol: float, rtol: float, min_agreement: float) -> Parity:
@@ -107,7 +109,9 @@ def validate_mxnet(ctx: StepContext, atol: float, rtol: float, min_agreement: fl
     stats = compare(out, ref["logits"], ref["labels"], atol, rtol)
     reasons = []
     if stats["within_tolerance"] < 1.0:
-        reasons.append(f"{1 - stats['within_tolerance']:.2%} of logits exceed atol={atol:g} + rtol={rtol:g}·|ref| (max abs err {stats['max_abs_err']:.3g})")
+        reasons.append(
+            f"{1 - stats['within_tolerance']:.2%} of logits exceed atol={atol:g} + rtol={rtol:g}·|ref| (max abs err {stats['max_abs_err']:.3g})"
+        )
     if stats["argmax_agreement"] < min_agreement:
         reasons.append(f"predicted classes agree on {stats['argmax_agreement']:.2%} of rows, below {min_agreement:.2%}")
     parity = Parity(stats, not reasons, reasons, out, ref["logits"])
