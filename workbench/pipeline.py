@@ -18,7 +18,7 @@ from typing import Any
 from workbench.errors import StepFailed, WorkbenchError
 from workbench.kernel import KERNEL_NAME, ensure_kernel
 from workbench.params import Parameters, project_root
-from workbench.store import Store, open_store
+from workbench.store import open_store
 from workbench.tracking import Tracker
 
 
@@ -30,11 +30,11 @@ class StepSpec:
     shared: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
 
-    def parameters(self, params: Parameters, run_id: str, store: Store) -> dict[str, Any]:
+    def parameters(self, params: Parameters, run_id: str, store_root: str) -> dict[str, Any]:
         """What papermill injects: the run's coordinates plus this step's section, unprefixed."""
         return {
             "run_id": run_id,
-            "store": store.root,
+            "store": store_root,
             "db": params["db"],
             **{k: params[k] for k in self.shared},
             **params.section(self.section),
@@ -151,7 +151,7 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunRe
                 say(f"[{number}/{len(STEPS)}] {step.name:<9} {step.notebook} ...")
                 started = time.perf_counter()
                 output = scratch / step.notebook
-                error = execute_step(step, step.parameters(params, run_id, store), folder, output, kernel)
+                error = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
                 kernel.shutdown()
                 if output.exists():
                     tracker.log_artifact(run_id, step.name, store.put_file(key, output))

@@ -46,6 +46,13 @@ def compare(
 
 def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """Import the ONNX model into MXNet and run ``x`` through it (GPU context when present)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        onnx.load_from_string(onnx_bytes)
+    except DecodeError:
+        raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from None
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # else MXNet logs a banner on every bind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,91 @@
+"""Shared fixtures: scratch stores and DBs, and one small end-to-end run reused by several tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["train.epochs=3", "train.batch_size=64"]
+
+
+@dataclass
+class CLIResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def workbench(*args: str, cwd: Path = ROOT) -> CLIResult:
+    """Run the real command in a fresh interpreter, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sets(*items: str) -> list[str]:
+    return [f"--set={item}" for item in items]
+
+
+@dataclass
+class Place:
+    """A scratch store and SQLite DB for one test."""
+
+    store: Path
+    db: str
+
+    def sets(self, *extra: str) -> list[str]:
+        return sets(f"store={self.store}", f"db={self.db}", *extra)
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Place:
+    return Place(tmp_path / "store", f"sqlite:///{tmp_path}/tracking.db")
+
+
+@dataclass
+class Run:
+    place: Place
+    result: CLIResult
+    run_id: str
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One `workbench run` at small parameters, shared by the end-to-end and CLI tests."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    where = Place(tmp / "store", f"sqlite:///{tmp}/tracking.db")
+    result = workbench("run", *where.sets(*SMALL))
+    assert result.code == 0, result.stderr
+    run_id = result.stdout.split()[1]
+    return Run(where, result, run_id, where.store / "runs" / run_id)
+
+
+@pytest.fixture(scope="session")
+def stage_ctx_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Contexts for calling stage functions in-process against one scratch run."""
+    from workbench.context import step_context
+
+    tmp = tmp_path_factory.mktemp("stages")
+
+    def make(step: str, run_id: str = "unit") -> object:
+        return step_context(step, run_id=run_id, store=str(tmp / "store"), db=f"sqlite:///{tmp}/tracking.db")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained(stage_ctx_factory):
+    """prepare + train (3 epochs) + export once for the unit tests of later stages."""
+    from workbench.data import prepare_data
+    from workbench.export import export_onnx
+    from workbench.train import train_model
+
+    prepare_data(stage_ctx_factory("prepare"), "bundled:digits", "label", 0.15, 0.15, 0)
+    train = train_model(stage_ctx_factory("train"), "cnn", 3, 64, 0.002, "cpu", True, 0)
+    exported = export_onnx(stage_ctx_factory("export"), 12, 1e-4)
+    return train, exported
