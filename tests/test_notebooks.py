@@ -1,0 +1,93 @@
+"""The notebooks as users run them: thin, parameterised, runnable under plain papermill, guarded by nbval."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from workbench.kernel import ensure_kernel
+from workbench.pipeline import STEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = [ROOT / "notebooks" / s.notebook for s in STEPS]
+BIN = Path(sys.executable).parent
+
+
+def code_cells(path: Path) -> list[nbformat.NotebookNode]:
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_thin(path):
+    cells = code_cells(path)
+    assert "parameters" in cells[0].metadata.get("tags", [])
+    assert nbformat.read(path, as_version=4).metadata.kernelspec.name == "workbench"
+    for cell in cells:
+        tree = ast.parse(cell.source)
+        banned = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.ListComp, ast.DictComp)
+        assert not [type(n).__name__ for n in ast.walk(tree) if isinstance(n, banned)], cell.source
+        assert len([line for line in cell.source.splitlines() if line.strip()]) <= 10
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_hold_a_clean_reference_run(path):
+    """Outputs for nbval, executed top to bottom with no errors and no injected parameters."""
+    cells = code_cells(path)
+    counts = [c.execution_count for c in cells]
+    assert counts == list(range(1, len(cells) + 1))
+    assert not any(o.output_type == "error" for c in cells for o in c.outputs)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in cells)
+
+
+def test_each_notebook_runs_under_plain_papermill(tmp_path):
+    ensure_kernel()
+    common = ["-p", "run_id", "plain", "-p", "store", str(tmp_path / "store"), "-p", "db", f"sqlite:///{tmp_path}/t.db"]
+    overrides = {"02_train": ["-p", "epochs", "2", "-p", "batch_size", "64", "-p", "device", "cpu"], "03_export_onnx": ["-p", "opset", "11"]}
+    for path in NOTEBOOKS:
+        out = tmp_path / path.name
+        proc = subprocess.run(
+            [str(BIN / "papermill"), str(path), str(out), *common, *overrides.get(path.stem, [])],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    history = (tmp_path / "store/runs/plain/train/history.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 2
+    import onnx
+
+    assert onnx.load(tmp_path / "store/runs/plain/export/model.onnx").opset_import[0].version == 11
+    verdict = json.loads((tmp_path / "store/runs/plain/validate/parity.json").read_text())["verdict"]
+    assert verdict == "PASS"
+
+
+def _nbval(target: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(target)],
+        cwd=target.parent, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_nbval_catches_a_tampered_output(tmp_path):
+    """The regression check is live: the same notebook passes as committed and fails once tampered."""
+    ensure_kernel()
+    original = ROOT / "notebooks" / "01_prepare_data.ipynb"
+    good = tmp_path / "good" / original.name
+    good.parent.mkdir()
+    shutil.copy(original, good)
+    assert _nbval(good).returncode == 0
+
+    nb = nbformat.read(original, as_version=4)
+    checked = next(c for c in nb.cells if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source)
+    assert "1259" in checked.outputs[0].text
+    checked.outputs[0].text = checked.outputs[0].text.replace("1259", "1258")
+    bad = tmp_path / "bad" / original.name
+    bad.parent.mkdir()
+    nbformat.write(nb, bad)
+    result = _nbval(bad)
+    assert result.returncode == 1 and "1258" in result.stdout

@@ -1,0 +1,119 @@
+"""`workbench run` end to end, through the real CLI, papermill and kernels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nbformat
+from conftest import SMALL, workbench
+
+from workbench.pipeline import STEPS
+from workbench.tracking import Tracker
+
+
+def test_run_prints_id_and_report(small_run):
+    lines = small_run.result.stdout.splitlines()
+    assert lines[0] == f"run {small_run.run_id} finished"
+    assert lines[1] == f"report {small_run.folder / 'report' / 'index.html'}"
+    assert "[4/4] validate  done" in small_run.result.stderr
+
+
+def test_run_folder_holds_notebooks_artifacts_and_report(small_run):
+    folder = small_run.folder
+    for step in STEPS:
+        nb = nbformat.read(folder / step.notebook, as_version=4)
+        assert nb.cells[2]["metadata"]["tags"] == ["injected-parameters"]
+        assert f'run_id = "{small_run.run_id}"' in nb.cells[2]["source"]
+        assert (folder / "report" / step.notebook.replace(".ipynb", ".html")).stat().st_size > 10_000
+    for key in ("prepare/train.parquet", "train/model.pth", "train/checkpoints/epoch_003.pt", "export/model.onnx",
+                "export/reference.npz", "validate/parity.json"):
+        assert (folder / key).is_file(), key
+    index = (folder / "report" / "index.html").read_text()
+    assert "MXNet parity PASS" in index and 'src="../train/curves.png"' in index and 'href="02_train.html"' in index
+
+
+def test_tracking_db_has_the_whole_run(small_run):
+    run = Tracker(small_run.place.db).get_run(small_run.run_id)
+    assert run["status"] == "finished"
+    assert [(s["name"], s["status"]) for s in run["steps"]] == [(s.name, "finished") for s in STEPS]
+    assert all(s["duration_s"] > 0 for s in run["steps"])
+    assert run["parameters"]["train.epochs"] == 3 and run["parameters"]["store"] == str(small_run.place.store)
+    assert run["metrics"]["parity_pass"] == 1.0 and run["metrics"]["rows_total"] == 1797
+    onnx = next(a for a in run["artifacts"] if a["key"].endswith("export/model.onnx"))
+    assert hashlib.sha256((small_run.folder / "export/model.onnx").read_bytes()).hexdigest() == onnx["sha256"]
+    assert {a["key"].rsplit("/", 1)[-1] for a in run["artifacts"]} >= {s.notebook for s in STEPS}
+
+
+def test_runs_list_and_show(small_run):
+    listed = workbench("runs", *small_run.place.sets())
+    assert listed.code == 0 and small_run.run_id in listed.stdout and "PASS" in listed.stdout
+    shown = workbench("runs", "show", small_run.run_id, "--json", *small_run.place.sets())
+    data = json.loads(shown.stdout)
+    assert data["status"] == "finished" and data["parameters"]["train.epochs"] == 3
+    assert data["metrics"]["mxnet_argmax_agreement"] == 1.0 and data["artifacts"]
+    human = workbench("runs", "show", small_run.run_id, *small_run.place.sets())
+    assert "validate" in human.stdout and "parity_pass" in human.stdout
+
+
+def test_report_rerenders(small_run):
+    index = small_run.folder / "report" / "index.html"
+    index.unlink()
+    result = workbench("report", small_run.run_id, *small_run.place.sets())
+    assert result.code == 0 and index.is_file() and str(index) in result.stdout
+
+
+def test_unknown_run_is_one_line(small_run):
+    result = workbench("runs", "show", "no-such-run", *small_run.place.sets())
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: no run 'no-such-run'")
+
+
+def _runs(place) -> list:
+    return Tracker(place.db).list_runs()
+
+
+def test_bad_parameter_fails_before_any_run(place):
+    result = workbench("run", *place.sets("train.epochs=lots"))
+    assert result.code == 2
+    assert result.stderr == "error: train.epochs in --set train.epochs=lots: expected an integer, got 'lots'\n"
+    assert not place.store.exists()
+    assert _runs(place) == []
+
+
+def test_bad_parameter_file_names_the_file(place, tmp_path):
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("train:\n  devcie: cpu\n")
+    result = workbench("run", "-p", "parameters/default.yaml", "-p", str(layer), *place.sets())
+    assert result.code == 2
+    assert result.stderr == f"error: unknown parameter 'train.devcie' in {layer}; did you mean train.device?\n"
+
+
+def test_missing_data_fails_the_first_step_and_keeps_its_notebook(place, tmp_path):
+    missing = tmp_path / "nowhere.csv"
+    result = workbench("run", *place.sets(f"data.source={missing}"))
+    assert result.code == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: step prepare failed: DataError: data.source: no file at {missing}; check the path or use bundled:digits"
+    )
+    [run] = _runs(place)
+    detail = Tracker(place.db).get_run(run["id"])
+    assert detail["status"] == "failed" and "DataError" in detail["error"]
+    assert [s["status"] for s in detail["steps"]] == ["failed", "pending", "pending", "pending"]
+    executed = nbformat.read(place.store / "runs" / run["id"] / "01_prepare_data.ipynb", as_version=4)
+    assert any(o.get("ename") == "DataError" for c in executed.cells for o in c.get("outputs", []))
+    assert (place.store / "runs" / run["id"] / "report" / "index.html").is_file()
+
+
+def test_a_later_failure_keeps_earlier_artifacts(place):
+    result = workbench("run", *place.sets(*SMALL, "train.model=nowhere.models:Net"))
+    assert result.code == 1
+    assert "error: step train failed: ModelError: train.model 'nowhere.models:Net': cannot import 'nowhere.models'" in result.stderr
+    [run] = _runs(place)
+    folder = place.store / "runs" / run["id"]
+    assert (folder / "prepare" / "train.parquet").is_file() and (folder / "02_train.ipynb").is_file()
+    assert not (folder / "03_export_onnx.ipynb").exists()
+    steps = Tracker(place.db).get_run(run["id"])["steps"]
+    assert [s["status"] for s in steps] == ["finished", "failed", "pending", "pending"]
