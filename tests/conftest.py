@@ -22,7 +22,9 @@ class CLIResult:
 
 def workbench(*args: str, cwd: Path = ROOT) -> CLIResult:
     """Run the real command in a fresh interpreter, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     return CLIResult(proc.returncode, proc.stdout, proc.stderr)
 
 

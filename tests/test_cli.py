@@ -24,4 +24,8 @@ def test_set_without_equals_is_one_line(place):
 
 def test_outside_a_project_says_where_to_run(tmp_path):
     result = workbench("run", "--set", f"store={tmp_path}/s", "--set", f"db=sqlite:///{tmp_path}/t.db", cwd=tmp_path)
-    assert result.code == 1 and "no step notebooks in" in result.stderr and "run workbench from the project folder" in result.stderr
+    assert (
+        result.code == 1
+        and "no step notebooks in" in result.stderr
+        and "run workbench from the project folder" in result.stderr
+    )

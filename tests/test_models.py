@@ -40,7 +40,7 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model(model_config("my_models:Tiny", 64, 10))
     assert model(torch.zeros(2, 64)).shape == (2, 10)
-    with pytest.raises(ModelError, match="has no nn.Module subclass named 'Huge'"):
+    with pytest.raises(ModelError, match=r"has no nn\.Module subclass named 'Huge'"):
         build_model(model_config("my_models:Huge", 64, 10))
     sys.modules.pop("my_models", None)
 

@@ -49,12 +49,18 @@ def test_committed_notebooks_hold_a_clean_reference_run(path):
 def test_each_notebook_runs_under_plain_papermill(tmp_path):
     ensure_kernel()
     common = ["-p", "run_id", "plain", "-p", "store", str(tmp_path / "store"), "-p", "db", f"sqlite:///{tmp_path}/t.db"]
-    overrides = {"02_train": ["-p", "epochs", "2", "-p", "batch_size", "64", "-p", "device", "cpu"], "03_export_onnx": ["-p", "opset", "11"]}
+    overrides = {
+        "02_train": ["-p", "epochs", "2", "-p", "batch_size", "64", "-p", "device", "cpu"],
+        "03_export_onnx": ["-p", "opset", "11"],
+    }
     for path in NOTEBOOKS:
         out = tmp_path / path.name
         proc = subprocess.run(
             [str(BIN / "papermill"), str(path), str(out), *common, *overrides.get(path.stem, [])],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     history = (tmp_path / "store/runs/plain/train/history.csv").read_text().strip().splitlines()
@@ -69,7 +75,10 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
 def _nbval(target: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(target)],
-        cwd=target.parent, capture_output=True, text=True, timeout=300,
+        cwd=target.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

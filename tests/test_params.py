@@ -54,7 +54,9 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
 
 
 def test_unknown_key_from_set():
-    with pytest.raises(ParameterError, match=r"unknown parameter 'train.epoch' in --set train.epoch=3; did you mean train.epochs"):
+    with pytest.raises(
+        ParameterError, match=r"unknown parameter 'train.epoch' in --set train.epoch=3; did you mean train.epochs"
+    ):
         load(sets=["train.epoch=3"], root=ROOT)
 
 
@@ -92,7 +94,7 @@ def test_held_out_fractions_must_leave_training_rows():
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ParameterError, match="not found"):
         load([tmp_path / "nope.yaml"])
-    with pytest.raises(ParameterError, match="broken.yaml line [0-9]+ is not valid YAML"):
+    with pytest.raises(ParameterError, match=r"broken\.yaml line [0-9]+ is not valid YAML"):
         load([write(tmp_path, "broken.yaml", "train:\n  epochs: [3\n")])
     with pytest.raises(ParameterError, match="must hold a mapping"):
         load([write(tmp_path, "list.yaml", "- 1\n- 2\n")])

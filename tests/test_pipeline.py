@@ -26,8 +26,14 @@ def test_run_folder_holds_notebooks_artifacts_and_report(small_run):
         assert nb.cells[2]["metadata"]["tags"] == ["injected-parameters"]
         assert f'run_id = "{small_run.run_id}"' in nb.cells[2]["source"]
         assert (folder / "report" / step.notebook.replace(".ipynb", ".html")).stat().st_size > 10_000
-    for key in ("prepare/train.parquet", "train/model.pth", "train/checkpoints/epoch_003.pt", "export/model.onnx",
-                "export/reference.npz", "validate/parity.json"):
+    for key in (
+        "prepare/train.parquet",
+        "train/model.pth",
+        "train/checkpoints/epoch_003.pt",
+        "export/model.onnx",
+        "export/reference.npz",
+        "validate/parity.json",
+    ):
         assert (folder / key).is_file(), key
     index = (folder / "report" / "index.html").read_text()
     assert "MXNet parity PASS" in index and 'src="../train/curves.png"' in index and 'href="02_train.html"' in index
@@ -110,7 +116,10 @@ def test_missing_data_fails_the_first_step_and_keeps_its_notebook(place, tmp_pat
 def test_a_later_failure_keeps_earlier_artifacts(place):
     result = workbench("run", *place.sets(*SMALL, "train.model=nowhere.models:Net"))
     assert result.code == 1
-    assert "error: step train failed: ModelError: train.model 'nowhere.models:Net': cannot import 'nowhere.models'" in result.stderr
+    assert (
+        "error: step train failed: ModelError: train.model 'nowhere.models:Net': cannot import 'nowhere.models'"
+        in result.stderr
+    )
     [run] = _runs(place)
     folder = place.store / "runs" / run["id"]
     assert (folder / "prepare" / "train.parquet").is_file() and (folder / "02_train.ipynb").is_file()

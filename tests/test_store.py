@@ -40,7 +40,9 @@ def test_a_failed_write_leaves_neither_partial_nor_final_file(tmp_path):
 
 
 def test_missing_artifact_names_uri(tmp_path):
-    with pytest.raises(StoreError, match=r"artifact .*runs/x/train/model.pth not found; run the step that writes it first"):
+    with pytest.raises(
+        StoreError, match=r"artifact .*runs/x/train/model.pth not found; run the step that writes it first"
+    ):
         LocalStore(tmp_path).read_bytes("runs/x/train/model.pth")
 
 

@@ -13,7 +13,9 @@ def tracker(tmp_path):
 
 
 def test_run_lifecycle_is_recorded(tracker):
-    run_id = tracker.create_run("/store", {"train.epochs": 3, "store": "/store"}, {"train.epochs": "--set train.epochs=3"})
+    run_id = tracker.create_run(
+        "/store", {"train.epochs": 3, "store": "/store"}, {"train.epochs": "--set train.epochs=3"}
+    )
     tracker.plan_steps(run_id, ["prepare", "train"])
     tracker.start_step(run_id, "prepare", "/store/runs/x/01.ipynb")
     tracker.log_metrics(run_id, "prepare", {"rows_total": 10})

@@ -15,7 +15,7 @@ def test_device_choice_on_a_cpu_machine():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert choose_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="train.device 'cuda': no CUDA device is visible here; use auto or cpu"):
+        with pytest.raises(ModelError, match=r"train\.device 'cuda': no CUDA device is visible here; use auto or cpu"):
             choose_device("cuda")
     assert amp_dtype(torch.device("cpu"), True) is None
     assert environment(torch.device("cpu"), None)["amp"] == "off"
@@ -52,5 +52,5 @@ def test_same_seed_same_numbers_on_cpu():
 def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):
     from workbench.errors import StoreError
 
-    with pytest.raises(StoreError, match="prepare/schema.json not found"):
+    with pytest.raises(StoreError, match=r"prepare/schema\.json not found"):
         train_model(stage_ctx_factory("train", run_id="never-prepared"), "cnn", 1, 32, 0.01, "cpu", False, 0)

@@ -1,0 +1,40 @@
+# `make demo` and `make test` each set up the environment first (once; later calls reuse it).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: setup demo test lint lab lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/workbench kernel
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/workbench run
+
+test: setup lint
+	$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+lint: setup
+	$(BIN)/ruff check workbench tests benchmarks
+	$(BIN)/ruff format --check workbench tests benchmarks
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+# Re-resolve every pin from pyproject.toml in a scratch environment.
+lock:
+	rm -rf build/lock && $(PYTHON) -m venv build/lock
+	build/lock/bin/pip install --quiet "torch==2.13.0" && build/lock/bin/pip install --quiet ".[dev]"
+	{ echo "# Every pin, resolved from pyproject.toml by \`make lock\`; environment.yml, the Dockerfile and the Makefile install from it."; \
+	  build/lock/bin/pip freeze --exclude workbench | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) build artifacts
