@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import nbformat
-from conftest import SMALL, workbench
+from conftest import ROOT, SMALL, workbench
 
 from workbench.pipeline import STEPS
 from workbench.tracking import Tracker
@@ -126,3 +129,31 @@ def test_a_later_failure_keeps_earlier_artifacts(place):
     assert not (folder / "03_export_onnx.ipynb").exists()
     steps = Tracker(place.db).get_run(run["id"])["steps"]
     assert [s["status"] for s in steps] == ["finished", "failed", "pending", "pending"]
+
+
+def test_a_dying_kernel_fails_the_step_in_one_line(place, tmp_path):
+    """A kernel killed mid-step (as by the OOM killer) is a step failure, not a crash of the CLI."""
+    (tmp_path / "killer.py").write_text(
+        "import os, signal\n\n"
+        "from torch import nn\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, in_features, num_classes):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "run", *place.sets(*SMALL, "train.model=killer:Net")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step train failed: DeadKernelError"), proc.stderr
+    [run] = _runs(place)
+    steps = Tracker(place.db).get_run(run["id"])["steps"]
+    assert [s["status"] for s in steps] == ["finished", "failed", "pending", "pending"]
+    assert (place.store / "runs" / run["id"] / "02_train.ipynb").is_file()
+    assert (place.store / "runs" / run["id"] / "logs" / "train.kernel.log").is_file()

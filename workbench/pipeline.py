@@ -80,17 +80,24 @@ class WarmKernel:
     """
 
     def __init__(self, step: StepSpec, cwd: Path, log_path: Path) -> None:
-        from jupyter_client.manager import KernelManager
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
 
         preload = f"import importlib as _i\nfor _m in {list(step.preload)!r}: _i.import_module(_m)\ndel _i, _m"
         self.log_path = log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in shutdown()
-        self.km = KernelManager(kernel_name=KERNEL_NAME)
-        self.km.start_kernel(cwd=str(cwd), stderr=self.log, extra_arguments=[f"--IPKernelApp.exec_lines={preload}"])
+        # The async manager, as nbclient would make: with a blocking one, nbclient blocks its
+        # event loop waiting for replies and never notices a kernel that died.
+        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+        run_sync(self.km.start_kernel)(
+            cwd=str(cwd), stderr=self.log, extra_arguments=[f"--IPKernelApp.exec_lines={preload}"]
+        )
 
     def shutdown(self) -> None:
+        from jupyter_core.utils import run_sync
+
         if self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
+            run_sync(self.km.shutdown_kernel)(now=True)
         self.log.close()
 
 
@@ -99,6 +106,7 @@ def execute_step(
 ) -> str | None:
     """Run one notebook; returns the error line when a cell raised, None on success."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     try:
@@ -109,11 +117,15 @@ def execute_step(
             kernel_name=KERNEL_NAME,
             cwd=str(folder),
             progress_bar=False,
-            request_save_on_cell_execute=False,
+            request_save_on_cell_execute=True,  # a kernel that dies still leaves its notebook so far
             km=kernel.km,
         )
     except PapermillExecutionError as exc:
         return f"{exc.ename}: {exc.evalue}"
+    except DeadKernelError:
+        return f"DeadKernelError: the kernel died (killed, or out of memory?); see logs/{step.name}.kernel.log in the run folder"
+    except CellTimeoutError as exc:
+        return f"CellTimeoutError: {str(exc).strip().splitlines()[0]}"
     return None
 
 
@@ -142,14 +154,15 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunRe
         run_id = tracker.create_run(store.root, params.values, params.origin)
         tracker.plan_steps(run_id, [s.name for s in STEPS])
         say(f"run {run_id}: {len(STEPS)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
-        failure: WorkbenchError | None = WorkbenchError("interrupted")
+        failure: str | None = "interrupted"  # what the run row says if we leave by KeyboardInterrupt
+        running: tuple[str, float] | None = None
         try:
             for number, step in enumerate(STEPS, 1):
                 kernel, upcoming = upcoming, (warm(STEPS[number]) if number < len(STEPS) else None)
                 key = f"runs/{run_id}/{step.notebook}"
                 tracker.start_step(run_id, step.name, store.uri(key))
                 say(f"[{number}/{len(STEPS)}] {step.name:<9} {step.notebook} ...")
-                started = time.perf_counter()
+                running = step.name, time.perf_counter()
                 output = scratch / step.notebook
                 error = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
                 kernel.shutdown()
@@ -158,17 +171,23 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunRe
                 tracker.log_artifact(
                     run_id, step.name, store.put_file(f"runs/{run_id}/logs/{step.name}.kernel.log", kernel.log_path)
                 )
-                took = time.perf_counter() - started
+                took = time.perf_counter() - running[1]
                 tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
+                running = None
                 say(f"[{number}/{len(STEPS)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
                 if error:
                     raise StepFailed(step.name, error)
             failure = None
         except WorkbenchError as exc:
-            failure = exc
+            failure = str(exc)
+            raise
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            tracker.finish_run(run_id, "failed" if failure else "finished", str(failure) if failure else None)
+            if running:  # left mid-step: the step must not stay "running" forever
+                tracker.finish_step(run_id, running[0], "failed", time.perf_counter() - running[1], failure)
+            tracker.finish_run(run_id, "failed" if failure else "finished", failure)
             report = render_report(run_id, tracker, store)
             if failure:
                 say(f"report: {report}")
