@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import nbformat
 from conftest import ROOT, SMALL, workbench
@@ -32,7 +34,7 @@ def test_run_folder_holds_notebooks_artifacts_and_report(small_run):
     for key in (
         "prepare/train.parquet",
         "train/model.pth",
-        "train/checkpoints/epoch_003.pt",
+        "train/checkpoints/last.pt",
         "export/model.onnx",
         "export/reference.npz",
         "validate/parity.json",
@@ -157,3 +159,45 @@ def test_a_dying_kernel_fails_the_step_in_one_line(place, tmp_path):
     assert [s["status"] for s in steps] == ["finished", "failed", "pending", "pending"]
     assert (place.store / "runs" / run["id"] / "02_train.ipynb").is_file()
     assert (place.store / "runs" / run["id"] / "logs" / "train.kernel.log").is_file()
+
+
+def test_a_killed_run_resumes_losing_at_most_one_epoch(place):
+    """SIGKILL the whole `workbench run` mid-training, then `workbench run --resume` it."""
+    args = place.sets("train.epochs=40", "train.batch_size=64")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "run", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tracker, deadline = None, time.monotonic() + 120
+    logged: list = []
+    while len(logged) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if tracker is None and place.store.exists():
+            tracker = Tracker(place.db)
+        if tracker and (runs := tracker.list_runs()):
+            logged = tracker.get_run(runs[0]["id"])["history"].get("val_accuracy", [])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(logged) < 40, "training was not caught mid-way"
+    time.sleep(2)  # the orphaned kernel notices its parent is gone and exits
+    run_id = tracker.list_runs()[0]["id"]
+    assert tracker.get_run(run_id)["status"] == "running"
+
+    mismatch = workbench("run", "--resume", run_id, *place.sets("train.epochs=41"))
+    assert mismatch.code == 2 and "differs from run" in mismatch.stderr
+
+    resumed = workbench("run", "--resume", run_id, *args)
+    assert resumed.code == 0, resumed.stderr
+    assert f"run {run_id}: resuming at train" in resumed.stderr and "[1/4]" not in resumed.stderr
+    run = Tracker(place.db).get_run(run_id)
+    assert run["status"] == "finished" and [s["status"] for s in run["steps"]] == ["finished"] * 4
+    assert run["metrics"]["resumed_from_epoch"] >= len(logged)  # at most the epoch in progress was lost
+    assert run["metrics"]["epochs_run"] == 40 and run["metrics"]["val_accuracy"] >= 0.95
+    epochs = sorted({p["epoch"] for p in run["history"]["val_accuracy"]})
+    assert epochs == list(range(1, 41))
+
+    again = workbench("run", "--resume", run_id, *args)
+    assert again.code == 1 and "already finished" in again.stderr

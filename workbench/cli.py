@@ -27,7 +27,7 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 def _cmd_run(args: argparse.Namespace) -> int:
     from workbench.pipeline import run_pipeline
 
-    result = run_pipeline(_parameters(args))
+    result = run_pipeline(_parameters(args), resume=args.resume)
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
     return 0
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Execute the four step notebooks with papermill; prints the run id and the report path.",
     )
+    run.add_argument("--resume", metavar="RUN_ID", help="continue an unfinished run from its first unfinished step")
     run.set_defaults(func=_cmd_run)
 
     runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")

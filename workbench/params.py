@@ -82,6 +82,8 @@ SCHEMA: tuple[Param, ...] = (
     Param("train.epochs", int, 30, "passes over the training split", _positive),
     Param("train.batch_size", int, 32, "samples per optimisation step", _positive),
     Param("train.lr", float, 0.002, "Adam learning rate", _positive),
+    Param("train.patience", int, 0, "stop after this many epochs without a better val_loss (0: never)", _non_negative),
+    Param("train.clip_grad_norm", float, 0.0, "clip gradients to this L2 norm (0: off)", _non_negative),
     Param("train.device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N", _device),
     Param("train.amp", bool, True, "mixed precision when training on CUDA (bf16 where supported)"),
     Param("export.opset", int, 12, "ONNX opset for the MXNet-compatible export", _opset),
@@ -197,6 +199,28 @@ def parse_set(item: str) -> tuple[str, Any]:
         return key, yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return key, raw
+
+
+def of_run(run_id: str, stored: dict[str, Any], given: Parameters) -> Parameters:
+    """A run's own parameters, for resuming it; keys the schema gained since keep their defaults.
+
+    ``given`` (what the command line said) may only differ in where the run lives.
+    """
+    values = {p.key: p.default for p in SCHEMA}
+    origin = {p.key: "defaults" for p in SCHEMA}
+    for key, value in stored.items():
+        if key not in SPEC:
+            raise ParameterError(
+                f"run {run_id} has parameter {key!r}, which this version does not know; resume it with the version that started it"
+            )
+        values[key], origin[key] = _coerce(key, value, f"run {run_id}"), f"run {run_id}"
+    for key, value in given.values.items():
+        if key not in ("store", "db") and given.origin[key] != "defaults" and value != values[key]:
+            raise ParameterError(
+                f"{key} in {given.origin[key]}: {value!r} differs from run {run_id}'s {values[key]!r}; "
+                "a resumed run keeps its own parameters, so drop the override or start a new run"
+            )
+    return Parameters(values, origin)
 
 
 def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path | None = None) -> Parameters:

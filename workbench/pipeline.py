@@ -58,6 +58,18 @@ class RunResult:
     report: str
 
 
+def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameters, list[StepSpec]]:
+    """The parameters and remaining steps of a run to resume."""
+    from workbench.params import of_run
+
+    run = tracker.get_run(run_id)
+    done = {s["name"] for s in run["steps"] if s["status"] == "finished"}
+    todo = [s for s in STEPS if s.name not in done]
+    if run["status"] == "finished" or not todo:
+        raise WorkbenchError(f"run {run_id} already finished; nothing to resume (start a new run with `workbench run`)")
+    return of_run(run_id, run["parameters"], given), todo
+
+
 def notebooks_dir() -> Path:
     folder = project_root() / "notebooks"
     if not (folder / STEPS[0].notebook).is_file():
@@ -129,10 +141,12 @@ def execute_step(
     return None
 
 
-def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunResult:
+def run_pipeline(params: Parameters, say: Callable[[str], None] = _say, resume: str | None = None) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
-    The run row, the executed notebooks and the report exist even when a step fails.
+    The run row, the executed notebooks and the report exist even when a step fails. With
+    ``resume``, an unfinished run continues with its own parameters from its first unfinished
+    step (training from its last checkpoint).
     """
     from workbench.report import render_report
 
@@ -148,17 +162,27 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say) -> RunRe
 
         # One step ahead: the next kernel boots and imports while the current step runs.
         # Further ahead only adds contention on small machines.
-        upcoming = warm(STEPS[0])
-        store = open_store(params["store"])
         tracker = Tracker(params["db"])
-        run_id = tracker.create_run(store.root, params.values, params.origin)
-        tracker.plan_steps(run_id, [s.name for s in STEPS])
-        say(f"run {run_id}: {len(STEPS)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
+        if resume:
+            params, todo = _reopen(tracker, resume, params)
+        else:
+            todo = list(STEPS)
+        upcoming = warm(todo[0])
+        store = open_store(params["store"])
+        if resume:
+            run_id = resume
+            tracker.reopen_run(run_id)
+            say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(f'runs/{run_id}')}")
+        else:
+            run_id = tracker.create_run(store.root, params.values, params.origin)
+            tracker.plan_steps(run_id, [s.name for s in STEPS])
+            say(f"run {run_id}: {len(STEPS)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
         failure: str | None = "interrupted"  # what the run row says if we leave by KeyboardInterrupt
         running: tuple[str, float] | None = None
         try:
-            for number, step in enumerate(STEPS, 1):
-                kernel, upcoming = upcoming, (warm(STEPS[number]) if number < len(STEPS) else None)
+            for i, step in enumerate(todo):
+                kernel, upcoming = upcoming, (warm(todo[i + 1]) if i + 1 < len(todo) else None)
+                number = STEPS.index(step) + 1
                 key = f"runs/{run_id}/{step.notebook}"
                 tracker.start_step(run_id, step.name, store.uri(key))
                 say(f"[{number}/{len(STEPS)}] {step.name:<9} {step.notebook} ...")

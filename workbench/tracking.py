@@ -184,6 +184,9 @@ class Tracker:
         if not found:
             self._write(insert(runs).values(id=run_id, status="interactive", started_at=now(), store=store))
 
+    def reopen_run(self, run_id: str) -> None:
+        self._write(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None, error=None))
+
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self._write(update(runs).where(runs.c.id == run_id).values(status=status, finished_at=now(), error=error))
 

@@ -10,10 +10,12 @@ import io
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -57,6 +59,8 @@ def environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]
         "device": str(device),
         "amp": str(amp).replace("torch.", "") if amp else "off",
         "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
     }
@@ -75,6 +79,19 @@ class TrainResult:
     metrics: dict[str, float]
     environment: dict[str, Any]
     config: dict[str, Any]
+    resumed_from: int = 0
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that shapes the optimisation; a checkpoint only resumes under the same settings."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    patience: int = 0  # epochs without a better val_loss before stopping; 0 never stops early
+    clip_grad_norm: float = 0.0  # max gradient L2 norm; 0 leaves gradients alone
 
 
 def _evaluate(
@@ -98,66 +115,141 @@ def _to_device(array: Any, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-def fit(
-    model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    amp: torch.dtype | None = None,
-    on_epoch: Any = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Train in place and return one history row per epoch; ``on_epoch(epoch, row)`` may save."""
-    x, y = train
-    device = x.device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-    rows = []
-    bar = tqdm(
-        range(1, epochs + 1), desc="training", unit="epoch", file=sys.stderr, disable=not progress, mininterval=2
-    )
-    for epoch in bar:
-        model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(x), generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
-            with autocast:
-                logits = model(xb)
-                loss = nn.functional.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-        val_loss, val_acc = _evaluate(model, *val, batch=1024, amp=amp)
-        row = {
-            "epoch": epoch,
-            "lr": schedule.get_last_lr()[0],
-            "train_loss": loss_sum.item() / len(x),
-            "train_accuracy": correct.item() / len(x),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "seconds": time.perf_counter() - started,
+class Trainer:
+    """The optimisation loop and all the state a checkpoint must hold to continue exactly.
+
+    Under torch.distributed each rank takes its share of every global batch, so N processes
+    take the same steps as one process with the same batch size.
+    """
+
+    def __init__(self, model: nn.Module, settings: FitSettings, amp: torch.dtype | None = None) -> None:
+        self.model, self.settings, self.amp = model, settings, amp
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        self.history: list[dict[str, float]] = []
+        self.best_loss, self.best_state, self.stale = float("inf"), None, 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def done(self) -> bool:
+        stopped = self.settings.patience and self.stale >= self.settings.patience
+        return self.epoch >= self.settings.epochs or bool(stopped)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best_loss": self.best_loss,
+            "best_state": self.best_state,
+            "stale": self.stale,
         }
-        schedule.step()
-        rows.append(row)
-        bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
-        if on_epoch:
-            on_epoch(epoch, row)
-    return pd.DataFrame(rows)
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.history, self.best_loss, self.best_state, self.stale = (
+            state["history"],
+            state["best_loss"],
+            state["best_state"],
+            state["stale"],
+        )
+
+    def run(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> pd.DataFrame:
+        """Train until the epoch budget or early stopping; returns one history row per epoch."""
+        x, y = train
+        device, cfg = x.device, self.settings
+        autocast = torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
+        bar = tqdm(
+            total=cfg.epochs,
+            initial=self.epoch,
+            desc="training",
+            unit="epoch",
+            file=sys.stderr,
+            disable=not progress or rank != 0,
+            mininterval=2,
+        )
+        while not self.done:
+            self.model.train()
+            started = time.perf_counter()
+            order = torch.randperm(len(x), generator=self.generator).to(device)
+            totals = torch.zeros(3, device=device)  # loss sum, correct, rows (this rank)
+            for start in range(0, len(x), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size][rank::world]
+                xb, yb = x[idx], y[idx]
+                with autocast:
+                    logits = self.model(xb)
+                    loss = nn.functional.cross_entropy(logits.float(), yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                totals += torch.stack(
+                    [loss.detach() * len(idx), (logits.argmax(1) == yb).sum(), torch.tensor(len(idx), device=device)]
+                )
+            if world > 1:
+                torch.distributed.all_reduce(totals)
+            val_loss, val_acc = _evaluate(self.model, *val, batch=1024, amp=self.amp)
+            row = {
+                "epoch": self.epoch + 1,
+                "lr": self.schedule.get_last_lr()[0],
+                "train_loss": (totals[0] / totals[2]).item(),
+                "train_accuracy": (totals[1] / totals[2]).item(),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds": time.perf_counter() - started,
+            }
+            self.schedule.step()
+            self.history.append(row)
+            if val_loss < self.best_loss:
+                self.best_loss, self.stale = val_loss, 0
+                if cfg.patience:
+                    self.best_state = {k: v.detach().clone() for k, v in _unwrap(self.model).state_dict().items()}
+            else:
+                self.stale += 1
+            bar.update(1)
+            bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
+            if on_epoch:
+                on_epoch(row["epoch"], row)
+        bar.close()
+        if self.best_state is not None:  # early stopping keeps the best epoch's weights
+            _unwrap(self.model).load_state_dict(self.best_state)
+        return pd.DataFrame(self.history)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _state_bytes(obj: Any) -> bytes:
@@ -166,50 +258,102 @@ def _state_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def _resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any]) -> int:
+    """Continue from this run's last checkpoint, if any; returns the epochs already done."""
+    if not ctx.store.exists(ctx.key(CHECKPOINT)):
+        return 0
+    try:
+        saved = torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+        raise ModelError(
+            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({type(exc).__name__}); delete it to start over"
+        ) from None
+    ours = {"config": config, "settings": asdict(trainer.settings)}
+    theirs = {"config": saved.get("config"), "settings": saved.get("settings")}
+    if ours != theirs:
+        changed = sorted(
+            f"{part}.{key}"
+            for part in ours
+            for key in set(ours[part]) | set(theirs[part] or {})
+            if ours[part].get(key) != (theirs[part] or {}).get(key)
+        )
+        raise ModelError(
+            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different {', '.join(changed)}; "
+            "start a new run, or delete the checkpoint to retrain this one"
+        )
+    trainer.load_state_dict(saved["trainer"])
+    return trainer.epoch
+
+
 def train_model(
-    ctx: StepContext, model: str, epochs: int, batch_size: int, lr: float, device: str, amp: bool, seed: int
+    ctx: StepContext,
+    model: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: str,
+    amp: bool,
+    seed: int,
+    patience: int = 0,
+    clip_grad_norm: float = 0.0,
 ) -> TrainResult:
-    """Train on the prepared splits; save ``model.pth``, its config, a checkpoint per epoch, curves."""
+    """Train on the prepared splits, resuming from this run's last checkpoint when there is one.
+
+    Saves ``model.pth`` (a state_dict), its config, ``checkpoints/last.pt`` after every epoch
+    (model, optimiser, schedule and RNG states: a killed step loses at most the epoch in
+    progress), the history and the curves.
+    """
     torch.manual_seed(seed)
     target = choose_device(device)
     dtype = amp_dtype(target, amp)
     train, val = load_split(ctx, "train"), load_split(ctx, "val")
     schema = ctx.load_json("schema.json", "prepare")
     config = model_config(model, train.x.shape[1], len(schema["classes"]))
-    net = build_model(config).to(target)
+    settings = FitSettings(epochs, batch_size, lr, seed, patience, clip_grad_norm)
+    trainer = Trainer(build_model(config).to(target), settings, dtype)
+    resumed_from = _resume(ctx, trainer, config)
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
-        ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
+        # checkpoint first, metrics second: a kill between them repeats no logged epoch
         ctx.save(
-            f"checkpoints/epoch_{epoch:03d}.pt",
-            _state_bytes({"config": config, "epoch": epoch, "model": net.state_dict()}),
+            CHECKPOINT, _state_bytes({"config": config, "settings": asdict(settings), "trainer": trainer.state_dict()})
         )
+        ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
 
-    history = fit(
-        net,
+    trainer.run(
         (_to_device(train.x, target), _to_device(train.y, target)),
         (_to_device(val.x, target), _to_device(val.y, target)),
-        epochs,
-        batch_size,
-        lr,
-        seed,
-        dtype,
         on_epoch=checkpoint,
     )
-    env = environment(target, dtype)
-    final = history.iloc[-1]
+    return _finish(ctx, trainer, config, environment(target, dtype), resumed_from)
+
+
+def _finish(
+    ctx: StepContext, trainer: Trainer, config: dict[str, Any], env: dict[str, Any], resumed_from: int
+) -> TrainResult:
+    """Final evaluation and the step's outputs, from the weights the trainer ends with."""
+    history = pd.DataFrame(trainer.history)
+    val = load_split(ctx, "val")
+    model = _unwrap(trainer.model)
+    device = next(model.parameters()).device
+    val_loss, val_acc = _evaluate(model, _to_device(val.x, device), _to_device(val.y, device), 1024, trainer.amp)
     metrics = {
-        "val_accuracy": float(final.val_accuracy),
-        "val_loss": float(final.val_loss),
+        "val_accuracy": val_acc,
+        "val_loss": val_loss,
+        "epochs_run": float(len(history)),
+        "resumed_from_epoch": float(resumed_from),
         "train_seconds": float(history.seconds.sum()),
     }
     ctx.log_metrics(metrics)
-    ctx.save("model.pth", _state_bytes({k: v.cpu() for k, v in net.state_dict().items()}))
+    ctx.save("model.pth", _state_bytes({k: v.cpu() for k, v in model.state_dict().items()}))
     ctx.save_json("model_config.json", config)
     ctx.save_json("environment.json", env)
     ctx.save("history.csv", history.to_csv(index=False).encode())
     ctx.save_figure("curves.png", plot_history(history))
-    return TrainResult(history, metrics, env, config)
+    return TrainResult(history, metrics, env, config, resumed_from)
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
