@@ -29,7 +29,7 @@ data, train, export, validate = (params.section(s) for s in ("data", "train", "e
 wb.prepare_data(wb.step_context("prepare", run, store, db), seed=params["seed"], **data)
 wb.train_model(wb.step_context("train", run, store, db), seed=params["seed"], **train)
 wb.export_onnx(wb.step_context("export", run, store, db), **export)
-wb.validate_mxnet(wb.step_context("validate", run, store, db), **validate).check()
+wb.validate_model(wb.step_context("validate", run, store, db), **validate).check()
 """
 
 

@@ -5,8 +5,12 @@ import io
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
 
-from workbench.export import INPUT, OUTPUT
+from workbench.errors import ModelError
+from workbench.export import INPUT, MXNET_OPS, OUTPUT, check_mxnet_ops, to_onnx
 
 
 def test_export_for_mxnet(trained, stage_ctx_factory):
@@ -19,9 +23,14 @@ def test_export_for_mxnet(trained, stage_ctx_factory):
     # MXNet's importer only sees initializers that are graph inputs
     assert {i.name for i in proto.graph.initializer} <= inputs
     assert "Constant" not in {n.op_type for n in proto.graph.node}
-    assert {p.key: p.value for p in proto.metadata_props}["run_id"] == "unit"
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert (
+        meta["run_id"] == "unit" and meta["target"] == "mxnet" and meta["classes"] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+    )
+    assert len(__import__("json").loads(meta["normalization"])["mean"]) == 64
     assert exported.summary.loc["inputs", "value"] == "input [batch, 64]"
     assert exported.metrics["ort_max_abs_err"] < 1e-4
+    assert ctx.load_json("export.json", "export")["target"] == "mxnet"
 
 
 def test_dynamic_batch_in_onnxruntime(trained, stage_ctx_factory):
@@ -35,3 +44,35 @@ def test_dynamic_batch_in_onnxruntime(trained, stage_ctx_factory):
 def test_reference_outputs_are_saved(trained, stage_ctx_factory):
     ref = np.load(io.BytesIO(stage_ctx_factory("export").load("reference.npz", "export")))
     assert ref["x"].shape == (269, 64) and ref["logits"].shape == (269, 10) and ref["labels"].shape == (269,)
+
+
+def test_op_table_matches_mxnets_own():
+    from mxnet.contrib.onnx.onnx2mx._import_helper import _convert_map
+
+    assert frozenset(_convert_map) == MXNET_OPS
+
+
+class GeluNet(nn.Module):
+    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc, self.act, self.out = nn.Linear(in_features, 32), nn.GELU(), nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.fc(x)))
+
+
+def test_unsupported_ops_are_named_before_mxnet_sees_them():
+    proto = to_onnx(GeluNet().eval(), 64, 12, "mxnet")
+    with pytest.raises(ModelError) as err:
+        check_mxnet_ops(proto, "mypkg:GeluNet")
+    message = str(err.value)
+    assert "ONNX ops MXNet cannot import: Erf (nn.GELU: use nn.GELU(approximate='tanh') or ReLU)" in message
+    assert "export.target=onnxruntime" in message
+
+
+def test_onnxruntime_target_uses_plain_initializers_and_newer_opsets():
+    proto = to_onnx(GeluNet().eval(), 64, 17, "onnxruntime")
+    assert proto.opset_import[0].version == 17
+    assert not {i.name for i in proto.graph.initializer} & {i.name for i in proto.graph.input}
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {INPUT: np.zeros((3, 64), np.float32)})[0].shape == (3, 10)

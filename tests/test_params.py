@@ -67,7 +67,12 @@ def test_unknown_key_from_set():
         ("train.epochs=0", "train.epochs in --set train.epochs=0: must be greater than 0"),
         ("train.epochs=true", "expected an integer, got True"),
         ("train.device=gpu", "train.device in --set train.device=gpu: must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-        ("export.opset=17", "must be between 7 and 12"),
+        (
+            "export.opset=17",
+            "export.opset in --set export.opset=17: MXNet imports opset 12 at most, got 17; lower it or set export.target=onnxruntime",
+        ),
+        ("export.opset=21", "must be between 7 and 20"),
+        ("export.target=tflite", "must be 'mxnet' or 'onnxruntime'"),
         ("data.val_fraction=1.5", "must be between 0 and 1"),
         ("db=artifacts.db", "must be a SQLAlchemy URL"),
         ("train.model=my model", "must be 'cnn', 'mlp' or 'package.module:Class'"),

@@ -21,7 +21,7 @@ _EXPORTS = {
     "train_model": "workbench.train",
     "plot_history": "workbench.train",
     "export_onnx": "workbench.export",
-    "validate_mxnet": "workbench.validate",
+    "validate_model": "workbench.validate",
     "plot_parity": "workbench.validate",
     "load_parameters": "workbench.params",
     "run_pipeline": "workbench.pipeline",

@@ -56,8 +56,11 @@ def _model(v: str) -> str | None:
 
 
 def _opset(v: int) -> str | None:
-    # MXNet's ONNX importer translates ops only up to opset 12.
-    return None if 7 <= v <= 12 else "must be between 7 and 12 (MXNet imports opset 12 at most)"
+    return None if 7 <= v <= 20 else "must be between 7 and 20"
+
+
+def _target(v: str) -> str | None:
+    return None if v in ("mxnet", "onnxruntime") else "must be 'mxnet' or 'onnxruntime'"
 
 
 def _db_url(v: str) -> str | None:
@@ -86,7 +89,8 @@ SCHEMA: tuple[Param, ...] = (
     Param("train.clip_grad_norm", float, 0.0, "clip gradients to this L2 norm (0: off)", _non_negative),
     Param("train.device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N", _device),
     Param("train.amp", bool, True, "mixed precision when training on CUDA (bf16 where supported)"),
-    Param("export.opset", int, 12, "ONNX opset for the MXNet-compatible export", _opset),
+    Param("export.target", str, "mxnet", "mxnet (importable by MXNet 1.9) or onnxruntime (newer opsets)", _target),
+    Param("export.opset", int, 12, "ONNX opset; at most 12 when export.target is mxnet", _opset),
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
     Param("validate.atol", float, 1e-4, "absolute tolerance, MXNet vs PyTorch logits", _non_negative),
     Param("validate.rtol", float, 1e-3, "relative tolerance, MXNet vs PyTorch logits", _non_negative),
@@ -242,6 +246,12 @@ def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path 
         key, value = parse_set(item)
         values[key] = _coerce(key, value, f"--set {item}")
         origin[key] = f"--set {item}"
+    if values["export.target"] == "mxnet" and values["export.opset"] > 12:
+        where = origin["export.opset"]
+        raise ParameterError(
+            f"export.opset in {where}: MXNet imports opset 12 at most, got {values['export.opset']}; "
+            "lower it or set export.target=onnxruntime"
+        )
     held_out = values["data.val_fraction"] + values["data.test_fraction"]
     if held_out >= 0.9:
         where = origin["data.val_fraction"]

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from workbench.store import Store
 from workbench.tracking import Tracker, display_url
 
-PLOTS = (("Training curves", "train/curves.png"), ("MXNet vs PyTorch", "validate/parity.png"))
+PLOTS = (("Training curves", "train/curves.png"), ("Backends vs PyTorch", "validate/parity.png"))
 
 
 def _fmt(value: float) -> str:
@@ -52,9 +52,9 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
         (label, fmt(metrics[key]))
         for label, key, fmt in (
             ("validation accuracy", "val_accuracy", "{:.2%}".format),
-            ("MXNet accuracy", "mxnet_accuracy_candidate", "{:.2%}".format),
+            ("MXNet accuracy", "mxnet_accuracy", "{:.2%}".format),
             ("MXNet max abs error", "mxnet_max_abs_err", "{:.2e}".format),
-            ("onnxruntime max abs error", "ort_max_abs_err", "{:.2e}".format),
+            ("onnxruntime max abs error", "onnxruntime_max_abs_err", "{:.2e}".format),
             ("training seconds", "train_seconds", "{:.1f}".format),
         )
         if key in metrics
