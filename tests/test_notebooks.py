@@ -52,6 +52,7 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
     overrides = {
         "02_train": ["-p", "epochs", "2", "-p", "batch_size", "64", "-p", "device", "cpu"],
         "03_export_onnx": ["-p", "opset", "11"],
+        "05_batch_score": ["-p", "backend", "mxnet", "-p", "batch_size", "500", "-p", "model_run", "plain"],
     }
     for path in NOTEBOOKS:
         out = tmp_path / path.name
@@ -70,6 +71,7 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
     assert onnx.load(tmp_path / "store/runs/plain/export/model.onnx").opset_import[0].version == 11
     verdict = json.loads((tmp_path / "store/runs/plain/validate/parity.json").read_text())["verdict"]
     assert verdict == "PASS"
+    assert (tmp_path / "store/runs/plain/score/predictions.parquet").is_file()
 
 
 def _nbval(target: Path) -> subprocess.CompletedProcess:

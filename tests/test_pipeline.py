@@ -13,8 +13,10 @@ import time
 import nbformat
 from conftest import ROOT, SMALL, workbench
 
-from workbench.pipeline import STEPS
+from workbench.pipeline import select_steps
 from workbench.tracking import Tracker
+
+STEPS = select_steps(None)  # what `workbench run` runs by default
 
 
 def test_run_prints_id_and_report(small_run):
@@ -205,3 +207,20 @@ def test_a_killed_run_resumes_losing_at_most_one_epoch(place):
 
     again = workbench("run", "--resume", run_id, *args)
     assert again.code == 1 and "already finished" in again.stderr
+
+
+def test_scoring_runs_as_its_own_pipeline_on_an_earlier_model(small_run):
+    result = workbench("run", "--steps", "score", *small_run.place.sets(f"score.model_run={small_run.run_id}"))
+    assert result.code == 0, result.stderr
+    run_id = result.stdout.split()[1]
+    assert "[1/1] score" in result.stderr
+    run = Tracker(small_run.place.db).get_run(run_id)
+    assert [s["name"] for s in run["steps"]] == ["score"] and run["metrics"]["rows_scored"] == 1797
+    folder = small_run.place.store / "runs" / run_id
+    assert (folder / "score" / "predictions.parquet").is_file() and (folder / "05_batch_score.ipynb").is_file()
+    assert 'src="../score/classes.png"' in (folder / "report" / "index.html").read_text()
+
+
+def test_unknown_steps_are_refused(place):
+    result = workbench("run", "--steps", "train,deploy", *place.sets())
+    assert result.code == 2 and "unknown step deploy" in result.stderr

@@ -23,6 +23,8 @@ _EXPORTS = {
     "export_onnx": "workbench.export",
     "validate_model": "workbench.validate",
     "plot_parity": "workbench.validate",
+    "score_batch": "workbench.score",
+    "plot_predictions": "workbench.score",
     "load_parameters": "workbench.params",
     "run_pipeline": "workbench.pipeline",
     "render_report": "workbench.report",

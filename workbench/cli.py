@@ -27,7 +27,9 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 def _cmd_run(args: argparse.Namespace) -> int:
     from workbench.pipeline import run_pipeline
 
-    result = run_pipeline(_parameters(args), resume=args.resume)
+    if args.resume and args.steps:
+        raise ParameterError("--resume continues the steps the run planned; drop --steps")
+    result = run_pipeline(_parameters(args), resume=args.resume, steps=args.steps)
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
     return 0
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Execute the four step notebooks with papermill; prints the run id and the report path.",
+    )
+    run.add_argument(
+        "--steps", metavar="NAMES", help="comma list of steps: prepare,train,export,validate (default) or score"
     )
     run.add_argument("--resume", metavar="RUN_ID", help="continue an unfinished run from its first unfinished step")
     run.set_defaults(func=_cmd_run)

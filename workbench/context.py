@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.store import ArtifactInfo, Store, open_store
@@ -26,12 +27,18 @@ class StepContext:
     store: Store
     tracker: Tracker
 
-    def key(self, name: str, step: str | None = None) -> str:
-        return f"runs/{self.run_id}/{step or self.step}/{name}"
+    def key(self, name: str, step: str | None = None, run: str | None = None) -> str:
+        return f"runs/{run or self.run_id}/{step or self.step}/{name}"
 
     def save(self, name: str, data: bytes) -> ArtifactInfo:
         """Write an artifact of this step atomically and record its sha256 and size."""
         info = self.store.write_bytes(self.key(name), data)
+        self.tracker.log_artifact(self.run_id, self.step, info)
+        return info
+
+    def store_file(self, name: str, path: Path) -> ArtifactInfo:
+        """Like :meth:`save` for a file too large to hold in memory."""
+        info = self.store.put_file(self.key(name), path)
         self.tracker.log_artifact(self.run_id, self.step, info)
         return info
 
@@ -48,11 +55,12 @@ class StepContext:
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         return self.save(name, buf.getvalue())
 
-    def load(self, name: str, step: str) -> bytes:
-        return self.store.read_bytes(self.key(name, step))
+    def load(self, name: str, step: str, run: str | None = None) -> bytes:
+        """An artifact of ``step``, of this run unless ``run`` names another (e.g. a trained model)."""
+        return self.store.read_bytes(self.key(name, step, run))
 
-    def load_json(self, name: str, step: str) -> Any:
-        return json.loads(self.load(name, step))
+    def load_json(self, name: str, step: str, run: str | None = None) -> Any:
+        return json.loads(self.load(name, step, run))
 
     def load_frame(self, name: str, step: str) -> pd.DataFrame:
         import pandas as pd

@@ -7,8 +7,8 @@ The source is one string (a URI or path) handled by :func:`read_source`, so new 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,35 +27,63 @@ BUNDLED = {"digits": "digits.csv.gz"}
 SPLITS = ("train", "val", "test")
 
 
-def read_source(source: str) -> pd.DataFrame:
-    """A whole table from ``bundled:NAME``, or a local CSV, CSV.gz or Parquet file."""
+def _locate(source: str, key: str) -> tuple[Path, str]:
+    """The file behind a source string and its format (``csv`` or ``parquet``)."""
     if source.startswith("bundled:"):
         name = source.split(":", 1)[1]
         if name not in BUNDLED:
-            raise DataError(f"data.source {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
-        with resources.as_file(resources.files("workbench") / "data" / BUNDLED[name]) as path:
-            return pd.read_csv(path)
+            raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
+        return Path(__file__).parent / "data" / BUNDLED[name], "csv"
     if "://" in source:
         scheme = source.split("://", 1)[0]
-        raise DataError(
-            f"data.source {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path"
-        )
+        raise DataError(f"{key} {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path")
     path = Path(source).expanduser()
     if not path.is_absolute():
         path = project_root() / path
     if not path.is_file():
-        raise DataError(f"data.source: no file at {path}; check the path or use bundled:digits")
+        raise DataError(f"{key}: no file at {path}; check the path or use bundled:digits")
     name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return path, "parquet"
+    if name.endswith((".csv", ".csv.gz")):
+        return path, "csv"
+    raise DataError(f"{key} {path}: unknown format; use .csv, .csv.gz or .parquet")
+
+
+def _unreadable(key: str, path: Path, exc: Exception) -> DataError:
+    return DataError(f"{key} {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?")
+
+
+def read_source(source: str, key: str = "data.source") -> pd.DataFrame:
+    """A whole table from ``bundled:NAME``, or a local CSV, CSV.gz or Parquet file."""
+    path, fmt = _locate(source, key)
     try:
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        if name.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(path)
+        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"data.source {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?"
-        ) from None
-    raise DataError(f"data.source {path}: unknown format; use .csv, .csv.gz or .parquet")
+        raise _unreadable(key, path, exc) from None
+
+
+def iter_source(source: str, rows: int, key: str = "data.source") -> Iterator[pd.DataFrame]:
+    """The same table in chunks of ``rows`` (Parquet batches, CSV chunks): memory stays bounded."""
+    import pyarrow.parquet as pq
+
+    path, fmt = _locate(source, key)
+    try:
+        if fmt == "parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                yield batch.to_pandas()
+        else:
+            yield from pd.read_csv(path, chunksize=rows)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise _unreadable(key, path, exc) from None
+
+
+def count_rows(source: str, key: str = "data.source") -> int | None:
+    """Rows in the source when that is cheap to know (Parquet metadata), else None."""
+    import pyarrow.parquet as pq
+
+    path, fmt = _locate(source, key)
+    return pq.ParquetFile(path).metadata.num_rows if fmt == "parquet" else None
 
 
 def _check(frame: pd.DataFrame, target: str, source: str) -> list[str]:

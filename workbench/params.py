@@ -63,6 +63,10 @@ def _target(v: str) -> str | None:
     return None if v in ("mxnet", "onnxruntime") else "must be 'mxnet' or 'onnxruntime'"
 
 
+def _backend(v: str) -> str | None:
+    return None if v in ("onnxruntime", "mxnet", "torch") else "must be 'onnxruntime', 'mxnet' or 'torch'"
+
+
 def _db_url(v: str) -> str | None:
     return None if "://" in v else "must be a SQLAlchemy URL such as sqlite:///artifacts/workbench.db"
 
@@ -92,6 +96,20 @@ SCHEMA: tuple[Param, ...] = (
     Param("export.target", str, "mxnet", "mxnet (importable by MXNet 1.9) or onnxruntime (newer opsets)", _target),
     Param("export.opset", int, 12, "ONNX opset; at most 12 when export.target is mxnet", _opset),
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
+    Param(
+        "score.source", str, "bundled:digits", "table to score: CSV/CSV.gz/Parquet path or bundled:digits", _not_empty
+    ),
+    Param("score.backend", str, "onnxruntime", "onnxruntime, mxnet or torch", _backend),
+    Param("score.batch_size", int, 1024, "rows per scoring batch (memory grows with it, not with the data)", _positive),
+    Param(
+        "score.model_run",
+        str,
+        "latest",
+        "run whose model scores: a run id, or latest (newest exported model)",
+        _not_empty,
+    ),
+    Param("publish.url", str, "", "SQLAlchemy URL to publish predictions to; empty: do not publish"),
+    Param("publish.table", str, "predictions", "table for published predictions (created if missing)", _not_empty),
     Param("validate.atol", float, 1e-4, "absolute tolerance, MXNet vs PyTorch logits", _non_negative),
     Param("validate.rtol", float, 1e-3, "relative tolerance, MXNet vs PyTorch logits", _non_negative),
     Param("validate.min_agreement", float, 0.999, "share of rows whose predicted class must agree", _share),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import StepFailed, WorkbenchError
+from workbench.errors import ParameterError, StepFailed, WorkbenchError
 from workbench.kernel import KERNEL_NAME, ensure_kernel
 from workbench.params import Parameters, project_root
 from workbench.store import open_store
@@ -29,6 +29,7 @@ class StepSpec:
     section: str
     shared: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # further sections, injected as <section>_<key>
 
     def parameters(self, params: Parameters, run_id: str, store_root: str) -> dict[str, Any]:
         """What papermill injects: the run's coordinates plus this step's section, unprefixed."""
@@ -38,6 +39,7 @@ class StepSpec:
             "db": params["db"],
             **{k: params[k] for k in self.shared},
             **params.section(self.section),
+            **{f"{extra}_{k}": v for extra in self.extra for k, v in params.section(extra).items()},
         }
 
 
@@ -48,7 +50,21 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec(
         "validate", "04_validate_mxnet.ipynb", "validate", (), ("workbench.validate", "mxnet", "matplotlib.pyplot")
     ),
+    StepSpec("score", "05_batch_score.ipynb", "score", (), ("workbench.score", "matplotlib.pyplot"), ("publish",)),
 )
+TRAINING = ("prepare", "train", "export", "validate")  # what `workbench run` does unless told --steps
+
+
+def select_steps(names: str | None) -> list[StepSpec]:
+    """Steps named in a comma list (pipeline order is kept); the training pipeline by default."""
+    wanted = [n.strip() for n in (names or ",".join(TRAINING)).split(",") if n.strip()]
+    known = {s.name for s in STEPS}
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise ParameterError(
+            f"--steps {names!r}: unknown step {', '.join(unknown) or '(none)'}; steps are {', '.join(known)}"
+        )
+    return [s for s in STEPS if s.name in wanted]
 
 
 @dataclass
@@ -58,16 +74,17 @@ class RunResult:
     report: str
 
 
-def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameters, list[StepSpec]]:
-    """The parameters and remaining steps of a run to resume."""
+def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameters, list[StepSpec], list[StepSpec]]:
+    """The parameters, planned steps and remaining steps of a run to resume."""
     from workbench.params import of_run
 
     run = tracker.get_run(run_id)
+    planned = [s for s in STEPS if s.name in {row["name"] for row in run["steps"]}]
     done = {s["name"] for s in run["steps"] if s["status"] == "finished"}
-    todo = [s for s in STEPS if s.name not in done]
+    todo = [s for s in planned if s.name not in done]
     if run["status"] == "finished" or not todo:
         raise WorkbenchError(f"run {run_id} already finished; nothing to resume (start a new run with `workbench run`)")
-    return of_run(run_id, run["parameters"], given), todo
+    return of_run(run_id, run["parameters"], given), planned, todo
 
 
 def notebooks_dir() -> Path:
@@ -141,7 +158,9 @@ def execute_step(
     return None
 
 
-def run_pipeline(params: Parameters, say: Callable[[str], None] = _say, resume: str | None = None) -> RunResult:
+def run_pipeline(
+    params: Parameters, say: Callable[[str], None] = _say, resume: str | None = None, steps: str | None = None
+) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
     The run row, the executed notebooks and the report exist even when a step fails. With
@@ -164,9 +183,9 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say, resume: 
         # Further ahead only adds contention on small machines.
         tracker = Tracker(params["db"])
         if resume:
-            params, todo = _reopen(tracker, resume, params)
+            params, planned, todo = _reopen(tracker, resume, params)
         else:
-            todo = list(STEPS)
+            planned = todo = select_steps(steps)
         upcoming = warm(todo[0])
         store = open_store(params["store"])
         if resume:
@@ -175,17 +194,17 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say, resume: 
             say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(f'runs/{run_id}')}")
         else:
             run_id = tracker.create_run(store.root, params.values, params.origin)
-            tracker.plan_steps(run_id, [s.name for s in STEPS])
-            say(f"run {run_id}: {len(STEPS)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
+            tracker.plan_steps(run_id, [s.name for s in planned])
+            say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
         failure: str | None = "interrupted"  # what the run row says if we leave by KeyboardInterrupt
         running: tuple[str, float] | None = None
         try:
             for i, step in enumerate(todo):
                 kernel, upcoming = upcoming, (warm(todo[i + 1]) if i + 1 < len(todo) else None)
-                number = STEPS.index(step) + 1
+                number = planned.index(step) + 1
                 key = f"runs/{run_id}/{step.notebook}"
                 tracker.start_step(run_id, step.name, store.uri(key))
-                say(f"[{number}/{len(STEPS)}] {step.name:<9} {step.notebook} ...")
+                say(f"[{number}/{len(planned)}] {step.name:<9} {step.notebook} ...")
                 running = step.name, time.perf_counter()
                 output = scratch / step.notebook
                 error = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
@@ -198,7 +217,7 @@ def run_pipeline(params: Parameters, say: Callable[[str], None] = _say, resume: 
                 took = time.perf_counter() - running[1]
                 tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
                 running = None
-                say(f"[{number}/{len(STEPS)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
+                say(f"[{number}/{len(planned)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
                 if error:
                     raise StepFailed(step.name, error)
             failure = None

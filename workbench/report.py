@@ -12,7 +12,11 @@ from pathlib import PurePosixPath
 from workbench.store import Store
 from workbench.tracking import Tracker, display_url
 
-PLOTS = (("Training curves", "train/curves.png"), ("Backends vs PyTorch", "validate/parity.png"))
+PLOTS = (
+    ("Training curves", "train/curves.png"),
+    ("Backends vs PyTorch", "validate/parity.png"),
+    ("Predicted classes", "score/classes.png"),
+)
 
 
 def _fmt(value: float) -> str:
@@ -56,6 +60,8 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
             ("MXNet max abs error", "mxnet_max_abs_err", "{:.2e}".format),
             ("onnxruntime max abs error", "onnxruntime_max_abs_err", "{:.2e}".format),
             ("training seconds", "train_seconds", "{:.1f}".format),
+            ("rows scored", "rows_scored", "{:,.0f}".format),
+            ("scoring rows/s", "rows_per_second", "{:,.0f}".format),
         )
         if key in metrics
     ]

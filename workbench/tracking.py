@@ -284,6 +284,17 @@ class Tracker:
             "artifacts": list(latest.values()),
         }
 
+    def latest_with_artifact(self, suffix: str) -> str | None:
+        """The newest run that recorded an artifact whose key ends with ``suffix``."""
+        query = (
+            select(artifacts.c.run_id)
+            .where(artifacts.c.key.endswith("/" + suffix))
+            .order_by(artifacts.c.created_at.desc(), artifacts.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first, with each run's final metrics."""
         with self.engine.connect() as conn:

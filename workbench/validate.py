@@ -64,8 +64,11 @@ def onnx_file_check(onnx_bytes: bytes) -> None:
         raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from None
 
 
-def ort_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Run ``x`` through onnxruntime (CUDA provider first when this build has it)."""
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def load_onnxruntime(onnx_bytes: bytes) -> Predict:
+    """An onnxruntime session as a function of a float32 batch (CUDA provider first when built in)."""
     import onnxruntime as ort
 
     onnx_file_check(onnx_bytes)
@@ -76,11 +79,12 @@ def ort_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
         session = ort.InferenceSession(onnx_bytes, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
         raise ModelError(f"onnxruntime cannot load the ONNX model ({str(exc).splitlines()[0]})") from None
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
 
 
-def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Import the ONNX model into MXNet and run ``x`` through it (GPU context when present)."""
+def load_mxnet(onnx_bytes: bytes) -> Predict:
+    """The ONNX model imported into MXNet (GPU context when present), as a function of a batch."""
     onnx_file_check(onnx_bytes)
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # else MXNet logs a banner on every bind
     with warnings.catch_warnings():
@@ -100,15 +104,30 @@ def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
             raise ModelError(
                 f"MXNet cannot import the ONNX model ({type(exc).__name__}: {exc}); export with export.target=mxnet"
             ) from None
-    data_names = [name for name in sym.list_inputs() if name not in arg_params and name not in aux_params]
-    module = mx.mod.Module(symbol=sym, data_names=data_names, label_names=None, context=ctx)
-    module.bind(for_training=False, data_shapes=[(data_names[0], x.shape)])
-    module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
-    module.forward(mx.io.DataBatch([mx.nd.array(x, ctx=ctx)]), is_train=False)
-    return module.get_outputs()[0].asnumpy()
+    data_name = next(n for n in sym.list_inputs() if n not in arg_params and n not in aux_params)
+    module = mx.mod.Module(symbol=sym, data_names=[data_name], label_names=None, context=ctx)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        if not module.binded:
+            module.bind(for_training=False, data_shapes=[(data_name, x.shape)])
+            module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+        elif module.data_shapes[0].shape != x.shape:
+            module.reshape(data_shapes=[(data_name, x.shape)])
+        module.forward(mx.io.DataBatch([mx.nd.array(x, ctx=ctx)]), is_train=False)
+        return module.get_outputs()[0].asnumpy()
+
+    return predict
 
 
-BACKENDS: dict[str, Callable[[bytes, np.ndarray], np.ndarray]] = {"onnxruntime": ort_predict, "mxnet": mxnet_predict}
+def ort_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    return load_onnxruntime(onnx_bytes)(x)
+
+
+def mxnet_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    return load_mxnet(onnx_bytes)(x)
+
+
+BACKENDS: dict[str, Callable[[bytes], Predict]] = {"onnxruntime": load_onnxruntime, "mxnet": load_mxnet}
 
 
 @dataclass
@@ -166,13 +185,11 @@ def three_way(
     parity = Parity(reference, labels, {}, {REFERENCE: {"accuracy": accuracy}})
     for name in backends:
         try:
-            out = BACKENDS[name](blob, x)
+            predict = BACKENDS[name](blob)
+            out = predict(x)
             batches_ok = all(
                 np.allclose(
-                    BACKENDS[name](blob, np.resize(x, (n, x.shape[1]))),
-                    np.resize(out, (n, out.shape[1])),
-                    atol=atol,
-                    rtol=rtol,
+                    predict(np.resize(x, (n, x.shape[1]))), np.resize(out, (n, out.shape[1])), atol=atol, rtol=rtol
                 )
                 for n in BATCH_SIZES
             )

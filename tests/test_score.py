@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import create_engine, text
+
+from workbench.data import read_source
+from workbench.errors import DataError, TrackingError
+from workbench.publish import PublishError
+from workbench.score import score_batch
+
+
+@pytest.fixture(scope="module")
+def scored(trained, stage_ctx_factory):
+    """The same 1,797 rows scored by every backend, in odd-sized batches."""
+    frames = {}
+    for backend in ("onnxruntime", "mxnet", "torch"):
+        ctx = stage_ctx_factory("score", run_id=f"score-{backend}")
+        result = score_batch(ctx, "bundled:digits", backend, 500, "unit", progress=False)
+        frames[backend] = (result, pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet"))))
+    return frames
+
+
+def test_every_backend_scores_every_row_alike(scored):
+    reference = scored["onnxruntime"][1]
+    assert len(reference) == 1797 and reference.row.tolist() == list(range(1797))
+    assert set(reference.columns) == {"row", "predicted", "confidence", "actual"}
+    for backend in ("mxnet", "torch"):
+        result, frame = scored[backend]
+        assert (frame.predicted == reference.predicted).all(), backend
+        assert np.allclose(frame.confidence, reference.confidence, atol=1e-5)
+        assert result.metrics["rows_scored"] == 1797 and result.metrics["score_accuracy"] > 0.85
+    assert scored["torch"][0].class_counts.rows.sum() == 1797
+
+
+def test_parquet_sources_stream_by_row_group(trained, stage_ctx_factory, tmp_path):
+    digits = read_source("bundled:digits").drop(columns="label")
+    path = tmp_path / "unlabelled.parquet"
+    pq.write_table(pa.Table.from_pandas(digits), path, row_group_size=300)
+    ctx = stage_ctx_factory("score", run_id="score-parquet")
+    result = score_batch(ctx, str(path), "onnxruntime", 256, "latest", progress=False)
+    assert result.metrics["rows_scored"] == 1797 and "score_accuracy" not in result.metrics
+    assert ctx.load_json("model.json", "score")["model_run"] == "unit"
+
+
+def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
+    ctx = stage_ctx_factory("score", run_id="score-bad")
+    read_source("bundled:digits").drop(columns=["p3", "p4"]).to_csv(tmp_path / "narrow.csv", index=False)
+    with pytest.raises(
+        DataError, match=r"score.source .*narrow.csv: lacks the model's input columns p3, p4 \(2 missing\)"
+    ):
+        score_batch(ctx, str(tmp_path / "narrow.csv"), "onnxruntime", 100, "unit", progress=False)
+    with pytest.raises(DataError, match=r"score\.batch_size must be at least 1, got 0"):
+        score_batch(ctx, "bundled:digits", "onnxruntime", 0, "unit", progress=False)
+    with pytest.raises(TrackingError, match=r"score\.model_run 'nope' has no exported model"):
+        score_batch(ctx, "bundled:digits", "onnxruntime", 100, "nope", progress=False)
+    assert not ctx.store.exists(ctx.key("predictions.parquet"))
+
+
+def test_publishing_appends_once_per_run(trained, stage_ctx_factory, tmp_path):
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    for _ in range(2):  # a rerun replaces its own rows instead of duplicating them
+        ctx = stage_ctx_factory("score", run_id="score-publish")
+        score_batch(
+            ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+        )
+    other = stage_ctx_factory("score", run_id="score-publish-2")
+    score_batch(
+        other, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+    )
+    with create_engine(url).connect() as conn:
+        counts = dict(conn.execute(text("select run_id, count(*) from preds group by run_id")).all())
+    assert counts == {"score-publish": 1797, "score-publish-2": 1797}
+
+
+def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, tmp_path):
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    with create_engine(url).begin() as conn:
+        conn.execute(text("create table preds (id integer primary key, amount real)"))
+    ctx = stage_ctx_factory("score", run_id="score-foreign")
+    with pytest.raises(PublishError, match=r"publish\.table 'preds' at sqlite:///.* has no run_id column"):
+        score_batch(
+            ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+        )
