@@ -123,3 +123,17 @@ def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):
 
     with pytest.raises(StoreError, match=r"prepare/schema\.json not found"):
         train_model(stage_ctx_factory("train", run_id="never-prepared"), "cnn", 1, 32, 0.01, "cpu", False, 0)
+
+
+def test_two_processes_reach_the_single_process_accuracy_band(trained, stage_ctx_factory):
+    """torchrun with gloo on CPU: two DDP workers, rank 0 writes, same accuracy band as one process."""
+    accuracy = {}
+    for processes in (1, 2):
+        ctx = stage_ctx_factory("train", run_id=f"ddp-{processes}")
+        for name in ("train.parquet", "val.parquet", "schema.json", "normalization.json"):
+            ctx.store.write_bytes(ctx.key(name, "prepare"), stage_ctx_factory("prepare").load(name, "prepare"))
+        result = train_model(ctx, "cnn", 6, 64, 0.002, "cpu", False, 0, processes=processes)
+        accuracy[processes] = result.metrics["val_accuracy"]
+        assert result.environment["processes"] == processes and len(result.history) == 6
+        assert ctx.store.exists(ctx.key("model.pth"))
+    assert min(accuracy.values()) > 0.9 and abs(accuracy[1] - accuracy[2]) < 0.04, accuracy

@@ -91,6 +91,7 @@ SCHEMA: tuple[Param, ...] = (
     Param("train.lr", float, 0.002, "Adam learning rate", _positive),
     Param("train.patience", int, 0, "stop after this many epochs without a better val_loss (0: never)", _non_negative),
     Param("train.clip_grad_norm", float, 0.0, "clip gradients to this L2 norm (0: off)", _non_negative),
+    Param("train.processes", int, 1, "training processes (torchrun + DistributedDataParallel when > 1)", _positive),
     Param("train.device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N", _device),
     Param("train.amp", bool, True, "mixed precision when training on CUDA (bf16 where supported)"),
     Param("export.target", str, "mxnet", "mxnet (importable by MXNet 1.9) or onnxruntime (newer opsets)", _target),

@@ -299,21 +299,60 @@ def train_model(
     seed: int,
     patience: int = 0,
     clip_grad_norm: float = 0.0,
+    processes: int = 1,
 ) -> TrainResult:
     """Train on the prepared splits, resuming from this run's last checkpoint when there is one.
 
     Saves ``model.pth`` (a state_dict), its config, ``checkpoints/last.pt`` after every epoch
     (model, optimiser, schedule and RNG states: a killed step loses at most the epoch in
-    progress), the history and the curves.
+    progress), the history and the curves. With ``processes`` > 1 the same loop runs under
+    torchrun with DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0 writes.
     """
-    torch.manual_seed(seed)
-    target = choose_device(device)
-    dtype = amp_dtype(target, amp)
+    job = TrainJob(
+        ctx.run_id,
+        ctx.store.root,
+        ctx.tracker.url,
+        model,
+        FitSettings(epochs, batch_size, lr, seed, patience, clip_grad_norm),
+        device,
+        amp,
+    )
+    if processes > 1:
+        return launch_distributed(ctx, job, processes)
+    result = run_job(ctx, job)
+    assert result is not None  # rank 0 always returns its result
+    return result
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training step, serialisable so torchrun workers can be handed it."""
+
+    run_id: str
+    store: str
+    db: str
+    model: str
+    settings: FitSettings
+    device: str
+    amp: bool
+
+
+def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, local_rank: int = 0) -> TrainResult | None:
+    """The training loop of one process; under torch.distributed only rank 0 writes anything."""
+    settings = job.settings
+    torch.manual_seed(settings.seed)
+    target = choose_device(job.device)
+    if world > 1 and target.type == "cuda":
+        target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+    dtype = amp_dtype(target, job.amp)
     train, val = load_split(ctx, "train"), load_split(ctx, "val")
     schema = ctx.load_json("schema.json", "prepare")
-    config = model_config(model, train.x.shape[1], len(schema["classes"]))
-    settings = FitSettings(epochs, batch_size, lr, seed, patience, clip_grad_norm)
-    trainer = Trainer(build_model(config).to(target), settings, dtype)
+    config = model_config(job.model, train.x.shape[1], len(schema["classes"]))
+    net = build_model(config).to(target)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
+    trainer = Trainer(net, settings, dtype)
     resumed_from = _resume(ctx, trainer, config)
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
@@ -326,9 +365,45 @@ def train_model(
     trainer.run(
         (_to_device(train.x, target), _to_device(train.y, target)),
         (_to_device(val.x, target), _to_device(val.y, target)),
-        on_epoch=checkpoint,
+        on_epoch=checkpoint if rank == 0 else None,
+        rank=rank,
+        world=world,
     )
-    return _finish(ctx, trainer, config, environment(target, dtype), resumed_from)
+    env = environment(target, dtype) | {"processes": world}
+    return _finish(ctx, trainer, config, env, resumed_from) if rank == 0 else None
+
+
+def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
+    """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
+    import json
+    import subprocess
+
+    payload = json.dumps(asdict(job))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "workbench.distributed",
+        payload,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
+    if proc.returncode:
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
+        raise ModelError(
+            f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
+        )
+    history = pd.read_csv(io.BytesIO(ctx.load("history.csv", "train")))
+    return TrainResult(
+        history,
+        ctx.load_json("metrics.json", "train"),
+        ctx.load_json("environment.json", "train"),
+        ctx.load_json("model_config.json", "train"),
+        int(ctx.load_json("metrics.json", "train")["resumed_from_epoch"]),
+    )
 
 
 def _finish(
@@ -351,6 +426,7 @@ def _finish(
     ctx.save("model.pth", _state_bytes({k: v.cpu() for k, v in model.state_dict().items()}))
     ctx.save_json("model_config.json", config)
     ctx.save_json("environment.json", env)
+    ctx.save_json("metrics.json", metrics)
     ctx.save("history.csv", history.to_csv(index=False).encode())
     ctx.save_figure("curves.png", plot_history(history))
     return TrainResult(history, metrics, env, config, resumed_from)

@@ -1,0 +1,35 @@
+"""Entry point of one torchrun worker: ``python -m torch.distributed.run ... -m workbench.distributed JOB``.
+
+Each worker joins the process group, opens the same run (store and DB) and runs the training loop
+on its share of every batch; only rank 0 writes artifacts and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from workbench.context import step_context
+from workbench.train import FitSettings, TrainJob, run_job
+
+
+def main(payload: str) -> None:
+    raw = json.loads(payload)
+    job = TrainJob(**(raw | {"settings": FitSettings(**raw["settings"])}))
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    cuda = job.device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        ctx = step_context("train", run_id=job.run_id, store=job.store, db=job.db)
+        run_job(ctx, job, rank=rank, world=world, local_rank=local_rank)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
