@@ -19,6 +19,7 @@ from workbench.errors import DataError
 from workbench.params import project_root
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from matplotlib.figure import Figure
 
     from workbench.context import StepContext
@@ -63,18 +64,35 @@ def read_source(source: str, key: str = "data.source") -> pd.DataFrame:
         raise _unreadable(key, path, exc) from None
 
 
-def iter_source(source: str, rows: int, key: str = "data.source") -> Iterator[pd.DataFrame]:
-    """The same table in chunks of ``rows`` (Parquet batches, CSV chunks): memory stays bounded."""
+def iter_source(source: str, rows: int, key: str = "data.source") -> Iterator[pa.Table]:
+    """The same table as Arrow tables of ``rows`` rows (the last may be shorter).
+
+    Parquet is read by row groups and CSV (also gzipped) by blocks, with no pandas in between,
+    so memory follows ``rows``, not the size of the source.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     path, fmt = _locate(source, key)
     try:
         if fmt == "parquet":
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-                yield batch.to_pandas()
+            blocks: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size=rows)
         else:
-            yield from pd.read_csv(path, chunksize=rows)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+            blocks = iter(pa_csv.open_csv(pa.input_stream(str(path), compression="detect")))
+        pending: list = []
+        count = 0
+        for block in blocks:
+            pending.append(block)
+            count += block.num_rows
+            while count >= rows:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, rows)
+                rest = table.slice(rows)
+                pending, count = rest.to_batches(), rest.num_rows
+        if count:
+            yield pa.Table.from_batches(pending)
+    except (pa.ArrowInvalid, OSError) as exc:
         raise _unreadable(key, path, exc) from None
 
 

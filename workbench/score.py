@@ -25,6 +25,7 @@ from workbench.errors import DataError, TrackingError
 from workbench.validate import Predict, load_mxnet, load_onnxruntime
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from matplotlib.figure import Figure
 
     from workbench.context import StepContext
@@ -61,53 +62,67 @@ class ModelInputs:
 
     features: list[str]
     mean: np.ndarray
-    std: np.ndarray
-    classes: list
+    scale: np.ndarray  # 1 / std, so normalising is a multiply
+    classes: np.ndarray
     target: str
 
-    def matrix(self, chunk: pd.DataFrame, source: str) -> np.ndarray:
-        missing = [c for c in self.features if c not in chunk.columns]
+    def check(self, schema: pa.Schema, source: str) -> None:
+        import pyarrow as pa
+
+        missing = [c for c in self.features if c not in schema.names]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise DataError(
-                f"{SOURCE_KEY} {source}: lacks the model's input columns {shown} ({len(missing)} missing); score data shaped like the training data"
+                f"{SOURCE_KEY} {source}: lacks the model's input columns {shown} ({len(missing)} missing); "
+                "score data shaped like the training data"
             )
-        frame = chunk[self.features]
-        bad = [c for c in self.features if not pd.api.types.is_numeric_dtype(frame[c])]
+        bad = [
+            c
+            for c in self.features
+            if not (pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type))
+        ]
         if bad:
             raise DataError(f"{SOURCE_KEY} {source}: non-numeric input columns {bad[:5]}; the model takes numbers")
-        return ((frame.to_numpy(dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def matrix(self, table: pa.Table) -> np.ndarray:
+        """Normalised float32 model input, built column by column straight from Arrow."""
+        x = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
+        for i, name in enumerate(self.features):
+            x[:, i] = table.column(name).to_numpy()
+        x -= self.mean
+        x *= self.scale
+        return x
 
 
 def model_inputs(ctx: StepContext, model_run: str) -> ModelInputs:
     norm = ctx.load_json("normalization.json", "prepare", model_run)
     schema = ctx.load_json("schema.json", "prepare", model_run)
-    return ModelInputs(
-        norm["features"], np.asarray(norm["mean"]), np.asarray(norm["std"]), schema["classes"], schema["target"]
-    )
+    mean = np.asarray(norm["mean"], dtype=np.float32)
+    scale = (1.0 / np.asarray(norm["std"])).astype(np.float32)
+    return ModelInputs(norm["features"], mean, scale, np.asarray(schema["classes"]), schema["target"])
 
 
-def score_stream(
-    chunks: Iterable[pd.DataFrame], inputs: ModelInputs, predict: Predict, source: str
-) -> Iterator[pd.DataFrame]:
-    """Predictions per chunk: row number, predicted class, confidence, and the label when present."""
-    classes = np.asarray(inputs.classes)
+def score_stream(tables: Iterable[pa.Table], inputs: ModelInputs, predict: Predict, source: str) -> Iterator[pa.Table]:
+    """Predictions per table: row number, predicted class, confidence, and the label when present."""
+    import pyarrow as pa
+
     offset = 0
-    for chunk in chunks:
-        logits = predict(inputs.matrix(chunk, source))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    for table in tables:
+        if offset == 0:
+            inputs.check(table.schema, source)
+        logits = predict(inputs.matrix(table))
         best = logits.argmax(axis=1)
-        out = pd.DataFrame(
-            {
-                "row": np.arange(offset, offset + len(chunk)),
-                "predicted": classes[best],
-                "confidence": (shifted.max(axis=1) / shifted.sum(axis=1)).astype(np.float32),
-            }
-        )
-        if inputs.target in chunk.columns:
-            out["actual"] = chunk[inputs.target].to_numpy()
-        offset += len(chunk)
-        yield out
+        top = logits[np.arange(len(best)), best][:, None]
+        # softmax at the winning class is 1 / sum(exp(logit - top))
+        columns = {
+            "row": pa.array(np.arange(offset, offset + table.num_rows)),
+            "predicted": pa.array(inputs.classes[best]),
+            "confidence": pa.array((1.0 / np.exp(logits - top).sum(axis=1)).astype(np.float32)),
+        }
+        if inputs.target in table.schema.names:
+            columns["actual"] = table.column(inputs.target)
+        offset += table.num_rows
+        yield pa.table(columns)
 
 
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
@@ -143,7 +158,6 @@ def score_batch(
     progress: bool = True,
 ) -> ScoreResult:
     """Score ``source`` with the model of ``model_run``; write ``predictions.parquet``, maybe publish."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if batch_size < 1:
@@ -156,7 +170,7 @@ def score_batch(
         from workbench.publish import Publisher
 
         publisher = Publisher(publish_url, publish_table, ctx.run_id)
-    counts: dict = {}
+    counts = np.zeros(len(inputs.classes), dtype=np.int64)
     rows, correct, labelled, preview = 0, 0, 0, None
     started = time.perf_counter()
     bar = tqdm(
@@ -172,19 +186,19 @@ def score_batch(
         writer = None
         try:
             for out in score_stream(iter_source(source, batch_size, SOURCE_KEY), inputs, predict, source):
-                table = pa.Table.from_pandas(out, preserve_index=False)
-                writer = writer or pq.ParquetWriter(path, table.schema)
-                writer.write_table(table)
+                writer = writer or pq.ParquetWriter(path, out.schema)
+                writer.write_table(out)
                 if publisher:
-                    publisher.append(out)
-                preview = out.head(10) if preview is None else preview
-                for label, n in out.predicted.value_counts().items():
-                    counts[label] = counts.get(label, 0) + int(n)
-                if "actual" in out:
-                    correct += int((out.predicted == out.actual).sum())
-                    labelled += len(out)
-                rows += len(out)
-                bar.update(len(out))
+                    publisher.append(out.to_pandas())
+                preview = out.slice(0, 10).to_pandas() if preview is None else preview
+                predicted = out.column("predicted").to_numpy()
+                # classes are sorted, so searchsorted gives each prediction's class index
+                counts += np.bincount(np.searchsorted(inputs.classes, predicted), minlength=len(counts))
+                if "actual" in out.schema.names:
+                    correct += int((predicted == out.column("actual").to_numpy()).sum())
+                    labelled += out.num_rows
+                rows += out.num_rows
+                bar.update(out.num_rows)
         finally:
             bar.close()
             if writer:
@@ -211,8 +225,8 @@ def score_batch(
         },
         index=["model run", "backend", "source", "rows", "rows per second", "accuracy (where labelled)"],
     )
-    class_counts = pd.DataFrame({"predicted": list(counts), "rows": list(counts.values())}).sort_values("predicted")
-    result = ScoreResult(summary, preview, class_counts.reset_index(drop=True), metrics)
+    class_counts = pd.DataFrame({"predicted": inputs.classes, "rows": counts})
+    result = ScoreResult(summary, preview, class_counts, metrics)
     ctx.save_figure("classes.png", plot_predictions(result))
     return result
 
