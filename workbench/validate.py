@@ -150,8 +150,20 @@ class Parity:
 
     @property
     def table(self) -> pd.DataFrame:
-        """One column per backend, PyTorch first; a backend that could not run shows blanks."""
-        return pd.DataFrame(self.stats).rename_axis("vs PyTorch")
+        """One column per backend, PyTorch first, formatted for reading (raw numbers in ``stats``)."""
+
+        def show(key: str, value: float) -> str:
+            if key in ("loaded", "dynamic_batch"):
+                return "yes" if value == 1.0 else "no"
+            if key in ("accuracy", "argmax_agreement", "within_tolerance"):
+                return f"{value:.2%}"
+            return f"{value:.2e}"
+
+        rows = dict.fromkeys(key for stats in self.stats.values() for key in stats)
+        return pd.DataFrame(
+            {name: [show(k, stats[k]) if k in stats else "" for k in rows] for name, stats in self.stats.items()},
+            index=pd.Index(list(rows), name="vs PyTorch"),
+        )
 
     def check(self) -> None:
         """Fail the step (and so the run) when the verdict is FAIL, after it has been recorded."""
@@ -160,7 +172,7 @@ class Parity:
 
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
-        backends = " and ".join(self.stats.keys() - {REFERENCE})
+        backends = " and ".join(name for name in self.stats if name != REFERENCE)
         why = "" if self.passed else "<ul>" + "".join(f"<li>{r}</li>" for r in self.reasons) + "</ul>"
         return f'<div style="font-size:1.4em;font-weight:600;color:{color}">PyTorch vs {backends}: {self.verdict}</div>{why}'
 
