@@ -224,3 +224,19 @@ def test_scoring_runs_as_its_own_pipeline_on_an_earlier_model(small_run):
 def test_unknown_steps_are_refused(place):
     result = workbench("run", "--steps", "train,deploy", *place.sets())
     assert result.code == 2 and "unknown step deploy" in result.stderr
+
+
+def test_scoring_bad_input_is_one_line(small_run, tmp_path):
+    narrow = tmp_path / "narrow.csv"
+    narrow.write_text("p0,p1,label\n1,2,3\n")
+    result = workbench("run", "--steps", "score", *small_run.place.sets(f"score.source={narrow}"))
+    assert result.code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: step score failed: DataError: score.source {narrow}: lacks the model's input columns "
+        "p2, p3, p4, p5, p6 ... (62 missing); score data shaped like the training data"
+    )
+    zero = workbench("run", "--steps", "score", *small_run.place.sets("score.batch_size=0"))
+    assert (
+        zero.code == 2
+        and zero.stderr == "error: score.batch_size in --set score.batch_size=0: must be greater than 0, got 0\n"
+    )

@@ -137,3 +137,10 @@ def test_two_processes_reach_the_single_process_accuracy_band(trained, stage_ctx
         assert result.environment["processes"] == processes and len(result.history) == 6
         assert ctx.store.exists(ctx.key("model.pth"))
     assert min(accuracy.values()) > 0.9 and abs(accuracy[1] - accuracy[2]) < 0.04, accuracy
+
+
+def test_constant_schedule_and_accuracy_monitor():
+    trainer = _toy_trainer(epochs=30, lr=0.05, patience=3, schedule="constant", monitor="val_accuracy")
+    history = trainer.run(*_toy(), progress=False)
+    assert history.lr.nunique() == 1
+    assert len(history) < 30 and trainer.best == -history.val_accuracy.max()

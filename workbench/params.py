@@ -59,12 +59,11 @@ def _opset(v: int) -> str | None:
     return None if 7 <= v <= 20 else "must be between 7 and 20"
 
 
-def _target(v: str) -> str | None:
-    return None if v in ("mxnet", "onnxruntime") else "must be 'mxnet' or 'onnxruntime'"
+def _one_of(*choices: str) -> Check:
+    def check(v: str) -> str | None:
+        return None if v in choices else "must be " + " or ".join(repr(c) for c in choices)
 
-
-def _backend(v: str) -> str | None:
-    return None if v in ("onnxruntime", "mxnet", "torch") else "must be 'onnxruntime', 'mxnet' or 'torch'"
+    return check
 
 
 def _db_url(v: str) -> str | None:
@@ -89,18 +88,40 @@ SCHEMA: tuple[Param, ...] = (
     Param("train.epochs", int, 30, "passes over the training split", _positive),
     Param("train.batch_size", int, 32, "samples per optimisation step", _positive),
     Param("train.lr", float, 0.002, "Adam learning rate", _positive),
-    Param("train.patience", int, 0, "stop after this many epochs without a better val_loss (0: never)", _non_negative),
+    Param(
+        "train.schedule",
+        str,
+        "cosine",
+        "learning-rate schedule: cosine (decay to zero) or constant",
+        _one_of("cosine", "constant"),
+    ),
+    Param(
+        "train.patience", int, 0, "stop after this many epochs without a better train.monitor (0: never)", _non_negative
+    ),
+    Param(
+        "train.monitor",
+        str,
+        "val_loss",
+        "early stopping watches val_loss or val_accuracy",
+        _one_of("val_loss", "val_accuracy"),
+    ),
     Param("train.clip_grad_norm", float, 0.0, "clip gradients to this L2 norm (0: off)", _non_negative),
     Param("train.processes", int, 1, "training processes (torchrun + DistributedDataParallel when > 1)", _positive),
     Param("train.device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N", _device),
     Param("train.amp", bool, True, "mixed precision when training on CUDA (bf16 where supported)"),
-    Param("export.target", str, "mxnet", "mxnet (importable by MXNet 1.9) or onnxruntime (newer opsets)", _target),
+    Param(
+        "export.target",
+        str,
+        "mxnet",
+        "mxnet (importable by MXNet 1.9) or onnxruntime (newer opsets)",
+        _one_of("mxnet", "onnxruntime"),
+    ),
     Param("export.opset", int, 12, "ONNX opset; at most 12 when export.target is mxnet", _opset),
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
     Param(
         "score.source", str, "bundled:digits", "table to score: CSV/CSV.gz/Parquet path or bundled:digits", _not_empty
     ),
-    Param("score.backend", str, "onnxruntime", "onnxruntime, mxnet or torch", _backend),
+    Param("score.backend", str, "onnxruntime", "onnxruntime, mxnet or torch", _one_of("onnxruntime", "mxnet", "torch")),
     Param("score.batch_size", int, 1024, "rows per scoring batch (memory grows with it, not with the data)", _positive),
     Param(
         "score.model_run",

@@ -90,8 +90,10 @@ class FitSettings:
     batch_size: int
     lr: float
     seed: int
-    patience: int = 0  # epochs without a better val_loss before stopping; 0 never stops early
+    patience: int = 0  # epochs without a better monitored metric before stopping; 0 never stops early
     clip_grad_norm: float = 0.0  # max gradient L2 norm; 0 leaves gradients alone
+    schedule: str = "cosine"  # cosine decay to zero, or constant
+    monitor: str = "val_loss"  # what early stopping watches: val_loss (lower is better) or val_accuracy
 
 
 def _evaluate(
@@ -126,12 +128,15 @@ class Trainer:
         self.model, self.settings, self.amp = model, settings, amp
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        if settings.schedule == "cosine":
+            self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        else:
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         self.history: list[dict[str, float]] = []
-        self.best_loss, self.best_state, self.stale = float("inf"), None, 0
+        self.best, self.best_state, self.stale = float("inf"), None, 0  # best monitored value, as a loss
 
     @property
     def epoch(self) -> int:
@@ -151,7 +156,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
-            "best_loss": self.best_loss,
+            "best": self.best,
             "best_state": self.best_state,
             "stale": self.stale,
         }
@@ -168,9 +173,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.history, self.best_loss, self.best_state, self.stale = (
+        self.history, self.best, self.best_state, self.stale = (
             state["history"],
-            state["best_loss"],
+            state["best"],
             state["best_state"],
             state["stale"],
         )
@@ -232,8 +237,9 @@ class Trainer:
             }
             self.schedule.step()
             self.history.append(row)
-            if val_loss < self.best_loss:
-                self.best_loss, self.stale = val_loss, 0
+            score = row[cfg.monitor] * (-1 if cfg.monitor == "val_accuracy" else 1)
+            if score < self.best:
+                self.best, self.stale = score, 0
                 if cfg.patience:
                     self.best_state = {k: v.detach().clone() for k, v in _unwrap(self.model).state_dict().items()}
             else:
@@ -299,6 +305,8 @@ def train_model(
     seed: int,
     patience: int = 0,
     clip_grad_norm: float = 0.0,
+    schedule: str = "cosine",
+    monitor: str = "val_loss",
     processes: int = 1,
 ) -> TrainResult:
     """Train on the prepared splits, resuming from this run's last checkpoint when there is one.
@@ -313,7 +321,7 @@ def train_model(
         ctx.store.root,
         ctx.tracker.url,
         model,
-        FitSettings(epochs, batch_size, lr, seed, patience, clip_grad_norm),
+        FitSettings(epochs, batch_size, lr, seed, patience, clip_grad_norm, schedule, monitor),
         device,
         amp,
     )
