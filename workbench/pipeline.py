@@ -179,13 +179,13 @@ def run_pipeline(
             kernels.callback(kernel.shutdown)
             return kernel
 
-        # One step ahead: the next kernel boots and imports while the current step runs.
-        # Further ahead only adds contention on small machines.
         tracker = Tracker(params["db"])
         if resume:
             params, planned, todo = _reopen(tracker, resume, params)
         else:
             planned = todo = select_steps(steps)
+        # One step ahead: the next kernel boots and imports while the current step runs.
+        # Further ahead only adds contention on small machines.
         upcoming = warm(todo[0])
         store = open_store(params["store"])
         if resume:

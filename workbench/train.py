@@ -272,7 +272,7 @@ def _resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any]) -> int:
     if not ctx.store.exists(ctx.key(CHECKPOINT)):
         return 0
     try:
-        saved = torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), map_location="cpu", weights_only=False)
+        saved = torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many kinds
         raise ModelError(
             f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({type(exc).__name__}); delete it to start over"
@@ -370,15 +370,16 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
         )
         ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
 
+    val_tensors = (_to_device(val.x, target), _to_device(val.y, target))
     trainer.run(
         (_to_device(train.x, target), _to_device(train.y, target)),
-        (_to_device(val.x, target), _to_device(val.y, target)),
+        val_tensors,
         on_epoch=checkpoint if rank == 0 else None,
         rank=rank,
         world=world,
     )
     env = environment(target, dtype) | {"processes": world}
-    return _finish(ctx, trainer, config, env, resumed_from) if rank == 0 else None
+    return _finish(ctx, trainer, val_tensors, config, env, resumed_from) if rank == 0 else None
 
 
 def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
@@ -405,24 +406,24 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
             f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
         )
     history = pd.read_csv(io.BytesIO(ctx.load("history.csv", "train")))
-    return TrainResult(
-        history,
-        ctx.load_json("metrics.json", "train"),
-        ctx.load_json("environment.json", "train"),
-        ctx.load_json("model_config.json", "train"),
-        int(ctx.load_json("metrics.json", "train")["resumed_from_epoch"]),
-    )
+    metrics = ctx.load_json("metrics.json", "train")
+    env, config = ctx.load_json("environment.json", "train"), ctx.load_json("model_config.json", "train")
+    return TrainResult(history, metrics, env, config, int(metrics["resumed_from_epoch"]))
 
 
 def _finish(
-    ctx: StepContext, trainer: Trainer, config: dict[str, Any], env: dict[str, Any], resumed_from: int
+    ctx: StepContext,
+    trainer: Trainer,
+    val: tuple[torch.Tensor, torch.Tensor],
+    config: dict[str, Any],
+    env: dict[str, Any],
+    resumed_from: int,
 ) -> TrainResult:
-    """Final evaluation and the step's outputs, from the weights the trainer ends with."""
+    """Final evaluation and the step's outputs, from the weights the trainer ends with
+    (the best epoch's under early stopping, so the last history row may not be them)."""
     history = pd.DataFrame(trainer.history)
-    val = load_split(ctx, "val")
     model = _unwrap(trainer.model)
-    device = next(model.parameters()).device
-    val_loss, val_acc = _evaluate(model, _to_device(val.x, device), _to_device(val.y, device), 1024, trainer.amp)
+    val_loss, val_acc = _evaluate(model, *val, 1024, trainer.amp)
     metrics = {
         "val_accuracy": val_acc,
         "val_loss": val_loss,
