@@ -75,7 +75,13 @@ def _not_empty(v: str) -> str | None:
 
 
 SCHEMA: tuple[Param, ...] = (
-    Param("store", str, "artifacts", "artifact root: a folder, relative to the project folder", _not_empty),
+    Param(
+        "store",
+        str,
+        "artifacts",
+        "artifact root: a folder (relative to the project folder) or s3://bucket/prefix",
+        _not_empty,
+    ),
     Param("db", str, "sqlite:///artifacts/workbench.db", "tracking database, a SQLAlchemy URL", _db_url),
     Param("seed", int, 0, "seed for splits, weight init and shuffling"),
     Param(

@@ -126,11 +126,21 @@ class LocalStore:
         )
 
 
-_BACKENDS: dict[str, Callable[[str], Store]] = {"": LocalStore, "file": lambda uri: LocalStore(urlparse(uri).path)}
+def _s3(uri: str) -> Store:
+    from workbench.s3 import S3Store  # boto3 is imported only by runs that use S3
+
+    return S3Store(uri)
+
+
+_BACKENDS: dict[str, Callable[[str], Store]] = {
+    "": LocalStore,
+    "file": lambda uri: LocalStore(urlparse(uri).path),
+    "s3": _s3,
+}
 
 
 def open_store(uri: str) -> Store:
-    """The store for ``uri``: a folder path or ``file://`` URI (S3 joins this registry)."""
+    """The store for ``uri``: a folder path, a ``file://`` URI or ``s3://bucket/prefix``."""
     scheme = urlparse(uri).scheme if "://" in uri else ""
     try:
         backend = _BACKENDS[scheme]

@@ -1,0 +1,147 @@
+"""The S3 artifact store: ``store: s3://bucket/prefix``.
+
+Every object is written by a single PUT, or by a multipart upload that S3 makes visible only when
+it completes, so no reader sees half an artifact under its final key. boto3 finds credentials,
+region and endpoint the standard way (environment, profile, instance role, ``AWS_ENDPOINT_URL``)
+and retries in its standard mode. The client is created on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mimetypes
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from workbench.errors import StoreError
+from workbench.store import ArtifactInfo, _hash_file
+
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class S3Store:
+    """Artifacts under ``s3://bucket/prefix``; keys are relative to the prefix."""
+
+    multipart_threshold = 64 * 2**20
+
+    def __init__(self, uri: str) -> None:
+        parsed = urlparse(uri)
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        if parsed.scheme != "s3" or not BUCKET.match(self.bucket) or ".." in self.bucket:
+            raise StoreError(
+                f"store {uri!r} is not a valid S3 URI; use s3://bucket/prefix with a lowercase bucket name"
+            )
+        self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
+            self._client = boto3.session.Session().client("s3", config=config)
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full(key)}"
+
+    @contextlib.contextmanager
+    def _errors(self, key: str = "") -> Iterator[None]:
+        """Turn botocore's exceptions into one line that says what to fix."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = self.uri(key) if key else self.root
+        try:
+            yield
+        except (NoCredentialsError, PartialCredentialsError):
+            raise StoreError(
+                f"store {self.root}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or run with an instance role"
+            ) from None
+        except (EndpointConnectionError, ConnectTimeoutError):
+            endpoint = self.client.meta.endpoint_url
+            raise StoreError(
+                f"store {self.root}: cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL, the region and the network"
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise StoreError(
+                    f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
+                ) from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StoreError(f"artifact {where} not found; run the step that writes it first") from None
+            if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise StoreError(
+                    f"store {self.root}: access denied to {where} ({code}); check the credentials and the bucket policy"
+                ) from None
+            raise StoreError(
+                f"store {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
+            ) from None
+
+    def _extra(self, key: str, digest: str) -> dict[str, Any]:
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        if content_type.startswith("text/"):
+            content_type += "; charset=utf-8"
+        return {"ContentType": content_type, "Metadata": {"sha256": digest}}
+
+    def write_bytes(self, key: str, data: bytes) -> ArtifactInfo:
+        digest = hashlib.sha256(data).hexdigest()
+        with self._errors(key):
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **self._extra(key, digest))
+        return ArtifactInfo(key, self.uri(key), digest, len(data))
+
+    def put_file(self, key: str, path: Path) -> ArtifactInfo:
+        from boto3.s3.transfer import TransferConfig
+
+        digest = _hash_file(Path(path))
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=max(self.multipart_threshold // 4, 5 * 2**20),
+        )
+        with self._errors(key):
+            self.client.upload_file(
+                str(path), self.bucket, self._full(key), ExtraArgs=self._extra(key, digest), Config=config
+            )
+        return ArtifactInfo(key, self.uri(key), digest, os.path.getsize(path))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._errors(key):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        start = self._full(prefix)
+        keys = []
+        with self._errors():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                keys += [obj["Key"] for obj in page.get("Contents", [])]
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[cut:] for k in keys)
