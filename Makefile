@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup demo test lint lab lock clean
+.PHONY: setup demo test lint lab lock clean postgres
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/workbench run
 
-test: setup lint
+test: setup lint postgres
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+# The tests start their own throwaway PostgreSQL server; they need its binaries.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  { echo "the tests need PostgreSQL's server binaries: install the postgresql package" >&2; exit 1; }
 
 lint: setup
 	$(BIN)/ruff check workbench tests benchmarks

@@ -29,3 +29,28 @@ def test_outside_a_project_says_where_to_run(tmp_path):
         and "no step notebooks in" in result.stderr
         and "run workbench from the project folder" in result.stderr
     )
+
+
+def test_db_upgrade_is_the_one_explicit_step(tmp_path):
+    from sqlalchemy import create_engine
+
+    from workbench.tracking import metadata
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    metadata.create_all(create_engine(url))  # tables without a schema version
+    refused = workbench("runs", "--set", f"db={url}")
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert (
+        "is at schema unversioned, this workbench needs 0001; back it up, then run `workbench db upgrade`"
+        in refused.stderr
+    )
+    for _ in range(2):
+        upgraded = workbench("db", "upgrade", "--set", f"db={url}")
+        assert upgraded.code == 0 and upgraded.stdout.strip().endswith("at schema 0001")
+    assert workbench("runs", "--set", f"db={url}").code == 0
+
+
+def test_unreachable_db_is_one_line_without_the_password(tmp_path):
+    result = workbench("runs", "--set", "db=postgresql+psycopg://alice:s3cret@127.0.0.1:1/x?connect_timeout=2")
+    assert result.code == 1 and result.stderr.count("\n") == 1
+    assert "is unreachable" in result.stderr and "s3cret" not in result.stderr

@@ -84,6 +84,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    from workbench.tracking import Tracker, display_url
+
+    params = _parameters(args)
+    print(f"db {display_url(params['db'])} at schema {Tracker(params['db'], check=False).upgrade()}")
+    return 0
+
+
 def _cmd_kernel(args: argparse.Namespace) -> int:
     from workbench.kernel import KERNEL_NAME, ensure_kernel
 
@@ -137,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", parents=[layers], help="re-render a run's HTML report")
     report.add_argument("run_id")
     report.set_defaults(func=_cmd_report)
+
+    db = sub.add_parser("db", help="tracking database schema: `db upgrade` creates or upgrades it")
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="upgrade")
+    upgrade = db_sub.add_parser(
+        "upgrade", parents=[layers], help="create or upgrade the tracking DB schema (idempotent)"
+    )
+    upgrade.set_defaults(func=_cmd_db)
 
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)

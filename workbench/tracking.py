@@ -7,13 +7,17 @@ alone from JupyterLab is tracked the same way as one run by ``workbench run``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -27,6 +31,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -89,7 +94,7 @@ artifacts = Table(
     Column("key", Text, nullable=False),
     Column("uri", Text, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("bytes", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -123,6 +128,39 @@ def _resolve(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+SCHEMA_HEAD = "0001"
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "workbench:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def _revision(connection: Any) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """SQLite has no advisory locks: processes creating one database file queue on a lock file."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the report and the CLI read while a step writes; the busy timeout makes
     # concurrent writers wait instead of failing with "database is locked".
@@ -134,9 +172,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Tracker:
-    """Reads and writes the tracking DB at ``url`` (a SQLAlchemy URL)."""
+    """Reads and writes the tracking DB at ``url`` (a SQLAlchemy URL).
 
-    def __init__(self, url: str) -> None:
+    ``check=False`` skips the schema check: only `workbench db upgrade` wants that.
+    """
+
+    def __init__(self, url: str, check: bool = True) -> None:
         self.url = url
         try:
             self.engine: Engine = create_engine(_resolve(url))
@@ -151,11 +192,44 @@ class Tracker:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            metadata.create_all(self.engine)
+            if check:
+                self._check_schema()
+            else:
+                self.engine.connect().close()
         except OperationalError as exc:
             raise TrackingError(
                 f"db {display_url(url)!r} is unreachable: {str(exc.orig).strip().splitlines()[0]}; check the db parameter"
             ) from None
+
+    # schema -----------------------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        """A new, empty database is created at the current schema; an older one is never upgraded
+        behind the user's back (that can lock or break a shared production database)."""
+        with self.engine.connect() as conn:
+            current, empty = _revision(conn), not inspect(conn).has_table("runs")
+        if current == SCHEMA_HEAD:
+            return
+        if current is None and empty:
+            self.upgrade()
+            return
+        raise TrackingError(
+            f"db {display_url(self.url)!r} is at schema {current or 'unversioned'}, this workbench needs {SCHEMA_HEAD}; "
+            "back it up, then run `workbench db upgrade` with the same -p/--set"
+        )
+
+    def upgrade(self) -> str:
+        """Create or upgrade the schema to the current revision; idempotent, and safe when several
+        processes try at once (they queue on a lock, then find the work done)."""
+        from alembic import command
+
+        with _migration_lock(self.engine), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74837)")  # one migrator at a time
+            config = _alembic_config(conn)
+            if _revision(conn) is None and inspect(conn).has_table("runs"):
+                command.stamp(config, "0001")  # tables made before migrations existed: the first schema
+            command.upgrade(config, "head")
+        return SCHEMA_HEAD
 
     def _write(self, *statements: Any) -> None:
         try:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the tracking database; applied by ``workbench db upgrade``."""
