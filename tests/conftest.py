@@ -110,14 +110,6 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory):
     """A real S3 endpoint over HTTP (moto's server on 127.0.0.1), for this process and its children."""
@@ -125,7 +117,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     import time
     import urllib.request
 
-    port = _free_port()
+    from workbench.localpg import free_port
+
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
@@ -161,54 +155,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     log.close()
 
 
-def _pg_bin(name: str) -> str:
-    import glob
-    import shutil
-
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is missing: install the postgresql package (.ci/run does)")
-    return found
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1; yields a factory of fresh database URLs."""
-    import os
-    import shutil
-    import tempfile
+    from workbench.errors import WorkbenchError
+    from workbench.localpg import throwaway_postgres
 
-    from sqlalchemy import create_engine, text
-
-    # not under pytest's tmp folder: that is private to root, and the server runs as postgres
-    folder = Path(tempfile.mkdtemp(prefix="workbench-pg-"))
-    data = folder / "data"
-    port = _free_port()
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=100"
-    subprocess.run(
-        [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    admin = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
-    counter = iter(range(10_000))
-
-    def new_database() -> str:
-        name = f"wb_{next(counter)}"
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
-
-    yield new_database
-    admin.dispose()
-    subprocess.run([*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with throwaway_postgres() as new_database:
+            yield new_database
+    except WorkbenchError as exc:
+        pytest.fail(f"{exc} (make test and .ci/run install it)")

@@ -85,3 +85,36 @@ def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, 
         score_batch(
             ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
         )
+
+
+def test_publishing_to_postgres_uses_copy_and_stays_idempotent(trained, stage_ctx_factory, postgres):
+    url = postgres()
+    for _ in range(2):
+        ctx = stage_ctx_factory("score", run_id="score-pg")
+        score_batch(
+            ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False
+        )
+    with create_engine(url).connect() as conn:
+        assert conn.execute(
+            text("select count(*), count(distinct row) from preds where run_id = 'score-pg'")
+        ).one() == (1797, 1797)
+        types = dict(
+            conn.execute(
+                text("select column_name, data_type from information_schema.columns where table_name = 'preds'")
+            ).all()
+        )
+    assert types["row"] == "bigint" and types["confidence"] == "real" and types["run_id"] == "text"
+
+
+def test_a_publish_table_with_conflicting_columns_is_named(trained, stage_ctx_factory, postgres):
+    url = postgres()
+    with create_engine(url).begin() as conn:
+        conn.execute(text("create table preds (run_id text, score double precision)"))
+    ctx = stage_ctx_factory("score", run_id="score-conflict")
+    with pytest.raises(
+        PublishError,
+        match=r"publish\.table 'preds' at postgresql\+psycopg://postgres@.* lacks columns \['row', 'predicted', 'confidence', 'actual'\]",
+    ):
+        score_batch(
+            ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False
+        )

@@ -205,31 +205,42 @@ class Tracker:
     def _check_schema(self) -> None:
         """A new, empty database is created at the current schema; an older one is never upgraded
         behind the user's back (that can lock or break a shared production database)."""
-        with self.engine.connect() as conn:
-            current, empty = _revision(conn), not inspect(conn).has_table("runs")
-        if current == SCHEMA_HEAD:
+        if self._state()[0] == SCHEMA_HEAD:
             return
-        if current is None and empty:
-            self.upgrade()
-            return
+        with _migration_lock(self.engine):  # another process may be creating it right now
+            current, empty = self._state()
+            if current == SCHEMA_HEAD:
+                return
+            if current is None and empty:
+                self._upgrade()
+                return
         raise TrackingError(
             f"db {display_url(self.url)!r} is at schema {current or 'unversioned'}, this workbench needs {SCHEMA_HEAD}; "
             "back it up, then run `workbench db upgrade` with the same -p/--set"
         )
 
+    def _state(self) -> tuple[str | None, bool]:
+        """The schema revision, and whether the database has no workbench tables at all."""
+        with self.engine.connect() as conn:
+            return _revision(conn), not inspect(conn).has_table("runs")
+
     def upgrade(self) -> str:
         """Create or upgrade the schema to the current revision; idempotent, and safe when several
         processes try at once (they queue on a lock, then find the work done)."""
+        with _migration_lock(self.engine):
+            self._upgrade()
+        return SCHEMA_HEAD
+
+    def _upgrade(self) -> None:
         from alembic import command
 
-        with _migration_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74837)")  # one migrator at a time
             config = _alembic_config(conn)
             if _revision(conn) is None and inspect(conn).has_table("runs"):
                 command.stamp(config, "0001")  # tables made before migrations existed: the first schema
             command.upgrade(config, "head")
-        return SCHEMA_HEAD
 
     def _write(self, *statements: Any) -> None:
         try:
