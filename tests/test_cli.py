@@ -50,7 +50,12 @@ def test_db_upgrade_is_the_one_explicit_step(tmp_path):
     assert workbench("runs", "--set", f"db={url}").code == 0
 
 
-def test_unreachable_db_is_one_line_without_the_password(tmp_path):
-    result = workbench("runs", "--set", "db=postgresql+psycopg://alice:s3cret@127.0.0.1:1/x?connect_timeout=2")
-    assert result.code == 1 and result.stderr.count("\n") == 1
-    assert "is unreachable" in result.stderr and "s3cret" not in result.stderr
+def test_unreachable_db_is_one_line(tmp_path):
+    result = workbench("runs", "--set", "db=postgresql+psycopg://alice@127.0.0.1:1/x?connect_timeout=2")
+    assert result.code == 1 and result.stderr.count("\n") == 1 and "is unreachable" in result.stderr
+
+
+def test_passwords_stay_out_of_parameters():
+    result = workbench("runs", "--set", "db=postgresql+psycopg://alice:s3cret@127.0.0.1/x")
+    assert result.code == 2 and "must not hold a password" in result.stderr and "PGPASSWORD" in result.stderr
+    assert "s3cret" not in result.stderr

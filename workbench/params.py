@@ -66,8 +66,22 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def mask(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ***."""
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", text)
+
+
+def _no_password(v: str) -> str | None:
+    # parameters are written into executed notebooks and reports: secrets must come from elsewhere
+    if re.match(r"^[\w+]+://[^/@:]*:[^/@]*@", v):
+        return "must not hold a password (it would be written into notebooks and reports); use PGPASSWORD or ~/.pgpass"
+    return None
+
+
 def _db_url(v: str) -> str | None:
-    return None if "://" in v else "must be a SQLAlchemy URL such as sqlite:///artifacts/workbench.db"
+    if "://" not in v:
+        return "must be a SQLAlchemy URL such as sqlite:///artifacts/workbench.db"
+    return _no_password(v)
 
 
 def _not_empty(v: str) -> str | None:
@@ -136,7 +150,7 @@ SCHEMA: tuple[Param, ...] = (
         "run whose model scores: a run id, or latest (newest exported model)",
         _not_empty,
     ),
-    Param("publish.url", str, "", "SQLAlchemy URL to publish predictions to; empty: do not publish"),
+    Param("publish.url", str, "", "SQLAlchemy URL to publish predictions to; empty: do not publish", _no_password),
     Param("publish.table", str, "predictions", "table for published predictions (created if missing)", _not_empty),
     Param("validate.atol", float, 1e-4, "absolute tolerance, MXNet vs PyTorch logits", _non_negative),
     Param("validate.rtol", float, 1e-3, "relative tolerance, MXNet vs PyTorch logits", _non_negative),
@@ -214,7 +228,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if not ok:
         raise ParameterError(f"{key} in {origin}: expected {_TYPE_NAMES[want]}, got {value!r}")
     if spec.check and (problem := spec.check(value)):
-        raise ParameterError(f"{key} in {origin}: {problem}, got {value!r}")
+        shown = mask(value) if isinstance(value, str) else value
+        raise ParameterError(f"{key} in {mask(origin)}: {problem}, got {shown!r}")
     return value
 
 
