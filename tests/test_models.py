@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench.errors import ModelError
-from workbench.models import DigitCNN, build_model, load_model, model_config
+from workbench.models import build_model, load_model, model_config
 
 
 @pytest.mark.parametrize("spec", ["cnn", "mlp"])
@@ -18,7 +18,7 @@ def test_builtin_models_map_rows_to_logits(spec):
 
 def test_cnn_needs_square_inputs():
     with pytest.raises(ModelError, match=r"needs square images .* got 30 features; use 'mlp'"):
-        DigitCNN(30, 3)
+        build_model(model_config("cnn", 30, 3))
 
 
 def test_user_model_by_import_path(tmp_path, monkeypatch):

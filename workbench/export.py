@@ -154,7 +154,9 @@ def ort_session(blob: bytes) -> Any:
     return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(ctx: StepContext, opset: int, ort_atol: float, target: str = "mxnet") -> ExportResult:
+def export_onnx(
+    ctx: StepContext, opset: int, ort_atol: float, target: str = "mxnet", sagemaker: bool = False
+) -> ExportResult:
     """Export, check, compare onnxruntime with PyTorch on the validation split, save references.
 
     ``reference.npz`` holds the validation inputs, PyTorch's logits and the labels, so the
@@ -197,6 +199,13 @@ def export_onnx(ctx: StepContext, opset: int, ort_atol: float, target: str = "mx
             raise ModelError(f"exported model does not accept a batch of {batch}; the batch axis is not dynamic")
 
     ctx.save("model.onnx", blob)
+    if sagemaker:
+        from workbench.sagemaker import model_archive
+
+        normalization = ctx.load_json("normalization.json", "prepare")
+        ctx.save(
+            "model.tar.gz", model_archive(ctx.load("model.pth", "train"), config, normalization, schema["classes"])
+        )
     ctx.save_json(
         "export.json", {"target": target, "opset": opset, "exporter": "torchscript", "input": INPUT, "output": OUTPUT}
     )

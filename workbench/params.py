@@ -137,6 +137,9 @@ SCHEMA: tuple[Param, ...] = (
         _one_of("mxnet", "onnxruntime"),
     ),
     Param("export.opset", int, 12, "ONNX opset; at most 12 when export.target is mxnet", _opset),
+    Param(
+        "export.sagemaker", bool, False, "also write a SageMaker PyTorch model.tar.gz (model.pth + code/inference.py)"
+    ),
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
     Param(
         "score.source", str, "bundled:digits", "table to score: CSV/CSV.gz/Parquet path or bundled:digits", _not_empty

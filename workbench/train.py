@@ -7,12 +7,15 @@ rather than a DataLoader: no worker processes, no per-batch host-to-device copie
 from __future__ import annotations
 
 import io
+import json
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from workbench.data import load_split
+from workbench.data import load_split, prepared_bytes
 from workbench.errors import ModelError
 from workbench.models import build_model, model_config
 
@@ -355,7 +358,7 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
         torch.cuda.set_device(target)
     dtype = amp_dtype(target, job.amp)
     train, val = load_split(ctx, "train"), load_split(ctx, "val")
-    schema = ctx.load_json("schema.json", "prepare")
+    schema = json.loads(prepared_bytes(ctx, "schema.json"))
     config = model_config(job.model, train.x.shape[1], len(schema["classes"]))
     net = build_model(config).to(target)
     if world > 1:
@@ -384,7 +387,6 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
 
 def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
     """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
-    import json
     import subprocess
 
     payload = json.dumps(asdict(job))
@@ -438,7 +440,24 @@ def _finish(
     ctx.save_json("metrics.json", metrics)
     ctx.save("history.csv", history.to_csv(index=False).encode())
     ctx.save_figure("curves.png", plot_history(history))
+    _sagemaker_outputs(ctx, config, env, metrics)
     return TrainResult(history, metrics, env, config, resumed_from)
+
+
+def _sagemaker_outputs(
+    ctx: StepContext, config: dict[str, Any], env: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    """Inside a SageMaker training job, also leave the model where SageMaker collects it
+    (SM_MODEL_DIR, packed as model.tar.gz) and the reports in SM_OUTPUT_DATA_DIR."""
+    targets = {
+        "SM_MODEL_DIR": ("model.pth", "model_config.json"),
+        "SM_OUTPUT_DATA_DIR": ("history.csv", "curves.png", "environment.json", "metrics.json"),
+    }
+    for variable, names in targets.items():
+        if folder := os.environ.get(variable):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (Path(folder) / name).write_bytes(ctx.load(name, "train"))
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
