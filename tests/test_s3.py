@@ -64,7 +64,9 @@ def test_malformed_uris(uri, message):
 def test_missing_bucket_and_key(s3_server, bucket):
     with pytest.raises(StoreError, match=r"bucket 'no-such-bucket-x' does not exist; create it or fix the store URI"):
         open_store("s3://no-such-bucket-x/p").write_bytes("a.txt", b"x")
-    with pytest.raises(StoreError, match=rf"artifact s3://{bucket}/runs/x/train/model\.pth not found"):
+    with pytest.raises(
+        StoreError, match=rf"s3://{bucket}/runs/x/train/model\.pth not found; run the step that writes it first"
+    ):
         open_store(f"s3://{bucket}").read_bytes("runs/x/train/model.pth")
 
 
@@ -83,18 +85,30 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
         open_store("s3://some-bucket").read_bytes("a.txt")
 
 
-def test_a_whole_run_into_s3(s3_server, bucket, place):
-    """`workbench run` with an s3:// store: notebooks, artifacts and report all land in the bucket."""
+def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_server, bucket, postgres, tmp_path):
+    """`workbench run` with an s3:// store, an S3 data source and a PostgreSQL tracking DB, then a
+    scoring run that publishes to PostgreSQL: everything lands where production would look."""
+    from sqlalchemy import create_engine, text
+
+    from workbench.data import read_source
+
+    read_source("bundled:digits").to_csv(tmp_path / "digits.csv.gz", index=False)
+    s3_server.client().upload_file(str(tmp_path / "digits.csv.gz"), bucket, "input/digits.csv.gz")
+    db, warehouse = postgres(), postgres()
     env = {**os.environ, **s3_server.env}
-    sets = [f"--set={s}" for s in (f"store=s3://{bucket}/prod", f"db={place.db}", *SMALL)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "run", *sets],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def run(*items: str, steps: str = "prepare,train,export,validate") -> subprocess.CompletedProcess:
+        sets = [f"--set={s}" for s in (f"store=s3://{bucket}/prod", f"db={db}", *items)]
+        return subprocess.run(
+            [sys.executable, "-m", "workbench", "run", "--steps", steps, *sets],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    proc = run(f"data.source=s3://{bucket}/input/digits.csv.gz", *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = proc.stdout.split()[1]
     assert proc.stdout.splitlines()[1] == f"report s3://{bucket}/prod/runs/{run_id}/report/index.html"
@@ -107,8 +121,43 @@ def test_a_whole_run_into_s3(s3_server, bucket, place):
         "report/02_train.html",
     ):
         assert f"runs/{run_id}/{key}" in keys, key
-    run = Tracker(place.db).get_run(run_id)
-    assert run["status"] == "finished" and run["store"] == f"s3://{bucket}/prod"
-    onnx = next(a for a in run["artifacts"] if a["key"].endswith("export/model.onnx"))
+    run_row = Tracker(db).get_run(run_id)
+    assert run_row["status"] == "finished" and run_row["store"] == f"s3://{bucket}/prod"
+    assert run_row["metrics"]["rows_total"] == 1797
+    onnx = next(a for a in run_row["artifacts"] if a["key"].endswith("export/model.onnx"))
     body = open_store(f"s3://{bucket}/prod").read_bytes(f"runs/{run_id}/export/model.onnx")
     assert hashlib.sha256(body).hexdigest() == onnx["sha256"] and onnx["uri"].startswith("s3://")
+
+    score = run(
+        f"score.model_run={run_id}",
+        f"score.source=s3://{bucket}/input/digits.csv.gz",
+        f"publish.url={warehouse}",
+        "publish.table=predictions",
+        steps="score",
+    )
+    assert score.returncode == 0, score.stderr[-3000:]
+    score_id = score.stdout.split()[1]
+    with create_engine(warehouse).connect() as conn:
+        assert (
+            conn.execute(text("select count(*) from predictions where run_id = :r"), {"r": score_id}).scalar() == 1797
+        )
+
+
+def test_data_sources_on_s3(s3_server, bucket, tmp_path):
+    from workbench.data import iter_source, read_source
+    from workbench.errors import DataError
+
+    digits = read_source("bundled:digits")
+    client = s3_server.client()
+    digits.to_parquet(tmp_path / "d.parquet")
+    digits.to_csv(tmp_path / "d.csv.gz", index=False)
+    client.upload_file(str(tmp_path / "d.parquet"), bucket, "in/d.parquet")
+    client.upload_file(str(tmp_path / "d.csv.gz"), bucket, "in/d.csv.gz")
+    assert read_source(f"s3://{bucket}/in/d.parquet").equals(digits)
+    assert sum(t.num_rows for t in iter_source(f"s3://{bucket}/in/d.csv.gz", 500)) == 1797
+    with pytest.raises(DataError, match=rf"data\.source: s3://{bucket}/in/nope\.csv not found; check data\.source"):
+        read_source(f"s3://{bucket}/in/nope.csv")
+    with pytest.raises(
+        DataError, match=r"data\.source: store s3://no-such-bucket-y: bucket 'no-such-bucket-y' does not exist"
+    ):
+        read_source("s3://no-such-bucket-y/x.csv")

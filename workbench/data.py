@@ -6,10 +6,14 @@ The source is one string (a URI or path) handled by :func:`read_source`, so new 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from workbench.errors import DataError
+from workbench.errors import DataError, StoreError
 from workbench.params import project_root
 
 if TYPE_CHECKING:
@@ -38,20 +42,44 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
         if name not in BUNDLED:
             raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
         return Path(__file__).parent / "data" / BUNDLED[name], "csv"
+    name = source.lower()
+    fmt = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
     if "://" in source:
         scheme = source.split("://", 1)[0]
-        raise DataError(f"{key} {source!r}: {scheme}:// sources are not supported; use a local CSV or Parquet path")
+        if scheme != "s3":
+            raise DataError(f"{key} {source!r}: {scheme}:// sources are not supported; use s3:// or a local path")
+        if fmt is None:
+            raise DataError(f"{key} {source}: unknown format; use .csv, .csv.gz or .parquet")
+        return _download(source, key), fmt
     path = Path(source).expanduser()
     if not path.is_absolute():
         path = project_root() / path
     if not path.is_file():
         raise DataError(f"{key}: no file at {path}; check the path or use bundled:digits")
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        return path, "parquet"
-    if name.endswith((".csv", ".csv.gz")):
-        return path, "csv"
-    raise DataError(f"{key} {path}: unknown format; use .csv, .csv.gz or .parquet")
+    if fmt is None:
+        raise DataError(f"{key} {path}: unknown format; use .csv, .csv.gz or .parquet")
+    return path, fmt
+
+
+@functools.lru_cache(maxsize=8)
+def _download(uri: str, key: str = "data.source") -> Path:
+    """An S3 object streamed to a local temporary file (disk, not memory, holds it), once per process."""
+    from workbench.s3 import S3Store
+
+    bucket, _, name = uri.removeprefix("s3://").partition("/")
+    try:
+        store = S3Store(f"s3://{bucket}")
+    except StoreError:
+        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from None
+    folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / Path(name).name
+    try:
+        with store.errors(name, missing=f"check {key}"):
+            store.client.download_file(bucket, name, str(target))
+    except StoreError as exc:
+        raise DataError(f"{key}: {exc}") from None
+    return target
 
 
 def _unreadable(key: str, path: Path, exc: Exception) -> DataError:

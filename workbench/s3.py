@@ -56,8 +56,9 @@ class S3Store:
         return f"s3://{self.bucket}/{self._full(key)}"
 
     @contextlib.contextmanager
-    def _errors(self, key: str = "") -> Iterator[None]:
-        """Turn botocore's exceptions into one line that says what to fix."""
+    def errors(self, key: str = "", missing: str = "run the step that writes it first") -> Iterator[None]:
+        """Turn botocore's exceptions into one line that says what to fix (``missing``: for a key
+        that is not there)."""
         from botocore.exceptions import (
             ClientError,
             ConnectTimeoutError,
@@ -86,7 +87,11 @@ class S3Store:
                     f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
                 ) from None
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise StoreError(f"artifact {where} not found; run the step that writes it first") from None
+                if code != "NoSuchKey" and not self._bucket_exists():  # a HEAD's 404 does not say which
+                    raise StoreError(
+                        f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
+                    ) from None
+                raise StoreError(f"{where} not found; {missing}") from None
             if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise StoreError(
                     f"store {self.root}: access denied to {where} ({code}); check the credentials and the bucket policy"
@@ -94,6 +99,15 @@ class S3Store:
             raise StoreError(
                 f"store {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
             ) from None
+
+    def _bucket_exists(self) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            return False
+        return True
 
     def _extra(self, key: str, digest: str) -> dict[str, Any]:
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
@@ -103,7 +117,7 @@ class S3Store:
 
     def write_bytes(self, key: str, data: bytes) -> ArtifactInfo:
         digest = hashlib.sha256(data).hexdigest()
-        with self._errors(key):
+        with self.errors(key):
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **self._extra(key, digest))
         return ArtifactInfo(key, self.uri(key), digest, len(data))
 
@@ -115,20 +129,20 @@ class S3Store:
             multipart_threshold=self.multipart_threshold,
             multipart_chunksize=max(self.multipart_threshold // 4, 5 * 2**20),
         )
-        with self._errors(key):
+        with self.errors(key):
             self.client.upload_file(
                 str(path), self.bucket, self._full(key), ExtraArgs=self._extra(key, digest), Config=config
             )
         return ArtifactInfo(key, self.uri(key), digest, os.path.getsize(path))
 
     def read_bytes(self, key: str) -> bytes:
-        with self._errors(key):
+        with self.errors(key):
             return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        with self._errors(key):
+        with self.errors(key):
             try:
                 self.client.head_object(Bucket=self.bucket, Key=self._full(key))
             except ClientError as exc:
@@ -140,7 +154,7 @@ class S3Store:
     def list(self, prefix: str) -> list[str]:
         start = self._full(prefix)
         keys = []
-        with self._errors():
+        with self.errors():
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
                 keys += [obj["Key"] for obj in page.get("Contents", [])]
         cut = len(self.prefix) + 1 if self.prefix else 0
