@@ -99,7 +99,11 @@ SCHEMA: tuple[Param, ...] = (
     Param("db", str, "sqlite:///artifacts/workbench.db", "tracking database, a SQLAlchemy URL", _db_url),
     Param("seed", int, 0, "seed for splits, weight init and shuffling"),
     Param(
-        "data.source", str, "bundled:digits", "input table: a CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits", _not_empty
+        "data.source",
+        str,
+        "bundled:digits",
+        "input table: a CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits",
+        _not_empty,
     ),
     Param("data.target", str, "label", "name of the label column", _not_empty),
     Param("data.val_fraction", float, 0.15, "share of rows held out for validation", _fraction),
@@ -142,7 +146,11 @@ SCHEMA: tuple[Param, ...] = (
     ),
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
     Param(
-        "score.source", str, "bundled:digits", "table to score: CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits", _not_empty
+        "score.source",
+        str,
+        "bundled:digits",
+        "table to score: CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits",
+        _not_empty,
     ),
     Param("score.backend", str, "onnxruntime", "onnxruntime, mxnet or torch", _one_of("onnxruntime", "mxnet", "torch")),
     Param("score.batch_size", int, 1024, "rows per scoring batch (memory grows with it, not with the data)", _positive),
