@@ -83,9 +83,9 @@ def main() -> None:
         ctx = step_context("score", "bench", store, db)
         inputs = model_inputs(ctx, "model")
         batches = [inputs.matrix(pa.table(b)) for b in pq.ParquetFile(small).iter_batches(batch_size=args.batch_size)]
-        from workbench.export import ort_session
+        import onnxruntime as ort
 
-        session = ort_session(ctx.load("model.onnx", "export", "model"))
+        session = ort.InferenceSession(ctx.load("model.onnx", "export", "model"), providers=["CPUExecutionProvider"])
         score_rates, raw_rates = [], []
         for _ in range(args.repeat):
             started = time.perf_counter()

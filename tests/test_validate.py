@@ -7,7 +7,7 @@ import pytest
 
 from workbench.errors import ModelError
 from workbench.export import to_onnx
-from workbench.validate import compare, mxnet_predict, ort_predict, three_way, validate_model
+from workbench.validate import compare, load_mxnet, load_onnxruntime, three_way, validate_model
 
 
 def test_compare_statistics_and_elementwise_rule():
@@ -39,7 +39,7 @@ def test_both_runtimes_accept_batches_of_1_and_257(trained, stage_ctx_factory):
     blob = stage_ctx_factory("export").load("model.onnx", "export")
     for batch in (1, 257):
         x = np.zeros((batch, 64), dtype=np.float32)
-        assert mxnet_predict(blob, x).shape == ort_predict(blob, x).shape == (batch, 10)
+        assert load_mxnet(blob)(x).shape == load_onnxruntime(blob)(x).shape == (batch, 10)
 
 
 def test_a_tampered_reference_fails_with_reasons(trained, stage_ctx_factory):
@@ -77,6 +77,6 @@ def test_a_model_mxnet_cannot_import_is_a_fail_verdict_not_a_crash():
 def test_corrupt_or_truncated_onnx_is_a_model_error(trained, stage_ctx_factory):
     blob = stage_ctx_factory("export").load("model.onnx", "export")
     for broken in (b"not an onnx file", blob[: len(blob) // 3]):
-        for predict in (mxnet_predict, ort_predict):
+        for load in (load_mxnet, load_onnxruntime):
             with pytest.raises(ModelError, match="the ONNX model is corrupt or truncated"):
-                predict(broken, np.zeros((1, 64), dtype=np.float32))
+                load(broken)

@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,12 +24,12 @@ import torch
 from workbench.data import load_split
 from workbench.errors import ModelError
 from workbench.models import load_model
+from workbench.validate import BATCH_SIZES, load_onnxruntime
 
 if TYPE_CHECKING:
     from workbench.context import StepContext
 
 INPUT, OUTPUT = "input", "logits"
-BATCH_SIZES = (1, 257)  # dynamic batch is proven on these, not assumed
 
 # The op types mxnet.contrib.onnx (1.9.1, the final release) translates; a test keeps this in step
 # with MXNet's own table, so the export step need not import MXNet to check a graph.
@@ -146,14 +146,6 @@ def summarize(proto: onnx.ModelProto, size: int) -> tuple[pd.DataFrame, pd.DataF
     return summary, ops
 
 
-def ort_session(blob: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # initializers-as-inputs is deliberate (for MXNet); skip the warning per weight
-    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-
-
 def export_onnx(
     ctx: StepContext, opset: int, ort_atol: float, target: str = "mxnet", sagemaker: bool = False
 ) -> ExportResult:
@@ -173,12 +165,13 @@ def export_onnx(
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     schema = ctx.load_json("schema.json", "prepare")
+    normalization = ctx.load_json("normalization.json", "prepare")
     meta = {
         "run_id": ctx.run_id,
         "model": config["model"],
         "target": target,
         "classes": json.dumps(schema["classes"]),
-        "normalization": json.dumps(ctx.load_json("normalization.json", "prepare")),
+        "normalization": json.dumps(normalization),
     }
     onnx.helper.set_model_props(proto, meta)
     blob = proto.SerializeToString()
@@ -186,8 +179,8 @@ def export_onnx(
     val = load_split(ctx, "val")
     with torch.no_grad():
         reference = model(torch.from_numpy(val.x)).numpy()
-    session = ort_session(blob)
-    ort_out = session.run([OUTPUT], {INPUT: val.x})[0]
+    predict = load_onnxruntime(blob)
+    ort_out = predict(val.x)
     err = float(np.abs(ort_out - reference).max())
     if err > ort_atol:
         raise ModelError(
@@ -195,14 +188,13 @@ def export_onnx(
         )
     for batch in BATCH_SIZES:
         rows = np.resize(val.x, (batch, val.x.shape[1]))
-        if session.run([OUTPUT], {INPUT: rows})[0].shape != (batch, reference.shape[1]):
+        if predict(rows).shape != (batch, reference.shape[1]):
             raise ModelError(f"exported model does not accept a batch of {batch}; the batch axis is not dynamic")
 
     ctx.save("model.onnx", blob)
     if sagemaker:
         from workbench.sagemaker import model_archive
 
-        normalization = ctx.load_json("normalization.json", "prepare")
         ctx.save(
             "model.tar.gz", model_archive(ctx.load("model.pth", "train"), config, normalization, schema["classes"])
         )
