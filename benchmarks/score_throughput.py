@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.context import step_context
-from workbench.data import prepare_data, read_source
+from workbench.data import prepare_data
 from workbench.export import export_onnx
 from workbench.score import model_inputs, score_batch
+from workbench.sources import read_source
 from workbench.train import train_model
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.data import read_source
 from workbench.models import DigitCNN
+from workbench.sources import read_source
 from workbench.train import FitSettings, Trainer
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.data import load_split, plot_digits, prepare_data, read_source, stratified_split
+from workbench.data import load_split, plot_digits, prepare_data, stratified_split
 from workbench.errors import DataError
+from workbench.sources import read_source
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
     scoring run that publishes to PostgreSQL: everything lands where production would look."""
     from sqlalchemy import create_engine, text
 
-    from workbench.data import read_source
+    from workbench.sources import read_source
 
     read_source("bundled:digits").to_csv(tmp_path / "digits.csv.gz", index=False)
     s3_server.client().upload_file(str(tmp_path / "digits.csv.gz"), bucket, "input/digits.csv.gz")
@@ -108,7 +108,7 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
             timeout=600,
         )
 
-    proc = run(f"data.source=s3://{bucket}/input/digits.csv.gz", *SMALL)
+    proc = run(f"data.source=s3://{bucket}/input/digits.csv.gz", f"publish.url={warehouse}", *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = proc.stdout.split()[1]
     assert proc.stdout.splitlines()[1] == f"report s3://{bucket}/prod/runs/{run_id}/report/index.html"
@@ -138,14 +138,27 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
     assert score.returncode == 0, score.stderr[-3000:]
     score_id = score.stdout.split()[1]
     with create_engine(warehouse).connect() as conn:
-        assert (
-            conn.execute(text("select count(*) from predictions where run_id = :r"), {"r": score_id}).scalar() == 1797
+        published = dict(
+            conn.execute(
+                text("select step || ' ' || backend, count(*) from predictions where run_id in (:a, :b) group by 1"),
+                {"a": run_id, "b": score_id},
+            ).all()
         )
+        parity = conn.execute(
+            text("select value from predictions_metrics where run_id = :r and name = 'parity_pass'"), {"r": run_id}
+        ).scalar()
+    assert published == {
+        "validate pytorch": 269,
+        "validate onnxruntime": 269,
+        "validate mxnet": 269,
+        "score onnxruntime": 1797,
+    }
+    assert parity == 1.0
 
 
 def test_data_sources_on_s3(s3_server, bucket, tmp_path):
-    from workbench.data import iter_source, read_source
     from workbench.errors import DataError
+    from workbench.sources import iter_source, read_source
 
     digits = read_source("bundled:digits")
     client = s3_server.client()

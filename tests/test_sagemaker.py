@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.data import load_split, read_source
+from workbench.data import load_split
 from workbench.errors import DataError, ModelError
 from workbench.export import export_onnx
 from workbench.sagemaker import model_archive
 from workbench.score import score_batch
+from workbench.sources import read_source
 
 SERVE = r"""
 import io, json, sys

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import create_engine, text
 
-from workbench.data import read_source
 from workbench.errors import DataError, TrackingError
 from workbench.publish import PublishError
 from workbench.score import score_batch
+from workbench.sources import read_source
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,11 @@ def test_publishing_appends_once_per_run(trained, stage_ctx_factory, tmp_path):
     )
     with create_engine(url).connect() as conn:
         counts = dict(conn.execute(text("select run_id, count(*) from preds group by run_id")).all())
+        tags = conn.execute(text("select distinct step, backend from preds")).all()
+        metrics = dict(conn.execute(text("select name, value from preds_metrics where run_id = 'score-publish'")).all())
     assert counts == {"score-publish": 1797, "score-publish-2": 1797}
+    assert tags == [("score", "onnxruntime")]
+    assert metrics["rows_scored"] == 1797 and 0.85 < metrics["score_accuracy"] <= 1
 
 
 def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, tmp_path):
@@ -81,7 +85,10 @@ def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, 
     with create_engine(url).begin() as conn:
         conn.execute(text("create table preds (id integer primary key, amount real)"))
     ctx = stage_ctx_factory("score", run_id="score-foreign")
-    with pytest.raises(PublishError, match=r"publish\.table 'preds' at sqlite:///.* has no run_id column"):
+    with pytest.raises(
+        PublishError,
+        match=r"publish\.table 'preds' at sqlite:///.* has no run_id or step column; it holds something else",
+    ):
         score_batch(
             ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
         )
@@ -104,16 +111,17 @@ def test_publishing_to_postgres_uses_copy_and_stays_idempotent(trained, stage_ct
             ).all()
         )
     assert types["row"] == "bigint" and types["confidence"] == "real" and types["run_id"] == "text"
+    assert types["actual"] == types["predicted"] == "bigint"
 
 
 def test_a_publish_table_with_conflicting_columns_is_named(trained, stage_ctx_factory, postgres):
     url = postgres()
     with create_engine(url).begin() as conn:
-        conn.execute(text("create table preds (run_id text, score double precision)"))
+        conn.execute(text("create table preds (run_id text, step text, score double precision)"))
     ctx = stage_ctx_factory("score", run_id="score-conflict")
     with pytest.raises(
         PublishError,
-        match=r"publish\.table 'preds' at postgresql\+psycopg://postgres@.* lacks columns \['row', 'predicted', 'confidence', 'actual'\]",
+        match=r"publish\.table 'preds' at postgresql\+psycopg://postgres@.* lacks columns \['backend', 'row', 'predicted', 'confidence', 'actual'\]",
     ):
         score_batch(
             ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False

@@ -3,10 +3,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from workbench.errors import ModelError
 from workbench.export import to_onnx
+from workbench.score import score_batch
 from workbench.validate import compare, load_mxnet, load_onnxruntime, three_way, validate_model
 
 
@@ -33,6 +35,26 @@ def test_three_way_parity_passes(trained, stage_ctx_factory):
     metrics = ctx.tracker.get_run("unit")["metrics"]
     assert metrics["parity_pass"] == 1.0 and metrics["mxnet_p99_abs_err"] <= metrics["mxnet_max_abs_err"]
     assert "PASS" in parity._repr_html_() and "array" not in repr(parity)
+
+
+def test_validation_publishes_metrics_and_every_backends_rows(trained, stage_ctx_factory, tmp_path):
+    """Published next to scoring's rows of the same run, reruns replacing only their own step."""
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    ctx = stage_ctx_factory("validate")
+    for _ in range(2):
+        parity = validate_model(ctx, 1e-4, 1e-3, 0.999, publish_url=url, publish_table="results")
+    score_batch(stage_ctx_factory("score"), "bundled:digits", "torch", 900, "unit", url, "results", progress=False)
+    rows = pd.read_sql("select * from results where step = 'validate'", url)
+    n = len(parity.labels)
+    assert rows.groupby("backend").size().to_dict() == {"mxnet": n, "onnxruntime": n, "pytorch": n}
+    assert (rows.run_id == "unit").all() and set(rows.columns) >= {"row", "predicted", "confidence", "actual"}
+    mxnet = rows[rows.backend == "mxnet"].sort_values("row")
+    assert np.array_equal(mxnet.predicted, parity.outputs["mxnet"].argmax(1))  # digits' classes are 0-9
+    assert (mxnet.predicted == mxnet.actual).mean() == pytest.approx(parity.stats["mxnet"]["accuracy"])
+    assert pd.read_sql("select count(*) from results where step = 'score'", url).iloc[0, 0] == 1797
+    metrics = pd.read_sql("select step, name, value from results_metrics where run_id = 'unit'", url)
+    assert metrics.set_index(["step", "name"]).value[("validate", "parity_pass")] == 1.0
+    assert len(metrics) == len(metrics.drop_duplicates(["step", "name"]))
 
 
 def test_both_runtimes_accept_batches_of_1_and_257(trained, stage_ctx_factory):

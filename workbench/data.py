@@ -1,29 +1,28 @@
-"""Data preparation: read the source, check it, split it, fit the normalisation.
+"""Data preparation: check the source, split it, fit the normalisation, in bounded memory.
 
-The source is one string (a URI or path) handled by :func:`read_source`, so new kinds of source
-(object stores, SQL) plug in there without the stage changing.
+Reading any kind of source is :mod:`workbench.sources`' job; this stage only sees Arrow chunks,
+so a 5-million-row table from S3 or a warehouse query is prepared like the bundled digits.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import io
 import json
 import math
 import os
-import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from workbench.errors import DataError, StoreError
-from workbench.params import project_root
+from workbench.errors import DataError
+from workbench.sources import Source, count_rows, describe, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,145 +30,146 @@ if TYPE_CHECKING:
 
     from workbench.context import StepContext
 
-BUNDLED = {"digits": "digits.csv.gz"}
 SPLITS = ("train", "val", "test")
 
 
-def _locate(source: str, key: str) -> tuple[Path, str]:
-    """The file behind a source string and its format (``csv`` or ``parquet``)."""
-    if source.startswith("bundled:"):
-        name = source.split(":", 1)[1]
-        if name not in BUNDLED:
-            raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
-        return Path(__file__).parent / "data" / BUNDLED[name], "csv"
-    name = source.lower()
-    fmt = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
-    if "://" in source:
-        scheme = source.split("://", 1)[0]
-        if scheme != "s3":
-            raise DataError(f"{key} {source!r}: {scheme}:// sources are not supported; use s3:// or a local path")
-        if fmt is None:
-            raise DataError(f"{key} {source}: unknown format; use .csv, .csv.gz or .parquet")
-        return _download(source, key), fmt
-    path = Path(source).expanduser()
-    if not path.is_absolute():
-        path = project_root() / path
-    if not path.is_file():
-        raise DataError(f"{key}: no file at {path}; check the path or use bundled:digits")
-    if fmt is None:
-        raise DataError(f"{key} {path}: unknown format; use .csv, .csv.gz or .parquet")
-    return path, fmt
+MAX_CLASSES = 10_000
+CHUNK_ROWS = 65_536
 
 
-@functools.lru_cache(maxsize=8)
-def _download(uri: str, key: str = "data.source") -> Path:
-    """An S3 object streamed to a local temporary file (disk, not memory, holds it), once per process."""
-    from workbench.s3 import S3Store
-
-    bucket, _, name = uri.removeprefix("s3://").partition("/")
-    try:
-        store = S3Store(f"s3://{bucket}")
-    except StoreError:
-        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from None
-    folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
-    atexit.register(shutil.rmtree, folder, True)
-    target = folder / Path(name).name
-    try:
-        with store.errors(name, missing=f"check {key}"):
-            store.client.download_file(bucket, name, str(target))
-    except StoreError as exc:
-        raise DataError(f"{key}: {exc}") from None
-    return target
-
-
-def _unreadable(key: str, path: Path, exc: Exception) -> DataError:
-    return DataError(f"{key} {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?")
-
-
-def read_source(source: str, key: str = "data.source") -> pd.DataFrame:
-    """A whole table from ``bundled:NAME``, or a local CSV, CSV.gz or Parquet file."""
-    path, fmt = _locate(source, key)
-    try:
-        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise _unreadable(key, path, exc) from None
-
-
-def iter_source(source: str, rows: int, key: str = "data.source") -> Iterator[pa.Table]:
-    """The same table as Arrow tables of ``rows`` rows (the last may be shorter).
-
-    Parquet is read by row groups and CSV (also gzipped) by blocks, with no pandas in between,
-    so memory follows ``rows``, not the size of the source.
-    """
+def _numeric(kind: pa.DataType) -> bool:
     import pyarrow as pa
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
-    path, fmt = _locate(source, key)
-    try:
-        if fmt == "parquet":
-            blocks: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size=rows)
-        else:
-            blocks = iter(pa_csv.open_csv(pa.input_stream(str(path), compression="detect")))
-        pending: list = []
-        count = 0
-        for block in blocks:
-            pending.append(block)
-            count += block.num_rows
-            while count >= rows:
-                table = pa.Table.from_batches(pending)
-                yield table.slice(0, rows)
-                rest = table.slice(rows)
-                pending, count = rest.to_batches(), rest.num_rows
-        if count:
-            yield pa.Table.from_batches(pending)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(key, path, exc) from None
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
-def count_rows(source: str, key: str = "data.source") -> int | None:
-    """Rows in the source when that is cheap to know (Parquet metadata), else None."""
-    import pyarrow.parquet as pq
-
-    path, fmt = _locate(source, key)
-    return pq.ParquetFile(path).metadata.num_rows if fmt == "parquet" else None
-
-
-def _check(frame: pd.DataFrame, target: str, source: str) -> list[str]:
-    if target not in frame.columns:
-        cols = ", ".join(map(str, frame.columns[:8])) + (" ..." if len(frame.columns) > 8 else "")
-        raise DataError(f"data.target {target!r} is not a column of {source} (columns: {cols}); set data.target")
-    features = [c for c in frame.columns if c != target]
+def _features(schema: pa.Schema, target: str, shown: str) -> list[str]:
+    """The feature columns, or why the table cannot be trained on (known from its first chunk)."""
+    names = schema.names
+    if target not in names:
+        cols = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        raise DataError(f"data.target {target!r} is not a column of {shown} (columns: {cols}); set data.target")
+    features = [c for c in names if c != target]
     if not features:
-        raise DataError(f"data.source {source}: no feature columns besides {target!r}")
-    bad = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+        raise DataError(f"data.source {shown}: no feature columns besides {target!r}")
+    bad = [c for c in features if not _numeric(schema.field(c).type)]
     if bad:
-        raise DataError(f"data.source {source}: non-numeric feature columns {bad[:5]}; encode or drop them first")
-    missing = frame.columns[frame.isna().any()].tolist()
-    if missing:
-        raise DataError(f"data.source {source}: missing values in columns {missing[:5]}; fill or drop them first")
-    counts = frame[target].value_counts()
-    if len(counts) < 2:
-        raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(counts)}")
-    if counts.min() < 3:
-        raise DataError(
-            f"data.target {target!r}: class {counts.idxmin()!r} has {counts.min()} rows; each class needs 3 or more to split"
-        )
+        raise DataError(f"data.source {shown}: non-numeric feature columns {bad[:5]}; encode or drop them first")
     return features
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Row indices per split; each class is shuffled with ``seed`` and cut in the same shares."""
+@dataclass
+class _Scan:
+    """What one pass over the source learns: enough to split it exactly in a second pass."""
+
+    schema: pa.Schema
+    features: list[str]
+    rows: int = 0
+    class_rows: dict = field(default_factory=dict)
+    missing: set = field(default_factory=set)
+    low: dict = field(default_factory=dict)
+    high: dict = field(default_factory=dict)
+
+    def add(self, table: pa.Table, target: str) -> None:
+        import pyarrow.compute as pc
+
+        self.rows += table.num_rows
+        for name in table.column_names:
+            column = table.column(name)
+            if column.null_count or (_floating(column) and pc.any(pc.is_nan(column)).as_py()):
+                self.missing.add(name)
+            bounds = pc.min_max(column).as_py()
+            if bounds["min"] is not None:
+                self.low[name] = min(self.low.get(name, bounds["min"]), bounds["min"])
+                self.high[name] = max(self.high.get(name, bounds["max"]), bounds["max"])
+        counts = pc.value_counts(table.column(target)).to_pylist()
+        for entry in counts:
+            self.class_rows[entry["values"]] = self.class_rows.get(entry["values"], 0) + entry["counts"]
+        if len(self.class_rows) > MAX_CLASSES:
+            raise DataError(
+                f"data.target {target!r} has more than {MAX_CLASSES:,} distinct values; "
+                "it must be a class label, not a measurement"
+            )
+
+    def check(self, target: str, shown: str) -> list:
+        if self.missing:
+            columns = [c for c in self.schema.names if c in self.missing]
+            raise DataError(f"data.source {shown}: missing values in columns {columns[:5]}; fill or drop them first")
+        if len(self.class_rows) < 2:
+            raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(self.class_rows)}")
+        classes = sorted(self.class_rows)
+        rarest = min(classes, key=self.class_rows.__getitem__)
+        if self.class_rows[rarest] < 3:
+            raise DataError(
+                f"data.target {target!r}: class {rarest!r} has {self.class_rows[rarest]} rows; "
+                "each class needs 3 or more to split"
+            )
+        return classes
+
+
+def _floating(column: pa.ChunkedArray) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(column.type)
+
+
+def split_plan(class_rows: list[int], val_fraction: float, test_fraction: float, seed: int) -> list[np.ndarray]:
+    """Per class, the split of each of its rows in order of appearance (0 train, 1 val, 2 test).
+
+    It needs only the class counts, so a second pass can split a source it never holds whole.
+    Each class is shuffled with ``seed`` and cut in the same shares.
+    """
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = max(1, round(len(idx) * val_fraction))
-        n_test = max(1, round(len(idx) * test_fraction))
-        parts["val"].append(idx[:n_val])
-        parts["test"].append(idx[n_val : n_val + n_test])
-        parts["train"].append(idx[n_val + n_test :])
-    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+    plans = []
+    for n in class_rows:
+        order = rng.permutation(n)
+        n_val = max(1, round(n * val_fraction))
+        n_test = max(1, round(n * test_fraction))
+        plan = np.zeros(n, dtype=np.uint8)
+        plan[order[:n_val]] = 1
+        plan[order[n_val : n_val + n_test]] = 2
+        plans.append(plan)
+    return plans
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Row indices per split of an in-memory label array (the same cut the streamed prepare makes)."""
+    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    assigned = np.empty(len(labels), dtype=np.uint8)
+    for code, plan in enumerate(split_plan(counts.tolist(), val_fraction, test_fraction, seed)):
+        assigned[codes == code] = plan
+    return {name: np.flatnonzero(assigned == i) for i, name in enumerate(SPLITS)}
+
+
+class _Moments:
+    """Running mean and variance per column, merged chunk by chunk (Chan et al.)."""
+
+    def __init__(self, width: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        total = self.n + len(x)
+        delta = mean - self.mean
+        self.mean += delta * len(x) / total
+        self.m2 += m2 + delta**2 * self.n * len(x) / total
+        self.n = total
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / self.n)
+
+
+def _matrix(table: pa.Table, columns: list[str]) -> np.ndarray:
+    x = np.empty((table.num_rows, len(columns)))
+    for i, name in enumerate(columns):
+        x[:, i] = table.column(name).to_numpy()
+    return x
 
 
 @dataclass
@@ -185,48 +185,108 @@ class Prepared:
 
 
 def prepare_data(
-    ctx: StepContext, source: str, target: str, val_fraction: float, test_fraction: float, seed: int
+    ctx: StepContext,
+    source: Source,
+    target: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
 ) -> Prepared:
-    """Read, check and split the source; write the splits, schema and normalisation."""
-    frame = read_source(source)
-    features = _check(frame, target, source)
-    classes = sorted(frame[target].unique().tolist())
-    label_codes = frame[target].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    index = stratified_split(label_codes, val_fraction, test_fraction, seed)
-    splits = {s: frame.iloc[idx].reset_index(drop=True) for s, idx in index.items()}
+    """Read, check and split the source; write the splits, schema and normalisation.
 
-    train_x = splits["train"][features].to_numpy(dtype=np.float64)
-    std = train_x.std(axis=0)
-    normalization = {
-        "features": features,
-        "mean": train_x.mean(axis=0).tolist(),
-        "std": np.where(std > 0, std, 1.0).tolist(),
-    }
-    for name, part in splits.items():
-        ctx.save_frame(f"{name}.parquet", part)
-    ctx.save_json("normalization.json", normalization)
+    Two passes, each holding one chunk: the first checks the table and counts each class, the
+    second sends every row to its split's Parquet file. A SQL result is kept on local disk
+    between the passes so the query runs once. Nothing is stored unless both passes succeed.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    shown = describe(source)
+    bar = functools.partial(tqdm, unit="row", file=sys.stderr, disable=not progress, delay=2, mininterval=2)
+    with tempfile.TemporaryDirectory(prefix="workbench-prepare-") as tmp:
+        folder = Path(tmp)
+        spool = None
+        scan: _Scan | None = None
+        with bar(total=count_rows(source), desc="checking") as shown_rows:
+            for table in iter_source(source, chunk_rows):
+                if scan is None:
+                    scan = _Scan(table.schema, _features(table.schema, target, shown))
+                    if not isinstance(source, str):
+                        spool = pq.ParquetWriter(folder / "source.parquet", table.schema)
+                scan.add(table, target)
+                if spool:
+                    spool.write_table(table)
+                shown_rows.update(table.num_rows)
+        if spool:
+            spool.close()
+        if scan is None:
+            raise DataError(f"data.source {shown}: no rows")
+        classes = scan.check(target, shown)
+        features = scan.features
+        plans = split_plan([scan.class_rows[c] for c in classes], val_fraction, test_fraction, seed)
+        seen = np.zeros(len(classes), dtype=np.int64)
+        class_values = pa.array(classes, type=scan.schema.field(target).type)
+        writers = {name: pq.ParquetWriter(folder / f"{name}.parquet", scan.schema) for name in SPLITS}
+        moments = _Moments(len(features))
+        sample: list[pa.Table] = []
+        again = str(folder / "source.parquet") if spool else source
+        with bar(total=scan.rows, desc="splitting") as split_rows:
+            for table in iter_source(again, chunk_rows):
+                codes = pc.index_in(table.column(target), value_set=class_values).to_numpy(zero_copy_only=False)
+                assigned = np.empty(table.num_rows, dtype=np.uint8)
+                for code in np.unique(codes):
+                    rows = codes == code
+                    n = int(rows.sum())
+                    assigned[rows] = plans[code][seen[code] : seen[code] + n]
+                    seen[code] += n
+                for i, name in enumerate(SPLITS):
+                    part = table.filter(pa.array(assigned == i))
+                    writers[name].write_table(part)
+                    if name == "train":
+                        moments.add(_matrix(part, features))
+                        if sum(t.num_rows for t in sample) < 40:
+                            sample.append(part.slice(0, 40))
+                split_rows.update(table.num_rows)
+        for writer in writers.values():
+            writer.close()
+        if seen.sum() != scan.rows:
+            raise DataError(f"data.source {shown}: changed while it was read ({seen.sum()} rows, then {scan.rows})")
+        for name in SPLITS:
+            ctx.store_file(f"{name}.parquet", folder / f"{name}.parquet")
+
+    std = moments.std
+    ctx.save_json(
+        "normalization.json",
+        {"features": features, "mean": moments.mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()},
+    )
     ctx.save_json(
         "schema.json",
-        {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": source},
+        {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": shown},
     )
-
-    counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [len(splits[s]) for s in SPLITS] + [len(frame)]})
+    split_counts = {name: int(sum((plan == i).sum() for plan in plans)) for i, name in enumerate(SPLITS)}
+    counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [*split_counts.values(), scan.rows]})
     ctx.log_metrics(
-        {f"rows_{s}": len(splits[s]) for s in SPLITS}
-        | {"rows_total": len(frame), "features": len(features), "classes": len(classes)}
+        {f"rows_{s}": n for s, n in split_counts.items()}
+        | {"rows_total": scan.rows, "features": len(features), "classes": len(classes)}
     )
-    balance = pd.DataFrame({s: splits[s][target].value_counts().sort_index() for s in SPLITS}).fillna(0).astype(int)
-    balance.index.name = target
+    balance = pd.DataFrame(
+        {name: [int((plan == i).sum()) for plan in plans] for i, name in enumerate(SPLITS)},
+        index=pd.Index(classes, name=target),
+    )
     schema = pd.DataFrame(
         {
-            "column": frame.columns,
-            "dtype": [str(t) for t in frame.dtypes],
-            "min": frame.min().to_numpy(),
-            "max": frame.max().to_numpy(),
-            "role": ["target" if c == target else "feature" for c in frame.columns],
+            "column": scan.schema.names,
+            "dtype": [str(f.type) for f in scan.schema],
+            "min": [scan.low.get(c) for c in scan.schema.names],
+            "max": [scan.high.get(c) for c in scan.schema.names],
+            "role": ["target" if c == target else "feature" for c in scan.schema.names],
         }
     )
-    return Prepared(schema, counts, balance, splits["train"].head(40), features, target)
+    head = pa.concat_tables(sample).slice(0, 40).to_pandas()
+    return Prepared(schema, counts, balance, head, features, target)
 
 
 def _plain(value: object) -> object:

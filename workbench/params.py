@@ -23,7 +23,7 @@ Check = Callable[[Any], "str | None"]
 @dataclass(frozen=True)
 class Param:
     key: str
-    type: type
+    type: type | tuple[type, ...]
     default: Any
     help: str
     check: Check | None = None
@@ -88,6 +88,21 @@ def _not_empty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
+SOURCE_TYPE = (str, dict)  # a path or URI, or a SQL source {url, query} / {url, table}
+
+
+def source_problem(v: str | dict) -> str | None:
+    """What is wrong with a data source value, if anything."""
+    if isinstance(v, str):
+        return _not_empty(v)
+    keys = set(v)
+    if keys not in ({"url", "query"}, {"url", "table"}):
+        return "a SQL source needs exactly the keys url and query, or url and table"
+    if not all(isinstance(x, str) and x.strip() for x in v.values()):
+        return "a SQL source's url, query and table must be non-empty strings"
+    return _db_url(v["url"])
+
+
 SCHEMA: tuple[Param, ...] = (
     Param(
         "store",
@@ -100,10 +115,11 @@ SCHEMA: tuple[Param, ...] = (
     Param("seed", int, 0, "seed for splits, weight init and shuffling"),
     Param(
         "data.source",
-        str,
+        SOURCE_TYPE,
         "bundled:digits",
-        "input table: a CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits",
-        _not_empty,
+        "input table: a CSV/CSV.gz/Parquet path or s3:// URI, bundled:digits, "
+        "or a database as {url: SQLAlchemy URL, query: SELECT ...} or {url, table}",
+        source_problem,
     ),
     Param("data.target", str, "label", "name of the label column", _not_empty),
     Param("data.val_fraction", float, 0.15, "share of rows held out for validation", _fraction),
@@ -147,10 +163,10 @@ SCHEMA: tuple[Param, ...] = (
     Param("export.ort_atol", float, 1e-4, "max abs difference allowed between onnxruntime and PyTorch", _non_negative),
     Param(
         "score.source",
-        str,
+        SOURCE_TYPE,
         "bundled:digits",
-        "table to score: CSV/CSV.gz/Parquet path or s3:// URI, or bundled:digits",
-        _not_empty,
+        "table to score: CSV/CSV.gz/Parquet path or s3:// URI, bundled:digits, or {url, query} / {url, table}",
+        source_problem,
     ),
     Param("score.backend", str, "onnxruntime", "onnxruntime, mxnet or torch", _one_of("onnxruntime", "mxnet", "torch")),
     Param("score.batch_size", int, 1024, "rows per scoring batch (memory grows with it, not with the data)", _positive),
@@ -168,7 +184,13 @@ SCHEMA: tuple[Param, ...] = (
     Param("validate.min_agreement", float, 0.999, "share of rows whose predicted class must agree", _share),
 )
 SPEC: dict[str, Param] = {p.key: p for p in SCHEMA}
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    SOURCE_TYPE: "a path or URI, or a mapping {url, query} or {url, table}",
+}
 
 
 @dataclass
@@ -239,7 +261,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if not ok:
         raise ParameterError(f"{key} in {origin}: expected {_TYPE_NAMES[want]}, got {value!r}")
     if spec.check and (problem := spec.check(value)):
-        shown = mask(value) if isinstance(value, str) else value
+        shown = mask(value) if isinstance(value, str) else mask(str(value)) if isinstance(value, dict) else value
         raise ParameterError(f"{key} in {mask(origin)}: {problem}, got {shown!r}")
     return value
 
@@ -272,6 +294,9 @@ def parse_set(item: str) -> tuple[str, Any]:
     if SPEC[key].type is str:
         return key, raw
     try:
+        if SPEC[key].type is SOURCE_TYPE:  # a path stays as typed; {url: ..., query: ...} becomes a mapping
+            value = yaml.safe_load(raw) if raw.lstrip().startswith("{") else raw
+            return key, value if isinstance(value, dict) else raw
         return key, yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return key, raw

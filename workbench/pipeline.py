@@ -48,7 +48,12 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("train", "02_train.ipynb", "train", ("seed",), ("workbench.train", "matplotlib.pyplot")),
     StepSpec("export", "03_export_onnx.ipynb", "export", (), ("workbench.export", "onnxruntime")),
     StepSpec(
-        "validate", "04_validate_mxnet.ipynb", "validate", (), ("workbench.validate", "mxnet", "matplotlib.pyplot")
+        "validate",
+        "04_validate_mxnet.ipynb",
+        "validate",
+        (),
+        ("workbench.validate", "mxnet", "matplotlib.pyplot"),
+        ("publish",),
     ),
     StepSpec("score", "05_batch_score.ipynb", "score", (), ("workbench.score", "matplotlib.pyplot"), ("publish",)),
 )

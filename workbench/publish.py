@@ -1,7 +1,9 @@
 """Publishing result rows to a SQL table that the rest of the company reads.
 
-Rows are tagged with the run id; publishing a run again first removes that run's rows, so a rerun
-or a resumed run never duplicates them. The table is created on first use with the frame's column
+Rows are tagged with the run id and the step; publishing a step again first removes that step's
+rows of the run, so a rerun or a resumed run never duplicates them. Validation and scoring write
+one shape of prediction row (:func:`prediction_rows`) to ``publish.table`` and their metrics to
+``<publish.table>_metrics``, so one query reads both. The table is created on first use with the frame's column
 types. On PostgreSQL (RDS, and Redshift-compatible loads) rows go in with COPY, which is an order
 of magnitude faster than INSERTs; other databases get batched INSERTs.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from sqlalchemy import MetaData, Table, create_engine, delete, inspect
+from sqlalchemy import MetaData, Table, and_, create_engine, delete, inspect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from workbench.errors import WorkbenchError
@@ -19,7 +21,10 @@ from workbench.tracking import display_url
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     from sqlalchemy.engine import Engine
+
+TAGS = ("run_id", "step")
 
 
 class PublishError(WorkbenchError):
@@ -27,29 +32,31 @@ class PublishError(WorkbenchError):
 
 
 class Publisher:
-    """Appends frames to ``table`` at ``url`` (any SQLAlchemy URL) for one run."""
+    """Appends frames to ``table`` at ``url`` (any SQLAlchemy URL) for one step of one run."""
 
-    def __init__(self, url: str, table: str, run_id: str) -> None:
-        self.url, self.table, self.run_id = url, table, run_id
+    def __init__(self, url: str, table: str, run_id: str, step: str) -> None:
+        self.url, self.table, self.run_id, self.step = url, table, run_id, step
         self.columns: list[str] | None = None
         try:
             self.engine: Engine = create_engine(url)
             with self.engine.begin() as conn:
                 if inspect(conn).has_table(table):
                     target = Table(table, MetaData(), autoload_with=conn)
-                    if "run_id" not in target.c:
+                    lacking = [c for c in TAGS if c not in target.c]
+                    if lacking:
                         raise PublishError(
-                            f"publish.table {table!r} at {display_url(url)} has no run_id column; pick another table"
+                            f"publish.table {table!r} at {display_url(url)} has no {' or '.join(lacking)} column; "
+                            "it holds something else: pick another table"
                         )
                     self.columns = list(target.c.keys())
-                    conn.execute(delete(target).where(target.c.run_id == run_id))
+                    conn.execute(delete(target).where(and_(target.c.run_id == run_id, target.c.step == step)))
         except ArgumentError as exc:
             raise PublishError(f"publish.url {display_url(url)!r} is not a valid SQLAlchemy URL ({exc})") from None
         except SQLAlchemyError as exc:
             raise PublishError(f"publish.url {display_url(url)!r}: {str(exc).splitlines()[0]}") from None
 
     def append(self, frame: pd.DataFrame) -> None:
-        frame = frame.assign(run_id=self.run_id)
+        frame = frame.assign(run_id=self.run_id, step=self.step)
         if self.columns is None:  # first rows: the table takes their column types
             self._create(frame)
         missing = [c for c in frame.columns if c not in self.columns]
@@ -95,3 +102,35 @@ class Publisher:
             raw.commit()
         finally:
             raw.close()
+
+
+def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
+    """Rows to publish: backend, row, predicted, confidence, actual (NULL when unlabelled).
+
+    ``actual`` keeps the class type even when empty, so whichever step creates the table gives
+    the column its proper type.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    n = predictions.num_rows
+    predicted = predictions.column("predicted")
+    actual = predictions.column("actual") if "actual" in predictions.column_names else pa.nulls(n, predicted.type)
+    table = pa.table(
+        {
+            "backend": pa.array([backend] * n, pa.string()),
+            "row": predictions.column("row"),
+            "predicted": predicted,
+            "confidence": predictions.column("confidence"),
+            "actual": actual.cast(predicted.type),
+        }
+    )
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
+
+
+def publish_metrics(url: str, table: str, run_id: str, step: str, metrics: dict[str, float]) -> None:
+    """The step's metrics as (name, value) rows in ``<table>_metrics``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"name": list(metrics), "value": [float(v) for v in metrics.values()]})
+    Publisher(url, f"{table}_metrics", run_id, step).append(frame)

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from workbench.data import count_rows, iter_source
 from workbench.errors import DataError, TrackingError
-from workbench.validate import Predict, load_mxnet, load_onnxruntime
+from workbench.sources import Source, count_rows, describe, iter_source
+from workbench.validate import Predict, load_mxnet, load_onnxruntime, top_class
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -110,14 +110,11 @@ def score_stream(tables: Iterable[pa.Table], inputs: ModelInputs, predict: Predi
     for table in tables:
         if offset == 0:
             inputs.check(table.schema, source)
-        logits = predict(inputs.matrix(table))
-        best = logits.argmax(axis=1)
-        top = logits[np.arange(len(best)), best][:, None]
-        # softmax at the winning class is 1 / sum(exp(logit - top))
+        best, confidence = top_class(predict(inputs.matrix(table)))
         columns = {
             "row": pa.array(np.arange(offset, offset + table.num_rows)),
             "predicted": pa.array(inputs.classes[best]),
-            "confidence": pa.array((1.0 / np.exp(logits - top).sum(axis=1)).astype(np.float32)),
+            "confidence": pa.array(confidence),
         }
         if inputs.target in table.schema.names:
             columns["actual"] = table.column(inputs.target)
@@ -149,7 +146,7 @@ class ScoreResult:
 
 def score_batch(
     ctx: StepContext,
-    source: str,
+    source: Source,
     backend: str,
     batch_size: int,
     model_run: str,
@@ -162,14 +159,15 @@ def score_batch(
 
     if batch_size < 1:
         raise DataError(f"score.batch_size must be at least 1, got {batch_size}")
+    shown = describe(source)
     model_run = resolve_model_run(ctx, model_run)
     inputs = model_inputs(ctx, model_run)
     predict = predictor(ctx, backend, model_run)
     publisher = None
     if publish_url:
-        from workbench.publish import Publisher
+        from workbench.publish import Publisher, prediction_rows, publish_metrics
 
-        publisher = Publisher(publish_url, publish_table, ctx.run_id)
+        publisher = Publisher(publish_url, publish_table, ctx.run_id, ctx.step)
     counts = np.zeros(len(inputs.classes), dtype=np.int64)
     rows, correct, labelled, preview = 0, 0, 0, None
     started = time.perf_counter()
@@ -185,11 +183,11 @@ def score_batch(
         path = Path(tmp) / "predictions.parquet"
         writer = None
         try:
-            for out in score_stream(iter_source(source, batch_size, SOURCE_KEY), inputs, predict, source):
+            for out in score_stream(iter_source(source, batch_size, SOURCE_KEY), inputs, predict, shown):
                 writer = writer or pq.ParquetWriter(path, out.schema)
                 writer.write_table(out)
                 if publisher:
-                    publisher.append(out.to_pandas())
+                    publisher.append(prediction_rows(out, backend))
                 preview = out.slice(0, 10).to_pandas() if preview is None else preview
                 predicted = out.column("predicted").to_numpy()
                 # classes are sorted, so searchsorted gives each prediction's class index
@@ -204,20 +202,22 @@ def score_batch(
             if writer:
                 writer.close()
         if not rows:
-            raise DataError(f"{SOURCE_KEY} {source}: no rows to score")
+            raise DataError(f"{SOURCE_KEY} {shown}: no rows to score")
         seconds = time.perf_counter() - started
         ctx.store_file("predictions.parquet", path)
     metrics = {"rows_scored": float(rows), "score_seconds": seconds, "rows_per_second": rows / seconds}
     if labelled:
         metrics["score_accuracy"] = correct / labelled
     ctx.log_metrics(metrics)
-    ctx.save_json("model.json", {"model_run": model_run, "backend": backend, "source": source})
+    if publish_url:
+        publish_metrics(publish_url, publish_table, ctx.run_id, ctx.step, metrics)
+    ctx.save_json("model.json", {"model_run": model_run, "backend": backend, "source": shown})
     summary = pd.DataFrame(
         {
             "value": [
                 model_run,
                 backend,
-                source,
+                shown,
                 f"{rows:,}",
                 f"{rows / seconds:,.0f}",
                 f"{metrics.get('score_accuracy', float('nan')):.4f}",

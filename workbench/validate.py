@@ -54,6 +54,14 @@ def compare(
     }
 
 
+def top_class(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index and softmax probability of each row's winning class."""
+    best = logits.argmax(axis=1)
+    top = logits[np.arange(len(best)), best][:, None]
+    # softmax at the winning class is 1 / sum(exp(logit - top))
+    return best, (1.0 / np.exp(logits - top).sum(axis=1)).astype(np.float32)
+
+
 def onnx_file_check(onnx_bytes: bytes) -> None:
     import onnx
     from google.protobuf.message import DecodeError
@@ -217,20 +225,56 @@ def three_way(
     return parity
 
 
-def validate_model(ctx: StepContext, atol: float, rtol: float, min_agreement: float) -> Parity:
-    """Compare every backend the export targets with PyTorch on the validation split; record it all."""
+def validate_model(
+    ctx: StepContext,
+    atol: float,
+    rtol: float,
+    min_agreement: float,
+    publish_url: str = "",
+    publish_table: str = "predictions",
+) -> Parity:
+    """Compare every backend the export targets with PyTorch on the validation split; record it all.
+
+    With ``publish_url``, the metrics and every backend's prediction for every validation row are
+    published too, whatever the verdict: a FAIL is a result the warehouse should see.
+    """
     blob = ctx.load("model.onnx", "export")
     target = ctx.load_json("export.json", "export")["target"]
     ref = np.load(io.BytesIO(ctx.load("reference.npz", "export")))
     parity = three_way(blob, ref["x"], ref["logits"], ref["labels"], _backends(target), atol, rtol, min_agreement)
     metrics = {f"{backend}_{key}": value for backend, stats in parity.stats.items() for key, value in stats.items()}
-    ctx.log_metrics(metrics | {"parity_pass": float(parity.passed)})
+    metrics["parity_pass"] = float(parity.passed)
+    ctx.log_metrics(metrics)
     ctx.save_json(
         "parity.json",
         {"verdict": parity.verdict, "reasons": parity.reasons, "atol": atol, "rtol": rtol, "stats": parity.stats},
     )
     ctx.save_figure("parity.png", plot_parity(parity))
+    if publish_url:
+        _publish(ctx, parity, publish_url, publish_table, metrics)
     return parity
+
+
+def _publish(ctx: StepContext, parity: Parity, url: str, table: str, metrics: dict[str, float]) -> None:
+    import pyarrow as pa
+
+    from workbench.publish import Publisher, prediction_rows, publish_metrics
+
+    classes = np.asarray(ctx.load_json("schema.json", "prepare")["classes"])
+    publisher = Publisher(url, table, ctx.run_id, ctx.step)
+    rows = np.arange(len(parity.labels))
+    for backend, logits in {REFERENCE: parity.reference, **parity.outputs}.items():
+        best, confidence = top_class(logits)
+        predictions = pa.table(
+            {
+                "row": rows,
+                "predicted": classes[best],
+                "confidence": confidence,
+                "actual": classes[parity.labels],
+            }
+        )
+        publisher.append(prediction_rows(predictions, backend))
+    publish_metrics(url, table, ctx.run_id, ctx.step, metrics)
 
 
 def plot_parity(parity: Parity) -> Figure:

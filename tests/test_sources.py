@@ -1,0 +1,137 @@
+"""SQL sources (SQLite and a real PostgreSQL) and the streamed, two-pass prepare step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import workbench
+from sqlalchemy import create_engine
+
+from workbench.data import load_split, prepare_data, stratified_split
+from workbench.errors import DataError
+from workbench.params import load
+from workbench.sources import count_rows, iter_source, read_source
+
+QUERY = "SELECT * FROM digits WHERE label < 5"
+
+
+@pytest.fixture(scope="module")
+def digits() -> pd.DataFrame:
+    return read_source("bundled:digits")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, digits) -> str:
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    digits.to_sql("digits", create_engine(url), index=False)
+    return url
+
+
+def test_streamed_prepare_makes_the_in_memory_split(stage_ctx_factory, digits):
+    """Chunks of 100 rows give the very rows, and the normalisation, of a whole-table split."""
+    ctx = stage_ctx_factory("prepare", run_id="streamed")
+    prepare_data(ctx, "bundled:digits", "label", 0.2, 0.1, 3, chunk_rows=100, progress=False)
+    expected = stratified_split(digits.label.to_numpy(), 0.2, 0.1, 3)
+    for name, rows in expected.items():
+        pd.testing.assert_frame_equal(
+            ctx.load_frame(f"{name}.parquet", "prepare"), digits.iloc[rows].reset_index(drop=True)
+        )
+    norm = ctx.load_json("normalization.json", "prepare")
+    train = digits.iloc[expected["train"]].drop(columns="label").to_numpy(dtype=float)
+    assert np.allclose(norm["mean"], train.mean(axis=0), atol=1e-12)
+    std = train.std(axis=0)
+    assert np.allclose(norm["std"], np.where(std > 0, std, 1.0), atol=1e-12)
+
+
+def test_string_labels_and_parquet_row_groups(stage_ctx_factory, digits, tmp_path):
+    named = digits.assign(label=digits.label.map(lambda d: f"digit-{d}"))
+    pq.write_table(pa.Table.from_pandas(named), tmp_path / "named.parquet", row_group_size=200)
+    assert count_rows(str(tmp_path / "named.parquet")) == 1797
+    ctx = stage_ctx_factory("prepare", run_id="named")
+    prepared = prepare_data(ctx, str(tmp_path / "named.parquet"), "label", 0.15, 0.15, 0, progress=False)
+    assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
+    assert ctx.load_json("schema.json", "prepare")["classes"][0] == "digit-0"
+    assert load_split(ctx, "val").y.max() == 9
+
+
+def test_sql_table_and_query(stage_ctx_factory, sqlite_url, digits):
+    table = {"url": sqlite_url, "table": "digits"}
+    pd.testing.assert_frame_equal(read_source(table), digits)
+    chunks = list(iter_source({"url": sqlite_url, "query": QUERY}, 250))
+    assert [c.num_rows for c in chunks] == [250, 250, 250, 151]
+    ctx = stage_ctx_factory("prepare", run_id="sql")
+    prepared = prepare_data(ctx, {"url": sqlite_url, "query": QUERY}, "label", 0.15, 0.15, 0, progress=False)
+    assert prepared.counts.rows.iloc[-1] == int((digits.label < 5).sum())
+    assert ctx.load_json("schema.json", "prepare")["source"].endswith(f"query {QUERY!r}")
+
+
+def test_sql_errors_are_one_line(sqlite_url, tmp_path):
+    cases = [
+        (
+            {"url": sqlite_url, "query": "SELECT * FROM nowhere"},
+            r"data.source: .* failed \(no such table: nowhere\); check the data.source query",
+        ),
+        ({"url": sqlite_url, "table": "nowhere"}, r"no such table: nowhere\); check data.source.table"),
+        ({"url": sqlite_url, "query": "SELECT * FROM digits WHERE 0"}, r"returned no rows"),
+        ({"url": "nosuchdb://x/y", "table": "t"}, r"url 'nosuchdb://x/y' is not a usable SQLAlchemy URL"),
+        ({"url": sqlite_url, "query": "x", "table": "t"}, r"exactly the keys url and query, or url and table"),
+        ({"url": "postgresql://u:secret@h/db", "table": "t"}, r"must not hold a password"),
+    ]
+    for source, message in cases:
+        with pytest.raises(DataError, match=message) as caught:
+            read_source(source)
+        assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
+
+
+def test_postgres_source_streams_through_a_server_side_cursor(stage_ctx_factory, postgres, digits):
+    url = postgres()
+    engine = create_engine(url)
+    digits.assign(weight=1.5).to_sql("digits", engine, index=False)
+    query = "SELECT label, SUM(p20)::numeric AS p20_sum, COUNT(*) AS n FROM digits GROUP BY label ORDER BY label"
+    summary = read_source({"url": url, "query": query})
+    assert summary.n.sum() == 1797 and summary.p20_sum.dtype == float  # NUMERIC arrives as float
+    ctx = stage_ctx_factory("prepare", run_id="pg-source")
+    prepared = prepare_data(
+        ctx, {"url": url, "table": "public.digits"}, "label", 0.15, 0.15, 0, chunk_rows=300, progress=False
+    )
+    assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
+    with engine.connect() as conn:  # the cursor was a named (server-side) one, closed when done
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_cursors").scalar() == 0
+    with pytest.raises(DataError, match=r'relation "nowhere" does not exist'):
+        read_source({"url": url, "query": "SELECT * FROM nowhere"})
+    dead = url.rsplit(":", 1)[0] + ":1/nothing"
+    with pytest.raises(DataError, match=r"cannot connect to postgresql\+psycopg://.*check host, port"):
+        read_source({"url": dead, "table": "digits"})
+
+
+def test_sql_source_as_a_parameter(tmp_path, sqlite_url):
+    layer = tmp_path / "sql.yaml"
+    layer.write_text(f"data:\n  source:\n    url: {sqlite_url}\n    query: {QUERY}\n")
+    assert load([layer])["data.source"] == {"url": sqlite_url, "query": QUERY}
+    given = load(sets=[f"data.source={{url: '{sqlite_url}', table: digits}}"])
+    assert given["data.source"] == {"url": sqlite_url, "table": "digits"}
+    assert load(sets=["data.source=some/file.csv"])["data.source"] == "some/file.csv"
+
+
+def test_a_run_from_sql_and_its_failures(place, sqlite_url):
+    source = f"data.source={{url: '{sqlite_url}', query: '{QUERY}'}}"
+    result = workbench("run", "--steps", "prepare", *place.sets(source))
+    assert result.code == 0, result.stderr
+    run_id = result.stdout.split()[1]
+    schema = json.loads((place.store / "runs" / run_id / "prepare" / "schema.json").read_text())
+    assert schema["classes"] == [0, 1, 2, 3, 4]
+
+    bad = workbench("run", "--steps", "prepare", *place.sets(source.replace("label < 5", "labl < 5")))
+    assert bad.code == 1
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [bad.stderr.strip().splitlines()[-1]]
+    assert "step prepare failed: DataError" in errors[0] and "no such column: labl" in errors[0]
+    assert errors[0].endswith("check the data.source query")
+    missing = workbench("run", "--steps", "prepare", *place.sets(source, "data.target=digit"))
+    assert missing.code == 1 and "data.target 'digit' is not a column of sqlite:///" in missing.stderr
+    assert (place.store / "runs" / run_id / "prepare" / "train.parquet").is_file()  # the earlier run is intact

@@ -1,0 +1,250 @@
+"""Input tables: bundled data, local files, S3 objects and SQL queries, read as Arrow chunks.
+
+A source is a path or URI string, or a mapping ``{url, query}`` / ``{url, table}`` naming a SQL
+source, so a heavy aggregation runs inside PostgreSQL or Redshift and only its result crosses the
+network. Every kind is read in chunks (Parquet row groups, CSV blocks, a server-side cursor), so
+memory follows the chunk size, not the size of the source.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import DataError, StoreError
+from workbench.params import mask, project_root, source_problem
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+Source = str | Mapping[str, str]
+BUNDLED = {"digits": "digits.csv.gz"}
+CSV_BLOCK = 16 << 20  # bytes per CSV block; column types are inferred from the first one
+
+
+def describe(source: Source) -> str:
+    """The source as messages and reports show it, with any password masked."""
+    if isinstance(source, str):
+        return source
+    what = f"table {source['table']}" if "table" in source else f"query {_short(source.get('query', ''))}"
+    return f"{mask(str(source.get('url', '')))} {what}"
+
+
+def _short(text: str, width: int = 60) -> str:
+    flat = " ".join(str(text).split())
+    return repr(flat if len(flat) <= width else flat[: width - 3] + "...")
+
+
+def _locate(source: str, key: str) -> tuple[Path, str]:
+    """The file behind a source string and its format (``csv`` or ``parquet``)."""
+    if source.startswith("bundled:"):
+        name = source.split(":", 1)[1]
+        if name not in BUNDLED:
+            raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
+        return Path(__file__).parent / "data" / BUNDLED[name], "csv"
+    name = source.lower()
+    fmt = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        if scheme != "s3":
+            raise DataError(
+                f"{key} {mask(source)!r}: {scheme}:// sources are not supported; use s3://, a local path, "
+                "or {url: ..., query: ...} for a database"
+            )
+        if fmt is None:
+            raise DataError(f"{key} {source}: unknown format; use .csv, .csv.gz or .parquet")
+        return _download(source, key), fmt
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = project_root() / path
+    if not path.is_file():
+        raise DataError(f"{key}: no file at {path}; check the path or use bundled:digits")
+    if fmt is None:
+        raise DataError(f"{key} {path}: unknown format; use .csv, .csv.gz or .parquet")
+    return path, fmt
+
+
+@functools.lru_cache(maxsize=8)
+def _download(uri: str, key: str = "data.source") -> Path:
+    """An S3 object streamed to a local temporary file (disk, not memory, holds it), once per process."""
+    from workbench.s3 import S3Store
+
+    bucket, _, name = uri.removeprefix("s3://").partition("/")
+    try:
+        store = S3Store(f"s3://{bucket}")
+    except StoreError:
+        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from None
+    folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / Path(name).name
+    try:
+        with store.errors(name, missing=f"check {key}"):
+            store.client.download_file(bucket, name, str(target))
+    except StoreError as exc:
+        raise DataError(f"{key}: {exc}") from None
+    return target
+
+
+def _unreadable(key: str, path: Path, exc: Exception) -> DataError:
+    return DataError(f"{key} {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?")
+
+
+def _checked(source: Source, key: str) -> Source:
+    if isinstance(source, Mapping):
+        source = dict(source)
+    problem = source_problem(source)
+    if problem:
+        raise DataError(f"{key}: {problem}, got {describe(source) if isinstance(source, dict) else source!r}")
+    return source
+
+
+def read_source(source: Source, key: str = "data.source") -> pd.DataFrame:
+    """A whole (small) table as a DataFrame, for exploring in a notebook."""
+    import pandas as pd
+    import pyarrow as pa
+
+    source = _checked(source, key)
+    if isinstance(source, dict):
+        return pa.concat_tables(iter_source(source, 65_536, key)).to_pandas()
+    path, fmt = _locate(source, key)
+    try:
+        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise _unreadable(key, path, exc) from None
+
+
+def iter_source(source: Source, rows: int, key: str = "data.source") -> Iterator[pa.Table]:
+    """The table as Arrow tables of ``rows`` rows (the last may be shorter), all of one schema."""
+    source = _checked(source, key)
+    if isinstance(source, dict):
+        yield from rechunk(_sql_tables(source, rows, key), rows)
+        return
+    yield from rechunk(_file_batches(source, key), rows)
+
+
+def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
+    """Parquet by row groups, CSV (also gzipped) by blocks, with no pandas in between."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    path, fmt = _locate(source, key)
+    try:
+        if fmt == "parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=65_536)
+        else:
+            stream = pa.input_stream(str(path), compression="detect")
+            yield from pa_csv.open_csv(stream, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _unreadable(key, path, exc) from None
+
+
+def rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Blocks of any size as tables of exactly ``rows`` rows, the last one shorter."""
+    import pyarrow as pa
+
+    pending: list = []
+    count = 0
+    for block in blocks:
+        pending.extend(block.to_batches() if isinstance(block, pa.Table) else [block])
+        count += block.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def count_rows(source: Source, key: str = "data.source") -> int | None:
+    """Rows in the source when that is cheap to know (Parquet metadata), else None."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(source, str):
+        return None
+    path, fmt = _locate(source, key)
+    return pq.ParquetFile(path).metadata.num_rows if fmt == "parquet" else None
+
+
+def _sql_statement(source: Mapping[str, str]) -> Any:
+    from sqlalchemy import literal_column, select, table, text
+
+    if "query" in source:
+        return text(source["query"])
+    schema, _, name = source["table"].rpartition(".")
+    return select(literal_column("*")).select_from(table(name, schema=schema or None))
+
+
+def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.Table]:
+    """Rows of a query through a server-side cursor, ``rows`` at a time, as Arrow tables.
+
+    ``stream_results`` makes PostgreSQL (psycopg) use a named cursor, so the server keeps the
+    result and the client holds one partition; NUMERIC values arrive as floats.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    url = source["url"]
+    shown = mask(url)
+    what = "data.source.table" if key == "data.source" and "table" in source else f"the {key} query"
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise DataError(f"{key} url {shown!r} is not a usable SQLAlchemy URL ({exc})") from None
+    try:
+        conn = engine.connect()
+    except SQLAlchemyError as exc:
+        raise DataError(
+            f"{key}: cannot connect to {shown} ({_first_line(exc)}); check host, port, database and credentials"
+        ) from None
+    schema = None
+    try:
+        with conn:
+            try:
+                result = conn.execution_options(stream_results=True, max_row_buffer=rows).execute(
+                    _sql_statement(source)
+                )
+                if not result.returns_rows:
+                    raise DataError(f"{key}: {describe(source)} returns no rows; it must be a SELECT")
+                columns = list(result.keys())
+                for part in result.partitions(rows):
+                    frame = pd.DataFrame.from_records(part, columns=columns, coerce_float=True)
+                    chunk = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+                    if schema is None:
+                        schema = chunk.schema
+                    elif chunk.schema != schema:
+                        chunk = _conform(chunk, schema, key)
+                    yield chunk
+            except SQLAlchemyError as exc:
+                raise DataError(f"{key}: {describe(source)} failed ({_first_line(exc)}); check {what}") from None
+    finally:
+        engine.dispose()
+    if schema is None:
+        raise DataError(f"{key}: {describe(source)} returned no rows")
+
+
+def _conform(chunk: pa.Table, schema: pa.Schema, key: str) -> pa.Table:
+    """A later chunk in the types of the first (a column that was all NULL, ints among floats)."""
+    import pyarrow as pa
+
+    try:
+        return chunk.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        changed = [f.name for f in chunk.schema if schema.field(f.name).type != f.type]
+        raise DataError(
+            f"{key}: columns {changed[:5]} change type partway through the result; CAST them in the query"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    return mask(str(inner).strip().splitlines()[0]) if str(inner).strip() else type(inner).__name__
