@@ -85,6 +85,80 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
         open_store("s3://some-bucket").read_bytes("a.txt")
 
 
+def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch):
+    """moto with IAM enforced: an analyst whose policy grants no access to the bucket."""
+    import json
+    import urllib.request
+
+    import boto3
+
+    from workbench.errors import DataError
+    from workbench.locals3 import moto_endpoint, s3_environment
+    from workbench.sources import read_source
+
+    with moto_endpoint() as endpoint:
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1"} | {
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+        }
+        s3 = boto3.client("s3", **admin)
+        s3.create_bucket(Bucket="locked")
+        s3.put_object(Bucket="locked", Key="in/d.csv", Body=b"a,label\n1,0\n")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="analyst")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="analyst", PolicyName="no-bucket", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="analyst")["AccessKey"]
+
+        def iam_after(requests: bytes) -> None:
+            url = f"{endpoint}/moto-api/reset-auth"
+            urllib.request.urlopen(
+                urllib.request.Request(url, data=requests, method="POST", headers={"Content-Type": "text/plain"})
+            )
+
+        iam_after(b"0")  # every request from now on is checked against IAM
+
+        env = s3_environment(endpoint) | {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(
+            StoreError, match=r"access denied to s3://locked/runs/a\.txt \(AccessDenied\); check the credentials"
+        ):
+            open_store("s3://locked").write_bytes("runs/a.txt", b"x")
+        with pytest.raises(DataError, match=r"data.source: store s3://locked: access denied to s3://locked/in/d.csv"):
+            read_source("s3://locked/in/d.csv")
+
+        db = tmp_path / "tracking.db"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "workbench",
+                "run",
+                "--steps",
+                "prepare",
+                "--set=store=s3://locked/prod",
+                f"--set=db=sqlite:///{db}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "access denied" in errors[0] and "s3://locked" in errors[0], proc.stderr
+        iam_after(b"inf")  # no checks again: the object is still there
+        assert s3.get_object(Bucket="locked", Key="in/d.csv")["Body"].read() == b"a,label\n1,0\n"
+
+
 def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_server, bucket, postgres, tmp_path):
     """`workbench run` with an s3:// store, an S3 data source and a PostgreSQL tracking DB, then a
     scoring run that publishes to PostgreSQL: everything lands where production would look."""

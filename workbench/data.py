@@ -231,7 +231,7 @@ def prepare_data(
         class_values = pa.array(classes, type=scan.schema.field(target).type)
         writers = {name: pq.ParquetWriter(folder / f"{name}.parquet", scan.schema) for name in SPLITS}
         moments = _Moments(len(features))
-        sample: list[pa.Table] = []
+        sample: list[pd.DataFrame] = []
         again = str(folder / "source.parquet") if spool else source
         with bar(total=scan.rows, desc="splitting") as split_rows:
             for table in iter_source(again, chunk_rows):
@@ -247,8 +247,8 @@ def prepare_data(
                     writers[name].write_table(part)
                     if name == "train":
                         moments.add(_matrix(part, features))
-                        if sum(t.num_rows for t in sample) < 40:
-                            sample.append(part.slice(0, 40))
+                        if sum(len(f) for f in sample) < 40:  # a copy: a slice would pin the chunk
+                            sample.append(part.slice(0, 40).to_pandas())
                 split_rows.update(table.num_rows)
         for writer in writers.values():
             writer.close()
@@ -285,7 +285,7 @@ def prepare_data(
             "role": ["target" if c == target else "feature" for c in scan.schema.names],
         }
     )
-    head = pa.concat_tables(sample).slice(0, 40).to_pandas()
+    head = pd.concat(sample, ignore_index=True).head(40)
     return Prepared(schema, counts, balance, head, features, target)
 
 
