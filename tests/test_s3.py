@@ -230,7 +230,8 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
     assert parity == 1.0
 
 
-def test_data_sources_on_s3(s3_server, bucket, tmp_path):
+def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
+    from workbench.data import prepare_data
     from workbench.errors import DataError
     from workbench.sources import iter_source, read_source
 
@@ -248,3 +249,7 @@ def test_data_sources_on_s3(s3_server, bucket, tmp_path):
         DataError, match=r"data\.source: store s3://no-such-bucket-y: bucket 'no-such-bucket-y' does not exist"
     ):
         read_source("s3://no-such-bucket-y/x.csv")
+    ctx = stage_ctx_factory("prepare", run_id="s3-no-target")
+    with pytest.raises(DataError, match=rf"data.target 'digit' is not a column of s3://{bucket}/in/d.parquet"):
+        prepare_data(ctx, f"s3://{bucket}/in/d.parquet", "digit", 0.15, 0.15, 0, progress=False)
+    assert not ctx.store.exists(ctx.key("train.parquet"))

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workbench.errors import DataError
-from workbench.sources import Source, count_rows, describe, iter_source
+from workbench.sources import Source, count_rows, describe, is_parquet, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from workbench.context import StepContext
 
 SPLITS = ("train", "val", "test")
-
-
 MAX_CLASSES = 10_000
 CHUNK_ROWS = 65_536
 
@@ -71,12 +69,13 @@ class _Scan:
     high: dict = field(default_factory=dict)
 
     def add(self, table: pa.Table, target: str) -> None:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         self.rows += table.num_rows
         for name in table.column_names:
             column = table.column(name)
-            if column.null_count or (_floating(column) and pc.any(pc.is_nan(column)).as_py()):
+            if column.null_count or (pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py()):
                 self.missing.add(name)
             bounds = pc.min_max(column).as_py()
             if bounds["min"] is not None:
@@ -105,12 +104,6 @@ class _Scan:
                 "each class needs 3 or more to split"
             )
         return classes
-
-
-def _floating(column: pa.ChunkedArray) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_floating(column.type)
 
 
 def split_plan(class_rows: list[int], val_fraction: float, test_fraction: float, seed: int) -> list[np.ndarray]:
@@ -197,8 +190,9 @@ def prepare_data(
     """Read, check and split the source; write the splits, schema and normalisation.
 
     Two passes, each holding one chunk: the first checks the table and counts each class, the
-    second sends every row to its split's Parquet file. A SQL result is kept on local disk
-    between the passes so the query runs once. Nothing is stored unless both passes succeed.
+    second sends every row to its split's Parquet file. A SQL result or CSV is kept on local disk
+    as Parquet between the passes, so the query runs once and the CSV is parsed once. Nothing is
+    stored unless both passes succeed.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -214,7 +208,7 @@ def prepare_data(
             for table in iter_source(source, chunk_rows):
                 if scan is None:
                     scan = _Scan(table.schema, _features(table.schema, target, shown))
-                    if not isinstance(source, str):
+                    if not is_parquet(source):
                         spool = pq.ParquetWriter(folder / "source.parquet", table.schema)
                 scan.add(table, target)
                 if spool:

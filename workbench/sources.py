@@ -43,6 +43,11 @@ def _short(text: str, width: int = 60) -> str:
     return repr(flat if len(flat) <= width else flat[: width - 3] + "...")
 
 
+def _format(source: str) -> str | None:
+    name = source.lower()
+    return "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
+
+
 def _locate(source: str, key: str) -> tuple[Path, str]:
     """The file behind a source string and its format (``csv`` or ``parquet``)."""
     if source.startswith("bundled:"):
@@ -50,8 +55,7 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
         if name not in BUNDLED:
             raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
         return Path(__file__).parent / "data" / BUNDLED[name], "csv"
-    name = source.lower()
-    fmt = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
+    fmt = _format(source)
     if "://" in source:
         scheme = source.split("://", 1)[0]
         if scheme != "s3":
@@ -166,14 +170,16 @@ def rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator[
         yield pa.Table.from_batches(pending)
 
 
+def is_parquet(source: Source) -> bool:
+    """Whether the source is a Parquet file (cheap to read twice and to count)."""
+    return isinstance(source, str) and _format(source) == "parquet"
+
+
 def count_rows(source: Source, key: str = "data.source") -> int | None:
     """Rows in the source when that is cheap to know (Parquet metadata), else None."""
     import pyarrow.parquet as pq
 
-    if not isinstance(source, str):
-        return None
-    path, fmt = _locate(source, key)
-    return pq.ParquetFile(path).metadata.num_rows if fmt == "parquet" else None
+    return pq.ParquetFile(_locate(source, key)[0]).metadata.num_rows if is_parquet(source) else None
 
 
 def _sql_statement(source: Mapping[str, str]) -> Any:
@@ -198,7 +204,7 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
 
     url = source["url"]
     shown = mask(url)
-    what = "data.source.table" if key == "data.source" and "table" in source else f"the {key} query"
+    what = f"{key}.table" if "table" in source else f"the {key} query"
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
