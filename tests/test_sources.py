@@ -86,6 +86,9 @@ def test_sql_errors_are_one_line(sqlite_url, tmp_path):
         with pytest.raises(DataError, match=message) as caught:
             read_source(source)
         assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
+    with pytest.raises(DataError, match=r"returns no rows; it must be a SELECT"):
+        read_source({"url": sqlite_url, "query": "DELETE FROM digits"})
+    assert len(read_source({"url": sqlite_url, "table": "digits"})) == 1797  # rolled back: nothing lost
 
 
 def test_postgres_source_streams_through_a_server_side_cursor(stage_ctx_factory, postgres, digits):

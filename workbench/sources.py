@@ -129,9 +129,9 @@ def iter_source(source: Source, rows: int, key: str = "data.source") -> Iterator
     """The table as Arrow tables of ``rows`` rows (the last may be shorter), all of one schema."""
     source = _checked(source, key)
     if isinstance(source, dict):
-        yield from rechunk(_sql_tables(source, rows, key), rows)
+        yield from _rechunk(_sql_tables(source, rows, key), rows)
         return
-    yield from rechunk(_file_batches(source, key), rows)
+    yield from _rechunk(_file_batches(source, key), rows)
 
 
 def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
@@ -152,7 +152,7 @@ def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
         raise _unreadable(key, path, exc) from None
 
 
-def rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
+def _rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
     """Blocks of any size as tables of exactly ``rows`` rows, the last one shorter."""
     import pyarrow as pa
 
