@@ -1,6 +1,7 @@
 """Publishing prediction rows to PostgreSQL: workbench's COPY path against pandas' INSERTs.
 
-All three write the same frame of prediction rows (row, predicted, confidence, actual, run_id)
+All three write the same frame of prediction rows (backend, row, predicted, confidence, actual,
+run_id, step)
 into fresh tables of one throwaway PostgreSQL server, one after another in this process.
 Target: workbench at least 10x faster than ``DataFrame.to_sql(method="multi")``.
 
@@ -24,6 +25,7 @@ def predictions(rows: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     return pd.DataFrame(
         {
+            "backend": "onnxruntime",
             "row": np.arange(rows),
             "predicted": rng.integers(0, 10, rows),
             "confidence": rng.random(rows).astype(np.float32),
@@ -40,10 +42,10 @@ def main() -> None:
     with throwaway_postgres() as new_database:
         url = new_database()
         engine = create_engine(url)
-        tagged = frame.assign(run_id="bench")
+        tagged = frame.assign(run_id="bench", step="score")
 
         def workbench() -> None:
-            Publisher(url, "via_workbench", "bench").append(frame)
+            Publisher(url, "via_workbench", "bench", "score").append(frame)
 
         def multi() -> None:
             tagged.to_sql("via_multi", engine, index=False, method="multi", chunksize=10_000)

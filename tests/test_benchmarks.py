@@ -1,0 +1,24 @@
+"""The benchmark scripts still run (at toy sizes; their figures are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("publish.py", ["--rows", "2000"], "faster than to_sql(method='multi')"),
+        ("prepare_large.py", ["--rows", "3000"], "parquet memory ratio (30,000 vs 3,000 rows)"),
+    ],
+)
+def test_benchmark_runs(script, args, says):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert says in proc.stdout
