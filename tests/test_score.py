@@ -46,6 +46,15 @@ def test_parquet_sources_stream_by_row_group(trained, stage_ctx_factory, tmp_pat
     assert ctx.load_json("model.json", "score")["model_run"] == "unit"
 
 
+def test_a_sql_table_scores_like_its_csv(trained, stage_ctx_factory, tmp_path):
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    read_source("bundled:digits").to_sql("digits", create_engine(url), index=False)
+    ctx = stage_ctx_factory("score", run_id="score-sql")
+    result = score_batch(ctx, {"url": url, "table": "digits"}, "onnxruntime", 700, "unit", progress=False)
+    assert result.metrics["rows_scored"] == 1797 and result.metrics["score_accuracy"] > 0.85
+    assert ctx.load_json("model.json", "score")["source"] == f"{url} table digits"
+
+
 def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
     ctx = stage_ctx_factory("score", run_id="score-bad")
     read_source("bundled:digits").drop(columns=["p3", "p4"]).to_csv(tmp_path / "narrow.csv", index=False)
