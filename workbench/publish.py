@@ -3,9 +3,9 @@
 Rows are tagged with the run id and the step; publishing a step again first removes that step's
 rows of the run, so a rerun or a resumed run never duplicates them. Validation and scoring write
 one shape of prediction row (:func:`prediction_rows`) to ``publish.table`` and their metrics to
-``<publish.table>_metrics``, so one query reads both. The table is created on first use with the frame's column
-types. On PostgreSQL (RDS, and Redshift-compatible loads) rows go in with COPY, which is an order
-of magnitude faster than INSERTs; other databases get batched INSERTs.
+``<publish.table>_metrics``, so one query reads both. A table is created on first use with the
+frame's column types. On PostgreSQL (RDS, and Redshift-compatible loads) rows go in with COPY,
+an order of magnitude faster than INSERTs; other databases get batched INSERTs.
 """
 
 from __future__ import annotations
