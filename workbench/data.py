@@ -204,7 +204,7 @@ def prepare_data(
         folder = Path(tmp)
         spool = None
         scan: _Scan | None = None
-        with bar(total=count_rows(source), desc="checking") as shown_rows:
+        with bar(total=count_rows(source), desc="checking") as checked:
             for table in iter_source(source, chunk_rows):
                 if scan is None:
                     scan = _Scan(table.schema, _features(table.schema, target, shown))
@@ -213,7 +213,7 @@ def prepare_data(
                 scan.add(table, target)
                 if spool:
                     spool.write_table(table)
-                shown_rows.update(table.num_rows)
+                checked.update(table.num_rows)
         if spool:
             spool.close()
         if scan is None:
@@ -234,6 +234,8 @@ def prepare_data(
                 for code in np.unique(codes):
                     rows = codes == code
                     n = int(rows.sum())
+                    if seen[code] + n > len(plans[code]):
+                        raise DataError(f"data.source {shown}: changed while it was read; run the step again")
                     assigned[rows] = plans[code][seen[code] : seen[code] + n]
                     seen[code] += n
                 for i, name in enumerate(SPLITS):
@@ -247,7 +249,7 @@ def prepare_data(
         for writer in writers.values():
             writer.close()
         if seen.sum() != scan.rows:
-            raise DataError(f"data.source {shown}: changed while it was read ({seen.sum()} rows, then {scan.rows})")
+            raise DataError(f"data.source {shown}: changed while it was read; run the step again")
         for name in SPLITS:
             ctx.store_file(f"{name}.parquet", folder / f"{name}.parquet")
 
