@@ -97,9 +97,12 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
     from workbench.sources import read_source
 
     with moto_endpoint() as endpoint:
-        admin = {"endpoint_url": endpoint, "region_name": "us-east-1"} | {
-            "aws_access_key_id": "testing",
-            "aws_secret_access_key": "testing",
+        env = s3_environment(endpoint)
+        admin = {
+            "endpoint_url": endpoint,
+            "region_name": env["AWS_DEFAULT_REGION"],
+            "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
         }
         s3 = boto3.client("s3", **admin)
         s3.create_bucket(Bucket="locked")
@@ -121,7 +124,7 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
 
         iam_after(b"0")  # every request from now on is checked against IAM
 
-        env = s3_environment(endpoint) | {
+        env |= {
             "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
         }

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from workbench.errors import DataError
-from workbench.sources import Source, count_rows, describe, is_parquet, iter_source
+from workbench.sources import CHUNK_ROWS, Source, count_rows, describe, is_parquet, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 10_000
-CHUNK_ROWS = 65_536
 
 
 def _numeric(kind: pa.DataType) -> bool:

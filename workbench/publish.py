@@ -10,6 +10,7 @@ an order of magnitude faster than INSERTs; other databases get batched INSERTs.
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,12 @@ class PublishError(WorkbenchError):
     """The publish database or table cannot take the rows."""
 
 
+@functools.cache
+def _engine(url: str) -> Engine:
+    """One connection pool per database per process, shared by a step's prediction and metric tables."""
+    return create_engine(url)
+
+
 class Publisher:
     """Appends frames to ``table`` at ``url`` (any SQLAlchemy URL) for one step of one run."""
 
@@ -38,7 +45,7 @@ class Publisher:
         self.url, self.table, self.run_id, self.step = url, table, run_id, step
         self.columns: list[str] | None = None
         try:
-            self.engine: Engine = create_engine(url)
+            self.engine = _engine(url)
             with self.engine.begin() as conn:
                 if inspect(conn).has_table(table):
                     target = Table(table, MetaData(), autoload_with=conn)

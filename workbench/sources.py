@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Source = str | Mapping[str, str]
 BUNDLED = {"digits": "digits.csv.gz"}
+CHUNK_ROWS = 65_536  # rows per Arrow chunk where the caller does not choose
 # pyarrow's default CSV block (1 MiB): larger blocks made the reader's peak memory grow with the
 # file (16 MiB blocks: 400 MiB at 500k rows, 1 GiB at 5M); column types come from the first block
 CSV_BLOCK = 1 << 20
@@ -117,7 +118,7 @@ def read_source(source: Source, key: str = "data.source") -> pd.DataFrame:
 
     source = _checked(source, key)
     if isinstance(source, dict):
-        return pa.concat_tables(iter_source(source, 65_536, key)).to_pandas()
+        return pa.concat_tables(iter_source(source, CHUNK_ROWS, key)).to_pandas()
     path, fmt = _locate(source, key)
     try:
         return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
@@ -144,7 +145,7 @@ def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
     try:
         if fmt == "parquet":
             # pre_buffer reads ahead across row groups: peak memory then grew with the file
-            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=65_536)
+            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=CHUNK_ROWS)
         else:
             stream = pa.input_stream(str(path), compression="detect")
             yield from pa_csv.open_csv(stream, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK))
