@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from workbench.errors import DataError
+from workbench.progress import progress as progress_bar
 from workbench.sources import CHUNK_ROWS, Source, count_rows, describe, is_parquet, iter_source
 
 if TYPE_CHECKING:
@@ -198,7 +197,7 @@ def prepare_data(
     import pyarrow.parquet as pq
 
     shown = describe(source)
-    bar = functools.partial(tqdm, unit="row", file=sys.stderr, disable=not progress, delay=2, mininterval=2)
+    bar = functools.partial(progress_bar, unit="row", enabled=progress, delay=2)
     with tempfile.TemporaryDirectory(prefix="workbench-prepare-") as tmp:
         folder = Path(tmp)
         spool = None

@@ -8,7 +8,6 @@ file written batch by batch, so memory depends on the batch size, not on the dat
 from __future__ import annotations
 
 import io
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -18,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from workbench.errors import DataError, TrackingError
+from workbench.progress import progress as progress_bar
 from workbench.sources import Source, count_rows, describe, iter_source
 from workbench.validate import Predict, load_mxnet, load_onnxruntime, top_class
 
@@ -171,14 +170,7 @@ def score_batch(
     counts = np.zeros(len(inputs.classes), dtype=np.int64)
     rows, correct, labelled, preview = 0, 0, 0, None
     started = time.perf_counter()
-    bar = tqdm(
-        total=count_rows(source, SOURCE_KEY),
-        unit="row",
-        desc="scoring",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=2,
-    )
+    bar = progress_bar(total=count_rows(source, SOURCE_KEY), unit="row", desc="scoring", enabled=progress)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.parquet"
         writer = None

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from workbench.data import load_split, prepared_bytes
 from workbench.errors import ModelError
 from workbench.models import build_model, model_config
+from workbench.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -196,14 +196,8 @@ class Trainer:
         x, y = train
         device, cfg = x.device, self.settings
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
-        bar = tqdm(
-            total=cfg.epochs,
-            initial=self.epoch,
-            desc="training",
-            unit="epoch",
-            file=sys.stderr,
-            disable=not progress or rank != 0,
-            mininterval=2,
+        bar = progress_bar(
+            total=cfg.epochs, initial=self.epoch, desc="training", unit="epoch", enabled=progress and rank == 0
         )
         while not self.done:
             self.model.train()
