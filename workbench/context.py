@@ -26,6 +26,9 @@ class StepContext:
     step: str
     store: Store
     tracker: Tracker
+    # started from JupyterLab or plain papermill rather than by `workbench run`: exploration,
+    # where a changed setting retrains instead of refusing the run's old checkpoint
+    interactive: bool = False
 
     def key(self, name: str, step: str | None = None, run: str | None = None) -> str:
         return f"runs/{run or self.run_id}/{step or self.step}/{name}"
@@ -78,5 +81,5 @@ def step_context(step: str, run_id: str, store: str, db: str) -> StepContext:
     """
     artifact_store = open_store(store)
     tracker = Tracker(db)
-    tracker.ensure_run(run_id, artifact_store.root)
-    return StepContext(run_id, step, artifact_store, tracker)
+    interactive = tracker.ensure_run(run_id, artifact_store.root)
+    return StepContext(run_id, step, artifact_store, tracker, interactive)

@@ -262,12 +262,17 @@ class Tracker:
         )
         return run_id
 
-    def ensure_run(self, run_id: str, store: str) -> None:
-        """A notebook run by hand (JupyterLab, plain papermill) gets a run row on first use."""
+    def ensure_run(self, run_id: str, store: str) -> bool:
+        """A notebook run by hand (JupyterLab, plain papermill) gets a run row on first use.
+
+        Returns whether the run is such a hand-started one rather than a `workbench run`.
+        """
         with self.engine.connect() as conn:
-            found = conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first()
+            found = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).first()
         if not found:
             self._write(insert(runs).values(id=run_id, status="interactive", started_at=now(), store=store))
+            return True
+        return found[0] == "interactive"
 
     def reopen_run(self, run_id: str) -> None:
         self._write(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None, error=None))
