@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LAB_ARGS ?=  # extra JupyterLab options for `make lab`, e.g. --no-browser --port=8899
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: setup demo test lint lab lock clean postgres
@@ -32,8 +33,9 @@ lint: setup
 	$(BIN)/ruff check workbench tests benchmarks
 	$(BIN)/ruff format --check workbench tests benchmarks
 
+# JupyterLab refuses to start as root unless told; containers and cloud notebooks often run as root.
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) notebooks
 
 # Re-resolve every pin from pyproject.toml in a scratch environment.
 lock:

@@ -40,9 +40,70 @@ def test_run_lifecycle_is_recorded(tracker):
 
 
 def test_ensure_run_is_idempotent(tracker):
-    tracker.ensure_run("dev", "/s")
-    tracker.ensure_run("dev", "/s")
-    assert tracker.get_run("dev")["status"] == "interactive"
+    assert tracker.ensure_run("dev", "/s") is True
+    assert tracker.ensure_run("dev", "/s") is True
+    run = tracker.get_run("dev")
+    assert run["launcher"] == "notebook" and run["status"] == "running"
+    pipeline_run = tracker.create_run("/s", {}, {})
+    assert tracker.ensure_run(pipeline_run, "/s") is False
+
+
+def test_notebook_runs_get_step_status_and_durations(tracker):
+    """Runs started by plain papermill or JupyterLab are listed like `workbench run`'s."""
+    tracker.ensure_run("plain", "/s")
+    tracker.notebook_step("plain", "prepare", "running")
+    assert tracker.get_run("plain")["status"] == "running"
+    tracker.notebook_step("plain", "prepare", "finished")
+    tracker.notebook_step("plain", "train", "running")
+    tracker.notebook_step("plain", "train", "failed", "ModelError: boom")
+    run = tracker.get_run("plain")
+    assert [(s["name"], s["status"]) for s in run["steps"]] == [("prepare", "finished"), ("train", "failed")]
+    assert run["status"] == "failed" and run["error"] == "ModelError: boom" and run["duration_s"] is not None
+    assert all(s["duration_s"] is not None and s["duration_s"] >= 0 for s in run["steps"])
+    tracker.notebook_step("plain", "train", "running")  # the user fixes the cell and runs it again
+    tracker.notebook_step("plain", "train", "finished")
+    run = tracker.get_run("plain")
+    assert run["status"] == "finished" and run["error"] is None
+    assert tracker.list_runs()[0]["duration_s"] is not None
+
+
+def test_one_process_at_a_time_holds_a_run(tracker, monkeypatch):
+    import subprocess
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from workbench import tracking
+
+    run_id = tracker.create_run("/s", {}, {}, holder=tracking.new_holder())  # this process, alive
+    with pytest.raises(TrackingError, match=rf"run {run_id} is being executed by .*; wait for it to end"):
+        tracker.claim_run(run_id, tracking.new_holder())
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with tracker.engine.begin() as conn:  # a holder on this host whose process is gone (kill -9)
+        conn.execute(update(tracking.runs).values(holder=f"{tracking.socket.gethostname()}:{dead.pid}:ab"))
+    mine = tracking.new_holder()
+    tracker.claim_run(run_id, mine)
+
+    elsewhere = "other-host:123:cd"
+    with tracker.engine.begin() as conn:  # another machine that keeps its heartbeat fresh
+        conn.execute(update(tracking.runs).values(holder=elsewhere, heartbeat_at=tracking.now()))
+    with pytest.raises(TrackingError, match="is being executed by other-host:123"):
+        tracker.claim_run(run_id, mine)
+    with tracker.engine.begin() as conn:  # ... until it falls silent
+        silent = tracking.now() - tracking.STALE_AFTER - timedelta(seconds=1)
+        conn.execute(update(tracking.runs).values(heartbeat_at=silent))
+    tracker.claim_run(run_id, mine)
+    tracker.release_run(run_id, mine)
+    tracker.claim_run(run_id, tracking.new_holder())
+
+
+def test_a_corrupt_database_file_is_one_line(tmp_path):
+    bad = tmp_path / "not.db"
+    bad.write_bytes(b"this is no SQLite database" * 100)
+    with pytest.raises(TrackingError, match=r"is not a usable tracking database \(file is not a database\)"):
+        Tracker(f"sqlite:///{bad}")
 
 
 def test_sqlite_uses_wal(tracker):
@@ -110,22 +171,39 @@ def test_four_processes_at_once_on_a_fresh_database(fresh_url):
         )
 
 
-def test_an_older_schema_is_not_upgraded_behind_the_users_back(fresh_url):
+def _first_schema(url: str, versioned: bool) -> None:
+    """The database as the first release left it: schema 0001, with or without its version row."""
+    from alembic import command
     from sqlalchemy import create_engine
 
-    from workbench.tracking import metadata
+    from workbench.tracking import _alembic_config
 
-    engine = create_engine(fresh_url)
-    metadata.create_all(engine)  # tables, but no schema version: as made before migrations
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+        conn.exec_driver_sql(
+            "INSERT INTO runs (id, status, started_at, store) VALUES ('dev', 'interactive', '2026-01-01', '/s')"
+        )
+        if not versioned:  # tables made before migrations existed
+            conn.exec_driver_sql("DROP TABLE alembic_version")
     engine.dispose()
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "0001"])
+def test_an_older_schema_is_not_upgraded_behind_the_users_back(fresh_url, versioned):
+    from workbench.tracking import schema_head
+
+    _first_schema(fresh_url, versioned)
+    was = "0001" if versioned else "unversioned"
     with pytest.raises(
         TrackingError,
-        match=r"is at schema unversioned, this workbench needs 0001; back it up, then run `workbench db upgrade`",
+        match=rf"is at schema {was}, this workbench needs {schema_head()}; back it up, then run `workbench db upgrade`",
     ):
         Tracker(fresh_url)
-    assert Tracker(fresh_url, check=False).upgrade() == "0001"
-    assert Tracker(fresh_url, check=False).upgrade() == "0001"  # idempotent
-    Tracker(fresh_url).ensure_run("dev", "/s")
+    assert Tracker(fresh_url, check=False).upgrade() == schema_head() == "0002"
+    assert Tracker(fresh_url, check=False).upgrade() == "0002"  # idempotent
+    assert Tracker(fresh_url).ensure_run("dev", "/s") is True  # an old hand-started run stays one
+    assert Tracker(fresh_url).get_run("dev")["launcher"] == "notebook"
 
 
 def test_postgres_is_a_full_tracking_db(postgres):

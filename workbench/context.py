@@ -77,9 +77,43 @@ class StepContext:
 def step_context(step: str, run_id: str, store: str, db: str) -> StepContext:
     """Open the store and tracking DB for one step of ``run_id``.
 
-    A run id the DB has not seen (a notebook opened in JupyterLab) is created on the spot.
+    A run id the DB has not seen (a notebook opened in JupyterLab, run by plain papermill or by a
+    scheduler's papermill operator) is created on the spot, and such a run's step status and
+    duration follow the notebook's cells, so it is listed like a `workbench run`.
     """
     artifact_store = open_store(store)
     tracker = Tracker(db)
     interactive = tracker.ensure_run(run_id, artifact_store.root)
+    if interactive:
+        tracker.notebook_step(run_id, step, "running")
+        _follow_cells(tracker, run_id, step)
     return StepContext(run_id, step, artifact_store, tracker, interactive)
+
+
+def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
+    """In a Jupyter kernel, record after every cell whether the step stands finished or failed.
+
+    papermill stops at the first failing cell, so the last record is the notebook's outcome.
+    The hook replaces one an earlier context in this kernel installed.
+    """
+    from workbench.progress import in_kernel
+
+    if not in_kernel():
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+
+    def after_cell(result: Any) -> None:
+        error = result.error_in_exec or result.error_before_exec
+        if error is None:
+            tracker.notebook_step(run_id, step, "finished")
+        else:
+            line = (str(error).strip().splitlines() or [""])[0]
+            tracker.notebook_step(run_id, step, "failed", f"{type(error).__name__}: {line}")
+
+    previous = getattr(shell, "_workbench_after_cell", None)
+    if previous is not None:
+        shell.events.unregister("post_run_cell", previous)
+    shell.events.register("post_run_cell", after_cell)
+    shell._workbench_after_cell = after_cell

@@ -37,3 +37,7 @@ class StepFailed(WorkbenchError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"step {step} failed: {message}")
         self.step = step
+
+
+class ReportError(WorkbenchError):
+    """A run's steps finished but its report could not be written (a full disk, a lost store)."""

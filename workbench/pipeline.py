@@ -7,19 +7,21 @@ the step passed or failed, so a failure keeps its evidence (the error sits in th
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import ParameterError, StepFailed, WorkbenchError
+from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
 from workbench.kernel import KERNEL_NAME, ensure_kernel
 from workbench.params import Parameters, project_root
-from workbench.store import open_store
-from workbench.tracking import Tracker
+from workbench.store import Store, open_store
+from workbench.tracking import HEARTBEAT, Tracker, new_holder
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,47 @@ def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameter
     if run["status"] == "finished" or not todo:
         raise WorkbenchError(f"run {run_id} already finished; nothing to resume (start a new run with `workbench run`)")
     return of_run(run_id, run["parameters"], given), planned, todo
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler stopping the job, a closed terminal), handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Interrupted` while the block runs (main thread only),
+    so a stopped run is marked failed and interrupted, and stays resumable, instead of `running`."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def holding(tracker: Tracker, run_id: str, holder: str) -> Iterator[None]:
+    """Keep this process's claim on the run fresh while its steps execute, then let it go."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT.total_seconds()):
+            with contextlib.suppress(WorkbenchError):  # a missed beat only shortens the claim
+                tracker.heartbeat(run_id, holder)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(WorkbenchError):  # a stale claim expires by itself
+            tracker.release_run(run_id, holder)
 
 
 def notebooks_dir() -> Path:
@@ -170,23 +213,25 @@ def run_pipeline(
 
     The run row, the executed notebooks and the report exist even when a step fails. With
     ``resume``, an unfinished run continues with its own parameters from its first unfinished
-    step (training from its last checkpoint).
+    step (training from its last checkpoint). One process at a time executes a run: the claim
+    lives in the tracking DB, so it holds across machines sharing a PostgreSQL database.
     """
-    from workbench.report import render_report
-
     folder = notebooks_dir()
     ensure_kernel()
-    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp, contextlib.ExitStack() as kernels:
+    holder = new_holder()
+    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)
 
         def warm(step: StepSpec) -> WarmKernel:
             kernel = WarmKernel(step, folder, scratch / f"{step.name}.kernel.log")
-            kernels.callback(kernel.shutdown)
+            stack.callback(kernel.shutdown)
             return kernel
 
         tracker = Tracker(params["db"])
         if resume:
             params, planned, todo = _reopen(tracker, resume, params)
+            tracker.claim_run(resume, holder)
+            stack.enter_context(holding(tracker, resume, holder))
         else:
             planned = todo = select_steps(steps)
         # One step ahead: the next kernel boots and imports while the current step runs.
@@ -198,10 +243,11 @@ def run_pipeline(
             tracker.reopen_run(run_id)
             say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(f'runs/{run_id}')}")
         else:
-            run_id = tracker.create_run(store.root, params.values, params.origin)
+            run_id = tracker.create_run(store.root, params.values, params.origin, holder=holder)
+            stack.enter_context(holding(tracker, run_id, holder))
             tracker.plan_steps(run_id, [s.name for s in planned])
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
-        failure: str | None = "interrupted"  # what the run row says if we leave by KeyboardInterrupt
+        failure: str | None = "interrupted"  # what the run row says if we leave by an unforeseen exit
         running: tuple[str, float] | None = None
         try:
             for i, step in enumerate(todo):
@@ -229,6 +275,9 @@ def run_pipeline(
         except WorkbenchError as exc:
             failure = str(exc)
             raise
+        except KeyboardInterrupt as exc:
+            failure = f"interrupted by {exc}" if isinstance(exc, Interrupted) else "interrupted"
+            raise Interrupted(f"run {run_id} {failure}; continue it with `workbench run --resume {run_id}`") from None
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
             raise
@@ -236,7 +285,32 @@ def run_pipeline(
             if running:  # left mid-step: the step must not stay "running" forever
                 tracker.finish_step(run_id, running[0], "failed", time.perf_counter() - running[1], failure)
             tracker.finish_run(run_id, "failed" if failure else "finished", failure)
-            report = render_report(run_id, tracker, store)
-            if failure:
-                say(f"report: {report}")
+            report = _report(run_id, tracker, store, failure, say)
     return RunResult(run_id, "finished", report)
+
+
+def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, say: Callable[[str], None]) -> str:
+    """Render the run's report; when that fails, the run's record says the report is missing.
+
+    After successful steps the failure is this run's outcome (``ReportError``, status
+    ``incomplete``); after a failed step the step's error stays the one raised.
+    """
+    from workbench.report import render_report
+
+    try:
+        report = render_report(run_id, tracker, store)
+    except (WorkbenchError, OSError) as exc:
+        problem = (
+            f"report not written ({exc}); the steps' artifacts are kept, "
+            f"render it again with `workbench report {run_id}`"
+        )
+        tracker.finish_run(
+            run_id, "failed" if failure else "incomplete", f"{failure}; {problem}" if failure else problem
+        )
+        if failure:
+            say(f"error: {problem}")
+            return ""
+        raise ReportError(f"run {run_id}: {problem}") from exc
+    if failure:
+        say(f"report: {report}")
+    return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import PurePosixPath
 
+from workbench.errors import ReportError
 from workbench.store import Store
 from workbench.tracking import Tracker, display_url
 
@@ -25,12 +26,17 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
 
 
-def _notebook_html(source: bytes) -> str:
+def _notebook_html(source: bytes, uri: str) -> str:
+    """The executed notebook as HTML; a truncated or foreign file is a one-line ReportError."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nbformat.reads(source.decode(), as_version=4))
+    try:
+        node = nbformat.reads(source.decode(), as_version=4)
+    except (ValueError, UnicodeDecodeError, nbformat.ValidationError) as exc:  # NotJSONError is a ValueError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ReportError(f"executed notebook {uri} is unreadable ({reason})") from exc
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(node)
     return body
 
 
@@ -41,13 +47,20 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
     base = f"runs/{run_id}"
     run = tracker.get_run(run_id)
     present = set(store.list(base))
+    unreadable = []
     for step in run["steps"]:
         step["ipynb"] = step["html"] = None
         name = PurePosixPath(step["notebook"] or "").name
         if name and f"{base}/{name}" in present:
+            step["ipynb"] = f"../{name}"
+            try:
+                page = _notebook_html(store.read_bytes(f"{base}/{name}"), store.uri(f"{base}/{name}"))
+            except ReportError as exc:  # the index still links the raw notebook and says why
+                unreadable.append(str(exc))
+                continue
             html = name.removesuffix(".ipynb") + ".html"
-            store.write_bytes(f"{base}/report/{html}", _notebook_html(store.read_bytes(f"{base}/{name}")).encode())
-            step["ipynb"], step["html"] = f"../{name}", html
+            store.write_bytes(f"{base}/report/{html}", page.encode())
+            step["html"] = html
     for artifact in run["artifacts"]:
         artifact["href"] = "../" + artifact["key"].removeprefix(base + "/")
     metrics = run["metrics"]
@@ -66,11 +79,18 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
         if key in metrics
     ]
     plots = [(title, f"../{key}") for title, key in PLOTS if f"{base}/{key}" in present]
+    warnings = [*unreadable]
+    if metrics.get("near_chance") == 1.0:
+        warnings.append(
+            f"validation accuracy {metrics.get('val_accuracy', float('nan')):.2%} is close to chance "
+            f"({metrics.get('chance_accuracy', float('nan')):.2%}, always predicting the most frequent class): "
+            "the model has not learned; check train.lr and the data"
+        )
     run["parameters"] = {k: display_url(v) if k == "db" else v for k, v in run["parameters"].items()}
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
     page = (
         Environment(autoescape=True)
         .from_string(template)
-        .render(run=run, verdict=verdict, cards=cards, plots=plots, fmt=_fmt)
+        .render(run=run, verdict=verdict, cards=cards, plots=plots, warnings=warnings, fmt=_fmt)
     )
     return store.write_bytes(f"{base}/report/index.html", page.encode()).uri

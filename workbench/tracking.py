@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
+import os
 import secrets
+import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 
 from workbench.errors import TrackingError
 from workbench.params import project_root
@@ -53,6 +56,9 @@ runs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("store", Text, nullable=False),
     Column("error", Text),
+    Column("launcher", String(16)),  # "workbench" (workbench run) or "notebook" (JupyterLab, papermill)
+    Column("holder", String(128)),  # host:pid:token of the process executing its steps, if any
+    Column("heartbeat_at", DateTime(timezone=True)),
 )
 steps = Table(
     "steps",
@@ -128,7 +134,29 @@ def _resolve(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-SCHEMA_HEAD = "0001"
+# A process executing a run's steps refreshes its heartbeat this often; a holder silent for
+# STALE_AFTER is taken for dead (a killed process, a lost spot instance) and the run may be resumed.
+HEARTBEAT = timedelta(seconds=5)
+STALE_AFTER = timedelta(seconds=30)
+
+
+def new_holder() -> str:
+    """This process's claim on a run: host and pid say who, the token tells two claims apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _holder_alive(holder: str, heartbeat: datetime | None) -> bool:
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return heartbeat is not None and now() - _as_utc(heartbeat) < STALE_AFTER
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -138,6 +166,14 @@ def _alembic_config(connection: Any) -> Any:
     config.set_main_option("script_location", "workbench:migrations")
     config.attributes["connection"] = connection
     return config
+
+
+@functools.cache
+def schema_head() -> str:
+    """The newest migration's revision, read from the migration scripts themselves."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
 def _revision(connection: Any) -> str | None:
@@ -199,23 +235,29 @@ class Tracker:
         except OperationalError as exc:
             raise TrackingError(
                 f"db {display_url(url)!r} is unreachable: {str(exc.orig).strip().splitlines()[0]}; check the db parameter"
-            ) from None
+            ) from exc
+        except DatabaseError as exc:  # e.g. SQLite's "file is not a database"
+            raise TrackingError(
+                f"db {display_url(url)!r} is not a usable tracking database ({str(exc.orig).strip().splitlines()[0]}); "
+                "point db at another file, or move this one aside"
+            ) from exc
 
     # schema -----------------------------------------------------------------------------------
     def _check_schema(self) -> None:
         """A new, empty database is created at the current schema; an older one is never upgraded
         behind the user's back (that can lock or break a shared production database)."""
-        if self._state()[0] == SCHEMA_HEAD:
+        head = schema_head()
+        if self._state()[0] == head:
             return
         with _migration_lock(self.engine):  # another process may be creating it right now
             current, empty = self._state()
-            if current == SCHEMA_HEAD:
+            if current == head:
                 return
             if current is None and empty:
                 self._upgrade()
                 return
         raise TrackingError(
-            f"db {display_url(self.url)!r} is at schema {current or 'unversioned'}, this workbench needs {SCHEMA_HEAD}; "
+            f"db {display_url(self.url)!r} is at schema {current or 'unversioned'}, this workbench needs {head}; "
             "back it up, then run `workbench db upgrade` with the same -p/--set"
         )
 
@@ -229,7 +271,7 @@ class Tracker:
         processes try at once (they queue on a lock, then find the work done)."""
         with _migration_lock(self.engine):
             self._upgrade()
-        return SCHEMA_HEAD
+        return schema_head()
 
     def _upgrade(self) -> None:
         from alembic import command
@@ -242,43 +284,144 @@ class Tracker:
                 command.stamp(config, "0001")  # tables made before migrations existed: the first schema
             command.upgrade(config, "head")
 
-    def _write(self, *statements: Any) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
         try:
             with self.engine.begin() as conn:
-                for stmt in statements:
-                    conn.execute(stmt)
+                yield conn
         except SQLAlchemyError as exc:
-            raise TrackingError(f"db {display_url(self.url)!r}: write failed: {str(exc).splitlines()[0]}") from None
+            raise TrackingError(f"db {display_url(self.url)!r}: write failed: {str(exc).splitlines()[0]}") from exc
+
+    def _write(self, *statements: Any) -> None:
+        with self._transaction() as conn:
+            for stmt in statements:
+                conn.execute(stmt)
 
     # runs -------------------------------------------------------------------------------------
-    def create_run(self, store: str, values: dict[str, Any], origin: dict[str, str], run_id: str | None = None) -> str:
+    def create_run(
+        self,
+        store: str,
+        values: dict[str, Any],
+        origin: dict[str, str],
+        run_id: str | None = None,
+        holder: str | None = None,
+    ) -> str:
+        """A `workbench run`'s row and parameters; ``holder`` claims it from the start."""
         run_id = run_id or new_run_id()
         rows = [
             {"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()
         ]
+        started = now()
         self._write(
-            insert(runs).values(id=run_id, status="running", started_at=now(), store=store),
+            insert(runs).values(
+                id=run_id,
+                status="running",
+                started_at=started,
+                store=store,
+                launcher="workbench",
+                holder=holder,
+                heartbeat_at=started if holder else None,
+            ),
             *([insert(params).values(rows)] if rows else []),
         )
         return run_id
 
     def ensure_run(self, run_id: str, store: str) -> bool:
-        """A notebook run by hand (JupyterLab, plain papermill) gets a run row on first use.
+        """A notebook run by hand (JupyterLab, plain papermill, a scheduler) gets a run row on first use.
 
-        Returns whether the run is such a hand-started one rather than a `workbench run`.
+        Returns whether the run is such a notebook-started one rather than a `workbench run`.
         """
         with self.engine.connect() as conn:
-            found = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).first()
+            found = conn.execute(select(runs.c.launcher, runs.c.status).where(runs.c.id == run_id)).first()
         if not found:
-            self._write(insert(runs).values(id=run_id, status="interactive", started_at=now(), store=store))
+            self._write(
+                insert(runs).values(id=run_id, status="running", started_at=now(), store=store, launcher="notebook")
+            )
             return True
-        return found[0] == "interactive"
+        return found[0] == "notebook" or found[1] == "interactive"
+
+    def notebook_step(self, run_id: str, name: str, status: str, error: str | None = None) -> None:
+        """Status of a step of a notebook-started run, and the run's status that follows from its steps.
+
+        ``running`` (re)starts the step's clock; ``finished`` and ``failed`` stop it, so the step's
+        duration runs from its context being opened to its last executed cell.
+        """
+        stamp = now()
+        with self._transaction() as conn:
+            row = conn.execute(select(steps.c.started_at).where(steps.c.run_id == run_id, steps.c.name == name)).first()
+            if row is None:
+                position = conn.execute(select(func.count()).where(steps.c.run_id == run_id)).scalar()
+                conn.execute(
+                    insert(steps).values(run_id=run_id, name=name, position=position, status=status, started_at=stamp)
+                )
+                started = stamp
+            else:
+                started = stamp if status == "running" else _as_utc(row[0]) if row[0] else stamp
+            done = status != "running"
+            conn.execute(
+                update(steps)
+                .where(steps.c.run_id == run_id, steps.c.name == name)
+                .values(
+                    status=status,
+                    started_at=started,
+                    finished_at=stamp if done else None,
+                    duration_s=(stamp - started).total_seconds() if done else None,
+                    error=error,
+                )
+            )
+            states = set(conn.execute(select(steps.c.status).where(steps.c.run_id == run_id)).scalars())
+            overall = "failed" if "failed" in states else "running" if "running" in states else "finished"
+            failed = error if status == "failed" else None
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=overall, finished_at=None if overall == "running" else stamp, error=failed)
+            )
+
+    # holding a run ----------------------------------------------------------------------------
+    def claim_run(self, run_id: str, holder: str) -> None:
+        """Take the run for this process, unless a live process holds it (here or on another machine).
+
+        The check and the take are one conditional UPDATE, so of two processes claiming at once
+        exactly one wins, on SQLite and on PostgreSQL alike.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs.c.holder, runs.c.heartbeat_at).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise TrackingError(f"no run {run_id!r} in db {display_url(self.url)!r}; `workbench runs` lists the runs")
+        seen, heartbeat = row
+        if seen and seen != holder and _holder_alive(seen, heartbeat):
+            raise TrackingError(
+                f"run {run_id} is being executed by {seen.rsplit(':', 1)[0]} (host:pid); "
+                "wait for it to end, or stop that process first"
+            )
+        claimed = (
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.holder.is_(None) if seen is None else runs.c.holder == seen)
+            .values(holder=holder, heartbeat_at=now())
+        )
+        with self._transaction() as conn:
+            taken = conn.execute(claimed).rowcount == 1
+        if not taken:
+            raise TrackingError(f"run {run_id} was claimed by another process just now; wait for it to end")
+
+    def heartbeat(self, run_id: str, holder: str) -> None:
+        self._write(update(runs).where(runs.c.id == run_id, runs.c.holder == holder).values(heartbeat_at=now()))
+
+    def release_run(self, run_id: str, holder: str) -> None:
+        self._write(update(runs).where(runs.c.id == run_id, runs.c.holder == holder).values(holder=None))
 
     def reopen_run(self, run_id: str) -> None:
         self._write(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None, error=None))
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self._write(update(runs).where(runs.c.id == run_id).values(status=status, finished_at=now(), error=error))
+
+    def report_written(self, run_id: str) -> None:
+        """A run left ``incomplete`` by a report that could not be written is finished once it is."""
+        self._write(
+            update(runs).where(runs.c.id == run_id, runs.c.status == "incomplete").values(status="finished", error=None)
+        )
 
     def plan_steps(self, run_id: str, names: list[str]) -> None:
         self._write(
@@ -357,6 +500,7 @@ class Tracker:
             "id": run["id"],
             "status": run["status"],
             "store": run["store"],
+            "launcher": run["launcher"],
             "started_at": _iso(run["started_at"]),
             "finished_at": _iso(run["finished_at"]),
             "duration_s": _duration(run["started_at"], run["finished_at"]),

@@ -1,0 +1,33 @@
+"""Who holds a run, and how runs started by hand are told apart.
+
+``holder`` and ``heartbeat_at`` let one process at a time execute a run's steps, on any machine
+sharing the database; ``launcher`` says whether `workbench run` or a notebook (JupyterLab, plain
+papermill, a scheduler's papermill operator) started the run.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("launcher", sa.String(16)))
+        batch.add_column(sa.Column("holder", sa.String(128)))
+        batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True)))
+    op.execute("UPDATE runs SET launcher = 'notebook' WHERE status = 'interactive'")
+    op.execute("UPDATE runs SET launcher = 'workbench' WHERE launcher IS NULL")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("heartbeat_at")
+        batch.drop_column("holder")
+        batch.drop_column("launcher")
