@@ -1,6 +1,12 @@
 from __future__ import annotations
 
-from conftest import workbench
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, workbench
 
 from workbench.cli import build_parser, main
 from workbench.params import SCHEMA
@@ -34,19 +40,19 @@ def test_outside_a_project_says_where_to_run(tmp_path):
 def test_db_upgrade_is_the_one_explicit_step(tmp_path):
     from sqlalchemy import create_engine
 
-    from workbench.tracking import metadata
+    from workbench.tracking import metadata, schema_head
 
     url = f"sqlite:///{tmp_path}/old.db"
     metadata.create_all(create_engine(url))  # tables without a schema version
     refused = workbench("runs", "--set", f"db={url}")
     assert refused.code == 1 and refused.stderr.count("\n") == 1
     assert (
-        "is at schema unversioned, this workbench needs 0001; back it up, then run `workbench db upgrade`"
+        f"is at schema unversioned, this workbench needs {schema_head()}; back it up, then run `workbench db upgrade`"
         in refused.stderr
     )
     for _ in range(2):
         upgraded = workbench("db", "upgrade", "--set", f"db={url}")
-        assert upgraded.code == 0 and upgraded.stdout.strip().endswith("at schema 0001")
+        assert upgraded.code == 0 and upgraded.stdout.strip().endswith(f"at schema {schema_head()}")
     assert workbench("runs", "--set", f"db={url}").code == 0
 
 
@@ -59,3 +65,59 @@ def test_passwords_stay_out_of_parameters():
     result = workbench("runs", "--set", "db=postgresql+psycopg://alice:s3cret@127.0.0.1/x")
     assert result.code == 2 and "must not hold a password" in result.stderr and "PGPASSWORD" in result.stderr
     assert "s3cret" not in result.stderr
+
+
+def test_a_step_without_its_inputs_is_refused_before_a_run_exists(place):
+    result = workbench("run", "--steps", "train", *place.sets())
+    assert result.code == 2 and result.stderr == (
+        "error: --steps train: train needs prepare's outputs of the same run; add prepare "
+        "(e.g. --steps prepare,train), or score an earlier run's model with --steps score\n"
+    )
+    assert not place.store.exists() and not Path(place.db.removeprefix("sqlite:///")).exists()
+    validate = workbench("run", "--steps", "export,validate", *place.sets())
+    assert validate.code == 2 and "export needs train's outputs" in validate.stderr
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.lr=.inf", "error: train.lr in --set train.lr=.inf: must be a finite number, got inf\n"),
+        ("seed=-1", "error: seed in --set seed=-1: must be between 0 and 4294967295 (2**32-1), got -1\n"),
+    ],
+)
+def test_bad_numbers_are_refused_up_front(place, item, message):
+    result = workbench("run", *place.sets(item))
+    assert result.code == 2 and result.stderr == message and not place.store.exists()
+
+
+def test_exponent_numbers_reach_the_run_parameters(place):
+    from workbench.cli import _parameters
+
+    args = build_parser().parse_args(["run", *place.sets("train.lr=1e-3", "train.epochs=1e2")])
+    assert _parameters(args)["train.lr"] == 1e-3 and _parameters(args)["train.epochs"] == 100
+
+
+@pytest.mark.parametrize("kind", ["folder", "png", "gzip"])
+def test_a_parameter_file_that_is_not_yaml_text_is_one_line(place, tmp_path, kind):
+    path = tmp_path / {"folder": "params", "png": "plot.png", "gzip": "p.yaml.gz"}[kind]
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0" if kind == "png" else gzip.compress(b"seed: 1\n"))
+    result = workbench("runs", "-p", str(path), *place.sets())
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: parameter file {path} is ") and "give -p a YAML" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["runs"], ["runs", "--json"]])
+def test_a_reader_that_goes_away_early_is_no_traceback(place, args):
+    """`workbench runs | head -1`: the pipe closes before everything is written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", *args, *place.sets()],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the only reader: every write from now on is EPIPE
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == ""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import yaml
 
 from workbench.errors import ParameterError
-from workbench.params import SCHEMA, load, project_root
+from workbench.params import SCHEMA, load, of_run, project_root, steps_problem
 from workbench.pipeline import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,3 +140,114 @@ def test_notebook_defaults_match_the_schema(step):
 
 def test_default_yaml_is_plain_yaml():
     assert isinstance(yaml.safe_load((ROOT / "parameters" / "default.yaml").read_text()), dict)
+
+
+@pytest.mark.parametrize(
+    "raw, key, expected",
+    [
+        ("1e-3", "train.lr", 1e-3),
+        ("1e6", "train.lr", 1e6),
+        ("1.0e6", "train.lr", 1e6),
+        ("1E-3", "validate.atol", 1e-3),
+        ("-2.5e-4", "train.clip_grad_norm", None),  # a number, then refused as negative
+        ("1e2", "train.epochs", 100),
+        ("1.0E+2", "train.epochs", 100),
+    ],
+)
+def test_exponent_numbers_are_numbers_on_set_and_in_files(tmp_path, raw, key, expected):
+    section, leaf = key.split(".")
+    path = write(tmp_path, "exp.yaml", f"{section}:\n  {leaf}: {raw}\n")
+    for kwargs in ({"sets": [f"{key}={raw}"], "root": ROOT}, {"files": [path]}):
+        if expected is None:
+            with pytest.raises(ParameterError, match=r"must be 0 or more, got -0.00025"):
+                load(**kwargs)
+            continue
+        value = load(**kwargs)[key]
+        assert value == expected and type(value) is type(expected)
+
+
+def test_an_integer_key_refuses_a_fraction_in_exponent_form():
+    with pytest.raises(
+        ParameterError, match=r"^train.epochs in --set train.epochs=2.5e0: expected an integer, got 2.5"
+    ):
+        load(sets=["train.epochs=2.5e0"], root=ROOT)
+
+
+@pytest.mark.parametrize(
+    "raw, shown",
+    [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan"), ("inf", "inf"), ("nan", "nan"), ("1e400", "inf")],
+)
+@pytest.mark.parametrize("key", ["train.lr", "train.clip_grad_norm", "train.epochs", "seed"])
+def test_non_finite_numbers_are_refused_naming_key_and_origin(tmp_path, key, raw, shown):
+    with pytest.raises(ParameterError) as err:
+        load(sets=[f"{key}={raw}"], root=ROOT)
+    assert str(err.value) == f"{key} in --set {key}={raw}: must be a finite number, got {shown}"
+    *parents, leaf = key.split(".")
+    path = write(tmp_path, "inf.yaml", "".join(f"{p}:\n  " for p in parents) + f"{leaf}: {raw}\n")
+    with pytest.raises(ParameterError, match=rf"^{key} in {path}: must be a finite number, got {shown}$"):
+        load([path])
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1e10"])
+def test_seed_must_fit_numpy(seed):
+    with pytest.raises(ParameterError, match=rf"^seed in --set seed={seed}: must be between 0 and 4294967295"):
+        load(sets=[f"seed={seed}"], root=ROOT)
+    assert load(sets=["seed=4294967295"], root=ROOT)["seed"] == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("plot.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+        ("params.yaml.gz", gzip.compress(b"train: {epochs: 3}\n")),
+        ("latin1.yaml", "train:\n  model: caf\xe9\n".encode("latin-1")),
+    ],
+)
+def test_a_binary_parameter_file_is_one_line(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ParameterError, match=rf"^parameter file {path} is not a text file .*give -p a YAML"):
+        load([path])
+
+
+def test_a_folder_as_parameter_file_is_one_line(tmp_path):
+    with pytest.raises(ParameterError, match=rf"^parameter file {tmp_path} is a folder; give -p a YAML file"):
+        load([tmp_path])
+
+
+def _stored_run() -> dict:
+    """What a run started at train.epochs=40 recorded."""
+    return {**load(root=ROOT).values, "train.epochs": 40, "store": "/elsewhere", "db": "sqlite:///x.db"}
+
+
+def test_resume_ignores_the_implicit_default_yaml():
+    given = load(sets=["store=/s", "db=sqlite:///t.db"], root=ROOT)
+    assert given.origin["train.epochs"].endswith("default.yaml") and given["train.epochs"] == 30
+    resumed = of_run("r1", _stored_run(), given)
+    assert resumed["train.epochs"] == 40 and resumed.origin["train.epochs"] == "run r1"
+    assert of_run("r1", _stored_run(), load(root=ROOT))["train.epochs"] == 40
+
+
+def test_resume_refuses_what_the_user_gave_explicitly(tmp_path):
+    with pytest.raises(ParameterError, match=r"^train.epochs in --set train.epochs=41: 41 differs from run r1's 40"):
+        of_run("r1", _stored_run(), load(sets=["train.epochs=41"], root=ROOT))
+    named = load([ROOT / "parameters" / "default.yaml"])  # named with -p: its 30 is an override
+    with pytest.raises(ParameterError, match=r"train.epochs in .*default.yaml: 30 differs from run r1's 40"):
+        of_run("r1", _stored_run(), named)
+    layer = write(tmp_path, "same.yaml", "train: {epochs: 40}\n")
+    assert of_run("r1", _stored_run(), load([layer], ["train.epochs=40"]))["train.epochs"] == 40
+
+
+def test_steps_of_a_new_run_need_their_inputs():
+    order = [s.name for s in STEPS]
+    assert steps_problem(["prepare", "train", "export", "validate"], order) is None
+    assert steps_problem(["score"], order) is None and steps_problem(["prepare"], order) is None
+    assert steps_problem(["train"], order) == (
+        "train needs prepare's outputs of the same run; add prepare (e.g. --steps prepare,train), "
+        "or score an earlier run's model with --steps score"
+    )
+    assert steps_problem(["validate", "score"], order).startswith(
+        "validate needs export's outputs of the same run; add prepare, train, export "
+        "(e.g. --steps prepare,train,export,validate,score)"
+    )
+    assert steps_problem(["prepare", "export"], order).startswith("export needs train's outputs")

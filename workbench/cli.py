@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from workbench.errors import ParameterError, WorkbenchError
-from workbench.params import SCHEMA, Parameters, load
+from workbench.params import SCHEMA, Parameters, load, steps_problem
 
 
 def _keys_help() -> str:
@@ -25,26 +26,25 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from workbench.pipeline import run_pipeline
+    from workbench.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
 
     if args.resume and args.steps:
         raise ParameterError("--resume continues the steps the run planned; drop --steps")
-    result = run_pipeline(_parameters(args), resume=args.resume, steps=args.steps)
+    if not args.resume:  # a new run's folder is empty: a step must not need what no step of it writes
+        names = [s.name for s in select_steps(args.steps)]
+        if problem := steps_problem(names, [s.name for s in STEPS]):
+            raise ParameterError(f"--steps {args.steps}: {problem}")
+    with stop_on_signals():
+        result = run_pipeline(_parameters(args), resume=args.resume, steps=args.steps)
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
     return 0
 
 
-def _tracker_and_store(args: argparse.Namespace):
-    from workbench.store import open_store
+def _cmd_runs(args: argparse.Namespace) -> int:
     from workbench.tracking import Tracker
 
-    params = _parameters(args)
-    return Tracker(params["db"]), open_store(params["store"])
-
-
-def _cmd_runs(args: argparse.Namespace) -> int:
-    tracker, _ = _tracker_and_store(args)
+    tracker = Tracker(_parameters(args)["db"])
     if args.action == "show":
         run = tracker.get_run(args.run_id)
         if args.json:
@@ -76,11 +76,27 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.errors import StoreError
     from workbench.report import render_report
+    from workbench.store import open_store
+    from workbench.tracking import Tracker
 
-    tracker, store = _tracker_and_store(args)
-    tracker.get_run(args.run_id)
-    print(f"report {render_report(args.run_id, tracker, store)}")
+    params = _parameters(args)
+    tracker = Tracker(params["db"])
+    run = tracker.get_run(args.run_id)
+    # the run's own store, unless this command line names one (a store that was moved)
+    uri = params["store"] if "store" in params.explicit else run["store"]
+    store = open_store(uri)
+    if not store.list(f"runs/{args.run_id}"):
+        raise StoreError(
+            f"run {args.run_id}: its store {uri} holds no runs/{args.run_id} (moved or deleted?); "
+            "if you moved it, pass the new place with --set store=..."
+        )
+    index = render_report(
+        args.run_id, tracker, store, warn=lambda message: print(f"warning: {message}", file=sys.stderr)
+    )
+    print(f"report {index}")
+    tracker.report_written(args.run_id)
     return 0
 
 
@@ -159,17 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)  # --help writes too
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone early (`| head`) shows here, not in a traceback at exit
+        return code
+    except BrokenPipeError:
+        # nobody reads the rest: send it to devnull so the flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a run (its message says which)
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -7,8 +7,9 @@ remembers where it came from, so an error can name the file or the ``--set`` to 
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ def _device(v: str) -> str | None:
 def _model(v: str) -> str | None:
     ok = v in ("cnn", "mlp") or re.fullmatch(r"[\w.]+:\w+", v)
     return None if ok else "must be 'cnn', 'mlp' or 'package.module:Class'"
+
+
+def _seed(v: int) -> str | None:
+    # numpy's RandomState and the split take 32-bit seeds; a bigger one would fail mid-run
+    return None if 0 <= v <= 2**32 - 1 else "must be between 0 and 4294967295 (2**32-1)"
 
 
 def _opset(v: int) -> str | None:
@@ -112,7 +118,7 @@ SCHEMA: tuple[Param, ...] = (
         _not_empty,
     ),
     Param("db", str, "sqlite:///artifacts/workbench.db", "tracking database, a SQLAlchemy URL", _db_url),
-    Param("seed", int, 0, "seed for splits, weight init and shuffling"),
+    Param("seed", int, 0, "seed for splits, weight init and shuffling (0 to 2**32-1)", _seed),
     Param(
         "data.source",
         SOURCE_TYPE,
@@ -199,6 +205,9 @@ class Parameters:
 
     values: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)
+    # keys the user gave on this command line (--set, or a -p file they named), as opposed to
+    # schema defaults and the implicit parameters/default.yaml: only these may clash on --resume
+    explicit: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -252,13 +261,39 @@ def _flatten(tree: dict[str, Any], origin: str, prefix: str = "") -> dict[str, A
     return flat
 
 
+# YAML 1.1 reads 1e-3, 1.0e6 and inf as strings; a numeric key takes them as the numbers they spell
+_NUMBER = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?|\.?inf(?:inity)?|\.?nan)", re.IGNORECASE)
+
+
+def _number(key: str, value: Any, origin: str) -> int | float:
+    """``value`` as the int or float ``key`` wants, refusing non-numbers and non-finite values.
+
+    inf and nan pass every ``> 0`` check by accident (or fail it with a baffling message), and a
+    lr of nan only shows as a nan loss minutes into training, so they are refused here.
+    """
+    want = SPEC[key].type
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value.strip().lower().replace(".inf", "inf").replace(".nan", "nan"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParameterError(f"{key} in {origin}: expected {_TYPE_NAMES[want]}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"{key} in {origin}: must be a finite number, got {value!r}")
+    if want is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ParameterError(f"{key} in {origin}: expected an integer, got {value!r}; drop the fraction")
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ParameterError(f"{key} in {origin}: must be a finite number, got {value!r}") from None
+
+
 def _coerce(key: str, value: Any, origin: str) -> Any:
     spec = SPEC[key]
     want = spec.type
-    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
+    if want in (int, float):
+        value = _number(key, value, origin)
+    elif not isinstance(value, want):
         raise ParameterError(f"{key} in {origin}: expected {_TYPE_NAMES[want]}, got {value!r}")
     if spec.check and (problem := spec.check(value)):
         shown = mask(value) if isinstance(value, str) else mask(str(value)) if isinstance(value, dict) else value
@@ -268,10 +303,23 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
 
 def load_file(path: Path) -> dict[str, Any]:
     """Read one YAML layer as flat dotted keys (unchecked values)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ParameterError(f"parameter file {path} is a folder; give -p a YAML file, e.g. -p parameters/default.yaml")
     try:
-        text = Path(path).read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ParameterError(f"parameter file {path} not found; check the -p path") from None
+    except OSError as exc:
+        raise ParameterError(f"parameter file {path} cannot be read ({exc.strerror}); check the -p path") from None
+    try:
+        if b"\0" in data:
+            raise UnicodeError
+        text = data.decode("utf-8-sig")
+    except UnicodeError:
+        raise ParameterError(
+            f"parameter file {path} is not a text file (binary, or not UTF-8); give -p a YAML parameter file"
+        ) from None
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -305,7 +353,9 @@ def parse_set(item: str) -> tuple[str, Any]:
 def of_run(run_id: str, stored: dict[str, Any], given: Parameters) -> Parameters:
     """A run's own parameters, for resuming it; keys the schema gained since keep their defaults.
 
-    ``given`` (what the command line said) may only differ in where the run lives.
+    Only what the user explicitly gave (``--set``, named ``-p`` files) may clash with the run, and
+    only outside where the run lives: the implicit ``parameters/default.yaml`` says nothing about
+    this run, so its values (say ``train.epochs: 30`` for a run started at 40) are no override.
     """
     values = {p.key: p.default for p in SCHEMA}
     origin = {p.key: "defaults" for p in SCHEMA}
@@ -316,7 +366,7 @@ def of_run(run_id: str, stored: dict[str, Any], given: Parameters) -> Parameters
             )
         values[key], origin[key] = _coerce(key, value, f"run {run_id}"), f"run {run_id}"
     for key, value in given.values.items():
-        if key not in ("store", "db") and given.origin[key] != "defaults" and value != values[key]:
+        if key not in ("store", "db") and key in given.explicit and value != values[key]:
             raise ParameterError(
                 f"{key} in {given.origin[key]}: {value!r} differs from run {run_id}'s {values[key]!r}; "
                 "a resumed run keeps its own parameters, so drop the override or start a new run"
@@ -330,19 +380,24 @@ def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path 
     With no files, ``parameters/default.yaml`` of the project is used when it exists.
     """
     files = [Path(f) for f in files]
+    named = bool(files)
     if not files:
         default = project_root(root) / "parameters" / "default.yaml"
         files = [default] if default.is_file() else []
     values = {p.key: p.default for p in SCHEMA}
     origin = {p.key: "defaults" for p in SCHEMA}
+    explicit: set[str] = set()
     for path in files:
         for key, value in load_file(path).items():
             values[key] = _coerce(key, value, str(path))
             origin[key] = str(path)
+            if named:
+                explicit.add(key)
     for item in sets:
         key, value = parse_set(item)
         values[key] = _coerce(key, value, f"--set {item}")
         origin[key] = f"--set {item}"
+        explicit.add(key)
     if values["export.target"] == "mxnet" and values["export.opset"] > 12:
         where = origin["export.opset"]
         raise ParameterError(
@@ -356,4 +411,28 @@ def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path 
             f"data.val_fraction + data.test_fraction in {where}: {held_out:g} leaves too few rows "
             "to train on; keep the sum below 0.9"
         )
-    return Parameters(values, origin)
+    return Parameters(values, origin, frozenset(explicit))
+
+
+# a step that reads what an earlier step of the same run wrote (score reads an earlier run's model)
+NEEDS = {"train": "prepare", "export": "train", "validate": "export"}
+
+
+def steps_problem(names: Sequence[str], order: Sequence[str]) -> str | None:
+    """Why a NEW run of these steps (in pipeline ``order``) cannot work, if it cannot.
+
+    A new run's folder starts empty, so ``--steps train`` alone would fail only after a kernel
+    start and a run row; saying so first costs nothing.
+    """
+    for name in names:
+        step, missing = NEEDS.get(name), []
+        while step and step not in names:
+            missing.insert(0, step)
+            step = NEEDS.get(step)
+        if missing:
+            example = ",".join(s for s in order if s in names or s in missing)
+            return (
+                f"{name} needs {NEEDS[name]}'s outputs of the same run; add {', '.join(missing)} "
+                f"(e.g. --steps {example}), or score an earlier run's model with --steps score"
+            )
+    return None

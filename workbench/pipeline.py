@@ -298,7 +298,7 @@ def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, sa
     from workbench.report import render_report
 
     try:
-        report = render_report(run_id, tracker, store)
+        report = render_report(run_id, tracker, store, warn=lambda message: say(f"warning: {message}"))
     except (WorkbenchError, OSError) as exc:
         problem = (
             f"report not written ({exc}); the steps' artifacts are kept, "

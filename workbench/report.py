@@ -6,6 +6,7 @@ from a local disk, a static web server or an object store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -40,8 +41,12 @@ def _notebook_html(source: bytes, uri: str) -> str:
     return body
 
 
-def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
-    """(Re)write the run's report from the store and the DB; returns the index URI."""
+def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[str], None] | None = None) -> str:
+    """(Re)write the run's report from the store and the DB; returns the index URI.
+
+    An executed notebook that cannot be read does not stop the report: the index links the raw
+    file and says why, and ``warn`` hears of it.
+    """
     from jinja2 import Environment
 
     base = f"runs/{run_id}"
@@ -57,6 +62,8 @@ def render_report(run_id: str, tracker: Tracker, store: Store) -> str:
                 page = _notebook_html(store.read_bytes(f"{base}/{name}"), store.uri(f"{base}/{name}"))
             except ReportError as exc:  # the index still links the raw notebook and says why
                 unreadable.append(str(exc))
+                if warn:
+                    warn(str(exc))
                 continue
             html = name.removesuffix(".ipynb") + ".html"
             store.write_bytes(f"{base}/report/{html}", page.encode())

@@ -18,10 +18,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # tables created before migrations existed are stamped 0001 whatever their shape: add what lacks
+    have = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("runs")}
+    new = [
+        sa.Column("launcher", sa.String(16)),
+        sa.Column("holder", sa.String(128)),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    ]
     with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("launcher", sa.String(16)))
-        batch.add_column(sa.Column("holder", sa.String(128)))
-        batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True)))
+        for column in new:
+            if column.name not in have:
+                batch.add_column(column)
     op.execute("UPDATE runs SET launcher = 'notebook' WHERE status = 'interactive'")
     op.execute("UPDATE runs SET launcher = 'workbench' WHERE launcher IS NULL")
 
