@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import workbench
 
-from workbench.data import load_split, plot_digits, prepare_data, stratified_split
+from workbench.data import image_side, load_split, plot_digits, plot_sample, prepare_data, stratified_split
 from workbench.errors import DataError
 from workbench.sources import read_source
 
@@ -80,3 +84,160 @@ def test_prepare_rejects_bad_tables(stage_ctx_factory, tmp_path, digits):
     with pytest.raises(DataError, match=r"missing values in columns \['p5'\]"):
         prepare_data(ctx, str(tmp_path / "holes.csv"), "label", 0.15, 0.15, 0)
     assert not ctx.store.exists(ctx.key("train.parquet"))
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    """The message, checked to be the single line the CLI prints."""
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_prepare_summarises_the_training_split(stage_ctx_factory, digits):
+    """The summary and histograms are those of the whole training split, counted while streaming."""
+    ctx = stage_ctx_factory("prepare", run_id="summary")
+    prepared = prepare_data(ctx, "bundled:digits", "label", 0.15, 0.15, 0, chunk_rows=300, progress=False)
+    train = digits.iloc[stratified_split(digits.label.to_numpy(), 0.15, 0.15, 0)["train"]].drop(columns="label")
+    summary = prepared.feature_summary
+    assert summary.index.tolist() == prepared.features and summary["count"].eq(1259).all()
+    assert np.allclose(summary["mean"], train.mean()) and np.allclose(summary["std"], train.std(ddof=0))
+    assert summary["min"].tolist() == train.min().tolist() and summary["max"].tolist() == train.max().tolist()
+    assert list(prepared.histograms) == prepared.features[:16]
+    bins, edges = prepared.histograms["p10"]
+    assert bins.sum() == 1259 and edges.tolist() == [v - 0.5 for v in range(18)]  # one bin per pixel value 0..16
+    assert bins[3] == (train.p10 == 3).sum()
+    assert image_side(prepared) == 8
+    assert plot_sample(prepared).axes[0].images  # digits: drawn as images
+
+
+def _few_features(digits: pd.DataFrame) -> pd.DataFrame:
+    """A non-square table: ten measurements with decimals, and the label."""
+    return digits[[f"p{i}" for i in range(10, 20)]].div(16).round(3).assign(label=digits.label)
+
+
+def test_a_semicolon_csv_with_decimal_commas_prepares(stage_ctx_factory, tmp_path, digits):
+    """As spreadsheets save it in many locales: detected from the header, read like the comma CSV."""
+    table = _few_features(digits)
+    table.to_csv(tmp_path / "comma.csv", index=False)
+    table.to_csv(tmp_path / "semi.csv", sep=";", decimal=",", index=False)
+    pd.testing.assert_frame_equal(read_source(str(tmp_path / "semi.csv")), table)
+    comma = prepare_data(stage_ctx_factory("prepare", "comma"), str(tmp_path / "comma.csv"), "label", 0.15, 0.15, 0)
+    ctx = stage_ctx_factory("prepare", "semi")
+    semi = prepare_data(ctx, str(tmp_path / "semi.csv"), "label", 0.15, 0.15, 0, progress=False)
+    assert semi.features == [f"p{i}" for i in range(10, 20)]
+    pd.testing.assert_frame_equal(semi.feature_summary, comma.feature_summary)
+    assert ctx.load_frame("train.parquet", "prepare").p12.dtype == float
+
+
+def test_plot_sample_draws_distributions_for_a_plain_table(stage_ctx_factory, tmp_path, digits):
+    """Ten features are no image: a grid of histograms instead of the error plot_digits gives."""
+    _few_features(digits).to_csv(tmp_path / "ten.csv", index=False)
+    prepared = prepare_data(stage_ctx_factory("prepare", "ten"), str(tmp_path / "ten.csv"), "label", 0.15, 0.15, 0)
+    assert image_side(prepared) is None
+    fig = plot_sample(prepared)
+    drawn = [ax for ax in fig.axes if ax.patches]
+    assert [ax.get_title() for ax in drawn] == prepared.features
+    with pytest.raises(DataError, match="10 features do not form a square image"):
+        plot_digits(prepared)
+
+
+def test_penguins_prepare_and_show_their_distributions(stage_ctx_factory, tmp_path):
+    """A real non-square table from an installed package: 5 measurements of 3 penguin species."""
+    penguins = pytest.importorskip("palmerpenguins").load_penguins()
+    numeric = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "year"]
+    penguins[[*numeric, "species"]].dropna().to_csv(tmp_path / "penguins.csv", index=False)
+    ctx = stage_ctx_factory("prepare", "penguins")
+    prepared = prepare_data(ctx, str(tmp_path / "penguins.csv"), "species", 0.15, 0.15, 0, progress=False)
+    assert prepared.features == numeric and prepared.counts.rows.iloc[-1] == 342
+    assert prepared.class_balance.index.tolist() == ["Adelie", "Chinstrap", "Gentoo"]
+    summary = prepared.feature_summary
+    assert summary.loc["body_mass_g", "min"] >= 2700 and summary.loc["year", "max"] == 2009
+    assert prepared.histograms["year"][1].tolist() == [2006.5, 2007.5, 2008.5, 2009.5]
+    fig = plot_sample(prepared)
+    assert [ax.get_title() for ax in fig.axes if ax.patches] == numeric
+
+
+def _corrupt_parquet(tmp_path, digits) -> str:
+    """A Parquet file cut short, as an interrupted copy leaves it."""
+    whole = tmp_path / "whole.parquet"
+    digits.to_parquet(whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return str(cut)
+
+
+def _with_values(tmp_path, digits, name: str, values: dict) -> str:
+    frame = digits.head(80).astype({column: float for column in values})
+    for column, value in values.items():
+        frame.loc[7, column] = value
+    frame.to_csv(tmp_path / name, index=False)
+    return str(tmp_path / name)
+
+
+def _duplicate_header(tmp_path, digits) -> str:
+    text = digits.head(80).to_csv(index=False).replace("p2,", "p1,", 1).replace("p9,", "p8,", 1)
+    (tmp_path / "dup.csv").write_text(text)
+    return str(tmp_path / "dup.csv")
+
+
+def _latin1_header(tmp_path, digits) -> str:
+    frame = digits.head(80).rename(columns={"p0": "pixel_é"})
+    (tmp_path / "latin.csv").write_bytes(frame.to_csv(index=False).encode("latin-1"))
+    return str(tmp_path / "latin.csv")
+
+
+BAD_SOURCES = {
+    "duplicate columns": (_duplicate_header, r"duplicate column names \['p1', 'p8'\] in the header; rename them"),
+    "non-UTF-8 header": (
+        _latin1_header,
+        r"the header is not UTF-8 \(byte 0xe9 at offset 6\); re-save the file as UTF-8",
+    ),
+    "corrupt parquet": (_corrupt_parquet, r"cannot be read as Parquet \(.*\); is the file complete\?"),
+    "inf": (
+        lambda tmp, d: _with_values(tmp, d, "inf.csv", {"p5": np.inf, "p7": -np.inf}),
+        r"non-finite values \(inf, -inf\) in columns \['p5', 'p7'\]; fill or drop them first",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SOURCES, ids=list(BAD_SOURCES))
+def test_bad_sources_are_one_line_naming_the_file(stage_ctx_factory, tmp_path, digits, case):
+    make, message = BAD_SOURCES[case]
+    path = make(tmp_path, digits)
+    ctx = stage_ctx_factory("prepare", run_id=f"bad-{case.replace(' ', '-')}")
+    with pytest.raises(DataError, match=message) as caught:
+        prepare_data(ctx, path, "label", 0.15, 0.15, 0, progress=False)
+    assert one_line(caught).startswith(f"data.source {path}")
+    assert not ctx.store.exists(ctx.key("train.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "duplicate columns",
+            "duplicate column names ['p1', 'p8'] in the header; rename them so each column is unique",
+        ),
+        ("inf", "non-finite values (inf, -inf) in columns ['p5', 'p7']; fill or drop them first"),
+    ],
+)
+def test_a_run_on_a_bad_source_ends_with_one_error_line(place, tmp_path, digits, case, expected):
+    path = BAD_SOURCES[case][0](tmp_path, digits)
+    result = workbench("run", "--steps", "prepare", *place.sets(f"data.source={path}"))
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: step prepare failed: DataError: data.source {path}: ") and last.endswith(expected)
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [last]
+
+
+def test_a_run_prepares_a_table_that_is_no_image(place, tmp_path, digits):
+    """Notebook 01 shows a summary and distributions for a ten-feature table instead of failing."""
+    _few_features(digits).to_csv(tmp_path / "ten.csv", index=False)
+    result = workbench("run", "--steps", "prepare", *place.sets(f"data.source={tmp_path / 'ten.csv'}"))
+    assert result.code == 0, result.stderr
+    run = place.store / "runs" / result.stdout.split()[1]
+    schema = json.loads((run / "prepare" / "schema.json").read_text())
+    assert schema["features"] == [f"p{i}" for i in range(10, 20)]
+    notebook = nbformat.read(run / "01_prepare_data.ipynb", as_version=4)
+    shown = notebook.cells[-1].outputs
+    assert any("image/png" in o.get("data", {}) for o in shown) and any("p19" in str(o) for o in shown)

@@ -138,7 +138,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     if (
         os.geteuid() != 0
-        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)]).returncode
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)]).returncode
     ):
         pytest.skip("mounting a tmpfs needs root")
     try:

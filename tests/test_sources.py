@@ -138,3 +138,28 @@ def test_a_run_from_sql_and_its_failures(place, sqlite_url):
     missing = workbench("run", "--steps", "prepare", *place.sets(source, "data.target=digit"))
     assert missing.code == 1 and "data.target 'digit' is not a column of sqlite:///" in missing.stderr
     assert (place.store / "runs" / run_id / "prepare" / "train.parquet").is_file()  # the earlier run is intact
+
+
+@pytest.mark.parametrize(("name", "sep"), [("tabs.csv", "\t"), ("pipe.csv", "|"), ("semi.csv.gz", ";")])
+def test_csv_delimiter_is_read_off_the_header(tmp_path, digits, name, sep):
+    """Tab, pipe and semicolon files (also gzipped) stream as the same table as the comma file."""
+    digits.head(300).to_csv(tmp_path / "comma.csv", index=False)
+    digits.head(300).to_csv(tmp_path / name, sep=sep, index=False)
+    expected = pa.concat_tables(iter_source(str(tmp_path / "comma.csv"), 128))
+    chunks = list(iter_source(str(tmp_path / name), 128))
+    assert [c.num_rows for c in chunks] == [128, 128, 44]
+    assert pa.concat_tables(chunks).equals(expected)
+
+
+def test_corrupt_and_ambiguous_sources_name_the_file(tmp_path, digits, sqlite_url):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\0" * 64)
+    with pytest.raises(DataError, match=rf"data.source {broken}: cannot be read as Parquet \(.*\); is the file"):
+        count_rows(str(broken))  # the first thing prepare asks of a Parquet file
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.table([pa.array([1, 2]), pa.array([3, 4]), pa.array([0, 1])], names=["x", "x", "label"]), twice)
+    with pytest.raises(DataError, match=r"twice.parquet: duplicate column names \['x'\]; rename them"):
+        list(iter_source(str(twice), 10))
+    query = {"url": sqlite_url, "query": "SELECT p1, p2 AS p1, label FROM digits"}
+    with pytest.raises(DataError, match=r"returns duplicate column names \['p1'\]; give each column its own name"):
+        read_source(query)

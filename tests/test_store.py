@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,36 @@ def test_scheme_registry(tmp_path):
 def test_relative_roots_start_at_the_project(monkeypatch):
     monkeypatch.chdir(ROOT / "notebooks")
     assert LocalStore("artifacts").root == str(ROOT / "artifacts")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB file system (tmpfs), so a write runs out of space as on a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("how", ["write_bytes", "put_file"])
+def test_a_full_disk_is_one_line_naming_the_artifact(tiny_disk, tmp_path, how):
+    store = LocalStore(tiny_disk / "store")
+    key = "runs/r1/prepare/train.parquet"
+    data = os.urandom(1 << 20)
+    with pytest.raises(StoreError) as caught:
+        if how == "write_bytes":
+            store.write_bytes(key, data)
+        else:
+            (tmp_path / "big.bin").write_bytes(data)
+            store.put_file(key, tmp_path / "big.bin")
+    final = tiny_disk / "store" / key
+    assert str(caught.value) == f"cannot write {final}: No space left on device; free space or point store elsewhere"
+    assert list((tiny_disk / "store").rglob("*.*")) == []  # no .part file, nothing under the final name
+    assert store.write_bytes("runs/r1/prepare/small.json", b"{}").bytes == 2  # the space came back

@@ -16,6 +16,7 @@ _EXPORTS = {
     "StepContext": "workbench.context",
     "prepare_data": "workbench.data",
     "plot_digits": "workbench.data",
+    "plot_sample": "workbench.data",
     "read_source": "workbench.sources",
     "load_split": "workbench.data",
     "train_model": "workbench.train",

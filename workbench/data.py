@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 10_000
+MAX_HISTOGRAMS = 16  # features whose distribution prepare counts: a readable grid, not a cost
+HISTOGRAM_BINS = 30
+SAMPLE_ROWS = 40
+MIN_IMAGE_SIDE = 8  # 4 or 16 features are more often a table than a 2x2 or 4x4 image
 
 
 def _numeric(kind: pa.DataType) -> bool:
@@ -63,6 +67,7 @@ class _Scan:
     rows: int = 0
     class_rows: dict = field(default_factory=dict)
     missing: set = field(default_factory=set)
+    infinite: set = field(default_factory=set)
     low: dict = field(default_factory=dict)
     high: dict = field(default_factory=dict)
 
@@ -73,8 +78,11 @@ class _Scan:
         self.rows += table.num_rows
         for name in table.column_names:
             column = table.column(name)
-            if column.null_count or (pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py()):
+            floating = pa.types.is_floating(column.type)
+            if column.null_count or (floating and pc.any(pc.is_nan(column)).as_py()):
                 self.missing.add(name)
+            if floating and pc.any(pc.is_inf(column)).as_py():
+                self.infinite.add(name)
             bounds = pc.min_max(column).as_py()
             if bounds["min"] is not None:
                 self.low[name] = min(self.low.get(name, bounds["min"]), bounds["min"])
@@ -92,6 +100,11 @@ class _Scan:
         if self.missing:
             columns = [c for c in self.schema.names if c in self.missing]
             raise DataError(f"data.source {shown}: missing values in columns {columns[:5]}; fill or drop them first")
+        if self.infinite:  # an inf reaches training as NaN losses, then fails far away in the metrics table
+            columns = [c for c in self.schema.names if c in self.infinite]
+            raise DataError(
+                f"data.source {shown}: non-finite values (inf, -inf) in columns {columns[:5]}; fill or drop them first"
+            )
         if len(self.class_rows) < 2:
             raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(self.class_rows)}")
         classes = sorted(self.class_rows)
@@ -133,16 +146,20 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
 
 
 class _Moments:
-    """Running mean and variance per column, merged chunk by chunk (Chan et al.)."""
+    """Running mean, variance and range per column, merged chunk by chunk (Chan et al.)."""
 
     def __init__(self, width: int) -> None:
         self.n = 0
         self.mean = np.zeros(width)
         self.m2 = np.zeros(width)
+        self.low = np.full(width, np.inf)
+        self.high = np.full(width, -np.inf)
 
     def add(self, x: np.ndarray) -> None:
         if not len(x):
             return
+        self.low = np.minimum(self.low, x.min(axis=0))
+        self.high = np.maximum(self.high, x.max(axis=0))
         mean = x.mean(axis=0)
         m2 = ((x - mean) ** 2).sum(axis=0)
         total = self.n + len(x)
@@ -155,6 +172,44 @@ class _Moments:
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / self.n)
 
+    def summary(self, features: list[str]) -> pd.DataFrame:
+        """One row per feature: count, mean, std (population, as the normalisation uses), min, max."""
+        return pd.DataFrame(
+            {"count": self.n, "mean": self.mean, "std": self.std, "min": self.low, "max": self.high},
+            index=pd.Index(features, name="feature"),
+        )
+
+
+def _bin_edges(low: float, high: float, integer: bool) -> np.ndarray:
+    """Histogram bins over a column's whole range, known from the first pass.
+
+    Integers with few values get one bin per value, so a 0..16 pixel count shows 17 bars rather
+    than 30 bins that alternately catch one value and none.
+    """
+    if integer and high - low < HISTOGRAM_BINS:
+        return np.arange(low, high + 2) - 0.5
+    if high == low:
+        return np.array([low - 0.5, high + 0.5])
+    return np.linspace(low, high, HISTOGRAM_BINS + 1)
+
+
+class _Histograms:
+    """Exact per-feature histograms of the training split, counted as its chunks pass by."""
+
+    def __init__(self, scan: _Scan, features: list[str]) -> None:
+        import pyarrow as pa
+
+        self.edges = []
+        for name in features:
+            kind = scan.schema.field(name).type
+            integer = pa.types.is_integer(kind) or pa.types.is_boolean(kind)
+            self.edges.append(_bin_edges(float(scan.low[name]), float(scan.high[name]), integer))
+        self.counts = [np.zeros(len(e) - 1, dtype=np.int64) for e in self.edges]
+
+    def add(self, x: np.ndarray) -> None:
+        for i, edges in enumerate(self.edges):
+            self.counts[i] += np.histogram(x[:, i], bins=edges)[0]
+
 
 def _matrix(table: pa.Table, columns: list[str]) -> np.ndarray:
     x = np.empty((table.num_rows, len(columns)))
@@ -165,7 +220,12 @@ def _matrix(table: pa.Table, columns: list[str]) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """What the data notebook shows: schema, split sizes, class balance and a sample."""
+    """What the data notebook shows: schema, split sizes, class balance and a sample.
+
+    ``feature_summary`` (count, mean, std, min, max per feature) and ``histograms`` (bin counts
+    and edges for the first :data:`MAX_HISTOGRAMS` features) describe the whole training split:
+    they are counted while prepare streams it, so they cost no extra pass.
+    """
 
     schema: pd.DataFrame
     counts: pd.DataFrame
@@ -173,6 +233,8 @@ class Prepared:
     sample: pd.DataFrame
     features: list[str]
     target: str
+    feature_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def prepare_data(
@@ -223,6 +285,7 @@ def prepare_data(
         class_values = pa.array(classes, type=scan.schema.field(target).type)
         writers = {name: pq.ParquetWriter(folder / f"{name}.parquet", scan.schema) for name in SPLITS}
         moments = _Moments(len(features))
+        histograms = _Histograms(scan, features[:MAX_HISTOGRAMS])
         sample: list[pd.DataFrame] = []
         again = str(folder / "source.parquet") if spool else source
         with bar(total=scan.rows, desc="splitting") as split_rows:
@@ -240,9 +303,11 @@ def prepare_data(
                     part = table.filter(pa.array(assigned == i))
                     writers[name].write_table(part)
                     if name == "train":
-                        moments.add(_matrix(part, features))
-                        if sum(len(f) for f in sample) < 40:  # a copy: a slice would pin the chunk
-                            sample.append(part.slice(0, 40).to_pandas())
+                        x = _matrix(part, features)
+                        moments.add(x)
+                        histograms.add(x[:, :MAX_HISTOGRAMS])
+                        if sum(len(f) for f in sample) < SAMPLE_ROWS:  # a copy: a slice would pin the chunk
+                            sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
                 split_rows.update(table.num_rows)
         for writer in writers.values():
             writer.close()
@@ -279,8 +344,9 @@ def prepare_data(
             "role": ["target" if c == target else "feature" for c in scan.schema.names],
         }
     )
-    head = pd.concat(sample, ignore_index=True).head(40)
-    return Prepared(schema, counts, balance, head, features, target)
+    head = pd.concat(sample, ignore_index=True).head(SAMPLE_ROWS)
+    shapes = dict(zip(features, zip(histograms.counts, histograms.edges, strict=True), strict=False))
+    return Prepared(schema, counts, balance, head, features, target, moments.summary(features), shapes)
 
 
 def _plain(value: object) -> object:
@@ -358,3 +424,40 @@ def plot_digits(prepared: Prepared, count: int = 40, per_row: int = 10) -> Figur
     ax.axis("off")
     plt.close(fig)
     return fig
+
+
+def image_side(prepared: Prepared) -> int | None:
+    """The side of the square image each row is, or None when the features are a plain table.
+
+    An image has a square number of pixels, at least 8x8, all stored in one type; a table of 4
+    or 16 measurements is square by chance and reads better as distributions.
+    """
+    side = math.isqrt(len(prepared.features))
+    kinds = set(prepared.schema.loc[prepared.schema.role == "feature", "dtype"])
+    return side if side * side == len(prepared.features) and side >= MIN_IMAGE_SIDE and len(kinds) == 1 else None
+
+
+def plot_distributions(prepared: Prepared, per_row: int = 4) -> Figure:
+    """Histograms of the training split, one small panel per feature (the first 16 at most)."""
+    import matplotlib.pyplot as plt
+
+    shown = list(prepared.histograms.items())
+    grid_rows = max(1, -(-len(shown) // per_row))
+    fig, axes = plt.subplots(grid_rows, per_row, figsize=(per_row * 2.6, grid_rows * 2.0), squeeze=False)
+    for ax, (name, (counts, edges)) in zip(axes.flat, shown, strict=False):
+        ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    more = f" (first {len(shown)} of {len(prepared.features)} features)" if len(shown) < len(prepared.features) else ""
+    fig.suptitle(f"Training split: distribution of each feature{more}", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_sample(prepared: Prepared) -> Figure:
+    """What the training split looks like: sample rows as images when the features are pixels,
+    else each feature's distribution, so notebook 01 shows something for any numeric table."""
+    return plot_digits(prepared) if image_side(prepared) else plot_distributions(prepared)

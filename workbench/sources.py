@@ -9,10 +9,14 @@ memory follows the chunk size, not the size of the source.
 from __future__ import annotations
 
 import atexit
+import csv
 import functools
+import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +26,7 @@ from workbench.params import mask, project_root, source_problem
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 Source = str | Mapping[str, str]
 BUNDLED = {"digits": "digits.csv.gz"}
@@ -29,6 +34,10 @@ CHUNK_ROWS = 65_536  # rows per Arrow chunk where the caller does not choose
 # pyarrow's default CSV block (1 MiB): larger blocks made the reader's peak memory grow with the
 # file (16 MiB blocks: 400 MiB at 500k rows, 1 GiB at 5M); column types come from the first block
 CSV_BLOCK = 1 << 20
+# A header is read first to choose the delimiter: comma wins ties, so a one-column CSV stays a CSV
+DELIMITERS = (",", ";", "\t", "|")
+HEAD_LIMIT = 1 << 24  # bytes read at most looking for the header and first row
+DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 
 
 def describe(source: Source) -> str:
@@ -98,8 +107,74 @@ def _download(uri: str, key: str = "data.source") -> Path:
     return target
 
 
-def _unreadable(key: str, path: Path, exc: Exception) -> DataError:
-    return DataError(f"{key} {path}: cannot be read ({str(exc).splitlines()[0]}); is it a valid table?")
+def _unreadable(key: str, path: Path, exc: Exception, fmt: str = "csv") -> DataError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if fmt == "parquet":
+        return DataError(
+            f"{key} {path}: cannot be read as Parquet ({reason}); is the file complete? write or download it again"
+        )
+    return DataError(f"{key} {path}: cannot be read ({reason}); is it a valid table?")
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    return sorted(name for name, n in Counter(names).items() if n > 1)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV file is written: what separates fields and what marks decimals.
+
+    Spreadsheets in many locales save ``;``-separated files with decimal commas; reading those
+    with commas made the whole header one column, so the layout is read off the file itself.
+    """
+
+    delimiter: str = ","
+    decimal: str = "."
+
+
+def _head_lines(path: Path, count: int = 2) -> list[bytes]:
+    """The first ``count`` lines of a (possibly compressed) file, without reading all of it."""
+    import pyarrow as pa
+
+    head = b""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while head.count(b"\n") < count and len(head) < HEAD_LIMIT:
+            block = stream.read(1 << 16)
+            if not block:
+                break
+            head += block
+    return head.splitlines()[:count]
+
+
+def _fields(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader([line], delimiter=delimiter), [])
+
+
+def csv_layout(path: Path, key: str = "data.source") -> CsvLayout:
+    """The delimiter and decimal mark of a CSV file, read from its header and first row.
+
+    The header is also checked here, where the file is still named: it must be UTF-8 and name
+    each column once (Arrow would otherwise fail later with a message naming neither).
+    """
+    lines = _head_lines(path)
+    if not lines:
+        return CsvLayout()
+    try:
+        header = lines[0].decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{key} {path}: the header is not UTF-8 (byte {lines[0][exc.start]:#04x} at offset {exc.start}); "
+            "re-save the file as UTF-8"
+        ) from None
+    delimiter = max(DELIMITERS, key=lambda d: len(_fields(header, d)))
+    repeated = _duplicates(_fields(header, delimiter))
+    if repeated:
+        raise DataError(
+            f"{key} {path}: duplicate column names {repeated[:5]} in the header; rename them so each column is unique"
+        )
+    row = _fields(lines[1].decode("utf-8", "replace"), delimiter) if len(lines) > 1 else []
+    comma = delimiter != "," and any(DECIMAL_COMMA.fullmatch(value.strip()) for value in row)
+    return CsvLayout(delimiter, "," if comma else ".")
 
 
 def _checked(source: Source, key: str) -> Source:
@@ -121,9 +196,13 @@ def read_source(source: Source, key: str = "data.source") -> pd.DataFrame:
         return pa.concat_tables(iter_source(source, CHUNK_ROWS, key)).to_pandas()
     path, fmt = _locate(source, key)
     try:
-        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+        if fmt == "parquet":
+            _unique_parquet_columns(path, key)
+            return pd.read_parquet(path)
+        layout = csv_layout(path, key)
+        return pd.read_csv(path, sep=layout.delimiter, decimal=layout.decimal)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise _unreadable(key, path, exc) from None
+        raise _unreadable(key, path, exc, fmt) from None
 
 
 def iter_source(source: Source, rows: int, key: str = "data.source") -> Iterator[pa.Table]:
@@ -139,18 +218,35 @@ def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
     """Parquet by row groups, CSV (also gzipped) by blocks, with no pandas in between."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
     path, fmt = _locate(source, key)
     try:
         if fmt == "parquet":
             # pre_buffer reads ahead across row groups: peak memory then grew with the file
-            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=CHUNK_ROWS)
+            parquet = _unique_parquet_columns(path, key, pre_buffer=False)
+            yield from parquet.iter_batches(batch_size=CHUNK_ROWS)
         else:
+            layout = csv_layout(path, key)
             stream = pa.input_stream(str(path), compression="detect")
-            yield from pa_csv.open_csv(stream, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK))
+            yield from pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK),
+                parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter),
+                convert_options=pa_csv.ConvertOptions(decimal_point=layout.decimal),
+            )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(key, path, exc) from None
+        raise _unreadable(key, path, exc, fmt) from None
+
+
+def _unique_parquet_columns(path: Path, key: str, **options: bool) -> pq.ParquetFile:
+    """The opened Parquet file, refused when a column name repeats (Arrow allows it; the pipeline cannot)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path, **options)
+    repeated = _duplicates(parquet.schema_arrow.names)
+    if repeated:
+        raise DataError(f"{key} {path}: duplicate column names {repeated[:5]}; rename them so each column is unique")
+    return parquet
 
 
 def _rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -178,9 +274,16 @@ def is_parquet(source: Source) -> bool:
 
 def count_rows(source: Source, key: str = "data.source") -> int | None:
     """Rows in the source when that is cheap to know (Parquet metadata), else None."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(_locate(source, key)[0]).metadata.num_rows if is_parquet(source) else None
+    if not is_parquet(source):
+        return None
+    path = _locate(source, key)[0]
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _unreadable(key, path, exc, "parquet") from None
 
 
 def _sql_statement(source: Mapping[str, str]) -> Any:
@@ -226,6 +329,12 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
                 if not result.returns_rows:
                     raise DataError(f"{key}: {describe(source)} returns no rows; it must be a SELECT")
                 columns = list(result.keys())
+                repeated = _duplicates(columns)
+                if repeated:
+                    raise DataError(
+                        f"{key}: {describe(source)} returns duplicate column names {repeated[:5]}; "
+                        f"give each column its own name (AS ...) in {what}"
+                    )
                 for part in result.partitions(rows):
                     frame = pd.DataFrame.from_records(part, columns=columns, coerce_float=True)
                     chunk = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)

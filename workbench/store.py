@@ -6,6 +6,7 @@ the tracking DB can prove later what a run produced. A reader never sees half an
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -49,6 +50,26 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by the owner only; artifacts get the usual permissions.
 _FILE_MODE = 0o666 & ~_current_umask()
+
+
+# What to do about a failed write, by its OS reason; anything else points at the disk itself.
+_WRITE_ADVICE = {
+    errno.ENOSPC: "free space or point store elsewhere",
+    errno.EDQUOT: "free space or point store elsewhere",
+    errno.EFBIG: "point store at a file system that takes larger files",
+    errno.EROFS: "point store at a writable folder",
+    errno.EACCES: "check the 'store' path and its permissions",
+    errno.EPERM: "check the 'store' path and its permissions",
+}
+
+
+def _write_failed(exc: OSError, ours: tuple[str, ...]) -> bool:
+    """Whether ``exc`` is about writing the artifact rather than about the file being copied in.
+
+    A write error carries no file name (``write``) or our temporary file's (``sendfile`` names the
+    source first and the destination second); a missing source file is the caller's bug.
+    """
+    return exc.filename is None or str(exc.filename) in ours or str(exc.filename2) in ours
 
 
 def _hash_file(path: Path) -> str:
@@ -97,6 +118,11 @@ class LocalStore:
             os.chmod(tmp, _FILE_MODE)
             info = ArtifactInfo(key, str(target), _hash_file(Path(tmp)), os.path.getsize(tmp))
             os.replace(tmp, target)
+        except OSError as exc:
+            if not _write_failed(exc, (tmp, str(target))):
+                raise
+            advice = _WRITE_ADVICE.get(exc.errno, "check the disk behind the 'store' folder")
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc}; {advice}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
