@@ -1,13 +1,44 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from workbench.errors import ModelError
+from workbench.errors import ModelError, StoreError
 from workbench.models import load_model
-from workbench.train import CHECKPOINT, FitSettings, Trainer, amp_dtype, choose_device, environment, train_model
+from workbench.train import (
+    CHECKPOINT,
+    SET_ASIDE,
+    WORKER_ERROR,
+    FitSettings,
+    Trainer,
+    TrainResult,
+    _raise_worker_error,
+    amp_dtype,
+    chance_accuracy,
+    choose_device,
+    environment,
+    is_near_chance,
+    train_model,
+    training_warnings,
+)
+
+PREPARED = ("train.parquet", "val.parquet", "schema.json", "normalization.json")
+
+
+def _fresh_run(stage_ctx_factory, run_id: str, interactive: bool = True):
+    """A train context for a new run holding the shared run's prepared splits.
+
+    A run the DB has not seen counts as interactive; ``interactive=False`` stands for `workbench run`.
+    """
+    ctx = stage_ctx_factory("train", run_id=run_id)
+    for name in PREPARED:
+        ctx.store.write_bytes(ctx.key(name, "prepare"), stage_ctx_factory("prepare").load(name, "prepare"))
+    return dataclasses.replace(ctx, interactive=interactive)
 
 
 def test_device_choice_on_a_cpu_machine():
@@ -33,6 +64,8 @@ def test_training_saves_model_config_checkpoint_and_metrics(trained, stage_ctx_f
     run = ctx.tracker.get_run("unit")
     assert [p["epoch"] for p in run["history"]["val_accuracy"]] == [1, 2, 3]
     assert run["metrics"]["val_accuracy"] == result.metrics["val_accuracy"]
+    assert run["metrics"]["near_chance"] == 0.0 and 0.09 < run["metrics"]["chance_accuracy"] < 0.12
+    assert result.warnings == [] and "No training warnings" in result.warning_banner()._repr_html_()
     assert ctx.store.exists(ctx.key("curves.png"))
     env = ctx.load_json("environment.json", "train")
     assert {"device", "torch", "numpy", "python"} <= set(env)
@@ -103,19 +136,169 @@ def test_gradient_clipping_bounds_each_step():
     assert grads <= 1e-3 * 1.01
 
 
-def test_a_checkpoint_from_another_config_is_refused(stage_ctx_factory, trained):
-    ctx = stage_ctx_factory("train", run_id="mismatch")
-    for step in ("prepare",):
-        for name in ("train.parquet", "val.parquet", "schema.json", "normalization.json"):
-            ctx.store.write_bytes(ctx.key(name, step), stage_ctx_factory(step).load(name, step))
+def test_workbench_run_refuses_a_checkpoint_from_another_config(stage_ctx_factory, trained):
+    ctx = _fresh_run(stage_ctx_factory, "mismatch", interactive=False)
     ctx.store.write_bytes(ctx.key(CHECKPOINT), stage_ctx_factory("train").load(CHECKPOINT, "train"))
     with pytest.raises(
         ModelError, match=r"was written with different config\.model, settings\.epochs; start a new run"
     ):
         train_model(ctx, "mlp", 5, 64, 0.002, "cpu", False, 0)
-    ctx.store.write_bytes(ctx.key(CHECKPOINT), b"truncated")
-    with pytest.raises(ModelError, match="is unreadable"):
+    assert not ctx.store.exists(ctx.key(SET_ASIDE))
+
+
+def test_an_interactive_run_sets_a_checkpoint_from_other_settings_aside(stage_ctx_factory, trained, capsys):
+    """JupyterLab, run id dev: change train.epochs, rerun the notebook, and it trains afresh."""
+    ctx = _fresh_run(stage_ctx_factory, "lab", interactive=True)
+    old = stage_ctx_factory("train").load(CHECKPOINT, "train")  # 3 epochs of cnn
+    ctx.store.write_bytes(ctx.key(CHECKPOINT), old)
+    for epoch in (1, 2, 3):  # the curves of the earlier training
+        ctx.log_metrics({"val_accuracy": 0.5}, epoch=epoch)
+    result = train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+    said = capsys.readouterr().out
+    assert [p["epoch"] for p in ctx.tracker.get_run("lab")["history"]["val_accuracy"]] == [1, 2]
+    assert f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different settings.epochs; " in said
+    assert "training afresh" in said
+    assert result.resumed_from == 0 and list(result.history.epoch) == [1, 2]
+    assert ctx.store.read_bytes(ctx.key(SET_ASIDE)) == old
+    assert len(torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), weights_only=False)["trainer"]["history"]) == 2
+    # the same settings again continue from the new checkpoint rather than training once more
+    again = train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+    assert again.resumed_from == 2 and "training afresh" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+@pytest.mark.parametrize("content", ["truncated", "half", "foreign"])
+def test_a_corrupt_checkpoint_is_unreadable(stage_ctx_factory, trained, content, interactive):
+    good = stage_ctx_factory("train").load(CHECKPOINT, "train")
+    data = {
+        "truncated": b"truncated",
+        "half": good[: len(good) // 2],
+        "foreign": stage_ctx_factory("train").load("model.pth", "train"),  # a state_dict, not a checkpoint
+    }[content]
+    ctx = _fresh_run(stage_ctx_factory, f"corrupt-{content}-{interactive}", interactive)
+    ctx.store.write_bytes(ctx.key(CHECKPOINT), data)
+    with pytest.raises(ModelError, match=r"checkpoints/last\.pt is unreadable \(.+\); delete it to start over"):
         train_model(ctx, "cnn", 3, 64, 0.002, "cpu", False, 0)
+
+
+class _FailingReads:
+    """A store whose checkpoint exists but cannot be read right now, like S3 behind a network fault."""
+
+    def __init__(self, inner, error: Exception) -> None:
+        self.inner, self.error = inner, error
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def read_bytes(self, key: str) -> bytes:
+        if key.endswith(CHECKPOINT):
+            raise self.error
+        return self.inner.read_bytes(key)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreError("s3 endpoint http://127.0.0.1:9 cannot be reached; check AWS_ENDPOINT_URL"),
+        PermissionError(13, "Permission denied"),
+    ],
+)
+def test_a_checkpoint_the_store_cannot_read_is_not_called_unreadable(stage_ctx_factory, trained, error):
+    """Advising to delete a good checkpoint over a network fault would throw training away."""
+    ctx = _fresh_run(stage_ctx_factory, f"unreachable-{type(error).__name__}", interactive=False)
+    ctx.store.write_bytes(ctx.key(CHECKPOINT), stage_ctx_factory("train").load(CHECKPOINT, "train"))
+    ctx = dataclasses.replace(ctx, store=_FailingReads(ctx.store, error))
+    with pytest.raises(type(error)) as caught:
+        train_model(ctx, "cnn", 3, 64, 0.002, "cpu", False, 0)
+    assert caught.value is error
+
+
+def test_a_diverging_run_stops_before_any_nan_is_recorded(stage_ctx_factory, trained):
+    ctx = _fresh_run(stage_ctx_factory, "diverge")
+    with pytest.raises(
+        ModelError, match=r"^training diverged at epoch 1: train loss is nan; try a lower train\.lr \(now 1e\+30\)$"
+    ):
+        train_model(ctx, "cnn", 3, 64, 1.0e30, "cpu", False, 0)
+    run = ctx.tracker.get_run("diverge")
+    assert run["metrics"] == {} and run["history"] == {}
+    assert not ctx.store.exists(ctx.key(CHECKPOINT))
+
+
+def test_an_inf_in_a_prepared_split_is_blamed_on_the_data(stage_ctx_factory, trained):
+    ctx = _fresh_run(stage_ctx_factory, "inf-in-train")
+    frame = pd.read_parquet(io.BytesIO(ctx.load("train.parquet", "prepare")))
+    frame["p10"] = frame["p10"].astype("float64")
+    frame.loc[3, "p10"] = np.inf
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    ctx.store.write_bytes(ctx.key("train.parquet", "prepare"), buf.getvalue())
+    with pytest.raises(
+        ModelError,
+        match=r"^training stopped at epoch 1: train loss is nan because the train split has 1 row\(s\) with inf or "
+        r"nan features; fix them in data\.source and rerun prepare$",
+    ):
+        train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+    assert ctx.tracker.get_run("inf-in-train")["history"] == {}
+
+
+def test_divergence_keeps_the_last_good_checkpoint():
+    """The epoch whose loss turns non-finite never reaches the checkpoint callback."""
+    trainer = _toy_trainer(epochs=5, schedule="constant")
+    saved: list[int] = []
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        saved.append(epoch)
+        if epoch == 2:  # from here on every step overshoots
+            trainer.optimizer.param_groups[0]["lr"] = 1.0e30
+
+    with pytest.raises(ModelError, match=r"^training diverged at epoch 3: train loss is (nan|inf); try a lower"):
+        trainer.run(*_toy(), progress=False, on_epoch=on_epoch)
+    assert saved == [1, 2] and len(trainer.history) == 2
+
+
+def test_the_near_chance_rule():
+    assert chance_accuracy(torch.tensor([0, 1, 1, 2])) == 0.5
+    assert is_near_chance(0.10, 0.10) and is_near_chance(0.30, 0.10)
+    assert not is_near_chance(0.40, 0.10) and not is_near_chance(0.98, 0.10)
+    assert is_near_chance(0.95, 0.95) and not is_near_chance(0.99, 0.95)  # imbalance cannot hide a useless model
+    assert training_warnings({"val_accuracy": 0.98, "chance_accuracy": 0.1, "near_chance": 0.0}) == []
+
+
+def test_a_model_at_chance_is_flagged(stage_ctx_factory, trained):
+    ctx = _fresh_run(stage_ctx_factory, "chance")
+    result = train_model(ctx, "cnn", 1, 64, 10.0, "cpu", False, 0)  # finite, but learns nothing
+    val_labels = torch.from_numpy(pd.read_parquet(io.BytesIO(ctx.load("val.parquet", "prepare")))["label"].to_numpy())
+    expected_chance = torch.bincount(val_labels).max().item() / len(val_labels)
+    metrics = ctx.tracker.get_run("chance")["metrics"]
+    assert metrics["near_chance"] == 1.0 and metrics["chance_accuracy"] == pytest.approx(expected_chance)
+    assert result.metrics["val_accuracy"] < 0.2
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(
+        f"validation accuracy {result.metrics['val_accuracy']:.3f} is near chance"
+    )
+    banner = result.warning_banner()
+    assert repr(banner).startswith("WARNING: validation accuracy") and "\n" not in repr(banner)
+    assert "<b>WARNING:</b> validation accuracy" in banner._repr_html_()
+
+
+def test_warnings_are_rebuilt_from_metrics_for_distributed_runs():
+    metrics = {"val_accuracy": 0.1, "chance_accuracy": 0.104, "near_chance": 1.0}
+    result = TrainResult(pd.DataFrame(), metrics, {}, {}, 0, training_warnings(metrics))
+    assert "WARNING: validation accuracy 0.100 is near chance" in repr(result.warning_banner())
+
+
+def test_a_worker_user_error_is_raised_again_by_the_launcher():
+    """`train.processes: 2` fails with the message one process gives, not torchrun's ChildFailedError."""
+    stderr = (
+        "[rank0]: Traceback (most recent call last):\n"
+        f"[rank0]: {WORKER_ERROR}ModelError: training diverged at epoch 1: train loss is nan; try a lower train.lr\n"
+        f"[rank1]: {WORKER_ERROR}ModelError: training diverged at epoch 1: train loss is nan; try a lower train.lr\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+    )
+    with pytest.raises(ModelError, match=r"^training diverged at epoch 1: train loss is nan; try a lower train\.lr$"):
+        _raise_worker_error(stderr)
+    with pytest.raises(StoreError, match=r"^artifact x not found$"):
+        _raise_worker_error(f"{WORKER_ERROR}StoreError: artifact x not found\n")
+    _raise_worker_error("RuntimeError: NCCL error\n")  # not a user error: the launcher reports it as before
 
 
 def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):
@@ -129,9 +312,7 @@ def test_two_processes_reach_the_single_process_accuracy_band(trained, stage_ctx
     """torchrun with gloo on CPU: two DDP workers, rank 0 writes, same accuracy band as one process."""
     accuracy = {}
     for processes in (1, 2):
-        ctx = stage_ctx_factory("train", run_id=f"ddp-{processes}")
-        for name in ("train.parquet", "val.parquet", "schema.json", "normalization.json"):
-            ctx.store.write_bytes(ctx.key(name, "prepare"), stage_ctx_factory("prepare").load(name, "prepare"))
+        ctx = _fresh_run(stage_ctx_factory, f"ddp-{processes}")
         result = train_model(ctx, "cnn", 6, 64, 0.002, "cpu", False, 0, processes=processes)
         accuracy[processes] = result.metrics["val_accuracy"]
         assert result.environment["processes"] == processes and len(result.history) == 6

@@ -1,7 +1,8 @@
 """Entry point of one torchrun worker: ``python -m torch.distributed.run ... -m workbench.distributed JOB``.
 
 Each worker joins the process group, opens the same run (store and DB) and runs the training loop
-on its share of every batch; only rank 0 writes artifacts and metrics.
+on its share of every batch; only rank 0 writes artifacts and metrics. A user error (a diverging
+loss, a refused checkpoint) is reported as one line for the launcher to raise again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from workbench.context import step_context
-from workbench.train import FitSettings, TrainJob, run_job
+from workbench.errors import WorkbenchError
+from workbench.train import WORKER_ERROR, FitSettings, TrainJob, run_job
 
 
 def main(payload: str) -> None:
@@ -27,6 +29,9 @@ def main(payload: str) -> None:
         ctx = step_context("train", run_id=job.run_id, store=job.store, db=job.db)
         run_job(ctx, job, rank=rank, world=world, local_rank=local_rank)
         dist.barrier()
+    except WorkbenchError as exc:  # one line the launcher turns back into this error
+        print(f"{WORKER_ERROR}{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
 

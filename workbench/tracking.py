@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -451,6 +452,12 @@ class Tracker:
         ]
         if rows:
             self._write(insert(metrics).values(rows))
+
+    def clear_history(self, run_id: str, step: str) -> None:
+        """Forget a step's per-epoch metrics (a notebook run that retrains from scratch)."""
+        self._write(
+            delete(metrics).where(metrics.c.run_id == run_id, metrics.c.step == step, metrics.c.epoch.isnot(None))
+        )
 
     def log_artifact(self, run_id: str, step: str, info: ArtifactInfo) -> None:
         self._write(

@@ -6,15 +6,20 @@ rather than a DataLoader: no worker processes, no per-batch host-to-device copie
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import math
 import os
+import pickle
 import platform
+import struct
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +81,56 @@ def environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]
     return info
 
 
+# A model is "near chance" when its final validation accuracy closes less than this share of the
+# gap from chance (always predicting the most frequent validation class) to a perfect score: 0.325
+# on ten balanced digits, 0.625 on a balanced binary task, 0.9625 where one class is 95% of the rows.
+# A share of the gap rather than a fixed margin, so an imbalanced split does not hide a useless model.
+NEAR_CHANCE_SHARE = 0.25
+
+
+def chance_accuracy(labels: torch.Tensor) -> float:
+    """The accuracy of always predicting the most frequent class: what a model must beat."""
+    return (torch.bincount(labels).max() / len(labels)).item()
+
+
+def is_near_chance(accuracy: float, chance: float) -> bool:
+    """Whether ``accuracy`` is not clearly above ``chance`` (see :data:`NEAR_CHANCE_SHARE`)."""
+    return accuracy < chance + NEAR_CHANCE_SHARE * (1.0 - chance)
+
+
+def training_warnings(metrics: dict[str, float]) -> list[str]:
+    """What a reader of the run must not miss, rebuilt from the step's final metrics alone, so the
+    notebook, a distributed run and the HTML report all say the same thing."""
+    found = []
+    if metrics.get("near_chance"):
+        found.append(
+            f"validation accuracy {metrics['val_accuracy']:.3f} is near chance: always predicting the most "
+            f"frequent class scores {metrics['chance_accuracy']:.3f}; the model has learnt little "
+            "(check train.lr, train.epochs and the learning curves)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class WarningBanner:
+    """Warnings drawn in a colour a notebook reader sees (and as ``WARNING:`` lines in plain text),
+    so a useless model is not mistaken for a finished one in JupyterLab or the HTML report."""
+
+    lines: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        if not self.lines:
+            return '<p style="color:#1a7f37">No training warnings.</p>'
+        items = "".join(f"<p style='margin:0.2em 0'><b>WARNING:</b> {html.escape(line)}</p>" for line in self.lines)
+        return (
+            '<div style="background:#fff4e5;border-left:6px solid #d1242f;color:#8a1c1c;padding:0.5em 1em">'
+            f"{items}</div>"
+        )
+
+    def __repr__(self) -> str:
+        return "\n".join(f"WARNING: {line}" for line in self.lines) or "No training warnings."
+
+
 @dataclass
 class TrainResult:
     history: pd.DataFrame
@@ -83,6 +138,11 @@ class TrainResult:
     environment: dict[str, Any]
     config: dict[str, Any]
     resumed_from: int = 0
+    warnings: list[str] = field(default_factory=list)  # see training_warnings
+
+    def warning_banner(self) -> WarningBanner:
+        """The warnings for display: a notebook cell that ends with this shows them in colour."""
+        return WarningBanner(tuple(self.warnings))
 
 
 @dataclass(frozen=True)
@@ -192,13 +252,38 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
     ) -> pd.DataFrame:
-        """Train until the epoch budget or early stopping; returns one history row per epoch."""
+        """Train until the epoch budget or early stopping; returns one history row per epoch.
+
+        Raises :class:`ModelError` at the end of the first epoch whose train or validation loss is
+        not finite, before that epoch reaches ``on_epoch``: the last good checkpoint stays.
+        """
+        bar = progress_bar(
+            total=self.settings.epochs,
+            initial=self.epoch,
+            desc="training",
+            unit="epoch",
+            enabled=progress and rank == 0,
+        )
+        try:
+            self._loop(train, val, bar, on_epoch, rank, world)
+        finally:
+            bar.close()
+        if self.best_state is not None:  # early stopping keeps the best epoch's weights
+            _unwrap(self.model).load_state_dict(self.best_state)
+        return pd.DataFrame(self.history)
+
+    def _loop(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        bar: Any,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+        rank: int,
+        world: int,
+    ) -> None:
         x, y = train
         device, cfg = x.device, self.settings
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
-        bar = progress_bar(
-            total=cfg.epochs, initial=self.epoch, desc="training", unit="epoch", enabled=progress and rank == 0
-        )
         while not self.done:
             self.model.train()
             started = time.perf_counter()
@@ -232,6 +317,9 @@ class Trainer:
                 "val_accuracy": val_acc,
                 "seconds": time.perf_counter() - started,
             }
+            # checked once per epoch from the totals kept on the device (no per-step sync), and before
+            # the epoch is recorded, so no NaN reaches the history, the checkpoint or the metrics
+            self._stop_if_not_finite(row, x, val[0])
             self.schedule.step()
             self.history.append(row)
             score = row[cfg.monitor] * (-1 if cfg.monitor == "val_accuracy" else 1)
@@ -245,10 +333,24 @@ class Trainer:
             bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
             if on_epoch:
                 on_epoch(row["epoch"], row)
-        bar.close()
-        if self.best_state is not None:  # early stopping keeps the best epoch's weights
-            _unwrap(self.model).load_state_dict(self.best_state)
-        return pd.DataFrame(self.history)
+
+    def _stop_if_not_finite(self, row: dict[str, float], x_train: torch.Tensor, x_val: torch.Tensor) -> None:
+        """A NaN or inf loss never recovers and would poison the checkpoint and the metrics; say
+        whether the data (an inf in a split) or the optimisation (too large a step) is to blame."""
+        for split, key, x in (("train", "train_loss", x_train), ("validation", "val_loss", x_val)):
+            value = row[key]
+            if math.isfinite(value):
+                continue
+            bad_rows = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
+            if bad_rows:
+                raise ModelError(
+                    f"training stopped at epoch {row['epoch']}: {split} loss is {value} because the {split} split "
+                    f"has {bad_rows} row(s) with inf or nan features; fix them in data.source and rerun prepare"
+                )
+            raise ModelError(
+                f"training diverged at epoch {row['epoch']}: {split} loss is {value}; "
+                f"try a lower train.lr (now {self.settings.lr:g})"
+            )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -262,31 +364,77 @@ def _state_bytes(obj: Any) -> bytes:
 
 
 CHECKPOINT = "checkpoints/last.pt"
+SET_ASIDE = "checkpoints/set-aside.pt"  # an interactive run's checkpoint from other settings, kept once
+
+# What torch.load raises on bytes that are not a whole checkpoint (truncated, corrupted, foreign):
+# the zip reader's RuntimeError, the unpickler's errors, a short read, a bad seek or a bad opcode.
+_UNREADABLE = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    LookupError,
+    struct.error,
+    zipfile.BadZipFile,
+)
+_CHECKPOINT_PARTS = {"config", "settings", "trainer"}
 
 
-def _resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any]) -> int:
-    """Continue from this run's last checkpoint, if any; returns the epochs already done."""
+def _read_checkpoint(ctx: StepContext) -> tuple[dict[str, Any], bytes] | None:
+    """This run's last checkpoint and its bytes, or None when there is none.
+
+    Only a file that cannot be a checkpoint is reported as unreadable, with the advice to delete
+    it: a store that cannot be reached or read (S3 down, no permission) raises its own error,
+    because deleting a good checkpoint over a network fault would throw training away.
+    """
     if not ctx.store.exists(ctx.key(CHECKPOINT)):
-        return 0
+        return None
+    data = ctx.load(CHECKPOINT, "train")
+    reason = "not a training checkpoint"
     try:
-        saved = torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except _UNREADABLE as exc:
+        saved, reason = None, type(exc).__name__
+    if not (isinstance(saved, dict) and saved.keys() >= _CHECKPOINT_PARTS):
         raise ModelError(
-            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({type(exc).__name__}); delete it to start over"
-        ) from None
-    ours = {"config": config, "settings": asdict(trainer.settings)}
-    theirs = {"config": saved.get("config"), "settings": saved.get("settings")}
-    if ours != theirs:
-        changed = sorted(
-            f"{part}.{key}"
-            for part in ours
-            for key in set(ours[part]) | set(theirs[part] or {})
-            if ours[part].get(key) != (theirs[part] or {}).get(key)
+            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({reason}); delete it to start over"
         )
-        raise ModelError(
-            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different {', '.join(changed)}; "
-            "start a new run, or delete the checkpoint to retrain this one"
-        )
+    return saved, data
+
+
+def _changed(ours: dict[str, dict[str, Any]], theirs: dict[str, Any]) -> list[str]:
+    """The ``part.key`` names that differ between this step's config/settings and a checkpoint's."""
+    return sorted(
+        f"{part}.{key}"
+        for part in ours
+        for key in set(ours[part]) | set(theirs.get(part) or {})
+        if ours[part].get(key) != (theirs.get(part) or {}).get(key)
+    )
+
+
+def _resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any], rank: int = 0) -> int:
+    """Continue from this run's last checkpoint, if any; returns the epochs already done.
+
+    A checkpoint written under other settings or another config cannot be continued. Under
+    `workbench run` that is refused (resuming must give the numbers an uninterrupted run gives);
+    in an interactive run (JupyterLab, plain papermill, run id ``dev``) changing a parameter and
+    rerunning is the point, so the old checkpoint is copied to :data:`SET_ASIDE` and training
+    starts afresh, overwriting it after the first epoch.
+    """
+    found = _read_checkpoint(ctx)
+    if found is None:
+        return 0
+    saved, data = found
+    changed = _changed({"config": config, "settings": asdict(trainer.settings)}, saved)
+    if changed:
+        what = f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different {', '.join(changed)}"
+        if not ctx.interactive:
+            raise ModelError(f"{what}; start a new run, or delete the checkpoint to retrain this one")
+        if rank == 0:  # every rank decides the same; one keeps the copy and says so
+            ctx.store.write_bytes(ctx.key(SET_ASIDE), data)
+            ctx.tracker.clear_history(ctx.run_id, ctx.step)  # the curves start again with the training
+            print(f"{what}; training afresh (the old one is kept as {SET_ASIDE})", flush=True)
+        return 0
     trainer.load_state_dict(saved["trainer"])
     return trainer.epoch
 
@@ -358,7 +506,7 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
     trainer = Trainer(net, settings, dtype)
-    resumed_from = _resume(ctx, trainer, config)
+    resumed_from = _resume(ctx, trainer, config, rank)
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
         # checkpoint first, metrics second: a kill between them repeats no logged epoch
@@ -379,6 +527,25 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
     return _finish(ctx, trainer, val_tensors, config, env, resumed_from) if rank == 0 else None
 
 
+# A worker that fails on a user error prints one line starting with this to stderr; the launcher
+# raises the same error, so `train.processes: 2` fails with the message one process would give,
+# not with torchrun's ChildFailedError.
+WORKER_ERROR = "workbench worker error: "
+
+
+def _raise_worker_error(stderr: str) -> None:
+    """Re-raise the first user error a worker reported, as the same WorkbenchError class."""
+    from workbench import errors
+
+    for line in stderr.splitlines():
+        if WORKER_ERROR in line:
+            name, _, message = line.split(WORKER_ERROR, 1)[1].partition(": ")
+            cls = getattr(errors, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.WorkbenchError)):
+                cls = ModelError
+            raise cls(message)
+
+
 def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
     """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
     import subprocess
@@ -395,8 +562,10 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
         payload,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
+    sys.stdout.write(proc.stdout)  # rank 0's notes, e.g. a checkpoint set aside in an interactive run
     if proc.returncode:
+        _raise_worker_error(proc.stderr)
+        sys.stderr.write(proc.stderr[-4000:])
         errors = [line for line in proc.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
         raise ModelError(
             f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
@@ -404,7 +573,8 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
     history = pd.read_csv(io.BytesIO(ctx.load("history.csv", "train")))
     metrics = ctx.load_json("metrics.json", "train")
     env, config = ctx.load_json("environment.json", "train"), ctx.load_json("model_config.json", "train")
-    return TrainResult(history, metrics, env, config, int(metrics["resumed_from_epoch"]))
+    resumed_from = int(metrics["resumed_from_epoch"])
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
 
 
 def _finish(
@@ -420,9 +590,12 @@ def _finish(
     history = pd.DataFrame(trainer.history)
     model = _unwrap(trainer.model)
     val_loss, val_acc = _evaluate(model, *val, 1024, trainer.amp)
+    chance = chance_accuracy(val[1])
     metrics = {
         "val_accuracy": val_acc,
         "val_loss": val_loss,
+        "chance_accuracy": chance,
+        "near_chance": float(is_near_chance(val_acc, chance)),
         "epochs_run": float(len(history)),
         "resumed_from_epoch": float(resumed_from),
         "train_seconds": float(history.seconds.sum()),
@@ -435,7 +608,7 @@ def _finish(
     ctx.save("history.csv", history.to_csv(index=False).encode())
     ctx.save_figure("curves.png", plot_history(history))
     _sagemaker_outputs(ctx, config, env, metrics)
-    return TrainResult(history, metrics, env, config, resumed_from)
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
 
 
 def _sagemaker_outputs(
