@@ -195,7 +195,7 @@ def test_a_killed_run_resumes_losing_at_most_one_epoch(place):
     mismatch = workbench("run", "--resume", run_id, *place.sets("train.epochs=41"))
     assert mismatch.code == 2 and "differs from run" in mismatch.stderr
 
-    resumed = workbench("run", "--resume", run_id, *args)
+    resumed = workbench("run", "--resume", run_id, *place.sets())  # no flag repeated: the run keeps its own
     assert resumed.code == 0, resumed.stderr
     assert f"run {run_id}: resuming at train" in resumed.stderr and "[1/4]" not in resumed.stderr
     run = Tracker(place.db).get_run(run_id)
@@ -205,7 +205,7 @@ def test_a_killed_run_resumes_losing_at_most_one_epoch(place):
     epochs = sorted({p["epoch"] for p in run["history"]["val_accuracy"]})
     assert epochs == list(range(1, 41))
 
-    again = workbench("run", "--resume", run_id, *args)
+    again = workbench("run", "--resume", run_id, *place.sets())
     assert again.code == 1 and "already finished" in again.stderr
 
 
