@@ -136,10 +136,7 @@ def small_disk(tmp_path):
     """A real file system of a few hundred KiB (tmpfs), to fill up for real."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)]).returncode
-    ):
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)]).returncode:
         pytest.skip("mounting a tmpfs needs root")
     try:
         yield mount
@@ -242,3 +239,29 @@ def test_plain_papermill_runs_are_tracked_like_workbench_runs(tmp_path):
     listed = workbench("runs", f"--set=db={db}")
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("nightly"))
     assert row[1] == "finished" and float(row[3]) > 0  # status and seconds, as for `workbench run`
+
+
+def test_a_corrupt_tracking_database_is_one_line(tmp_path):
+    bad = tmp_path / "tracking.db"
+    bad.write_bytes(b"\x00not sqlite\x00" * 500)
+    result = workbench("runs", f"--set=db=sqlite:///{bad}")
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: db 'sqlite:///{bad}' is not a usable tracking database (file is not a database); "
+        "point db at another file, or move this one aside"
+    )
+    assert bad.read_bytes() == b"\x00not sqlite\x00" * 500  # nothing written over it
+
+
+def test_the_report_warns_of_a_model_at_chance(tmp_path):
+    from workbench.report import render_report
+    from workbench.store import open_store
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    store = open_store(str(tmp_path / "store"))
+    run_id = tracker.create_run(store.root, {}, {})
+    tracker.log_metrics(run_id, "train", {"val_accuracy": 0.1, "chance_accuracy": 0.102, "near_chance": 1.0})
+    index = Path(render_report(run_id, tracker, store)).read_text()
+    assert "Warnings" in index and "validation accuracy 10.00% is close to chance (10.20%" in index
+    tracker.log_metrics(run_id, "train", {"val_accuracy": 0.97, "near_chance": 0.0})
+    assert "Warnings" not in Path(render_report(run_id, tracker, store)).read_text()
