@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, text
 
 from workbench.errors import DataError, TrackingError
 from workbench.publish import PublishError
-from workbench.score import score_batch
+from workbench.score import DataWarning, score_batch
 from workbench.sources import read_source
 
 
@@ -135,3 +135,63 @@ def test_a_publish_table_with_conflicting_columns_is_named(trained, stage_ctx_fa
         score_batch(
             ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False
         )
+
+
+def test_unlabelled_rows_score_without_accuracy(trained, stage_ctx_factory, tmp_path):
+    """Unlabelled data is the normal case: the summary says so instead of showing a number."""
+    path = tmp_path / "unlabelled.csv"
+    read_source("bundled:digits").drop(columns="label").to_csv(path, index=False)
+    ctx = stage_ctx_factory("score", run_id="score-unlabelled")
+    result = score_batch(ctx, str(path), "torch", 600, "unit", progress=False)
+    assert result.accuracy is None and "score_accuracy" not in result.metrics
+    assert result.metrics["rows_scored"] == 1797 and result.metrics["rows_unscored"] == 0 and result.warnings == []
+    assert result.summary.loc["accuracy (where labelled)", "value"] == "n/a (unlabelled)"
+    assert result.summary.loc["rows not scored", "value"] == "0"
+    assert "actual" not in result.preview.columns
+
+
+def nan_csv(tmp_path) -> tuple[str, dict[int, list[str]]]:
+    """The digits with empty cells (and one inf) in a few rows; returns the path and the culprits per row."""
+    frame = read_source("bundled:digits").astype({"p5": float})
+    culprits = {3: ["p5"], 250: ["p0", "p7"], 901: ["p63"], 1500: ["p5"], 1796: ["p10"]}
+    for row, columns in culprits.items():
+        frame.loc[row, columns] = np.nan
+    frame.loc[1500, "p5"] = np.inf
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)  # NaN is written as an empty cell, inf as "inf"
+    assert ",," in path.read_text()
+    return str(path), culprits
+
+
+def test_rows_with_missing_or_infinite_features_are_flagged_not_classed(trained, stage_ctx_factory, tmp_path):
+    source, culprits = nan_csv(tmp_path)
+    ctx = stage_ctx_factory("score", run_id="score-holes")
+    with pytest.warns(DataWarning, match=r"^5 of 1,797 rows not scored \(missing or infinite features\)") as caught:
+        result = score_batch(ctx, source, "onnxruntime", 400, "unit", progress=False)
+    message = str(caught[0].message)
+    assert "row 3 (p5); row 250 (p0, p7); row 901 (p63); row 1500 (p5); row 1796 (p10)" in message
+    assert result.warnings == [message] and "\n" not in message
+    assert result.metrics["rows_unscored"] == 5 and result.metrics["rows_scored"] == 1792
+    assert result.summary.loc["rows not scored", "value"].startswith("5 (missing or infinite features")
+    assert result.class_counts.rows.sum() == 1792 and 0.85 < result.accuracy <= 1
+
+    frame = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet")))
+    assert len(frame) == 1797 and frame.row.tolist() == list(range(1797))
+    unscored = frame[frame.predicted.isna()]
+    assert unscored.row.tolist() == sorted(culprits) and unscored.confidence.isna().all()
+    assert frame.drop(index=unscored.index).confidence.notna().all()
+
+
+def test_unscored_rows_publish_as_nulls(trained, stage_ctx_factory, tmp_path, postgres):
+    """Both publish paths (INSERT on SQLite, COPY on PostgreSQL) take null predictions."""
+    source, culprits = nan_csv(tmp_path)
+    for url in (f"sqlite:///{tmp_path}/warehouse.db", postgres()):
+        ctx = stage_ctx_factory("score", run_id="score-holes-publish")
+        with pytest.warns(DataWarning):
+            score_batch(ctx, source, "mxnet", 1000, "unit", publish_url=url, publish_table="preds", progress=False)
+        with create_engine(url).connect() as conn:
+            nulls = conn.execute(text("select row from preds where predicted is null and confidence is null")).all()
+            total = conn.execute(text("select count(*), count(actual) from preds")).one()
+            metrics = dict(conn.execute(text("select name, value from preds_metrics")).all())
+        assert sorted(r[0] for r in nulls) == sorted(culprits), url
+        assert tuple(total) == (1797, 1797) and metrics["rows_unscored"] == 5

@@ -211,4 +211,5 @@ def test_postgres_is_a_full_tracking_db(postgres):
     run_id = _record(url, 7)
     run = Tracker(url).get_run(run_id)
     assert run["artifacts"][0]["bytes"] == 7 and run["steps"][0]["duration_s"] == 1.0
-    assert Tracker(url).latest_with_artifact("train/model.pth") == run_id
+    assert Tracker(url).latest_with_artifacts("train/model.pth") == run_id
+    assert Tracker(url).latest_with_artifacts("train/model.pth", "export/model.onnx") is None

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench import validate
 from workbench.errors import ModelError
-from workbench.export import to_onnx
+from workbench.export import check_mxnet_ops, to_onnx
 from workbench.score import score_batch
 from workbench.validate import compare, load_mxnet, load_onnxruntime, three_way, validate_model
 
@@ -102,3 +103,97 @@ def test_corrupt_or_truncated_onnx_is_a_model_error(trained, stage_ctx_factory):
         for load in (load_mxnet, load_onnxruntime):
             with pytest.raises(ModelError, match="the ONNX model is corrupt or truncated"):
                 load(broken)
+
+
+def _copy_export(stage_ctx_factory, run_id: str) -> None:
+    """Give ``run_id`` the unit run's export artifacts, so validation runs there on its own."""
+    source, target = stage_ctx_factory("export"), stage_ctx_factory("export", run_id=run_id)
+    for name in ("model.onnx", "reference.npz"):
+        target.save(name, source.load(name, "export"))
+    target.save_json("export.json", source.load_json("export.json", "export"))
+
+
+def test_any_backend_exception_is_a_fail_verdict_with_a_one_line_reason(trained, stage_ctx_factory, monkeypatch):
+    """Not only ModelError: whatever a runtime raises while loading or running is recorded, then fails the step."""
+
+    def broken_load(blob: bytes):
+        raise RuntimeError("importer exploded\n  Stack trace:\n  frame 0")
+
+    monkeypatch.setitem(validate.BACKENDS, "mxnet", broken_load)
+    _copy_export(stage_ctx_factory, "broken")
+    ctx = stage_ctx_factory("validate", run_id="broken")
+    parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    assert parity.verdict == "FAIL" and parity.stats["mxnet"] == {"loaded": 0.0}
+    assert parity.reasons == ["mxnet: cannot load the model (RuntimeError: importer exploded)"]
+    assert parity.stats["onnxruntime"]["within_tolerance"] == 1.0  # the other backend still ran
+    assert set(parity.accuracies) == {"pytorch", "onnxruntime"}
+    assert parity.table.loc["loaded", "mxnet"] == "no" and "importer exploded" in parity._repr_html_()
+    saved = ctx.load_json("parity.json", "validate")
+    assert saved["verdict"] == "FAIL" and saved["reasons"] == parity.reasons
+    assert ctx.store.exists(ctx.key("parity.png")) and ctx.tracker.get_run("broken")["metrics"]["mxnet_loaded"] == 0.0
+    with pytest.raises(ModelError) as failed:
+        parity.check()
+    assert str(failed.value) == "parity FAIL: mxnet: cannot load the model (RuntimeError: importer exploded)"
+
+    def crashes_when_run(blob: bytes):
+        def predict(x: np.ndarray) -> np.ndarray:
+            raise ValueError("bad input shape\nsecond line")
+
+        return predict
+
+    monkeypatch.setitem(validate.BACKENDS, "mxnet", crashes_when_run)
+    parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    assert parity.stats["mxnet"] == {"loaded": 1.0, "ran": 0.0}
+    assert parity.reasons == ["mxnet: fails on the validation split (ValueError: bad input shape)"]
+    assert parity.table.loc["ran", "mxnet"] == "no"
+
+
+def test_a_runtime_batch_reshape_is_a_fail_naming_the_fix(tmp_path, monkeypatch):
+    """x.view(x.shape[0], ...) passes the op check but not MXNet's importer: a FAIL that says what to change."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "viewnet.py").write_text(VIEW_NET)
+    from viewnet import Net
+
+    model = Net().eval()
+    proto = to_onnx(model, 64, 12, "mxnet")
+    check_mxnet_ops(proto, "viewnet:Net")  # every op is one MXNet knows
+    x = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    parity = three_way(
+        proto.SerializeToString(), x, reference, reference.argmax(1), ["onnxruntime", "mxnet"], 1e-4, 1e-3, 0.999
+    )
+    assert parity.verdict == "FAIL" and parity.stats["mxnet"] == {"loaded": 0.0}
+    (reason,) = parity.reasons
+    assert reason.startswith("mxnet: MXNet cannot import the ONNX model (KeyError: ")
+    assert "shape computed at run time" in reason and "x.view(-1, ...)" in reason and "\n" not in reason
+    assert "export with export.target=mxnet" not in reason  # it was exported for MXNet already
+
+
+def test_an_onnxruntime_export_is_judged_on_onnxruntime_alone(trained, stage_ctx_factory):
+    """What the notebook's check reads exists whichever backends the export target implies."""
+    _copy_export(stage_ctx_factory, "ort-only")
+    ctx = stage_ctx_factory("export", run_id="ort-only")
+    ctx.save_json("export.json", {**ctx.load_json("export.json", "export"), "target": "onnxruntime"})
+    parity = validate_model(stage_ctx_factory("validate", run_id="ort-only"), 1e-4, 1e-3, 0.999)
+    assert parity.verdict == "PASS" and set(parity.stats) == {"pytorch", "onnxruntime"}
+    assert set(parity.accuracies) == {"pytorch", "onnxruntime"} and min(parity.accuracies.values()) > 0.5
+
+
+VIEW_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x.view(x.shape[0], 1, 8, 8)))
+        return self.fc(x.flatten(1))
+"""

@@ -115,7 +115,9 @@ def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
     """Rows to publish: backend, row, predicted, confidence, actual (NULL when unlabelled).
 
     ``actual`` keeps the class type even when empty, so whichever step creates the table gives
-    the column its proper type.
+    the column its proper type. ``predicted`` and ``confidence`` are NULL for a row scoring could
+    not score (a missing feature): integers map to pandas' nullable Int64 and a null confidence
+    to NaN, which both INSERT (pandas) and COPY (an empty CSV field) write as NULL.
     """
     import pandas as pd
     import pyarrow as pa

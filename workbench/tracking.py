@@ -525,14 +525,17 @@ class Tracker:
             "artifacts": list(latest.values()),
         }
 
-    def latest_with_artifact(self, suffix: str) -> str | None:
-        """The newest run that recorded an artifact whose key ends with ``suffix``."""
-        query = (
-            select(artifacts.c.run_id)
-            .where(artifacts.c.key.endswith("/" + suffix))
-            .order_by(artifacts.c.created_at.desc(), artifacts.c.id.desc())
-            .limit(1)
-        )
+    def latest_with_artifacts(self, *suffixes: str) -> str | None:
+        """The newest run that recorded artifacts with every one of these key suffixes (newest by
+        the first suffix's record): a model is usable only with the inputs it was trained on."""
+        first, *rest = suffixes
+        newest = func.max(artifacts.c.id)
+        query = select(artifacts.c.run_id).where(artifacts.c.key.endswith("/" + first))
+        for suffix in rest:
+            query = query.where(
+                artifacts.c.run_id.in_(select(artifacts.c.run_id).where(artifacts.c.key.endswith("/" + suffix)))
+            )
+        query = query.group_by(artifacts.c.run_id).order_by(newest.desc()).limit(1)
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 

@@ -2,13 +2,15 @@
 
 It reads only ``model.onnx``, ``export.json`` and ``reference.npz`` from the export step (PyTorch's
 logits were computed there, in eval mode under no_grad), so it never imports torch and runs on a
-machine that has the inference runtimes alone. A backend that cannot load the model is a FAIL
-with its reason, not a crash.
+machine that has the inference runtimes alone. A backend that cannot load or run the model, for
+whatever reason, is a FAIL with that reason on one line, not a crash: the table, plot, metrics and
+``parity.json`` are still written, and the step fails afterwards through :meth:`Parity.check`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import os
 import tempfile
@@ -23,6 +25,7 @@ import pandas as pd
 from workbench.errors import ModelError
 
 if TYPE_CHECKING:
+    import onnx
     from matplotlib.figure import Figure
 
     from workbench.context import StepContext
@@ -62,14 +65,44 @@ def top_class(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, (1.0 / np.exp(logits - top).sum(axis=1)).astype(np.float32)
 
 
-def onnx_file_check(onnx_bytes: bytes) -> None:
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: runtimes put stack traces in their messages, and a
+    reason must stay one line in ``parity.json``, the notebook and the CLI's error line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def onnx_file_check(onnx_bytes: bytes) -> onnx.ModelProto:
+    """The parsed model, or a ModelError naming the fix when the file is not a model at all."""
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        onnx.load_from_string(onnx_bytes)
+        return onnx.load_from_string(onnx_bytes)
     except DecodeError:
         raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from None
+
+
+def mxnet_import_hint(proto: onnx.ModelProto) -> str:
+    """What to change when MXNet's importer rejects a graph, from what the graph holds.
+
+    The importer reads a Reshape's target shape from the initializers, so a shape computed at
+    run time (``x.view(x.shape[0], ...)`` exports Shape, Gather, Concat, Reshape) fails inside it
+    with a bare ``KeyError`` on the node that computes the shape.
+    """
+    target = {p.key: p.value for p in proto.metadata_props}.get("target")
+    if target and target != "mxnet":
+        return f"the model was exported for {target}; export with export.target=mxnet"
+    constants = {i.name for i in proto.graph.initializer}
+    if any(n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in constants for n in proto.graph.node):
+        return (
+            "the model reshapes to a shape computed at run time, e.g. x.view(x.shape[0], ...): "
+            "use x.view(-1, ...), x.flatten(1) or nn.Unflatten, or export.target=onnxruntime to skip MXNet"
+        )
+    return "export with export.target=mxnet, or use export.target=onnxruntime to skip MXNet"
 
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -86,14 +119,14 @@ def load_onnxruntime(onnx_bytes: bytes) -> Predict:
     try:
         session = ort.InferenceSession(onnx_bytes, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise ModelError(f"onnxruntime cannot load the ONNX model ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from None
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
 def load_mxnet(onnx_bytes: bytes) -> Predict:
     """The ONNX model imported into MXNet (GPU context when present), as a function of a batch."""
-    onnx_file_check(onnx_bytes)
+    proto = onnx_file_check(onnx_bytes)
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # else MXNet logs a banner on every bind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -110,7 +143,7 @@ def load_mxnet(onnx_bytes: bytes) -> Predict:
                 sym, arg_params, aux_params = onnx_mxnet.import_model(path)
         except Exception as exc:  # the importer fails in many ways (KeyError, MXNetError, ...) on graphs it lacks
             raise ModelError(
-                f"MXNet cannot import the ONNX model ({type(exc).__name__}: {exc}); export with export.target=mxnet"
+                f"MXNet cannot import the ONNX model ({one_line(exc)}); {mxnet_import_hint(proto)}"
             ) from None
     data_name = next(n for n in sym.list_inputs() if n not in arg_params and n not in aux_params)
     module = mx.mod.Module(symbol=sym, data_names=[data_name], label_names=None, context=ctx)
@@ -139,6 +172,12 @@ class Parity:
     outputs: dict[str, np.ndarray] = field(repr=False)
     stats: dict[str, dict[str, float]]
     reasons: list[str] = field(default_factory=list)
+    out_of_tolerance: bool = field(default=False, repr=False)  # a reason is about tolerances: check() names them
+
+    @property
+    def accuracies(self) -> dict[str, float]:
+        """Accuracy of PyTorch and of every backend that ran; a backend that failed has none."""
+        return {name: stats["accuracy"] for name, stats in self.stats.items() if "accuracy" in stats}
 
     @property
     def passed(self) -> bool:
@@ -153,7 +192,7 @@ class Parity:
         """One column per backend, PyTorch first, formatted for reading (raw numbers in ``stats``)."""
 
         def show(key: str, value: float) -> str:
-            if key in ("loaded", "dynamic_batch"):
+            if key in ("loaded", "ran", "dynamic_batch"):
                 return "yes" if value == 1.0 else "no"
             if key in ("accuracy", "argmax_agreement", "within_tolerance"):
                 return f"{value:.2%}"
@@ -168,12 +207,13 @@ class Parity:
     def check(self) -> None:
         """Fail the step (and so the run) when the verdict is FAIL, after it has been recorded."""
         if not self.passed:
-            raise ModelError("parity FAIL: " + "; ".join(self.reasons) + "; see validate.atol/rtol/min_agreement")
+            hint = "; see validate.atol/rtol/min_agreement" if self.out_of_tolerance else ""
+            raise ModelError("parity FAIL: " + "; ".join(self.reasons) + hint)
 
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
         backends = " and ".join(name for name in self.stats if name != REFERENCE)
-        why = "" if self.passed else "<ul>" + "".join(f"<li>{r}</li>" for r in self.reasons) + "</ul>"
+        why = "" if self.passed else "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons) + "</ul>"
         return f'<div style="font-size:1.4em;font-weight:600;color:{color}">PyTorch vs {backends}: {self.verdict}</div>{why}'
 
 
@@ -192,36 +232,60 @@ def three_way(
     rtol: float,
     min_agreement: float,
 ) -> Parity:
-    """Run every backend on ``x`` and judge it against PyTorch's ``reference`` logits."""
+    """Run every backend on ``x`` and judge it against PyTorch's ``reference`` logits.
+
+    Any exception from a backend (runtimes raise their own types: KeyError, MXNetError, onnxruntime's
+    Fail) becomes that backend's FAIL reason, so one broken backend never hides the others' results.
+    """
     accuracy = float((reference.argmax(1) == labels).mean())
     parity = Parity(reference, labels, {}, {REFERENCE: {"accuracy": accuracy}})
     for name in backends:
         try:
             predict = BACKENDS[name](blob)
-            out = predict(x)
-            batches_ok = all(
-                np.allclose(
+        except Exception as exc:
+            parity.stats[name] = {"loaded": 0.0}
+            # a ModelError already says what to change; anything else is named by its type and first line
+            why = (
+                " ".join(str(exc).split())
+                if isinstance(exc, ModelError)
+                else f"cannot load the model ({one_line(exc)})"
+            )
+            parity.reasons.append(f"{name}: {why}")
+            continue
+        try:
+            out = np.asarray(predict(x))
+            if out.shape != reference.shape:
+                raise ModelError(f"returns logits of shape {out.shape}, PyTorch {reference.shape}")
+        except Exception as exc:
+            parity.stats[name] = {"loaded": 1.0, "ran": 0.0}
+            parity.reasons.append(f"{name}: fails on the validation split ({one_line(exc)})")
+            continue
+        batch_errors = []
+        for n in BATCH_SIZES:
+            try:
+                same = np.allclose(
                     predict(np.resize(x, (n, x.shape[1]))), np.resize(out, (n, out.shape[1])), atol=atol, rtol=rtol
                 )
-                for n in BATCH_SIZES
-            )
-        except ModelError as exc:
-            parity.stats[name] = {"loaded": 0.0}
-            parity.reasons.append(f"{name}: {exc}")
-            continue
-        stats = {"loaded": 1.0, **compare(out, reference, labels, atol, rtol), "dynamic_batch": float(batches_ok)}
+            except Exception as exc:
+                batch_errors.append(f"{name}: fails on a batch of {n} rows ({one_line(exc)})")
+                continue
+            if not same:
+                parity.out_of_tolerance = True
+                batch_errors.append(f"{name}: results change with the batch size ({n} rows)")
+        stats = {"loaded": 1.0, **compare(out, reference, labels, atol, rtol), "dynamic_batch": float(not batch_errors)}
         parity.outputs[name], parity.stats[name] = out, stats
         if stats["within_tolerance"] < 1.0:
+            parity.out_of_tolerance = True
             parity.reasons.append(
                 f"{name}: {1 - stats['within_tolerance']:.2%} of logits outside atol={atol:g} / rtol={rtol:g} "
                 f"(max abs err {stats['max_abs_err']:.3g})"
             )
         if stats["argmax_agreement"] < min_agreement:
+            parity.out_of_tolerance = True
             parity.reasons.append(
                 f"{name}: predicted classes agree on {stats['argmax_agreement']:.2%} of rows, below {min_agreement:.2%}"
             )
-        if not batches_ok:
-            parity.reasons.append(f"{name}: results change with the batch size ({', '.join(map(str, BATCH_SIZES))})")
+        parity.reasons.extend(batch_errors)
     return parity
 
 

@@ -1,0 +1,151 @@
+"""Options a user may pick, end to end through the real CLI: each must finish, or fail with one clear line.
+
+The notebooks' checked cells print facts that hold for every option, so an option that is not the
+default (another export target, unlabelled data, a backend that cannot take the model) must not
+die on a lookup of something that option leaves out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import Place, Run, workbench
+
+from workbench.sources import read_source
+from workbench.tracking import Tracker
+
+TINY = ["train.epochs=2", "train.batch_size=64"]
+
+VIEW_NET = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """Reshapes with the batch size read at run time: fine for PyTorch and onnxruntime, not MXNet."""
+
+    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x.view(x.shape[0], 1, 8, 8)))
+        return self.fc(x.flatten(1))
+'''
+
+
+def run_id_of(stdout: str) -> str:
+    """`workbench run` prints `run <id> finished` first."""
+    return stdout.split()[1]
+
+
+def checked_output(notebook: Path) -> str:
+    """The text printed by the executed notebook's NBVAL_CHECK_OUTPUT cells."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    return "".join(
+        o.get("text", "")
+        for c in cells
+        if "NBVAL_CHECK_OUTPUT" in c.source
+        for o in c.outputs
+        if o.output_type == "stream"
+    )
+
+
+def failed_run(place: Place) -> dict:
+    (listed,) = Tracker(place.db).list_runs()
+    return Tracker(place.db).get_run(listed["id"])
+
+
+def test_an_onnxruntime_export_validates_on_onnxruntime_alone(place):
+    result = workbench("run", *place.sets(*TINY, "export.target=onnxruntime", "export.opset=17"))
+    assert result.code == 0, result.stderr[-2000:]
+    folder = place.store / "runs" / run_id_of(result.stdout)
+    parity = json.loads((folder / "validate/parity.json").read_text())
+    assert parity["verdict"] == "PASS" and set(parity["stats"]) == {"pytorch", "onnxruntime"}
+    metrics = Tracker(place.db).get_run(run_id_of(result.stdout))["metrics"]
+    assert not [name for name in metrics if name.startswith("mxnet_")]  # MXNet was not run
+    assert checked_output(folder / "04_validate_mxnet.ipynb").startswith(
+        "verdict: PASS\nevery loaded backend's accuracy at least 0.95: "
+    )
+
+
+def test_a_model_mxnet_cannot_import_fails_validation_with_its_reason(place, tmp_path, monkeypatch):
+    (tmp_path / "mod.py").write_text(VIEW_NET)
+    # the CLI and its kernels inherit it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    result = workbench("run", *place.sets(*TINY, "train.model=mod:Net"))
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: step validate failed: ModelError: parity FAIL: mxnet: MXNet cannot import the ONNX model (KeyError: "
+    ), result.stderr[-2000:]
+    assert "x.view(-1, ...)" in last and "KeyError: 'accuracy'" not in result.stderr
+    run = failed_run(place)
+    assert run["status"] == "failed" and [(s["name"], s["status"]) for s in run["steps"]][-1] == ("validate", "failed")
+    folder = place.store / "runs" / run["id"]
+    parity = json.loads((folder / "validate/parity.json").read_text())
+    assert parity["verdict"] == "FAIL" and parity["stats"]["mxnet"] == {"loaded": 0.0}
+    assert last.endswith(parity["reasons"][0]) and parity["reasons"][0].startswith("mxnet: MXNet cannot import")
+    assert (folder / "validate/parity.png").is_file() and run["metrics"]["parity_pass"] == 0.0
+    assert checked_output(folder / "04_validate_mxnet.ipynb").startswith("verdict: FAIL\n")
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("unlabelled") / "unlabelled.parquet"
+    read_source("bundled:digits").drop(columns="label").to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "mxnet", "torch"])
+def test_unlabelled_rows_score_on_every_backend(small_run: Run, unlabelled: Path, backend: str):
+    result = workbench(
+        "run",
+        "--steps",
+        "score",
+        *small_run.place.sets(
+            f"score.model_run={small_run.run_id}", f"score.source={unlabelled}", f"score.backend={backend}"
+        ),
+    )
+    assert result.code == 0, result.stderr[-2000:]
+    run_id = run_id_of(result.stdout)
+    metrics = Tracker(small_run.place.db).get_run(run_id)["metrics"]
+    assert metrics["rows_scored"] == 1797 and metrics["rows_unscored"] == 0 and "score_accuracy" not in metrics
+    folder = small_run.place.store / "runs" / run_id
+    assert checked_output(folder / "05_batch_score.ipynb") == (
+        "rows scored: 1797\nrows not scored: 0\naccuracy at least 0.95 where labelled: True\n"
+    )
+    assert "actual" not in pq.read_schema(folder / "score/predictions.parquet").names
+
+
+def test_rows_with_empty_cells_are_scored_as_null_and_counted(small_run: Run, tmp_path: Path):
+    frame = read_source("bundled:digits")
+    holes = {7: "p3", 64: "p20", 1000: "p41"}
+    for row, column in holes.items():
+        frame[column] = frame[column].astype("Int64")
+        frame.loc[row, column] = pd.NA
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)  # a missing value is an empty cell
+    result = workbench(
+        "run", "--steps", "score", *small_run.place.sets(f"score.model_run={small_run.run_id}", f"score.source={path}")
+    )
+    assert result.code == 0, result.stderr[-2000:]
+    run_id = run_id_of(result.stdout)
+    metrics = Tracker(small_run.place.db).get_run(run_id)["metrics"]
+    assert metrics["rows_unscored"] == 3 and metrics["rows_scored"] == 1794
+    folder = small_run.place.store / "runs" / run_id
+    predictions = pd.read_parquet(folder / "score/predictions.parquet")
+    unscored = predictions[predictions.predicted.isna()]
+    assert unscored.row.tolist() == sorted(holes) and unscored.confidence.isna().all()
+    assert predictions.confidence.notna().sum() == 1794 and np.isfinite(predictions.confidence.dropna()).all()
+    shown = nbformat.read(folder / "05_batch_score.ipynb", as_version=4).cells
+    stderr = "".join(o.get("text", "") for c in shown for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "3 of 1,797 rows not scored" in stderr and "row 7 (p3); row 64 (p20); row 1000 (p41)" in stderr
