@@ -25,8 +25,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from workbench.locals3 import moto_endpoint, s3_environment
-from workbench.sources import read_source
+from workbench.storage.sources import read_source
+
+# the local S3 and PostgreSQL servers are the tests' helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.locals3 import moto_endpoint, s3_environment
 
 BLOCK = 100_000
 
@@ -46,8 +49,8 @@ def make_sources(folder: Path, rows: int) -> list[Path]:
 
 def child(uri: str, folder: str) -> None:
     """Prepare ``uri`` in this fresh process; print seconds and peak RSS (MiB)."""
-    from workbench.context import step_context
-    from workbench.data import prepare_data
+    from workbench.run.context import step_context
+    from workbench.stages.prepare_data import prepare_data
 
     ctx = step_context("prepare", "bench", f"{folder}/store", f"sqlite:///{folder}/bench.db")
     started = time.perf_counter()

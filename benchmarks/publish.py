@@ -11,14 +11,19 @@ Target: workbench at least 10x faster than ``DataFrame.to_sql(method="multi")``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import create_engine, text
 
-from workbench.localpg import throwaway_postgres
-from workbench.publish import Publisher
+from workbench.storage.publish import Publisher
+
+# the local S3 and PostgreSQL servers are the tests' helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.localpg import throwaway_postgres
 
 
 def predictions(rows: int) -> pd.DataFrame:

@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench.context import step_context
-from workbench.data import prepare_data
-from workbench.export import export_onnx
-from workbench.score import model_inputs, score_batch
-from workbench.sources import read_source
-from workbench.train import train_model
+from workbench.run.context import step_context
+from workbench.stages.batch_score import model_inputs, score_batch
+from workbench.stages.export_onnx import export_onnx
+from workbench.stages.prepare_data import prepare_data
+from workbench.stages.train import train_model
+from workbench.storage.sources import read_source
 
 
 def make_source(path: Path, rows: int) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.models import DigitCNN
-from workbench.sources import read_source
-from workbench.train import FitSettings, Trainer
+from workbench.ml.architectures import DigitCNN
+from workbench.ml.training.loop import FitSettings, Trainer
+from workbench.storage.sources import read_source
 
 
 def data(

@@ -70,7 +70,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.fixture(scope="session")
 def stage_ctx_factory(tmp_path_factory: pytest.TempPathFactory):
     """Contexts for calling stage functions in-process against one scratch run."""
-    from workbench.context import step_context
+    from workbench.run.context import step_context
 
     tmp = tmp_path_factory.mktemp("stages")
 
@@ -83,9 +83,9 @@ def stage_ctx_factory(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def trained(stage_ctx_factory):
     """prepare + train (3 epochs) + export once for the unit tests of later stages."""
-    from workbench.data import prepare_data
-    from workbench.export import export_onnx
-    from workbench.train import train_model
+    from workbench.stages.export_onnx import export_onnx
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.stages.train import train_model
 
     prepare_data(stage_ctx_factory("prepare"), "bundled:digits", "label", 0.15, 0.15, 0)
     train = train_model(stage_ctx_factory("train"), "cnn", 3, 64, 0.002, "cpu", True, 0)
@@ -115,7 +115,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     """A real S3 endpoint over HTTP (moto's server on 127.0.0.1), for this process and its children."""
     import os
 
-    from workbench.locals3 import moto_endpoint, s3_environment
+    from support.locals3 import moto_endpoint, s3_environment
 
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_path, "wb") as log, moto_endpoint(log) as endpoint:
@@ -133,11 +133,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1; yields a factory of fresh database URLs."""
-    from workbench.errors import WorkbenchError
-    from workbench.localpg import throwaway_postgres
+    from support.localpg import ServiceUnavailable, throwaway_postgres
 
     try:
         with throwaway_postgres() as new_database:
             yield new_database
-    except WorkbenchError as exc:
+    except ServiceUnavailable as exc:
         pytest.fail(f"{exc} (make test and .ci/run install it)")

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, workbench
 
 from workbench.cli import build_parser, main
-from workbench.params import SCHEMA
+from workbench.config.parameters import SCHEMA
 
 
 def test_help_lists_every_parameter_key(capsys):
@@ -40,7 +40,8 @@ def test_outside_a_project_says_where_to_run(tmp_path):
 def test_db_upgrade_is_the_one_explicit_step(tmp_path):
     from sqlalchemy import create_engine
 
-    from workbench.tracking import metadata, schema_head
+    from workbench.tracking.tables import metadata
+    from workbench.tracking.tracker import schema_head
 
     url = f"sqlite:///{tmp_path}/old.db"
     metadata.create_all(create_engine(url))  # tables without a schema version

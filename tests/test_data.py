@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from conftest import workbench
 
-from workbench.data import image_side, load_split, plot_digits, plot_sample, prepare_data, stratified_split
 from workbench.errors import DataError
-from workbench.sources import read_source
+from workbench.ml.dataset import load_split
+from workbench.ml.splits import stratified_split
+from workbench.stages.prepare_data import image_side, plot_digits, plot_sample, prepare_data
+from workbench.storage.sources import read_source
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from workbench.errors import ModelError
-from workbench.export import INPUT, MXNET_OPS, OUTPUT, check_mxnet_ops, to_onnx
+from workbench.ml.onnx_export import INPUT, MXNET_OPS, OUTPUT, check_mxnet_ops, to_onnx
 
 
 def test_export_for_mxnet(trained, stage_ctx_factory):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, workbench
 
-from workbench.params import load
-from workbench.tracking import Tracker
+from workbench.config.parameters import load
+from workbench.tracking.tracker import Tracker
 
 
 def _wait_for(predicate, seconds: float, what: str) -> None:
@@ -205,7 +205,7 @@ def test_make_lab_starts_jupyterlab(tmp_path):
 
 def test_plain_papermill_runs_are_tracked_like_workbench_runs(tmp_path):
     """A scheduler running a notebook with plain papermill leaves a run with status and duration."""
-    from workbench.kernel import ensure_kernel
+    from workbench.run.kernel import ensure_kernel
 
     ensure_kernel()
     db = f"sqlite:///{tmp_path}/t.db"
@@ -254,8 +254,8 @@ def test_a_corrupt_tracking_database_is_one_line(tmp_path):
 
 
 def test_the_report_warns_of_a_model_at_chance(tmp_path):
-    from workbench.report import render_report
-    from workbench.store import open_store
+    from workbench.run.report import render_report
+    from workbench.storage import open_store
 
     tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
     store = open_store(str(tmp_path / "store"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from workbench.tracking import Tracker
+from workbench.tracking.tracker import Tracker
 
 FEW = ["train.epochs=2", "train.batch_size=64"]
 USER_MODULE = '''

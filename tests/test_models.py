@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench.errors import ModelError
-from workbench.models import build_model, load_model, model_config
+from workbench.ml.models import build_model, load_model, model_config
 
 
 @pytest.mark.parametrize("spec", ["cnn", "mlp"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from workbench.kernel import ensure_kernel
-from workbench.pipeline import STEPS
+from workbench.run.kernel import ensure_kernel
+from workbench.run.pipeline import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [ROOT / "notebooks" / s.notebook for s in STEPS]

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Place, Run, workbench
 
-from workbench.sources import read_source
-from workbench.tracking import Tracker
+from workbench.storage.sources import read_source
+from workbench.tracking.tracker import Tracker
 
 TINY = ["train.epochs=2", "train.batch_size=64"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from workbench.config.parameters import SCHEMA, load, of_run, project_root, steps_problem
 from workbench.errors import ParameterError
-from workbench.params import SCHEMA, load, of_run, project_root, steps_problem
-from workbench.pipeline import STEPS
+from workbench.run.pipeline import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

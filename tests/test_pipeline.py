@@ -13,8 +13,8 @@ import time
 import nbformat
 from conftest import ROOT, SMALL, workbench
 
-from workbench.pipeline import select_steps
-from workbench.tracking import Tracker
+from workbench.run.pipeline import select_steps
+from workbench.tracking.tracker import Tracker
 
 STEPS = select_steps(None)  # what `workbench run` runs by default
 

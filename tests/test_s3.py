@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT, SMALL
 
 from workbench.errors import StoreError
-from workbench.s3 import S3Store
-from workbench.store import open_store
-from workbench.tracking import Tracker
+from workbench.storage import open_store
+from workbench.storage.s3 import S3Store
+from workbench.tracking.tracker import Tracker
 
 
 @pytest.fixture
@@ -91,10 +91,10 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
     import urllib.request
 
     import boto3
+    from support.locals3 import moto_endpoint, s3_environment
 
     from workbench.errors import DataError
-    from workbench.locals3 import moto_endpoint, s3_environment
-    from workbench.sources import read_source
+    from workbench.storage.sources import read_source
 
     with moto_endpoint() as endpoint:
         env = s3_environment(endpoint)
@@ -167,7 +167,7 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
     scoring run that publishes to PostgreSQL: everything lands where production would look."""
     from sqlalchemy import create_engine, text
 
-    from workbench.sources import read_source
+    from workbench.storage.sources import read_source
 
     read_source("bundled:digits").to_csv(tmp_path / "digits.csv.gz", index=False)
     s3_server.client().upload_file(str(tmp_path / "digits.csv.gz"), bucket, "input/digits.csv.gz")
@@ -234,9 +234,9 @@ def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_se
 
 
 def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
-    from workbench.data import prepare_data
     from workbench.errors import DataError
-    from workbench.sources import iter_source, read_source
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.storage.sources import iter_source, read_source
 
     digits = read_source("bundled:digits")
     client = s3_server.client()

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.data import load_split
 from workbench.errors import DataError, ModelError
-from workbench.export import export_onnx
-from workbench.sagemaker import model_archive
-from workbench.score import score_batch
-from workbench.sources import read_source
+from workbench.ml.dataset import load_split
+from workbench.ml.sagemaker import model_archive
+from workbench.stages.batch_score import score_batch
+from workbench.stages.export_onnx import export_onnx
+from workbench.storage.sources import read_source
 
 SERVE = r"""
 import io, json, sys
@@ -78,7 +78,7 @@ def test_archive_needs_a_builtin_architecture():
 def test_training_follows_sagemaker_channels_and_folders(trained, stage_ctx_factory, tmp_path, monkeypatch):
     """With SM_* set (as in a SageMaker training job) the splits come from the channels and the
     model and reports land where SageMaker collects them."""
-    from workbench.train import train_model
+    from workbench.stages.train import train_model
 
     source = stage_ctx_factory("prepare")
     channels = {"SM_CHANNEL_TRAIN": tmp_path / "train", "SM_CHANNEL_VALIDATION": tmp_path / "validation"}

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from workbench.errors import DataError, TrackingError
-from workbench.publish import PublishError
-from workbench.score import DataWarning, score_batch
-from workbench.sources import read_source
+from workbench.stages.batch_score import DataWarning, score_batch
+from workbench.storage.publish import PublishError
+from workbench.storage.sources import read_source
 
 
 @pytest.fixture(scope="module")

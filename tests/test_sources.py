@@ -12,10 +12,12 @@ import pytest
 from conftest import workbench
 from sqlalchemy import create_engine
 
-from workbench.data import load_split, prepare_data, stratified_split
+from workbench.config.parameters import load
 from workbench.errors import DataError
-from workbench.params import load
-from workbench.sources import count_rows, iter_source, read_source
+from workbench.ml.dataset import load_split
+from workbench.ml.splits import stratified_split
+from workbench.stages.prepare_data import prepare_data
+from workbench.storage.sources import count_rows, iter_source, read_source
 
 QUERY = "SELECT * FROM digits WHERE label < 5"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import StoreError
-from workbench.store import LocalStore, open_store
+from workbench.storage import open_store
+from workbench.storage.local import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

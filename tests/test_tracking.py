@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.errors import TrackingError
-from workbench.store import ArtifactInfo
-from workbench.tracking import Tracker, display_url
+from workbench.storage.base import ArtifactInfo
+from workbench.tracking.tracker import Tracker, display_url
 
 
 @pytest.fixture
@@ -73,7 +73,8 @@ def test_one_process_at_a_time_holds_a_run(tracker, monkeypatch):
 
     from sqlalchemy import update
 
-    from workbench import tracking
+    from workbench.tracking import tables
+    from workbench.tracking import tracker as tracking
 
     run_id = tracker.create_run("/s", {}, {}, holder=tracking.new_holder())  # this process, alive
     with pytest.raises(TrackingError, match=rf"run {run_id} is being executed by .*; wait for it to end"):
@@ -82,18 +83,18 @@ def test_one_process_at_a_time_holds_a_run(tracker, monkeypatch):
     dead = subprocess.Popen(["true"])
     dead.wait()
     with tracker.engine.begin() as conn:  # a holder on this host whose process is gone (kill -9)
-        conn.execute(update(tracking.runs).values(holder=f"{tracking.socket.gethostname()}:{dead.pid}:ab"))
+        conn.execute(update(tables.runs).values(holder=f"{tracking.socket.gethostname()}:{dead.pid}:ab"))
     mine = tracking.new_holder()
     tracker.claim_run(run_id, mine)
 
     elsewhere = "other-host:123:cd"
     with tracker.engine.begin() as conn:  # another machine that keeps its heartbeat fresh
-        conn.execute(update(tracking.runs).values(holder=elsewhere, heartbeat_at=tracking.now()))
+        conn.execute(update(tables.runs).values(holder=elsewhere, heartbeat_at=tracking.now()))
     with pytest.raises(TrackingError, match="is being executed by other-host:123"):
         tracker.claim_run(run_id, mine)
     with tracker.engine.begin() as conn:  # ... until it falls silent
         silent = tracking.now() - tracking.STALE_AFTER - timedelta(seconds=1)
-        conn.execute(update(tracking.runs).values(heartbeat_at=silent))
+        conn.execute(update(tables.runs).values(heartbeat_at=silent))
     tracker.claim_run(run_id, mine)
     tracker.release_run(run_id, mine)
     tracker.claim_run(run_id, tracking.new_holder())
@@ -176,7 +177,7 @@ def _first_schema(url: str, versioned: bool) -> None:
     from alembic import command
     from sqlalchemy import create_engine
 
-    from workbench.tracking import _alembic_config
+    from workbench.tracking.tracker import _alembic_config
 
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -191,7 +192,7 @@ def _first_schema(url: str, versioned: bool) -> None:
 
 @pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "0001"])
 def test_an_older_schema_is_not_upgraded_behind_the_users_back(fresh_url, versioned):
-    from workbench.tracking import schema_head
+    from workbench.tracking.tracker import schema_head
 
     _first_schema(fresh_url, versioned)
     was = "0001" if versioned else "unversioned"

@@ -9,23 +9,12 @@ import pytest
 import torch
 
 from workbench.errors import ModelError, StoreError
-from workbench.models import load_model
-from workbench.train import (
-    CHECKPOINT,
-    SET_ASIDE,
-    WORKER_ERROR,
-    FitSettings,
-    Trainer,
-    TrainResult,
-    _raise_worker_error,
-    amp_dtype,
-    chance_accuracy,
-    choose_device,
-    environment,
-    is_near_chance,
-    train_model,
-    training_warnings,
-)
+from workbench.ml.models import load_model
+from workbench.ml.training.checkpoint import CHECKPOINT, SET_ASIDE
+from workbench.ml.training.device import amp_dtype, choose_device, environment
+from workbench.ml.training.job import WORKER_ERROR, TrainResult, raise_worker_error
+from workbench.ml.training.loop import FitSettings, Trainer, chance_accuracy, is_near_chance, training_warnings
+from workbench.stages.train import train_model
 
 PREPARED = ("train.parquet", "val.parquet", "schema.json", "normalization.json")
 
@@ -295,10 +284,10 @@ def test_a_worker_user_error_is_raised_again_by_the_launcher():
         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
     )
     with pytest.raises(ModelError, match=r"^training diverged at epoch 1: train loss is nan; try a lower train\.lr$"):
-        _raise_worker_error(stderr)
+        raise_worker_error(stderr)
     with pytest.raises(StoreError, match=r"^artifact x not found$"):
-        _raise_worker_error(f"{WORKER_ERROR}StoreError: artifact x not found\n")
-    _raise_worker_error("RuntimeError: NCCL error\n")  # not a user error: the launcher reports it as before
+        raise_worker_error(f"{WORKER_ERROR}StoreError: artifact x not found\n")
+    raise_worker_error("RuntimeError: NCCL error\n")  # not a user error: the launcher reports it as before
 
 
 def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import validate
 from workbench.errors import ModelError
-from workbench.export import check_mxnet_ops, to_onnx
-from workbench.score import score_batch
-from workbench.validate import compare, load_mxnet, load_onnxruntime, three_way, validate_model
+from workbench.ml import runtimes
+from workbench.ml.onnx_export import check_mxnet_ops, to_onnx
+from workbench.ml.parity import compare, three_way
+from workbench.ml.runtimes import load_mxnet, load_onnxruntime
+from workbench.stages.batch_score import score_batch
+from workbench.stages.validate_mxnet import validate_model
 
 
 def test_compare_statistics_and_elementwise_rule():
@@ -119,7 +121,7 @@ def test_any_backend_exception_is_a_fail_verdict_with_a_one_line_reason(trained,
     def broken_load(blob: bytes):
         raise RuntimeError("importer exploded\n  Stack trace:\n  frame 0")
 
-    monkeypatch.setitem(validate.BACKENDS, "mxnet", broken_load)
+    monkeypatch.setitem(runtimes.BACKENDS, "mxnet", broken_load)
     _copy_export(stage_ctx_factory, "broken")
     ctx = stage_ctx_factory("validate", run_id="broken")
     parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
@@ -141,7 +143,7 @@ def test_any_backend_exception_is_a_fail_verdict_with_a_one_line_reason(trained,
 
         return predict
 
-    monkeypatch.setitem(validate.BACKENDS, "mxnet", crashes_when_run)
+    monkeypatch.setitem(runtimes.BACKENDS, "mxnet", crashes_when_run)
     parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
     assert parity.stats["mxnet"] == {"loaded": 1.0, "ran": 0.0}
     assert parity.reasons == ["mxnet: fails on the validation split (ValueError: bad input shape)"]

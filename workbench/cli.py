@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
 from workbench.errors import ParameterError, WorkbenchError
-from workbench.params import SCHEMA, Parameters, load, steps_problem
 
 
 def _keys_help() -> str:
@@ -26,7 +26,7 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from workbench.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
+    from workbench.run.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
 
     if args.resume and args.steps:
         raise ParameterError("--resume continues the steps the run planned; drop --steps")
@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from workbench.tracking import Tracker
+    from workbench.tracking.tracker import Tracker
 
     tracker = Tracker(_parameters(args)["db"])
     if args.action == "show":
@@ -77,9 +77,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from workbench.errors import StoreError
-    from workbench.report import render_report
-    from workbench.store import open_store
-    from workbench.tracking import Tracker
+    from workbench.run.report import render_report
+    from workbench.storage import open_store
+    from workbench.tracking.tracker import Tracker
 
     params = _parameters(args)
     tracker = Tracker(params["db"])
@@ -101,7 +101,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from workbench.tracking import Tracker, display_url
+    from workbench.tracking.tracker import Tracker, display_url
 
     params = _parameters(args)
     print(f"db {display_url(params['db'])} at schema {Tracker(params['db'], check=False).upgrade()}")
@@ -109,7 +109,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernel(args: argparse.Namespace) -> int:
-    from workbench.kernel import KERNEL_NAME, ensure_kernel
+    from workbench.run.kernel import KERNEL_NAME, ensure_kernel
 
     print(f"kernel {KERNEL_NAME} registered in {ensure_kernel()}")
     return 0

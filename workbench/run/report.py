@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import PurePosixPath
 
 from workbench.errors import ReportError
-from workbench.store import Store
-from workbench.tracking import Tracker, display_url
+from workbench.storage.base import Store
+from workbench.tracking.tracker import Tracker, display_url
 
 PLOTS = (
     ("Training curves", "train/curves.png"),

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.config.parameters import mask, project_root, source_problem
 from workbench.errors import DataError, StoreError
-from workbench.params import mask, project_root, source_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +64,7 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
         name = source.split(":", 1)[1]
         if name not in BUNDLED:
             raise DataError(f"{key} {source!r}: no bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
-        return Path(__file__).parent / "data" / BUNDLED[name], "csv"
+        return Path(__file__).parents[1] / "data" / BUNDLED[name], "csv"
     fmt = _format(source)
     if "://" in source:
         scheme = source.split("://", 1)[0]
@@ -89,7 +89,7 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
 @functools.lru_cache(maxsize=8)
 def _download(uri: str, key: str = "data.source") -> Path:
     """An S3 object streamed to a local temporary file (disk, not memory, holds it), once per process."""
-    from workbench.s3 import S3Store
+    from workbench.storage.s3 import S3Store
 
     bucket, _, name = uri.removeprefix("s3://").partition("/")
     try:

@@ -18,7 +18,7 @@ from sqlalchemy import MetaData, Table, and_, create_engine, delete, inspect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from workbench.errors import WorkbenchError
-from workbench.tracking import display_url
+from workbench.tracking.tracker import display_url
 
 if TYPE_CHECKING:
     import pandas as pd

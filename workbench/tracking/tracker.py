@@ -1,4 +1,4 @@
-"""The tracking database: runs, their steps, parameters, metrics and artifacts.
+"""Reading and writing the tracking database.
 
 One SQLAlchemy schema serves SQLite (the embedded default) and server databases. Steps write
 their own metrics and artifacts while the pipeline writes run and step status, so a step run
@@ -20,16 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     delete,
     event,
@@ -42,68 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 
+from workbench.config.parameters import project_root
 from workbench.errors import TrackingError
-from workbench.params import project_root
-from workbench.store import ArtifactInfo
-
-metadata = MetaData()
-
-runs = Table(
-    "runs",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("store", Text, nullable=False),
-    Column("error", Text),
-    Column("launcher", String(16)),  # "workbench" (workbench run) or "notebook" (JupyterLab, papermill)
-    Column("holder", String(128)),  # host:pid:token of the process executing its steps, if any
-    Column("heartbeat_at", DateTime(timezone=True)),
-)
-steps = Table(
-    "steps",
-    metadata,
-    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
-    Column("name", String(32), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("duration_s", Float),
-    Column("notebook", Text),
-    Column("error", Text),
-)
-params = Table(
-    "params",
-    metadata,
-    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
-    Column("key", String(128), primary_key=True),
-    Column("value", Text, nullable=False),
-    Column("origin", Text, nullable=False),
-)
-metrics = Table(
-    "metrics",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
-    Column("step", String(32), nullable=False),
-    Column("key", String(128), nullable=False),
-    Column("value", Float, nullable=False),
-    Column("epoch", Integer),
-)
-artifacts = Table(
-    "artifacts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
-    Column("step", String(32), nullable=False),
-    Column("key", Text, nullable=False),
-    Column("uri", Text, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("bytes", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
+from workbench.storage.base import ArtifactInfo
+from workbench.tracking.tables import artifacts, metrics, params, runs, steps
 
 
 def now() -> datetime:
@@ -138,6 +70,8 @@ def _resolve(url: str) -> str:
 # A process executing a run's steps refreshes its heartbeat this often; a holder silent for
 # STALE_AFTER is taken for dead (a killed process, a lost spot instance) and the run may be resumed.
 HEARTBEAT = timedelta(seconds=5)
+
+
 STALE_AFTER = timedelta(seconds=30)
 
 
@@ -164,7 +98,7 @@ def _alembic_config(connection: Any) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", "workbench:migrations")
+    config.set_main_option("script_location", "workbench.tracking:migrations")
     config.attributes["connection"] = connection
     return config
 

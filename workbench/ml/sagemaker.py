@@ -21,7 +21,7 @@ from workbench.errors import ModelError
 
 def model_archive(state_bytes: bytes, config: dict[str, Any], normalization: dict[str, Any], classes: list) -> bytes:
     """The bytes of ``model.tar.gz`` for a built-in architecture."""
-    from workbench.architectures import BUILTIN
+    from workbench.ml.architectures import BUILTIN
 
     if config["model"] not in BUILTIN:
         raise ModelError(
@@ -32,7 +32,7 @@ def model_archive(state_bytes: bytes, config: dict[str, Any], normalization: dic
     files = {
         "model.pth": state_bytes,
         "code/inference.py": (resources.files("workbench") / "templates" / "sagemaker_inference.py").read_bytes(),
-        "code/architectures.py": (resources.files("workbench") / "architectures.py").read_bytes(),
+        "code/architectures.py": (resources.files("workbench") / "ml" / "architectures.py").read_bytes(),
         "code/model.json": json.dumps(meta, indent=2).encode(),
         "code/requirements.txt": f"numpy\ntorch=={torch.__version__.split('+')[0]}\n".encode(),
     }

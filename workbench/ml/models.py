@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.architectures import BUILTIN, MLP, DigitCNN
 from workbench.errors import ModelError
+from workbench.ml.architectures import BUILTIN, MLP, DigitCNN
 
 __all__ = ["BUILTIN", "MLP", "DigitCNN", "build_model", "load_model", "model_config"]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.store import ArtifactInfo, Store, open_store
-from workbench.tracking import Tracker
+from workbench.storage import open_store
+from workbench.storage.base import ArtifactInfo, Store
+from workbench.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     import pandas as pd

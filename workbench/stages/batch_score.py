@@ -1,12 +1,9 @@
-"""Batch scoring: a dataset through a trained model, in streaming batches with bounded memory.
+"""Batch scoring (notebook 05): a dataset through a trained model, in streaming batches with
+bounded memory.
 
 Scoring is its own workflow (``workbench run --steps score``): it reads the model of an earlier
 run and never trains. Rows stream from the source, through the chosen backend, into a Parquet
 file written batch by batch, so memory depends on the batch size, not on the dataset.
-
-Unlabelled data is the normal case: accuracy is reported only where a label is present. A row the
-model cannot score (a missing or infinite feature) gets a null prediction and confidence, never a
-silent class: the rows are counted (``rows_unscored``) and named in a :class:`DataWarning`.
 """
 
 from __future__ import annotations
@@ -24,17 +21,20 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError, TrackingError
+from workbench.ml.runtimes import Predict, load_mxnet, load_onnxruntime, top_class
 from workbench.progress import progress as progress_bar
-from workbench.sources import Source, count_rows, describe, iter_source
-from workbench.validate import Predict, load_mxnet, load_onnxruntime, top_class
+from workbench.storage.sources import Source, count_rows, describe, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from matplotlib.figure import Figure
 
-    from workbench.context import StepContext
+    from workbench.run.context import StepContext
+
 
 SOURCE_KEY = "score.source"
+
+
 SHOWN_ROWS = 5  # unscored rows named in the warning; the rest are counted
 
 
@@ -45,7 +45,7 @@ class DataWarning(UserWarning):
 def load_torch(ctx: StepContext, model_run: str) -> Predict:
     import torch
 
-    from workbench.models import load_model
+    from workbench.ml.models import load_model
 
     config = ctx.load_json("model_config.json", "train", model_run)
     state = torch.load(io.BytesIO(ctx.load("model.pth", "train", model_run)), map_location="cpu", weights_only=True)
@@ -245,7 +245,7 @@ def score_batch(
     predict = predictor(ctx, backend, model_run)
     publisher = None
     if publish_url:
-        from workbench.publish import Publisher, prediction_rows, publish_metrics
+        from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
 
         publisher = Publisher(publish_url, publish_table, ctx.run_id, ctx.step)
     counts = np.zeros(len(inputs.classes), dtype=np.int64)

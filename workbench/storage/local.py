@@ -1,45 +1,17 @@
-"""Artifact stores: one small interface, the backend chosen by the URI's scheme.
-
-Every write is atomic (temporary name, then rename) and returns the object's sha256 and size, so
-the tracking DB can prove later what a run produced. A reader never sees half an artifact.
-"""
+"""A folder on this machine: the embedded default store."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlparse
 
+from workbench.config.parameters import project_root
 from workbench.errors import StoreError
-from workbench.params import project_root
-
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    key: str
-    uri: str
-    sha256: str
-    bytes: int
-
-
-class Store(Protocol):
-    """What a pipeline step needs from wherever artifacts live. Keys use ``/`` separators."""
-
-    root: str
-
-    def uri(self, key: str) -> str: ...
-    def write_bytes(self, key: str, data: bytes) -> ArtifactInfo: ...
-    def put_file(self, key: str, path: Path) -> ArtifactInfo: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> list[str]: ...
+from workbench.storage.base import ArtifactInfo, hash_file
 
 
 def _current_umask() -> int:
@@ -70,14 +42,6 @@ def _write_failed(exc: OSError, ours: tuple[str, ...]) -> bool:
     source first and the destination second); a missing source file is the caller's bug.
     """
     return exc.filename is None or str(exc.filename) in ours or str(exc.filename2) in ours
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LocalStore:
@@ -116,7 +80,7 @@ class LocalStore:
         try:
             fill(Path(tmp))
             os.chmod(tmp, _FILE_MODE)
-            info = ArtifactInfo(key, str(target), _hash_file(Path(tmp)), os.path.getsize(tmp))
+            info = ArtifactInfo(key, str(target), hash_file(Path(tmp)), os.path.getsize(tmp))
             os.replace(tmp, target)
         except OSError as exc:
             if not _write_failed(exc, (tmp, str(target))):
@@ -150,27 +114,3 @@ class LocalStore:
         return sorted(
             p.relative_to(self.path).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part")
         )
-
-
-def _s3(uri: str) -> Store:
-    from workbench.s3 import S3Store  # boto3 is imported only by runs that use S3
-
-    return S3Store(uri)
-
-
-_BACKENDS: dict[str, Callable[[str], Store]] = {
-    "": LocalStore,
-    "file": lambda uri: LocalStore(urlparse(uri).path),
-    "s3": _s3,
-}
-
-
-def open_store(uri: str) -> Store:
-    """The store for ``uri``: a folder path, a ``file://`` URI or ``s3://bucket/prefix``."""
-    scheme = urlparse(uri).scheme if "://" in uri else ""
-    try:
-        backend = _BACKENDS[scheme]
-    except KeyError:
-        known = ", ".join(f"{s}://" for s in _BACKENDS if s) + " or a folder path"
-        raise StoreError(f"store {uri!r}: unsupported scheme {scheme!r}; use {known}") from None
-    return backend(uri)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.config.parameters import Parameters, project_root
 from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
-from workbench.kernel import KERNEL_NAME, ensure_kernel
-from workbench.params import Parameters, project_root
-from workbench.store import Store, open_store
-from workbench.tracking import HEARTBEAT, Tracker, new_holder
+from workbench.run.kernel import KERNEL_NAME, ensure_kernel
+from workbench.storage import open_store
+from workbench.storage.base import Store
+from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,27 @@ class StepSpec:
 
 
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("prepare", "01_prepare_data.ipynb", "data", ("seed",), ("workbench.data", "matplotlib.pyplot")),
-    StepSpec("train", "02_train.ipynb", "train", ("seed",), ("workbench.train", "matplotlib.pyplot")),
-    StepSpec("export", "03_export_onnx.ipynb", "export", (), ("workbench.export", "onnxruntime")),
+    StepSpec(
+        "prepare", "01_prepare_data.ipynb", "data", ("seed",), ("workbench.stages.prepare_data", "matplotlib.pyplot")
+    ),
+    StepSpec("train", "02_train.ipynb", "train", ("seed",), ("workbench.stages.train", "matplotlib.pyplot")),
+    StepSpec("export", "03_export_onnx.ipynb", "export", (), ("workbench.stages.export_onnx", "onnxruntime")),
     StepSpec(
         "validate",
         "04_validate_mxnet.ipynb",
         "validate",
         (),
-        ("workbench.validate", "mxnet", "matplotlib.pyplot"),
+        ("workbench.stages.validate_mxnet", "mxnet", "matplotlib.pyplot"),
         ("publish",),
     ),
-    StepSpec("score", "05_batch_score.ipynb", "score", (), ("workbench.score", "matplotlib.pyplot"), ("publish",)),
+    StepSpec(
+        "score",
+        "05_batch_score.ipynb",
+        "score",
+        (),
+        ("workbench.stages.batch_score", "matplotlib.pyplot"),
+        ("publish",),
+    ),
 )
 TRAINING = ("prepare", "train", "export", "validate")  # what `workbench run` does unless told --steps
 
@@ -83,7 +93,7 @@ class RunResult:
 
 def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameters, list[StepSpec], list[StepSpec]]:
     """The parameters, planned steps and remaining steps of a run to resume."""
-    from workbench.params import of_run
+    from workbench.config.parameters import of_run
 
     run = tracker.get_run(run_id)
     planned = [s for s in STEPS if s.name in {row["name"] for row in run["steps"]}]
@@ -295,7 +305,7 @@ def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, sa
     After successful steps the failure is this run's outcome (``ReportError``, status
     ``incomplete``); after a failed step the step's error stays the one raised.
     """
-    from workbench.report import render_report
+    from workbench.run.report import render_report
 
     try:
         report = render_report(run_id, tracker, store, warn=lambda message: say(f"warning: {message}"))

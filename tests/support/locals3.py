@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from workbench.errors import WorkbenchError
-from workbench.localpg import free_port
+from support.localpg import ServiceUnavailable, free_port
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:
@@ -38,7 +37,7 @@ def moto_endpoint(log: IO[bytes] | None = None, env: dict[str, str] | None = Non
     """
     server = Path(sys.executable).parent / "moto_server"
     if not server.exists():
-        raise WorkbenchError("moto_server is missing: install moto[server] (make setup does)")
+        raise ServiceUnavailable("moto_server is missing: install moto[server] (make setup does)")
     port = free_port()
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
@@ -55,7 +54,7 @@ def moto_endpoint(log: IO[bytes] | None = None, env: dict[str, str] | None = Non
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise WorkbenchError(f"moto_server did not start on {endpoint}") from None
+                    raise ServiceUnavailable(f"moto_server did not start on {endpoint}") from None
                 time.sleep(0.2)
         yield endpoint
     finally:

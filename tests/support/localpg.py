@@ -16,13 +16,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+
+class ServiceUnavailable(RuntimeError):
+    """A service the tests start (PostgreSQL, moto) cannot run on this machine."""
 
 
 def _binary(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
-        raise WorkbenchError(f"PostgreSQL's {name} is missing: install the postgresql package")
+        raise ServiceUnavailable(f"PostgreSQL's {name} is missing: install the postgresql package")
     return found
 
 

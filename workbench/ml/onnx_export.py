@@ -1,4 +1,4 @@
-"""The export stage: PyTorch to ONNX, checked before anything is written.
+"""PyTorch to ONNX, laid out for its target, and the checks MXNet's importer needs.
 
 For ``target: mxnet`` the model must suit MXNet's importer (the last release, 1.9.1): opset 12 at
 most, initializers listed as graph inputs, and only the ops it translates. Those are checked
@@ -8,12 +8,9 @@ exporter is used for both targets; torch's dynamo exporter emits opset 18+, beyo
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,13 +18,13 @@ import onnx
 import pandas as pd
 import torch
 
-from workbench.data import load_split
 from workbench.errors import ModelError
-from workbench.models import load_model
-from workbench.validate import BATCH_SIZES, load_onnxruntime
 
 if TYPE_CHECKING:
-    from workbench.context import StepContext
+    pass
+
+INPUT, OUTPUT = "input", "logits"
+
 
 INPUT, OUTPUT = "input", "logits"
 
@@ -44,6 +41,8 @@ MXNET_OPS = frozenset(
     "Slice Softmax Softplus Softsign SpaceToDepth SpatialBN Split Sqrt Squeeze Sub Sum Tan Tanh TopK "
     "Transpose Unsqueeze Xor ".split()
 )
+
+
 # Where an unsupported op usually comes from, and what to use instead.
 OP_HINTS = {
     "Erf": "nn.GELU: use nn.GELU(approximate='tanh') or ReLU",
@@ -56,13 +55,6 @@ OP_HINTS = {
     "Tile": "tensor.repeat: use broadcasting",
     "ConstantOfShape": "torch.zeros/ones of a runtime shape: use a buffer",
 }
-
-
-@dataclass
-class ExportResult:
-    summary: pd.DataFrame
-    ops: pd.DataFrame
-    metrics: dict[str, float]
 
 
 def to_onnx(model: torch.nn.Module, in_features: int, opset: int, target: str) -> onnx.ModelProto:
@@ -144,72 +136,3 @@ def summarize(proto: onnx.ModelProto, size: int) -> tuple[pd.DataFrame, pd.DataF
     counts = Counter(n.op_type for n in graph.node)
     ops = pd.DataFrame(sorted(counts.items()), columns=["op", "count"])
     return summary, ops
-
-
-def export_onnx(
-    ctx: StepContext, opset: int, ort_atol: float, target: str = "mxnet", sagemaker: bool = False
-) -> ExportResult:
-    """Export, check, compare onnxruntime with PyTorch on the validation split, save references.
-
-    ``reference.npz`` holds the validation inputs, PyTorch's logits and the labels, so the
-    validation step compares against PyTorch without importing it.
-    """
-    config = ctx.load_json("model_config.json", "train")
-    state = torch.load(io.BytesIO(ctx.load("model.pth", "train")), map_location="cpu", weights_only=True)
-    model = load_model(config, state)
-    proto = to_onnx(model, config["in_features"], opset, target)
-    if target == "mxnet":
-        check_mxnet_ops(proto, config["model"])
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    schema = ctx.load_json("schema.json", "prepare")
-    normalization = ctx.load_json("normalization.json", "prepare")
-    meta = {
-        "run_id": ctx.run_id,
-        "model": config["model"],
-        "target": target,
-        "classes": json.dumps(schema["classes"]),
-        "normalization": json.dumps(normalization),
-    }
-    onnx.helper.set_model_props(proto, meta)
-    blob = proto.SerializeToString()
-
-    val = load_split(ctx, "val")
-    with torch.no_grad():
-        reference = model(torch.from_numpy(val.x)).numpy()
-    predict = load_onnxruntime(blob)
-    ort_out = predict(val.x)
-    err = float(np.abs(ort_out - reference).max())
-    if err > ort_atol:
-        raise ModelError(
-            f"onnxruntime differs from PyTorch by {err:.3g} > export.ort_atol {ort_atol:g}; the export is not faithful"
-        )
-    for batch in BATCH_SIZES:
-        rows = np.resize(val.x, (batch, val.x.shape[1]))
-        if predict(rows).shape != (batch, reference.shape[1]):
-            raise ModelError(f"exported model does not accept a batch of {batch}; the batch axis is not dynamic")
-
-    ctx.save("model.onnx", blob)
-    if sagemaker:
-        from workbench.sagemaker import model_archive
-
-        ctx.save(
-            "model.tar.gz", model_archive(ctx.load("model.pth", "train"), config, normalization, schema["classes"])
-        )
-    ctx.save_json(
-        "export.json", {"target": target, "opset": opset, "exporter": "torchscript", "input": INPUT, "output": OUTPUT}
-    )
-    buf = io.BytesIO()
-    np.savez_compressed(buf, x=val.x, logits=reference, labels=val.y)
-    ctx.save("reference.npz", buf.getvalue())
-    metrics = {
-        "onnx_opset": float(opset),
-        "onnx_bytes": float(len(blob)),
-        "ort_max_abs_err": err,
-        "ort_argmax_agreement": float((ort_out.argmax(1) == reference.argmax(1)).mean()),
-    }
-    ctx.log_metrics(metrics)
-    summary, ops = summarize(proto, len(blob))
-    return ExportResult(summary, ops, metrics)

@@ -1,4 +1,4 @@
-"""Entry point of one torchrun worker: ``python -m torch.distributed.run ... -m workbench.distributed JOB``.
+"""Entry point of one torchrun worker: ``python -m torch.distributed.run ... -m workbench.run.train_worker JOB``.
 
 Each worker joins the process group, opens the same run (store and DB) and runs the training loop
 on its share of every batch; only rank 0 writes artifacts and metrics. A user error (a diverging
@@ -14,9 +14,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from workbench.context import step_context
 from workbench.errors import WorkbenchError
-from workbench.train import WORKER_ERROR, FitSettings, TrainJob, run_job
+from workbench.ml.training.job import WORKER_ERROR, TrainJob, run_job
+from workbench.ml.training.loop import FitSettings
+from workbench.run.context import step_context
 
 
 def main(payload: str) -> None:

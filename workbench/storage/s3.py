@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from workbench.errors import StoreError
-from workbench.store import ArtifactInfo, _hash_file
+from workbench.storage.base import ArtifactInfo, hash_file
 
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -124,7 +124,7 @@ class S3Store:
     def put_file(self, key: str, path: Path) -> ArtifactInfo:
         from boto3.s3.transfer import TransferConfig
 
-        digest = _hash_file(Path(path))
+        digest = hash_file(Path(path))
         config = TransferConfig(
             multipart_threshold=self.multipart_threshold,
             multipart_chunksize=max(self.multipart_threshold // 4, 5 * 2**20),

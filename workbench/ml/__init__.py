@@ -1,0 +1,3 @@
+"""The machine-learning building blocks the stages use: architectures, splits, training, ONNX
+export, runtimes and parity, the SageMaker archive.
+"""

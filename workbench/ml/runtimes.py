@@ -1,0 +1,124 @@
+"""Inference runtimes behind one signature: a function from a float32 batch to logits."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from workbench.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def top_class(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index and softmax probability of each row's winning class."""
+    best = logits.argmax(axis=1)
+    top = logits[np.arange(len(best)), best][:, None]
+    # softmax at the winning class is 1 / sum(exp(logit - top))
+    return best, (1.0 / np.exp(logits - top).sum(axis=1)).astype(np.float32)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: runtimes put stack traces in their messages, and a
+    reason must stay one line in ``parity.json``, the notebook and the CLI's error line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def onnx_file_check(onnx_bytes: bytes) -> onnx.ModelProto:
+    """The parsed model, or a ModelError naming the fix when the file is not a model at all."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load_from_string(onnx_bytes)
+    except DecodeError:
+        raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from None
+
+
+def mxnet_import_hint(proto: onnx.ModelProto) -> str:
+    """What to change when MXNet's importer rejects a graph, from what the graph holds.
+
+    The importer reads a Reshape's target shape from the initializers, so a shape computed at
+    run time (``x.view(x.shape[0], ...)`` exports Shape, Gather, Concat, Reshape) fails inside it
+    with a bare ``KeyError`` on the node that computes the shape.
+    """
+    target = {p.key: p.value for p in proto.metadata_props}.get("target")
+    if target and target != "mxnet":
+        return f"the model was exported for {target}; export with export.target=mxnet"
+    constants = {i.name for i in proto.graph.initializer}
+    if any(n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in constants for n in proto.graph.node):
+        return (
+            "the model reshapes to a shape computed at run time, e.g. x.view(x.shape[0], ...): "
+            "use x.view(-1, ...), x.flatten(1) or nn.Unflatten, or export.target=onnxruntime to skip MXNet"
+        )
+    return "export with export.target=mxnet, or use export.target=onnxruntime to skip MXNet"
+
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def load_onnxruntime(onnx_bytes: bytes) -> Predict:
+    """An onnxruntime session as a function of a float32 batch (CUDA provider first when built in)."""
+    import onnxruntime as ort
+
+    onnx_file_check(onnx_bytes)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # initializers-as-inputs is deliberate (for MXNet); skip the warning per weight
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    try:
+        session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+        raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from None
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def load_mxnet(onnx_bytes: bytes) -> Predict:
+    """The ONNX model imported into MXNet (GPU context when present), as a function of a batch."""
+    proto = onnx_file_check(onnx_bytes)
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # else MXNet logs a banner on every bind
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mxnet as mx
+        from mxnet.contrib import onnx as onnx_mxnet
+
+    ctx = mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as fh:
+            fh.write(onnx_bytes)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the importer prints a deprecation banner
+                sym, arg_params, aux_params = onnx_mxnet.import_model(path)
+        except Exception as exc:  # the importer fails in many ways (KeyError, MXNetError, ...) on graphs it lacks
+            raise ModelError(
+                f"MXNet cannot import the ONNX model ({one_line(exc)}); {mxnet_import_hint(proto)}"
+            ) from None
+    data_name = next(n for n in sym.list_inputs() if n not in arg_params and n not in aux_params)
+    module = mx.mod.Module(symbol=sym, data_names=[data_name], label_names=None, context=ctx)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        if not module.binded:
+            module.bind(for_training=False, data_shapes=[(data_name, x.shape)])
+            module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+        elif module.data_shapes[0].shape != x.shape:
+            module.reshape(data_shapes=[(data_name, x.shape)])
+        module.forward(mx.io.DataBatch([mx.nd.array(x, ctx=ctx)]), is_train=False)
+        return module.get_outputs()[0].asnumpy()
+
+    return predict
+
+
+BACKENDS: dict[str, Callable[[bytes], Predict]] = {"onnxruntime": load_onnxruntime, "mxnet": load_mxnet}

@@ -1,0 +1,99 @@
+"""Checkpoints: written after every epoch, read back to resume exactly, refused when foreign."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from workbench.errors import ModelError
+from workbench.ml.training.loop import Trainer
+
+if TYPE_CHECKING:
+    from workbench.run.context import StepContext
+
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+SET_ASIDE = "checkpoints/set-aside.pt"  # an interactive run's checkpoint from other settings, kept once
+
+
+# What torch.load raises on bytes that are not a whole checkpoint (truncated, corrupted, foreign):
+# the zip reader's RuntimeError, the unpickler's errors, a short read, a bad seek or a bad opcode.
+_UNREADABLE = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    LookupError,
+    struct.error,
+    zipfile.BadZipFile,
+)
+
+
+_CHECKPOINT_PARTS = {"config", "settings", "trainer"}
+
+
+def _read_checkpoint(ctx: StepContext) -> tuple[dict[str, Any], bytes] | None:
+    """This run's last checkpoint and its bytes, or None when there is none.
+
+    Only a file that cannot be a checkpoint is reported as unreadable, with the advice to delete
+    it: a store that cannot be reached or read (S3 down, no permission) raises its own error,
+    because deleting a good checkpoint over a network fault would throw training away.
+    """
+    if not ctx.store.exists(ctx.key(CHECKPOINT)):
+        return None
+    data = ctx.load(CHECKPOINT, "train")
+    reason = "not a training checkpoint"
+    try:
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except _UNREADABLE as exc:
+        saved, reason = None, type(exc).__name__
+    if not (isinstance(saved, dict) and saved.keys() >= _CHECKPOINT_PARTS):
+        raise ModelError(
+            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({reason}); delete it to start over"
+        )
+    return saved, data
+
+
+def _changed(ours: dict[str, dict[str, Any]], theirs: dict[str, Any]) -> list[str]:
+    """The ``part.key`` names that differ between this step's config/settings and a checkpoint's."""
+    return sorted(
+        f"{part}.{key}"
+        for part in ours
+        for key in set(ours[part]) | set(theirs.get(part) or {})
+        if ours[part].get(key) != (theirs.get(part) or {}).get(key)
+    )
+
+
+def resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any], rank: int = 0) -> int:
+    """Continue from this run's last checkpoint, if any; returns the epochs already done.
+
+    A checkpoint written under other settings or another config cannot be continued. Under
+    `workbench run` that is refused (resuming must give the numbers an uninterrupted run gives);
+    in an interactive run (JupyterLab, plain papermill, run id ``dev``) changing a parameter and
+    rerunning is the point, so the old checkpoint is copied to :data:`SET_ASIDE` and training
+    starts afresh, overwriting it after the first epoch.
+    """
+    found = _read_checkpoint(ctx)
+    if found is None:
+        return 0
+    saved, data = found
+    changed = _changed({"config": config, "settings": asdict(trainer.settings)}, saved)
+    if changed:
+        what = f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different {', '.join(changed)}"
+        if not ctx.interactive:
+            raise ModelError(f"{what}; start a new run, or delete the checkpoint to retrain this one")
+        if rank == 0:  # every rank decides the same; one keeps the copy and says so
+            ctx.store.write_bytes(ctx.key(SET_ASIDE), data)
+            ctx.tracker.clear_history(ctx.run_id, ctx.step)  # the curves start again with the training
+            print(f"{what}; training afresh (the old one is kept as {SET_ASIDE})", flush=True)
+        return 0
+    trainer.load_state_dict(saved["trainer"])
+    return trainer.epoch

@@ -1,0 +1,221 @@
+"""One training job: the loop of one process (or of each torchrun worker) and its outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.errors import ModelError
+from workbench.ml.dataset import load_split, prepared_bytes
+from workbench.ml.models import build_model, model_config
+from workbench.ml.training.checkpoint import CHECKPOINT, resume
+from workbench.ml.training.device import amp_dtype, choose_device, environment
+from workbench.ml.training.loop import (
+    FitSettings,
+    Trainer,
+    WarningBanner,
+    chance_accuracy,
+    evaluate,
+    is_near_chance,
+    state_bytes,
+    to_device,
+    training_warnings,
+    unwrap,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from workbench.run.context import StepContext
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame
+    metrics: dict[str, float]
+    environment: dict[str, Any]
+    config: dict[str, Any]
+    resumed_from: int = 0
+    warnings: list[str] = field(default_factory=list)  # see training_warnings
+
+    def warning_banner(self) -> WarningBanner:
+        """The warnings for display: a notebook cell that ends with this shows them in colour."""
+        return WarningBanner(tuple(self.warnings))
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training step, serialisable so torchrun workers can be handed it."""
+
+    run_id: str
+    store: str
+    db: str
+    model: str
+    settings: FitSettings
+    device: str
+    amp: bool
+
+
+def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, local_rank: int = 0) -> TrainResult | None:
+    """The training loop of one process; under torch.distributed only rank 0 writes anything."""
+    settings = job.settings
+    torch.manual_seed(settings.seed)
+    target = choose_device(job.device)
+    if world > 1 and target.type == "cuda":
+        target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+    dtype = amp_dtype(target, job.amp)
+    train, val = load_split(ctx, "train"), load_split(ctx, "val")
+    schema = json.loads(prepared_bytes(ctx, "schema.json"))
+    config = model_config(job.model, train.x.shape[1], len(schema["classes"]))
+    net = build_model(config).to(target)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
+    trainer = Trainer(net, settings, dtype)
+    resumed_from = resume(ctx, trainer, config, rank)
+
+    def checkpoint(epoch: int, row: dict[str, float]) -> None:
+        # checkpoint first, metrics second: a kill between them repeats no logged epoch
+        ctx.save(
+            CHECKPOINT, state_bytes({"config": config, "settings": asdict(settings), "trainer": trainer.state_dict()})
+        )
+        ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
+
+    val_tensors = (to_device(val.x, target), to_device(val.y, target))
+    trainer.run(
+        (to_device(train.x, target), to_device(train.y, target)),
+        val_tensors,
+        on_epoch=checkpoint if rank == 0 else None,
+        rank=rank,
+        world=world,
+    )
+    env = environment(target, dtype) | {"processes": world}
+    return _finish(ctx, trainer, val_tensors, config, env, resumed_from) if rank == 0 else None
+
+
+# A worker that fails on a user error prints one line starting with this to stderr; the launcher
+# raises the same error, so `train.processes: 2` fails with the message one process would give,
+# not with torchrun's ChildFailedError.
+WORKER_ERROR = "workbench worker error: "
+
+
+def raise_worker_error(stderr: str) -> None:
+    """Re-raise the first user error a worker reported, as the same WorkbenchError class."""
+    from workbench import errors
+
+    for line in stderr.splitlines():
+        if WORKER_ERROR in line:
+            name, _, message = line.split(WORKER_ERROR, 1)[1].partition(": ")
+            cls = getattr(errors, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.WorkbenchError)):
+                cls = ModelError
+            raise cls(message)
+
+
+def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
+    """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
+    import subprocess
+
+    payload = json.dumps(asdict(job))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "workbench.run.train_worker",
+        payload,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(proc.stdout)  # rank 0's notes, e.g. a checkpoint set aside in an interactive run
+    if proc.returncode:
+        raise_worker_error(proc.stderr)
+        sys.stderr.write(proc.stderr[-4000:])
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
+        raise ModelError(
+            f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
+        )
+    history = pd.read_csv(io.BytesIO(ctx.load("history.csv", "train")))
+    metrics = ctx.load_json("metrics.json", "train")
+    env, config = ctx.load_json("environment.json", "train"), ctx.load_json("model_config.json", "train")
+    resumed_from = int(metrics["resumed_from_epoch"])
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
+
+
+def _finish(
+    ctx: StepContext,
+    trainer: Trainer,
+    val: tuple[torch.Tensor, torch.Tensor],
+    config: dict[str, Any],
+    env: dict[str, Any],
+    resumed_from: int,
+) -> TrainResult:
+    """Final evaluation and the step's outputs, from the weights the trainer ends with
+    (the best epoch's under early stopping, so the last history row may not be them)."""
+    history = pd.DataFrame(trainer.history)
+    model = unwrap(trainer.model)
+    val_loss, val_acc = evaluate(model, *val, 1024, trainer.amp)
+    chance = chance_accuracy(val[1])
+    metrics = {
+        "val_accuracy": val_acc,
+        "val_loss": val_loss,
+        "chance_accuracy": chance,
+        "near_chance": float(is_near_chance(val_acc, chance)),
+        "epochs_run": float(len(history)),
+        "resumed_from_epoch": float(resumed_from),
+        "train_seconds": float(history.seconds.sum()),
+    }
+    ctx.log_metrics(metrics)
+    ctx.save("model.pth", state_bytes({k: v.cpu() for k, v in model.state_dict().items()}))
+    ctx.save_json("model_config.json", config)
+    ctx.save_json("environment.json", env)
+    ctx.save_json("metrics.json", metrics)
+    ctx.save("history.csv", history.to_csv(index=False).encode())
+    ctx.save_figure("curves.png", plot_history(history))
+    _sagemaker_outputs(ctx, config, env, metrics)
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
+
+
+def _sagemaker_outputs(
+    ctx: StepContext, config: dict[str, Any], env: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    """Inside a SageMaker training job, also leave the model where SageMaker collects it
+    (SM_MODEL_DIR, packed as model.tar.gz) and the reports in SM_OUTPUT_DATA_DIR."""
+    targets = {
+        "SM_MODEL_DIR": ("model.pth", "model_config.json"),
+        "SM_OUTPUT_DATA_DIR": ("history.csv", "curves.png", "environment.json", "metrics.json"),
+    }
+    for variable, names in targets.items():
+        if folder := os.environ.get(variable):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (Path(folder) / name).write_bytes(ctx.load(name, "train"))
+
+
+def plot_history(history: pd.DataFrame) -> Figure:
+    """Loss and accuracy per epoch, train against validation."""
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_ax.plot(history.epoch, history.train_loss, label="train")
+    loss_ax.plot(history.epoch, history.val_loss, label="validation")
+    loss_ax.set(title="loss", xlabel="epoch", yscale="log")
+    acc_ax.plot(history.epoch, history.train_accuracy, label="train")
+    acc_ax.plot(history.epoch, history.val_accuracy, label="validation")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylim=(min(0.8, history.val_accuracy.min()), 1.0))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

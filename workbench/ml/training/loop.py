@@ -1,0 +1,294 @@
+"""The optimisation loop and all the state a checkpoint must hold to continue exactly.
+
+The splits are small enough to live on the device as whole tensors, so batches are index slices
+rather than a DataLoader: no worker processes, no per-batch host-to-device copies.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.errors import ModelError
+from workbench.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    pass
+
+
+# A model is "near chance" when its final validation accuracy closes less than this share of the
+# gap from chance (always predicting the most frequent validation class) to a perfect score: 0.325
+# on ten balanced digits, 0.625 on a balanced binary task, 0.9625 where one class is 95% of the rows.
+# A share of the gap rather than a fixed margin, so an imbalanced split does not hide a useless model.
+NEAR_CHANCE_SHARE = 0.25
+
+
+def chance_accuracy(labels: torch.Tensor) -> float:
+    """The accuracy of always predicting the most frequent class: what a model must beat."""
+    return (torch.bincount(labels).max() / len(labels)).item()
+
+
+def is_near_chance(accuracy: float, chance: float) -> bool:
+    """Whether ``accuracy`` is not clearly above ``chance`` (see :data:`NEAR_CHANCE_SHARE`)."""
+    return accuracy < chance + NEAR_CHANCE_SHARE * (1.0 - chance)
+
+
+def training_warnings(metrics: dict[str, float]) -> list[str]:
+    """What a reader of the run must not miss, rebuilt from the step's final metrics alone, so the
+    notebook, a distributed run and the HTML report all say the same thing."""
+    found = []
+    if metrics.get("near_chance"):
+        found.append(
+            f"validation accuracy {metrics['val_accuracy']:.3f} is near chance: always predicting the most "
+            f"frequent class scores {metrics['chance_accuracy']:.3f}; the model has learnt little "
+            "(check train.lr, train.epochs and the learning curves)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class WarningBanner:
+    """Warnings drawn in a colour a notebook reader sees (and as ``WARNING:`` lines in plain text),
+    so a useless model is not mistaken for a finished one in JupyterLab or the HTML report."""
+
+    lines: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        if not self.lines:
+            return '<p style="color:#1a7f37">No training warnings.</p>'
+        items = "".join(f"<p style='margin:0.2em 0'><b>WARNING:</b> {html.escape(line)}</p>" for line in self.lines)
+        return (
+            '<div style="background:#fff4e5;border-left:6px solid #d1242f;color:#8a1c1c;padding:0.5em 1em">'
+            f"{items}</div>"
+        )
+
+    def __repr__(self) -> str:
+        return "\n".join(f"WARNING: {line}" for line in self.lines) or "No training warnings."
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that shapes the optimisation; a checkpoint only resumes under the same settings."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    patience: int = 0  # epochs without a better monitored metric before stopping; 0 never stops early
+    clip_grad_norm: float = 0.0  # max gradient L2 norm; 0 leaves gradients alone
+    schedule: str = "cosine"  # cosine decay to zero, or constant
+    monitor: str = "val_loss"  # what early stopping watches: val_loss (lower is better) or val_accuracy
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: torch.dtype | None
+) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    autocast = torch.autocast(x.device.type, dtype=amp) if amp else nullcontext()
+    with torch.no_grad(), autocast:
+        for start in range(0, len(x), batch):
+            logits = model(x[start : start + batch]).float()
+            loss_sum += nn.functional.cross_entropy(logits, y[start : start + batch], reduction="sum").item()
+            correct += (logits.argmax(1) == y[start : start + batch]).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def to_device(array: Any, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+class Trainer:
+    """The optimisation loop and all the state a checkpoint must hold to continue exactly.
+
+    Under torch.distributed each rank takes its share of every global batch, so N processes
+    take the same steps as one process with the same batch size.
+    """
+
+    def __init__(self, model: nn.Module, settings: FitSettings, amp: torch.dtype | None = None) -> None:
+        self.model, self.settings, self.amp = model, settings, amp
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
+        if settings.schedule == "cosine":
+            self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
+        else:
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        self.history: list[dict[str, float]] = []
+        self.best, self.best_state, self.stale = float("inf"), None, 0  # best monitored value, as a loss
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def done(self) -> bool:
+        stopped = self.settings.patience and self.stale >= self.settings.patience
+        return self.epoch >= self.settings.epochs or bool(stopped)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "best_state": self.best_state,
+            "stale": self.stale,
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.history, self.best, self.best_state, self.stale = (
+            state["history"],
+            state["best"],
+            state["best_state"],
+            state["stale"],
+        )
+
+    def run(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> pd.DataFrame:
+        """Train until the epoch budget or early stopping; returns one history row per epoch.
+
+        Raises :class:`ModelError` at the end of the first epoch whose train or validation loss is
+        not finite, before that epoch reaches ``on_epoch``: the last good checkpoint stays.
+        """
+        bar = progress_bar(
+            total=self.settings.epochs,
+            initial=self.epoch,
+            desc="training",
+            unit="epoch",
+            enabled=progress and rank == 0,
+        )
+        try:
+            self._loop(train, val, bar, on_epoch, rank, world)
+        finally:
+            bar.close()
+        if self.best_state is not None:  # early stopping keeps the best epoch's weights
+            unwrap(self.model).load_state_dict(self.best_state)
+        return pd.DataFrame(self.history)
+
+    def _loop(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        bar: Any,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+        rank: int,
+        world: int,
+    ) -> None:
+        x, y = train
+        device, cfg = x.device, self.settings
+        autocast = torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
+        while not self.done:
+            self.model.train()
+            started = time.perf_counter()
+            order = torch.randperm(len(x), generator=self.generator).to(device)
+            totals = torch.zeros(3, device=device)  # loss sum, correct, rows (this rank)
+            for start in range(0, len(x), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size][rank::world]
+                xb, yb = x[idx], y[idx]
+                with autocast:
+                    logits = self.model(xb)
+                    loss = nn.functional.cross_entropy(logits.float(), yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                totals += torch.stack(
+                    [loss.detach() * len(idx), (logits.argmax(1) == yb).sum(), torch.tensor(len(idx), device=device)]
+                )
+            if world > 1:
+                torch.distributed.all_reduce(totals)
+            val_loss, val_acc = evaluate(self.model, *val, batch=1024, amp=self.amp)
+            row = {
+                "epoch": self.epoch + 1,
+                "lr": self.schedule.get_last_lr()[0],
+                "train_loss": (totals[0] / totals[2]).item(),
+                "train_accuracy": (totals[1] / totals[2]).item(),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds": time.perf_counter() - started,
+            }
+            # checked once per epoch from the totals kept on the device (no per-step sync), and before
+            # the epoch is recorded, so no NaN reaches the history, the checkpoint or the metrics
+            self._stop_if_not_finite(row, x, val[0])
+            self.schedule.step()
+            self.history.append(row)
+            score = row[cfg.monitor] * (-1 if cfg.monitor == "val_accuracy" else 1)
+            if score < self.best:
+                self.best, self.stale = score, 0
+                if cfg.patience:
+                    self.best_state = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
+            else:
+                self.stale += 1
+            bar.update(1)
+            bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
+            if on_epoch:
+                on_epoch(row["epoch"], row)
+
+    def _stop_if_not_finite(self, row: dict[str, float], x_train: torch.Tensor, x_val: torch.Tensor) -> None:
+        """A NaN or inf loss never recovers and would poison the checkpoint and the metrics; say
+        whether the data (an inf in a split) or the optimisation (too large a step) is to blame."""
+        for split, key, x in (("train", "train_loss", x_train), ("validation", "val_loss", x_val)):
+            value = row[key]
+            if math.isfinite(value):
+                continue
+            bad_rows = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
+            if bad_rows:
+                raise ModelError(
+                    f"training stopped at epoch {row['epoch']}: {split} loss is {value} because the {split} split "
+                    f"has {bad_rows} row(s) with inf or nan features; fix them in data.source and rerun prepare"
+                )
+            raise ModelError(
+                f"training diverged at epoch {row['epoch']}: {split} loss is {value}; "
+                f"try a lower train.lr (now {self.settings.lr:g})"
+            )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def state_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

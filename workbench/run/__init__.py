@@ -1,0 +1,1 @@
+"""Running the pipeline: step contexts, kernels, papermill execution, reports."""

@@ -1,0 +1,96 @@
+"""The validation stage (notebook 04): do onnxruntime and MXNet give PyTorch's answers on the
+exported model?
+
+It reads only ``model.onnx``, ``export.json`` and ``reference.npz`` from the export step (PyTorch's
+logits were computed there, in eval mode under no_grad), so it never imports torch and runs on a
+machine that has the inference runtimes alone. A backend that cannot load the model is a FAIL
+with its reason, not a crash.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from workbench.ml.parity import REFERENCE, Parity, backends_for, three_way
+from workbench.ml.runtimes import top_class
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from workbench.run.context import StepContext
+
+
+def validate_model(
+    ctx: StepContext,
+    atol: float,
+    rtol: float,
+    min_agreement: float,
+    publish_url: str = "",
+    publish_table: str = "predictions",
+) -> Parity:
+    """Compare every backend the export targets with PyTorch on the validation split; record it all.
+
+    With ``publish_url``, the metrics and every backend's prediction for every validation row are
+    published too, whatever the verdict: a FAIL is a result the warehouse should see.
+    """
+    blob = ctx.load("model.onnx", "export")
+    target = ctx.load_json("export.json", "export")["target"]
+    ref = np.load(io.BytesIO(ctx.load("reference.npz", "export")))
+    parity = three_way(blob, ref["x"], ref["logits"], ref["labels"], backends_for(target), atol, rtol, min_agreement)
+    metrics = {f"{backend}_{key}": value for backend, stats in parity.stats.items() for key, value in stats.items()}
+    metrics["parity_pass"] = float(parity.passed)
+    ctx.log_metrics(metrics)
+    ctx.save_json(
+        "parity.json",
+        {"verdict": parity.verdict, "reasons": parity.reasons, "atol": atol, "rtol": rtol, "stats": parity.stats},
+    )
+    ctx.save_figure("parity.png", plot_parity(parity))
+    if publish_url:
+        _publish(ctx, parity, publish_url, publish_table, metrics)
+    return parity
+
+
+def _publish(ctx: StepContext, parity: Parity, url: str, table: str, metrics: dict[str, float]) -> None:
+    import pyarrow as pa
+
+    from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
+
+    classes = np.asarray(ctx.load_json("schema.json", "prepare")["classes"])
+    publisher = Publisher(url, table, ctx.run_id, ctx.step)
+    rows = np.arange(len(parity.labels))
+    for backend, logits in {REFERENCE: parity.reference, **parity.outputs}.items():
+        best, confidence = top_class(logits)
+        predictions = pa.table(
+            {
+                "row": rows,
+                "predicted": classes[best],
+                "confidence": confidence,
+                "actual": classes[parity.labels],
+            }
+        )
+        publisher.append(prediction_rows(predictions, backend))
+    publish_metrics(url, table, ctx.run_id, ctx.step, metrics)
+
+
+def plot_parity(parity: Parity) -> Figure:
+    """Each backend's logits against PyTorch's, and the distribution of absolute errors."""
+    import matplotlib.pyplot as plt
+
+    fig, (scatter, hist) = plt.subplots(1, 2, figsize=(10, 3.6))
+    lims = [parity.reference.min(), parity.reference.max()]
+    scatter.plot(lims, lims, color="grey", lw=0.8)
+    for name, out in parity.outputs.items():
+        scatter.scatter(parity.reference.ravel(), out.ravel(), s=3, alpha=0.4, label=name)
+        err = np.abs(out - parity.reference).ravel()
+        hist.hist(np.log10(np.maximum(err, 1e-12)), bins=40, alpha=0.6, label=name)
+    scatter.set(title="logits", xlabel="PyTorch", ylabel="backend")
+    hist.set(title="absolute error (exact matches at -12)", xlabel="log10 |backend - PyTorch|", ylabel="logits")
+    for ax in (scatter, hist):
+        if parity.outputs:
+            ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,84 @@
+"""The tracking tables: runs, their steps, parameters, metrics and artifacts."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("store", Text, nullable=False),
+    Column("error", Text),
+    Column("launcher", String(16)),  # "workbench" (workbench run) or "notebook" (JupyterLab, papermill)
+    Column("holder", String(128)),  # host:pid:token of the process executing its steps, if any
+    Column("heartbeat_at", DateTime(timezone=True)),
+)
+
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("duration_s", Float),
+    Column("notebook", Text),
+    Column("error", Text),
+)
+
+
+params = Table(
+    "params",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+)
+
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("step", String(32), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("epoch", Integer),
+)
+
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("step", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
