@@ -23,13 +23,12 @@ IN_PROCESS = """
 import sys
 import workbench as wb
 
-params = wb.load_parameters(sets=sys.argv[1:])
-run, store, db = "inprocess", params["store"], params["db"]
-data, train, export, validate = (params.section(s) for s in ("data", "train", "export", "validate"))
-wb.prepare_data(wb.step_context("prepare", run, store, db), seed=params["seed"], **data)
-wb.train_model(wb.step_context("train", run, store, db), seed=params["seed"], **train)
-wb.export_onnx(wb.step_context("export", run, store, db), **export)
-wb.validate_model(wb.step_context("validate", run, store, db), **validate).check()
+p = wb.load_parameters(sets=sys.argv[1:]).model
+run = "inprocess"
+wb.prepare_data(wb.step_context("prepare", run, p.store, p.db), p.data, seed=p.seed)
+wb.train_model(wb.step_context("train", run, p.store, p.db), p.train, seed=p.seed)
+wb.export_onnx(wb.step_context("export", run, p.store, p.db), p.export)
+wb.validate_model(wb.step_context("validate", run, p.store, p.db), p.validate, p.publish).check()
 """
 
 

@@ -49,12 +49,13 @@ def make_sources(folder: Path, rows: int) -> list[Path]:
 
 def child(uri: str, folder: str) -> None:
     """Prepare ``uri`` in this fresh process; print seconds and peak RSS (MiB)."""
+    from workbench.config.schema import DataParams
     from workbench.run.context import step_context
     from workbench.stages.prepare_data import prepare_data
 
     ctx = step_context("prepare", "bench", f"{folder}/store", f"sqlite:///{folder}/bench.db")
     started = time.perf_counter()
-    prepare_data(ctx, uri, "label", 0.15, 0.15, 0, progress=False)
+    prepare_data(ctx, DataParams(source=uri), seed=0, progress=False)
     print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.config.schema import DataParams, ExportParams, ScoreParams, TrainParams
 from workbench.run.context import step_context
 from workbench.stages.batch_score import model_inputs, score_batch
 from workbench.stages.export_onnx import export_onnx
@@ -45,9 +46,11 @@ def make_source(path: Path, rows: int) -> None:
 
 def make_model(tmp: Path) -> tuple[str, str]:
     store, db = str(tmp / "store"), f"sqlite:///{tmp}/t.db"
-    prepare_data(step_context("prepare", "model", store, db), "bundled:digits", "label", 0.15, 0.15, 0)
-    train_model(step_context("train", "model", store, db), "cnn", 2, 64, 0.002, "cpu", False, 0)
-    export_onnx(step_context("export", "model", store, db), 12, 1e-4)
+    prepare_data(step_context("prepare", "model", store, db), DataParams(), seed=0)
+    train_model(
+        step_context("train", "model", store, db), TrainParams(epochs=2, batch_size=64, device="cpu", amp=False), seed=0
+    )
+    export_onnx(step_context("export", "model", store, db), ExportParams())
     return store, db
 
 
@@ -55,10 +58,7 @@ def child(source: str, store: str, db: str, batch: int) -> None:
     """Score in this fresh process and print its peak RSS in MiB."""
     score_batch(
         step_context("score", f"mem-{Path(source).stem}", store, db),
-        source,
-        "onnxruntime",
-        batch,
-        "model",
+        ScoreParams(source=source, batch_size=batch, model_run="model"),
         progress=False,
     )
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -90,7 +90,9 @@ def main() -> None:
         score_rates, raw_rates = [], []
         for _ in range(args.repeat):
             started = time.perf_counter()
-            score_batch(ctx, str(small), "onnxruntime", args.batch_size, "model", progress=False)
+            score_batch(
+                ctx, ScoreParams(source=str(small), batch_size=args.batch_size, model_run="model"), progress=False
+            )
             score_rates.append(args.rows / (time.perf_counter() - started))
             started = time.perf_counter()
             for x in batches:

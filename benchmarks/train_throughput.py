@@ -41,7 +41,7 @@ def data(
 def workbench_loop(train, val, epochs: int, batch: int) -> None:
     torch.manual_seed(0)
     model = DigitCNN(64, 10).to(train[0].device)
-    Trainer(model, FitSettings(epochs, batch, 0.002, 0)).run(train, val, progress=False)
+    Trainer(model, FitSettings(epochs=epochs, batch_size=batch, lr=0.002, seed=0)).run(train, val, progress=False)
 
 
 def hand_loop(train, val, epochs: int, batch: int) -> None:

@@ -1,46 +1,42 @@
-"""Shared fixtures: scratch stores and DBs, and one small end-to-end run reused by several tests."""
+"""Shared fixtures: scratch stores and DBs, and one small end-to-end run reused by several tests.
+
+Plain helpers (the CLI runner, places, run copies, local services) live in ``tests/support``;
+the names below stay importable from here for older imports. Every test carries one marker,
+``unit``, ``services`` or ``e2e`` (registered in pyproject.toml): see ``pytest_collection_modifyitems``.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.cli import ROOT, SMALL, CLIResult, Place, Run, copy_run, sets, workbench
+from support.locals3 import S3Server
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["train.epochs=3", "train.batch_size=64"]
+__all__ = ["ROOT", "SMALL", "CLIResult", "Place", "Run", "S3Server", "copy_run", "sets", "workbench"]
 
+KINDS = ("unit", "services", "e2e")
 
-@dataclass
-class CLIResult:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def workbench(*args: str, cwd: Path = ROOT) -> CLIResult:
-    """Run the real command in a fresh interpreter, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "workbench", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+# fixtures that decide a test's kind: a test using one is at least that kind
+SERVICE_FIXTURES = {"s3_server", "postgres"}
+E2E_FIXTURES = {"small_run"}
 
 
-def sets(*items: str) -> list[str]:
-    return [f"--set={item}" for item in items]
-
-
-@dataclass
-class Place:
-    """A scratch store and SQLite DB for one test."""
-
-    store: Path
-    db: str
-
-    def sets(self, *extra: str) -> list[str]:
-        return sets(f"store={self.store}", f"db={self.db}", *extra)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked in its module or by hand keeps its kind; otherwise the fixtures it uses decide
+    (``small_run``: e2e; ``s3_server``, ``postgres``: services; nbval's notebook cells: e2e), else
+    it is ``unit``. A test that runs ``workbench run``, papermill or torchrun without those
+    fixtures is marked ``e2e`` by hand."""
+    for item in items:
+        given = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+        if len(given) > 1:  # markers add up (module + test): `-m unit` would select an e2e test
+            raise pytest.UsageError(f"{item.nodeid} is marked {sorted(given)}; give each test one kind")
+        if given:
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        notebook = item.path.suffix == ".ipynb"  # nbval's cells (`--nbval-lax notebooks`) run in a kernel
+        kind = "e2e" if notebook or fixtures & E2E_FIXTURES else "services" if fixtures & SERVICE_FIXTURES else "unit"
+        item.add_marker(kind)
 
 
 @pytest.fixture
@@ -48,12 +44,10 @@ def place(tmp_path: Path) -> Place:
     return Place(tmp_path / "store", f"sqlite:///{tmp_path}/tracking.db")
 
 
-@dataclass
-class Run:
-    place: Place
-    result: CLIResult
-    run_id: str
-    folder: Path
+@pytest.fixture
+def private_run(small_run: Run, tmp_path: Path) -> Run:
+    """A copy of the shared small run, for a test that changes it (its report, its store)."""
+    return copy_run(small_run, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")
@@ -83,31 +77,15 @@ def stage_ctx_factory(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def trained(stage_ctx_factory):
     """prepare + train (3 epochs) + export once for the unit tests of later stages."""
+    from workbench.config.schema import DataParams, ExportParams, TrainParams
     from workbench.stages.export_onnx import export_onnx
     from workbench.stages.prepare_data import prepare_data
     from workbench.stages.train import train_model
 
-    prepare_data(stage_ctx_factory("prepare"), "bundled:digits", "label", 0.15, 0.15, 0)
-    train = train_model(stage_ctx_factory("train"), "cnn", 3, 64, 0.002, "cpu", True, 0)
-    exported = export_onnx(stage_ctx_factory("export"), 12, 1e-4)
+    prepare_data(stage_ctx_factory("prepare"), DataParams(), seed=0)
+    train = train_model(stage_ctx_factory("train"), TrainParams(epochs=3, batch_size=64, device="cpu"), seed=0)
+    exported = export_onnx(stage_ctx_factory("export"), ExportParams())
     return train, exported
-
-
-@dataclass
-class S3Server:
-    endpoint: str
-    env: dict[str, str]
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=self.env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-        )
 
 
 @pytest.fixture(scope="session")

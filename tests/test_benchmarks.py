@@ -6,14 +6,19 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support.cli import ROOT
 
 
 @pytest.mark.parametrize(
     ("script", "args", "says"),
     [
-        ("publish.py", ["--rows", "2000"], "faster than to_sql(method='multi')"),
-        ("prepare_large.py", ["--rows", "3000"], "parquet memory ratio (30,000 vs 3,000 rows)"),
+        # publish.py starts its own PostgreSQL server
+        pytest.param(
+            "publish.py", ["--rows", "2000"], "faster than to_sql(method='multi')", marks=pytest.mark.services
+        ),
+        pytest.param(
+            "prepare_large.py", ["--rows", "3000"], "parquet memory ratio (30,000 vs 3,000 rows)", marks=pytest.mark.e2e
+        ),
     ],
 )
 def test_benchmark_runs(script, args, says):

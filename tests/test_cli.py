@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, workbench
+from support.cli import ROOT, workbench
 
 from workbench.cli import build_parser, main
 from workbench.config.parameters import SCHEMA
@@ -21,6 +21,27 @@ def test_help_lists_every_parameter_key(capsys):
 def test_runs_on_an_empty_db(place, capsys):
     assert main(["runs", *place.sets()]) == 0
     assert "no runs yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--traceback"], None), ([], {"WORKBENCH_DEBUG": "1"})],
+    ids=["--traceback", "WORKBENCH_DEBUG=1"],
+)
+def test_debugging_prints_the_cause_chain_and_then_the_one_line(place, tmp_path, args, env):
+    missing = tmp_path / "nowhere.yaml"
+    result = workbench(*args, "runs", "-p", str(missing), *place.sets(), env=env)
+    line = f"error: parameter file {missing} not found; check the -p path"
+    assert result.code == 2 and result.stderr.strip().splitlines()[-1] == line
+    assert "FileNotFoundError: [Errno 2]" in result.stderr
+    assert "The above exception was the direct cause of the following exception" in result.stderr
+    assert "ParameterError: parameter file" in result.stderr
+
+
+def test_without_debugging_an_error_is_exactly_one_line(place, tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    result = workbench("runs", "-p", str(missing), *place.sets(), env={"WORKBENCH_DEBUG": "0"})
+    assert result.code == 2 and result.stderr == f"error: parameter file {missing} not found; check the -p path\n"
 
 
 def test_set_without_equals_is_one_line(place):

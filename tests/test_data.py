@@ -6,8 +6,9 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import workbench
+from support.cli import workbench
 
+from workbench.config.schema import DataParams
 from workbench.errors import DataError
 from workbench.ml.dataset import load_split
 from workbench.ml.splits import stratified_split
@@ -60,7 +61,7 @@ def test_split_is_deterministic_stratified_and_disjoint(digits):
 
 def test_prepare_writes_splits_and_normalisation(stage_ctx_factory):
     ctx = stage_ctx_factory("prepare", run_id="data-test")
-    prepared = prepare_data(ctx, "bundled:digits", "label", 0.15, 0.15, 0)
+    prepared = prepare_data(ctx, DataParams(), seed=0)
     assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
     assert prepared.class_balance.sum().tolist() == [1259, 269, 269]
     for name in ("train.parquet", "val.parquet", "test.parquet", "normalization.json", "schema.json"):
@@ -75,16 +76,16 @@ def test_prepare_writes_splits_and_normalisation(stage_ctx_factory):
 def test_prepare_rejects_bad_tables(stage_ctx_factory, tmp_path, digits):
     ctx = stage_ctx_factory("prepare", run_id="bad-data")
     with pytest.raises(DataError, match=r"data.target 'digit' is not a column of bundled:digits .*set data.target"):
-        prepare_data(ctx, "bundled:digits", "digit", 0.15, 0.15, 0)
+        prepare_data(ctx, DataParams(target="digit"), seed=0)
     text = digits.head(60).assign(p3="x")
     text.to_csv(tmp_path / "text.csv", index=False)
     with pytest.raises(DataError, match=r"non-numeric feature columns \['p3'\]"):
-        prepare_data(ctx, str(tmp_path / "text.csv"), "label", 0.15, 0.15, 0)
+        prepare_data(ctx, DataParams(source=str(tmp_path / "text.csv")), seed=0)
     holes = digits.head(60).astype({"p5": float})
     holes.loc[3, "p5"] = np.nan
     holes.to_csv(tmp_path / "holes.csv", index=False)
     with pytest.raises(DataError, match=r"missing values in columns \['p5'\]"):
-        prepare_data(ctx, str(tmp_path / "holes.csv"), "label", 0.15, 0.15, 0)
+        prepare_data(ctx, DataParams(source=str(tmp_path / "holes.csv")), seed=0)
     assert not ctx.store.exists(ctx.key("train.parquet"))
 
 
@@ -98,7 +99,7 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 def test_prepare_summarises_the_training_split(stage_ctx_factory, digits):
     """The summary and histograms are those of the whole training split, counted while streaming."""
     ctx = stage_ctx_factory("prepare", run_id="summary")
-    prepared = prepare_data(ctx, "bundled:digits", "label", 0.15, 0.15, 0, chunk_rows=300, progress=False)
+    prepared = prepare_data(ctx, DataParams(), seed=0, chunk_rows=300, progress=False)
     train = digits.iloc[stratified_split(digits.label.to_numpy(), 0.15, 0.15, 0)["train"]].drop(columns="label")
     summary = prepared.feature_summary
     assert summary.index.tolist() == prepared.features and summary["count"].eq(1259).all()
@@ -123,9 +124,9 @@ def test_a_semicolon_csv_with_decimal_commas_prepares(stage_ctx_factory, tmp_pat
     table.to_csv(tmp_path / "comma.csv", index=False)
     table.to_csv(tmp_path / "semi.csv", sep=";", decimal=",", index=False)
     pd.testing.assert_frame_equal(read_source(str(tmp_path / "semi.csv")), table)
-    comma = prepare_data(stage_ctx_factory("prepare", "comma"), str(tmp_path / "comma.csv"), "label", 0.15, 0.15, 0)
+    comma = prepare_data(stage_ctx_factory("prepare", "comma"), DataParams(source=str(tmp_path / "comma.csv")), seed=0)
     ctx = stage_ctx_factory("prepare", "semi")
-    semi = prepare_data(ctx, str(tmp_path / "semi.csv"), "label", 0.15, 0.15, 0, progress=False)
+    semi = prepare_data(ctx, DataParams(source=str(tmp_path / "semi.csv")), seed=0, progress=False)
     assert semi.features == [f"p{i}" for i in range(10, 20)]
     pd.testing.assert_frame_equal(semi.feature_summary, comma.feature_summary)
     assert ctx.load_frame("train.parquet", "prepare").p12.dtype == float
@@ -134,7 +135,7 @@ def test_a_semicolon_csv_with_decimal_commas_prepares(stage_ctx_factory, tmp_pat
 def test_plot_sample_draws_distributions_for_a_plain_table(stage_ctx_factory, tmp_path, digits):
     """Ten features are no image: a grid of histograms instead of the error plot_digits gives."""
     _few_features(digits).to_csv(tmp_path / "ten.csv", index=False)
-    prepared = prepare_data(stage_ctx_factory("prepare", "ten"), str(tmp_path / "ten.csv"), "label", 0.15, 0.15, 0)
+    prepared = prepare_data(stage_ctx_factory("prepare", "ten"), DataParams(source=str(tmp_path / "ten.csv")), seed=0)
     assert image_side(prepared) is None
     fig = plot_sample(prepared)
     drawn = [ax for ax in fig.axes if ax.patches]
@@ -149,7 +150,9 @@ def test_penguins_prepare_and_show_their_distributions(stage_ctx_factory, tmp_pa
     numeric = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "year"]
     penguins[[*numeric, "species"]].dropna().to_csv(tmp_path / "penguins.csv", index=False)
     ctx = stage_ctx_factory("prepare", "penguins")
-    prepared = prepare_data(ctx, str(tmp_path / "penguins.csv"), "species", 0.15, 0.15, 0, progress=False)
+    prepared = prepare_data(
+        ctx, DataParams(source=str(tmp_path / "penguins.csv"), target="species"), seed=0, progress=False
+    )
     assert prepared.features == numeric and prepared.counts.rows.iloc[-1] == 342
     assert prepared.class_balance.index.tolist() == ["Adelie", "Chinstrap", "Gentoo"]
     summary = prepared.feature_summary
@@ -208,11 +211,12 @@ def test_bad_sources_are_one_line_naming_the_file(stage_ctx_factory, tmp_path, d
     path = make(tmp_path, digits)
     ctx = stage_ctx_factory("prepare", run_id=f"bad-{case.replace(' ', '-')}")
     with pytest.raises(DataError, match=message) as caught:
-        prepare_data(ctx, path, "label", 0.15, 0.15, 0, progress=False)
+        prepare_data(ctx, DataParams(source=path), seed=0, progress=False)
     assert one_line(caught).startswith(f"data.source {path}")
     assert not ctx.store.exists(ctx.key("train.parquet"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -232,6 +236,7 @@ def test_a_run_on_a_bad_source_ends_with_one_error_line(place, tmp_path, digits,
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [last]
 
 
+@pytest.mark.e2e
 def test_a_run_prepares_a_table_that_is_no_image(place, tmp_path, digits):
     """Notebook 01 shows a summary and distributions for a ten-feature table instead of failing."""
     _few_features(digits).to_csv(tmp_path / "ten.csv", index=False)

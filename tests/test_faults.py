@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, workbench
+from support.cli import ROOT, copy_run, workbench
 
 from workbench.config.parameters import load
 from workbench.tracking.tracker import Tracker
@@ -38,6 +37,7 @@ def _epochs_logged(place) -> int:
     return len(tracker.get_run(runs[0]["id"])["history"].get("val_accuracy", [])) if runs else 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_marks_the_run_interrupted_and_resumable(place, sig):
     """A scheduler's SIGTERM or a closed terminal's SIGHUP is handled like Ctrl-C, not left `running`."""
@@ -60,7 +60,7 @@ def test_a_signal_marks_the_run_interrupted_and_resumable(place, sig):
     run = tracker.get_run(tracker.list_runs()[0]["id"])
     assert err.strip().splitlines()[-1] == (
         f"error: run {run['id']} interrupted by {sig.name}; continue it with `workbench run --resume {run['id']}`"
-    )
+    ), err
     assert "Traceback" not in err
     assert run["status"] == "failed" and run["error"] == f"interrupted by {sig.name}"
     assert [s["status"] for s in run["steps"]] == ["finished", "failed", "pending", "pending"]
@@ -68,6 +68,7 @@ def test_a_signal_marks_the_run_interrupted_and_resumable(place, sig):
     tracker.claim_run(run["id"], "next-process:1:ab")  # released: a resume may take it at once
 
 
+@pytest.mark.e2e
 def test_a_run_held_elsewhere_is_not_resumed_twice(place):
     """A second `--resume` of a run that a live process (here: another machine) executes is refused."""
     params = load(sets=[f"store={place.store}", f"db={place.db}"])
@@ -85,15 +86,8 @@ def test_a_run_held_elsewhere_is_not_resumed_twice(place):
 
 def _copy_run(small_run, tmp_path: Path) -> tuple[Path, str]:
     """The shared small run's store and DB copied, the copy's run recorded in its own store."""
-    store = tmp_path / "store"
-    shutil.copytree(small_run.place.store, store)
-    db = tmp_path / "tracking.db"
-    source = sqlite3.connect(small_run.place.db.removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as copy:
-        source.backup(copy)
-        copy.execute("UPDATE runs SET store = ? WHERE id = ?", (str(store), small_run.run_id))
-    source.close()
-    return store, f"sqlite:///{db}"
+    copy = copy_run(small_run, tmp_path)
+    return copy.place.store, copy.place.db
 
 
 def test_report_reads_the_runs_own_store(small_run, tmp_path):
@@ -172,6 +166,7 @@ def test_a_full_disk_while_reporting_leaves_the_run_incomplete_and_says_so(small
     assert tracker.get_run(run["id"])["status"] == "finished"
 
 
+@pytest.mark.e2e
 def test_make_lab_starts_jupyterlab(tmp_path):
     """`make lab` serves JupyterLab, as root too (JupyterLab refuses root unless told)."""
     with socket.socket() as probe:
@@ -203,6 +198,7 @@ def test_make_lab_starts_jupyterlab(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.e2e
 def test_plain_papermill_runs_are_tracked_like_workbench_runs(tmp_path):
     """A scheduler running a notebook with plain papermill leaves a run with status and duration."""
     from workbench.run.kernel import ensure_kernel

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support.cli import ROOT
 
 from workbench.tracking.tracker import Tracker
+
+pytestmark = pytest.mark.e2e
 
 FEW = ["train.epochs=2", "train.batch_size=64"]
 USER_MODULE = '''

@@ -46,6 +46,7 @@ def test_committed_notebooks_hold_a_clean_reference_run(path):
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in cells)
 
 
+@pytest.mark.e2e
 def test_each_notebook_runs_under_plain_papermill(tmp_path):
     ensure_kernel()
     common = ["-p", "run_id", "plain", "-p", "store", str(tmp_path / "store"), "-p", "db", f"sqlite:///{tmp_path}/t.db"]
@@ -84,6 +85,7 @@ def _nbval(target: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_nbval_catches_a_tampered_output(tmp_path):
     """The regression check is live: the same notebook passes as committed and fails once tampered."""
     ensure_kernel()

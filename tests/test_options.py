@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import Place, Run, workbench
+from support.cli import Place, Run, workbench
 
 from workbench.storage.sources import read_source
 from workbench.tracking.tracker import Tracker
+
+pytestmark = pytest.mark.e2e
 
 TINY = ["train.epochs=2", "train.batch_size=64"]
 

@@ -11,10 +11,13 @@ import sys
 import time
 
 import nbformat
-from conftest import ROOT, SMALL, workbench
+import pytest
+from support.cli import ROOT, SMALL, workbench
 
 from workbench.run.pipeline import select_steps
 from workbench.tracking.tracker import Tracker
+
+pytestmark = pytest.mark.e2e
 
 STEPS = select_steps(None)  # what `workbench run` runs by default
 
@@ -73,10 +76,10 @@ def test_runs_list_and_show(small_run):
     assert "validate" in human.stdout and "parity_pass" in human.stdout
 
 
-def test_report_rerenders(small_run):
-    index = small_run.folder / "report" / "index.html"
-    index.unlink()
-    result = workbench("report", small_run.run_id, *small_run.place.sets())
+def test_report_rerenders(private_run):
+    index = private_run.folder / "report" / "index.html"
+    index.unlink()  # a copy: the shared small_run keeps its report
+    result = workbench("report", private_run.run_id, *private_run.place.sets())
     assert result.code == 0 and index.is_file() and str(index) in result.stdout
 
 
@@ -122,6 +125,18 @@ def test_missing_data_fails_the_first_step_and_keeps_its_notebook(place, tmp_pat
     executed = nbformat.read(place.store / "runs" / run["id"] / "01_prepare_data.ipynb", as_version=4)
     assert any(o.get("ename") == "DataError" for c in executed.cells for o in c.get("outputs", []))
     assert (place.store / "runs" / run["id"] / "report" / "index.html").is_file()
+
+
+def test_traceback_shows_the_failing_cell_behind_the_one_line(place, tmp_path):
+    """For a bug report: the notebook cell's traceback (the cause), with the one line still last."""
+    missing = tmp_path / "nowhere.csv"
+    result = workbench("--traceback", "run", "--steps", "prepare", *place.sets(f"data.source={missing}"))
+    assert result.code == 1
+    assert "Traceback" in result.stderr and "PapermillExecutionError" in result.stderr
+    assert f"DataError: data.source: no file at {missing}" in result.stderr.split("The above exception")[0]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith("error: step prepare failed: DataError: data.source: no file at")
 
 
 def test_a_later_failure_keeps_earlier_artifacts(place):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import ROOT, SMALL
+from support.cli import ROOT, SMALL
 
+from workbench.config.schema import DataParams
 from workbench.errors import StoreError
 from workbench.storage import open_store
 from workbench.storage.s3 import S3Store
@@ -85,16 +88,16 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
         open_store("s3://some-bucket").read_bytes("a.txt")
 
 
-def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch):
-    """moto with IAM enforced: an analyst whose policy grants no access to the bucket."""
+@contextlib.contextmanager
+def _locked_bucket(monkeypatch, statements: list[dict]) -> Iterator[tuple[dict, object, Callable[[bytes], None]]]:
+    """moto with IAM enforced: bucket ``locked`` holding ``in/d.csv``, and this process using the
+    keys of an analyst whose policy is ``statements``. Yields the analyst's environment, an admin
+    S3 client and ``iam_after(b"inf")`` to stop the checks again."""
     import json
     import urllib.request
 
     import boto3
     from support.locals3 import moto_endpoint, s3_environment
-
-    from workbench.errors import DataError
-    from workbench.storage.sources import read_source
 
     with moto_endpoint() as endpoint:
         env = s3_environment(endpoint)
@@ -109,11 +112,8 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
         s3.put_object(Bucket="locked", Key="in/d.csv", Body=b"a,label\n1,0\n")
         iam = boto3.client("iam", **admin)
         iam.create_user(UserName="analyst")
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}],
-        }
-        iam.put_user_policy(UserName="analyst", PolicyName="no-bucket", PolicyDocument=json.dumps(policy))
+        policy = {"Version": "2012-10-17", "Statement": statements}
+        iam.put_user_policy(UserName="analyst", PolicyName="analyst", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="analyst")["AccessKey"]
 
         def iam_after(requests: bytes) -> None:
@@ -123,13 +123,35 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
             )
 
         iam_after(b"0")  # every request from now on is checked against IAM
-
-        env |= {
-            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
-        }
+        env |= {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
+        yield env, s3, iam_after
+
+
+@pytest.mark.services
+def test_a_bucket_check_that_is_denied_says_access_denied_not_missing(monkeypatch):
+    """Objects may be read but the bucket not listed: a missing key's 404 leads to a bucket check
+    that S3 answers 403, which says nothing about whether the bucket exists."""
+    from workbench.errors import DataError
+    from workbench.storage.sources import read_source
+
+    objects_only = [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::locked/*"}]
+    with _locked_bucket(monkeypatch, objects_only), pytest.raises(DataError) as caught:
+        read_source("s3://locked/in/missing.csv")
+    message = str(caught.value)
+    assert "access denied to bucket 'locked'" in message and "does not exist" not in message, message
+    assert "s3://locked/in/missing.csv not found" in message
+
+
+@pytest.mark.services
+def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch):
+    """moto with IAM enforced: an analyst whose policy grants no access to the bucket."""
+    from workbench.errors import DataError
+    from workbench.storage.sources import read_source
+
+    nothing = [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]
+    with _locked_bucket(monkeypatch, nothing) as (env, s3, iam_after):
         with pytest.raises(
             StoreError, match=r"access denied to s3://locked/runs/a\.txt \(AccessDenied\); check the credentials"
         ):
@@ -162,6 +184,7 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
         assert s3.get_object(Bucket="locked", Key="in/d.csv")["Body"].read() == b"a,label\n1,0\n"
 
 
+@pytest.mark.e2e
 def test_a_production_run_s3_store_s3_source_postgres_tracking_and_publish(s3_server, bucket, postgres, tmp_path):
     """`workbench run` with an s3:// store, an S3 data source and a PostgreSQL tracking DB, then a
     scoring run that publishes to PostgreSQL: everything lands where production would look."""
@@ -254,5 +277,5 @@ def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
         read_source("s3://no-such-bucket-y/x.csv")
     ctx = stage_ctx_factory("prepare", run_id="s3-no-target")
     with pytest.raises(DataError, match=rf"data.target 'digit' is not a column of s3://{bucket}/in/d.parquet"):
-        prepare_data(ctx, f"s3://{bucket}/in/d.parquet", "digit", 0.15, 0.15, 0, progress=False)
+        prepare_data(ctx, DataParams(source=f"s3://{bucket}/in/d.parquet", target="digit"), seed=0, progress=False)
     assert not ctx.store.exists(ctx.key("train.parquet"))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.config.schema import ExportParams, ScoreParams, TrainParams
 from workbench.errors import DataError, ModelError
 from workbench.ml.dataset import load_split
 from workbench.ml.sagemaker import model_archive
@@ -40,7 +41,7 @@ open("answer.json", "w").write(as_json)
 
 
 def test_archive_serves_the_workbenchs_predictions(trained, stage_ctx_factory, tmp_path):
-    export_onnx(stage_ctx_factory("export"), 12, 1e-4, sagemaker=True)
+    export_onnx(stage_ctx_factory("export"), ExportParams(sagemaker=True))
     blob = stage_ctx_factory("export").load("model.tar.gz", "export")
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         names = set(tar.getnames())
@@ -60,7 +61,7 @@ def test_archive_serves_the_workbenchs_predictions(trained, stage_ctx_factory, t
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     ctx = stage_ctx_factory("score", run_id="sagemaker-compare")
-    score_batch(ctx, "bundled:digits", "torch", 50, "unit", progress=False)
+    score_batch(ctx, ScoreParams(backend="torch", batch_size=50, model_run="unit"), progress=False)
     ours = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet"))).head(50)
     answer = json.loads((tmp_path / "answer.json").read_text())
     assert answer["predictions"] == ours.predicted.tolist()
@@ -93,7 +94,11 @@ def test_training_follows_sagemaker_channels_and_folders(trained, stage_ctx_fact
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "model"))
     monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(tmp_path / "output"))
 
-    result = train_model(stage_ctx_factory("train", run_id="sagemaker-job"), "mlp", 2, 100, 0.002, "cpu", False, 0)
+    result = train_model(
+        stage_ctx_factory("train", run_id="sagemaker-job"),
+        TrainParams(model="mlp", epochs=2, batch_size=100, device="cpu", amp=False),
+        seed=0,
+    )
     assert result.history.epoch.tolist() == [1, 2]
     assert {p.name for p in (tmp_path / "model").iterdir()} == {"model.pth", "model_config.json"}
     assert {"history.csv", "curves.png", "metrics.json"} <= {p.name for p in (tmp_path / "output").iterdir()}
@@ -105,4 +110,34 @@ def test_training_follows_sagemaker_channels_and_folders(trained, stage_ctx_fact
 
     (channels["SM_CHANNEL_TRAIN"] / "schema.json").unlink()
     with pytest.raises(DataError, match=r"SM_CHANNEL_TRAIN=.* has no schema\.json"):
-        train_model(stage_ctx_factory("train", run_id="sagemaker-job-2"), "mlp", 1, 100, 0.002, "cpu", False, 0)
+        train_model(
+            stage_ctx_factory("train", run_id="sagemaker-job-2"),
+            TrainParams(model="mlp", epochs=1, batch_size=100, device="cpu", amp=False),
+            seed=0,
+        )
+
+
+def test_the_archives_normalisation_is_the_packages(monkeypatch):
+    """The inference template keeps its own copy of Normalization.apply (it cannot import workbench):
+    the same rows give the same model input, bit for bit."""
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    import workbench
+    from workbench.ml.features import Normalization
+
+    template = Path(workbench.__file__).parent / "templates" / "sagemaker_inference.py"
+    monkeypatch.setitem(sys.modules, "architectures", types.SimpleNamespace(BUILTIN={}))
+    spec = importlib.util.spec_from_file_location("sagemaker_inference_copy", template)
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+
+    rows = (np.random.default_rng(0).normal(size=(257, 6)) * 50 + 3).astype(np.float32)
+    std = rows.std(axis=0)
+    std[2] = 0.0  # a constant feature: scale 1, not a division by zero
+    norm = Normalization.fit([f"f{i}" for i in range(6)], rows.mean(axis=0), std)
+    meta = json.loads(json.dumps(norm.to_json()))  # as model.json carries it
+    ours, theirs = norm.apply(rows), inference.normalize(rows, meta)
+    assert theirs.dtype == ours.dtype == np.float32
+    assert np.array_equal(theirs, ours)

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import create_engine, text
 
-from workbench.errors import DataError, TrackingError
+from workbench.config.schema import PublishParams, ScoreParams
+from workbench.errors import DataError, ParameterError, TrackingError
 from workbench.stages.batch_score import DataWarning, score_batch
 from workbench.storage.publish import PublishError
 from workbench.storage.sources import read_source
@@ -19,7 +20,7 @@ def scored(trained, stage_ctx_factory):
     frames = {}
     for backend in ("onnxruntime", "mxnet", "torch"):
         ctx = stage_ctx_factory("score", run_id=f"score-{backend}")
-        result = score_batch(ctx, "bundled:digits", backend, 500, "unit", progress=False)
+        result = score_batch(ctx, ScoreParams(backend=backend, batch_size=500, model_run="unit"), progress=False)
         frames[backend] = (result, pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet"))))
     return frames
 
@@ -41,7 +42,7 @@ def test_parquet_sources_stream_by_row_group(trained, stage_ctx_factory, tmp_pat
     path = tmp_path / "unlabelled.parquet"
     pq.write_table(pa.Table.from_pandas(digits), path, row_group_size=300)
     ctx = stage_ctx_factory("score", run_id="score-parquet")
-    result = score_batch(ctx, str(path), "onnxruntime", 256, "latest", progress=False)
+    result = score_batch(ctx, ScoreParams(source=str(path), batch_size=256), progress=False)
     assert result.metrics["rows_scored"] == 1797 and "score_accuracy" not in result.metrics
     assert ctx.load_json("model.json", "score")["model_run"] == "unit"
 
@@ -50,7 +51,9 @@ def test_a_sql_table_scores_like_its_csv(trained, stage_ctx_factory, tmp_path):
     url = f"sqlite:///{tmp_path}/warehouse.db"
     read_source("bundled:digits").to_sql("digits", create_engine(url), index=False)
     ctx = stage_ctx_factory("score", run_id="score-sql")
-    result = score_batch(ctx, {"url": url, "table": "digits"}, "onnxruntime", 700, "unit", progress=False)
+    result = score_batch(
+        ctx, ScoreParams(source={"url": url, "table": "digits"}, batch_size=700, model_run="unit"), progress=False
+    )
     assert result.metrics["rows_scored"] == 1797 and result.metrics["score_accuracy"] > 0.85
     assert ctx.load_json("model.json", "score")["source"] == f"{url} table digits"
 
@@ -61,11 +64,15 @@ def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
     with pytest.raises(
         DataError, match=r"score.source .*narrow.csv: lacks the model's input columns p3, p4 \(2 missing\)"
     ):
-        score_batch(ctx, str(tmp_path / "narrow.csv"), "onnxruntime", 100, "unit", progress=False)
-    with pytest.raises(DataError, match=r"score\.batch_size must be at least 1, got 0"):
-        score_batch(ctx, "bundled:digits", "onnxruntime", 0, "unit", progress=False)
+        score_batch(
+            ctx, ScoreParams(source=str(tmp_path / "narrow.csv"), batch_size=100, model_run="unit"), progress=False
+        )
+    with pytest.raises(
+        ParameterError, match=r"^score\.batch_size in ScoreParams\(batch_size=0, .*\): must be greater than 0, got 0$"
+    ):
+        score_batch(ctx, ScoreParams(batch_size=0, model_run="unit"), progress=False)
     with pytest.raises(TrackingError, match=r"score\.model_run 'nope' has no exported model"):
-        score_batch(ctx, "bundled:digits", "onnxruntime", 100, "nope", progress=False)
+        score_batch(ctx, ScoreParams(batch_size=100, model_run="nope"), progress=False)
     assert not ctx.store.exists(ctx.key("predictions.parquet"))
 
 
@@ -74,11 +81,11 @@ def test_publishing_appends_once_per_run(trained, stage_ctx_factory, tmp_path):
     for _ in range(2):  # a rerun replaces its own rows instead of duplicating them
         ctx = stage_ctx_factory("score", run_id="score-publish")
         score_batch(
-            ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
         )
     other = stage_ctx_factory("score", run_id="score-publish-2")
     score_batch(
-        other, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+        other, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
     )
     with create_engine(url).connect() as conn:
         counts = dict(conn.execute(text("select run_id, count(*) from preds group by run_id")).all())
@@ -99,7 +106,7 @@ def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, 
         match=r"publish\.table 'preds' at sqlite:///.* has no run_id or step column; it holds something else",
     ):
         score_batch(
-            ctx, "bundled:digits", "onnxruntime", 700, "unit", publish_url=url, publish_table="preds", progress=False
+            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
         )
 
 
@@ -108,7 +115,7 @@ def test_publishing_to_postgres_uses_copy_and_stays_idempotent(trained, stage_ct
     for _ in range(2):
         ctx = stage_ctx_factory("score", run_id="score-pg")
         score_batch(
-            ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False
+            ctx, ScoreParams(batch_size=500, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
         )
     with create_engine(url).connect() as conn:
         assert conn.execute(
@@ -133,7 +140,7 @@ def test_a_publish_table_with_conflicting_columns_is_named(trained, stage_ctx_fa
         match=r"publish\.table 'preds' at postgresql\+psycopg://postgres@.* lacks columns \['backend', 'row', 'predicted', 'confidence', 'actual'\]",
     ):
         score_batch(
-            ctx, "bundled:digits", "onnxruntime", 500, "unit", publish_url=url, publish_table="preds", progress=False
+            ctx, ScoreParams(batch_size=500, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
         )
 
 
@@ -142,7 +149,9 @@ def test_unlabelled_rows_score_without_accuracy(trained, stage_ctx_factory, tmp_
     path = tmp_path / "unlabelled.csv"
     read_source("bundled:digits").drop(columns="label").to_csv(path, index=False)
     ctx = stage_ctx_factory("score", run_id="score-unlabelled")
-    result = score_batch(ctx, str(path), "torch", 600, "unit", progress=False)
+    result = score_batch(
+        ctx, ScoreParams(source=str(path), backend="torch", batch_size=600, model_run="unit"), progress=False
+    )
     assert result.accuracy is None and "score_accuracy" not in result.metrics
     assert result.metrics["rows_scored"] == 1797 and result.metrics["rows_unscored"] == 0 and result.warnings == []
     assert result.summary.loc["accuracy (where labelled)", "value"] == "n/a (unlabelled)"
@@ -167,7 +176,7 @@ def test_rows_with_missing_or_infinite_features_are_flagged_not_classed(trained,
     source, culprits = nan_csv(tmp_path)
     ctx = stage_ctx_factory("score", run_id="score-holes")
     with pytest.warns(DataWarning, match=r"^5 of 1,797 rows not scored \(missing or infinite features\)") as caught:
-        result = score_batch(ctx, source, "onnxruntime", 400, "unit", progress=False)
+        result = score_batch(ctx, ScoreParams(source=source, batch_size=400, model_run="unit"), progress=False)
     message = str(caught[0].message)
     assert "row 3 (p5); row 250 (p0, p7); row 901 (p63); row 1500 (p5); row 1796 (p10)" in message
     assert result.warnings == [message] and "\n" not in message
@@ -188,7 +197,12 @@ def test_unscored_rows_publish_as_nulls(trained, stage_ctx_factory, tmp_path, po
     for url in (f"sqlite:///{tmp_path}/warehouse.db", postgres()):
         ctx = stage_ctx_factory("score", run_id="score-holes-publish")
         with pytest.warns(DataWarning):
-            score_batch(ctx, source, "mxnet", 1000, "unit", publish_url=url, publish_table="preds", progress=False)
+            score_batch(
+                ctx,
+                ScoreParams(source=source, backend="mxnet", batch_size=1000, model_run="unit"),
+                PublishParams(url=url, table="preds"),
+                progress=False,
+            )
         with create_engine(url).connect() as conn:
             nulls = conn.execute(text("select row from preds where predicted is null and confidence is null")).all()
             total = conn.execute(text("select count(*), count(actual) from preds")).one()

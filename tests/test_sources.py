@@ -9,10 +9,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import workbench
 from sqlalchemy import create_engine
+from support.cli import workbench
 
 from workbench.config.parameters import load
+from workbench.config.schema import DataParams
 from workbench.errors import DataError
 from workbench.ml.dataset import load_split
 from workbench.ml.splits import stratified_split
@@ -37,7 +38,7 @@ def sqlite_url(tmp_path, digits) -> str:
 def test_streamed_prepare_makes_the_in_memory_split(stage_ctx_factory, digits):
     """Chunks of 100 rows give the very rows, and the normalisation, of a whole-table split."""
     ctx = stage_ctx_factory("prepare", run_id="streamed")
-    prepare_data(ctx, "bundled:digits", "label", 0.2, 0.1, 3, chunk_rows=100, progress=False)
+    prepare_data(ctx, DataParams(val_fraction=0.2, test_fraction=0.1), seed=3, chunk_rows=100, progress=False)
     expected = stratified_split(digits.label.to_numpy(), 0.2, 0.1, 3)
     for name, rows in expected.items():
         pd.testing.assert_frame_equal(
@@ -55,7 +56,7 @@ def test_string_labels_and_parquet_row_groups(stage_ctx_factory, digits, tmp_pat
     pq.write_table(pa.Table.from_pandas(named), tmp_path / "named.parquet", row_group_size=200)
     assert count_rows(str(tmp_path / "named.parquet")) == 1797
     ctx = stage_ctx_factory("prepare", run_id="named")
-    prepared = prepare_data(ctx, str(tmp_path / "named.parquet"), "label", 0.15, 0.15, 0, progress=False)
+    prepared = prepare_data(ctx, DataParams(source=str(tmp_path / "named.parquet")), seed=0, progress=False)
     assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
     assert ctx.load_json("schema.json", "prepare")["classes"][0] == "digit-0"
     assert load_split(ctx, "val").y.max() == 9
@@ -67,7 +68,7 @@ def test_sql_table_and_query(stage_ctx_factory, sqlite_url, digits):
     chunks = list(iter_source({"url": sqlite_url, "query": QUERY}, 250))
     assert [c.num_rows for c in chunks] == [250, 250, 250, 151]
     ctx = stage_ctx_factory("prepare", run_id="sql")
-    prepared = prepare_data(ctx, {"url": sqlite_url, "query": QUERY}, "label", 0.15, 0.15, 0, progress=False)
+    prepared = prepare_data(ctx, DataParams(source={"url": sqlite_url, "query": QUERY}), seed=0, progress=False)
     assert prepared.counts.rows.iloc[-1] == int((digits.label < 5).sum())
     assert ctx.load_json("schema.json", "prepare")["source"].endswith(f"query {QUERY!r}")
 
@@ -102,7 +103,7 @@ def test_postgres_source_streams_through_a_server_side_cursor(stage_ctx_factory,
     assert summary.n.sum() == 1797 and summary.p20_sum.dtype == float  # NUMERIC arrives as float
     ctx = stage_ctx_factory("prepare", run_id="pg-source")
     prepared = prepare_data(
-        ctx, {"url": url, "table": "public.digits"}, "label", 0.15, 0.15, 0, chunk_rows=300, progress=False
+        ctx, DataParams(source={"url": url, "table": "public.digits"}), seed=0, chunk_rows=300, progress=False
     )
     assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
     with engine.connect() as conn:  # the cursor was a named (server-side) one, closed when done
@@ -123,6 +124,7 @@ def test_sql_source_as_a_parameter(tmp_path, sqlite_url):
     assert load(sets=["data.source=some/file.csv"])["data.source"] == "some/file.csv"
 
 
+@pytest.mark.e2e
 def test_a_run_from_sql_and_its_failures(place, sqlite_url):
     source = f"data.source={{url: '{sqlite_url}', query: '{QUERY}'}}"
     result = workbench("run", "--steps", "prepare", *place.sets(source))

@@ -133,7 +133,18 @@ def test_display_url_masks_password():
     assert display_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+def test_one_url_masking_for_messages_parameters_and_tracking():
+    from workbench.config import schema
+    from workbench.config.secrets import mask
+    from workbench.storage import publish, sources
+
+    assert display_url is mask and schema.mask is mask and sources.mask is mask and publish.display_url is mask
+    message = "cannot reach postgresql+psycopg://etl:hunter2@db:5432/x; mysql://a:b@h/y too"
+    assert mask(message) == "cannot reach postgresql+psycopg://etl:***@db:5432/x; mysql://a:***@h/y too"
+    assert mask("sqlite:///artifacts/workbench.db") == "sqlite:///artifacts/workbench.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def fresh_url(request, tmp_path):
     """A database that does not have the schema yet, of each kind the tracker supports."""
     if request.param == "sqlite":

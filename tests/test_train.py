@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from workbench.config.schema import TrainParams
 from workbench.errors import ModelError, StoreError
 from workbench.ml.models import load_model
 from workbench.ml.training.checkpoint import CHECKPOINT, SET_ASIDE
@@ -131,7 +132,7 @@ def test_workbench_run_refuses_a_checkpoint_from_another_config(stage_ctx_factor
     with pytest.raises(
         ModelError, match=r"was written with different config\.model, settings\.epochs; start a new run"
     ):
-        train_model(ctx, "mlp", 5, 64, 0.002, "cpu", False, 0)
+        train_model(ctx, TrainParams(model="mlp", epochs=5, batch_size=64, device="cpu", amp=False), seed=0)
     assert not ctx.store.exists(ctx.key(SET_ASIDE))
 
 
@@ -142,7 +143,7 @@ def test_an_interactive_run_sets_a_checkpoint_from_other_settings_aside(stage_ct
     ctx.store.write_bytes(ctx.key(CHECKPOINT), old)
     for epoch in (1, 2, 3):  # the curves of the earlier training
         ctx.log_metrics({"val_accuracy": 0.5}, epoch=epoch)
-    result = train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+    result = train_model(ctx, TrainParams(epochs=2, batch_size=64, device="cpu", amp=False), seed=0)
     said = capsys.readouterr().out
     assert [p["epoch"] for p in ctx.tracker.get_run("lab")["history"]["val_accuracy"]] == [1, 2]
     assert f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different settings.epochs; " in said
@@ -151,7 +152,7 @@ def test_an_interactive_run_sets_a_checkpoint_from_other_settings_aside(stage_ct
     assert ctx.store.read_bytes(ctx.key(SET_ASIDE)) == old
     assert len(torch.load(io.BytesIO(ctx.load(CHECKPOINT, "train")), weights_only=False)["trainer"]["history"]) == 2
     # the same settings again continue from the new checkpoint rather than training once more
-    again = train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+    again = train_model(ctx, TrainParams(epochs=2, batch_size=64, device="cpu", amp=False), seed=0)
     assert again.resumed_from == 2 and "training afresh" not in capsys.readouterr().out
 
 
@@ -167,7 +168,7 @@ def test_a_corrupt_checkpoint_is_unreadable(stage_ctx_factory, trained, content,
     ctx = _fresh_run(stage_ctx_factory, f"corrupt-{content}-{interactive}", interactive)
     ctx.store.write_bytes(ctx.key(CHECKPOINT), data)
     with pytest.raises(ModelError, match=r"checkpoints/last\.pt is unreadable \(.+\); delete it to start over"):
-        train_model(ctx, "cnn", 3, 64, 0.002, "cpu", False, 0)
+        train_model(ctx, TrainParams(epochs=3, batch_size=64, device="cpu", amp=False), seed=0)
 
 
 class _FailingReads:
@@ -198,7 +199,7 @@ def test_a_checkpoint_the_store_cannot_read_is_not_called_unreadable(stage_ctx_f
     ctx.store.write_bytes(ctx.key(CHECKPOINT), stage_ctx_factory("train").load(CHECKPOINT, "train"))
     ctx = dataclasses.replace(ctx, store=_FailingReads(ctx.store, error))
     with pytest.raises(type(error)) as caught:
-        train_model(ctx, "cnn", 3, 64, 0.002, "cpu", False, 0)
+        train_model(ctx, TrainParams(epochs=3, batch_size=64, device="cpu", amp=False), seed=0)
     assert caught.value is error
 
 
@@ -207,7 +208,7 @@ def test_a_diverging_run_stops_before_any_nan_is_recorded(stage_ctx_factory, tra
     with pytest.raises(
         ModelError, match=r"^training diverged at epoch 1: train loss is nan; try a lower train\.lr \(now 1e\+30\)$"
     ):
-        train_model(ctx, "cnn", 3, 64, 1.0e30, "cpu", False, 0)
+        train_model(ctx, TrainParams(epochs=3, batch_size=64, lr=1.0e30, device="cpu", amp=False), seed=0)
     run = ctx.tracker.get_run("diverge")
     assert run["metrics"] == {} and run["history"] == {}
     assert not ctx.store.exists(ctx.key(CHECKPOINT))
@@ -226,7 +227,7 @@ def test_an_inf_in_a_prepared_split_is_blamed_on_the_data(stage_ctx_factory, tra
         match=r"^training stopped at epoch 1: train loss is nan because the train split has 1 row\(s\) with inf or "
         r"nan features; fix them in data\.source and rerun prepare$",
     ):
-        train_model(ctx, "cnn", 2, 64, 0.002, "cpu", False, 0)
+        train_model(ctx, TrainParams(epochs=2, batch_size=64, device="cpu", amp=False), seed=0)
     assert ctx.tracker.get_run("inf-in-train")["history"] == {}
 
 
@@ -255,7 +256,9 @@ def test_the_near_chance_rule():
 
 def test_a_model_at_chance_is_flagged(stage_ctx_factory, trained):
     ctx = _fresh_run(stage_ctx_factory, "chance")
-    result = train_model(ctx, "cnn", 1, 64, 10.0, "cpu", False, 0)  # finite, but learns nothing
+    result = train_model(
+        ctx, TrainParams(epochs=1, batch_size=64, lr=10.0, device="cpu", amp=False), seed=0
+    )  # finite, but learns nothing
     val_labels = torch.from_numpy(pd.read_parquet(io.BytesIO(ctx.load("val.parquet", "prepare")))["label"].to_numpy())
     expected_chance = torch.bincount(val_labels).max().item() / len(val_labels)
     metrics = ctx.tracker.get_run("chance")["metrics"]
@@ -294,15 +297,22 @@ def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):
     from workbench.errors import StoreError
 
     with pytest.raises(StoreError, match=r"prepare/schema\.json not found"):
-        train_model(stage_ctx_factory("train", run_id="never-prepared"), "cnn", 1, 32, 0.01, "cpu", False, 0)
+        train_model(
+            stage_ctx_factory("train", run_id="never-prepared"),
+            TrainParams(epochs=1, lr=0.01, device="cpu", amp=False),
+            seed=0,
+        )
 
 
+@pytest.mark.e2e  # torchrun launches worker processes
 def test_two_processes_reach_the_single_process_accuracy_band(trained, stage_ctx_factory):
     """torchrun with gloo on CPU: two DDP workers, rank 0 writes, same accuracy band as one process."""
     accuracy = {}
     for processes in (1, 2):
         ctx = _fresh_run(stage_ctx_factory, f"ddp-{processes}")
-        result = train_model(ctx, "cnn", 6, 64, 0.002, "cpu", False, 0, processes=processes)
+        result = train_model(
+            ctx, TrainParams(epochs=6, batch_size=64, device="cpu", amp=False, processes=processes), seed=0
+        )
         accuracy[processes] = result.metrics["val_accuracy"]
         assert result.environment["processes"] == processes and len(result.history) == 6
         assert ctx.store.exists(ctx.key("model.pth"))
@@ -314,3 +324,25 @@ def test_constant_schedule_and_accuracy_monitor():
     history = trainer.run(*_toy(), progress=False)
     assert history.lr.nunique() == 1
     assert len(history) < 30 and trainer.best == -history.val_accuracy.max()
+
+
+@pytest.mark.parametrize(
+    ("processes", "device", "gpus", "refused"),
+    [
+        (2, "cuda", 1, True),
+        (2, "auto", 1, True),
+        (4, "cuda:0", 2, True),
+        (2, "cuda", 2, False),
+        (2, "auto", 0, False),  # no GPU: auto means CPU workers over gloo
+        (3, "cpu", 0, False),
+        (1, "cuda", 1, False),
+    ],
+)
+def test_more_cuda_processes_than_gpus_are_refused_before_launch(processes, device, gpus, refused):
+    from workbench.ml.training.device import check_processes
+
+    if refused:
+        with pytest.raises(ModelError, match=rf"train.processes {processes}: only {gpus} CUDA device\(s\) visible"):
+            check_processes(processes, device, gpus)
+    else:
+        check_processes(processes, device, gpus)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.config.schema import PublishParams, ScoreParams, ValidateParams
 from workbench.errors import ModelError
 from workbench.ml import runtimes
 from workbench.ml.onnx_export import check_mxnet_ops, to_onnx
@@ -29,7 +30,7 @@ def test_compare_statistics_and_elementwise_rule():
 
 def test_three_way_parity_passes(trained, stage_ctx_factory):
     ctx = stage_ctx_factory("validate")
-    parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    parity = validate_model(ctx, ValidateParams())
     assert parity.verdict == "PASS", parity.reasons
     parity.check()
     assert list(parity.table.columns) == ["pytorch", "onnxruntime", "mxnet"]
@@ -45,8 +46,13 @@ def test_validation_publishes_metrics_and_every_backends_rows(trained, stage_ctx
     url = f"sqlite:///{tmp_path}/warehouse.db"
     ctx = stage_ctx_factory("validate")
     for _ in range(2):
-        parity = validate_model(ctx, 1e-4, 1e-3, 0.999, publish_url=url, publish_table="results")
-    score_batch(stage_ctx_factory("score"), "bundled:digits", "torch", 900, "unit", url, "results", progress=False)
+        parity = validate_model(ctx, ValidateParams(), PublishParams(url=url, table="results"))
+    score_batch(
+        stage_ctx_factory("score"),
+        ScoreParams(backend="torch", batch_size=900, model_run="unit"),
+        PublishParams(url=url, table="results"),
+        progress=False,
+    )
     rows = pd.read_sql("select * from results where step = 'validate'", url)
     n = len(parity.labels)
     assert rows.groupby("backend").size().to_dict() == {"mxnet": n, "onnxruntime": n, "pytorch": n}
@@ -76,7 +82,7 @@ def test_a_tampered_reference_fails_with_reasons(trained, stage_ctx_factory):
     target.save("reference.npz", buf.getvalue())
     target.save("model.onnx", source.load("model.onnx", "export"))
     target.save_json("export.json", source.load_json("export.json", "export"))
-    parity = validate_model(stage_ctx_factory("validate", run_id="tampered"), atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    parity = validate_model(stage_ctx_factory("validate", run_id="tampered"), ValidateParams())
     assert parity.verdict == "FAIL" and parity.reasons[0].startswith("onnxruntime: 100.00% of logits outside")
     with pytest.raises(ModelError, match="parity FAIL"):
         parity.check()
@@ -124,7 +130,7 @@ def test_any_backend_exception_is_a_fail_verdict_with_a_one_line_reason(trained,
     monkeypatch.setitem(runtimes.BACKENDS, "mxnet", broken_load)
     _copy_export(stage_ctx_factory, "broken")
     ctx = stage_ctx_factory("validate", run_id="broken")
-    parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    parity = validate_model(ctx, ValidateParams())
     assert parity.verdict == "FAIL" and parity.stats["mxnet"] == {"loaded": 0.0}
     assert parity.reasons == ["mxnet: cannot load the model (RuntimeError: importer exploded)"]
     assert parity.stats["onnxruntime"]["within_tolerance"] == 1.0  # the other backend still ran
@@ -144,7 +150,7 @@ def test_any_backend_exception_is_a_fail_verdict_with_a_one_line_reason(trained,
         return predict
 
     monkeypatch.setitem(runtimes.BACKENDS, "mxnet", crashes_when_run)
-    parity = validate_model(ctx, atol=1e-4, rtol=1e-3, min_agreement=0.999)
+    parity = validate_model(ctx, ValidateParams())
     assert parity.stats["mxnet"] == {"loaded": 1.0, "ran": 0.0}
     assert parity.reasons == ["mxnet: fails on the validation split (ValueError: bad input shape)"]
     assert parity.table.loc["ran", "mxnet"] == "no"
@@ -179,7 +185,7 @@ def test_an_onnxruntime_export_is_judged_on_onnxruntime_alone(trained, stage_ctx
     _copy_export(stage_ctx_factory, "ort-only")
     ctx = stage_ctx_factory("export", run_id="ort-only")
     ctx.save_json("export.json", {**ctx.load_json("export.json", "export"), "target": "onnxruntime"})
-    parity = validate_model(stage_ctx_factory("validate", run_id="ort-only"), 1e-4, 1e-3, 0.999)
+    parity = validate_model(stage_ctx_factory("validate", run_id="ort-only"), ValidateParams())
     assert parity.verdict == "PASS" and set(parity.stats) == {"pytorch", "onnxruntime"}
     assert set(parity.accuracies) == {"pytorch", "onnxruntime"} and min(parity.accuracies.values()) > 0.5
 

@@ -12,6 +12,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "open_step": "workbench.run.notebooks",
+    "Params": "workbench.config.schema",
+    "DataParams": "workbench.config.schema",
+    "TrainParams": "workbench.config.schema",
+    "ExportParams": "workbench.config.schema",
+    "ValidateParams": "workbench.config.schema",
+    "ScoreParams": "workbench.config.schema",
+    "PublishParams": "workbench.config.schema",
     "step_context": "workbench.run.context",
     "StepContext": "workbench.run.context",
     "prepare_data": "workbench.stages.prepare_data",

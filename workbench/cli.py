@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
@@ -34,6 +36,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         names = [s.name for s in select_steps(args.steps)]
         if problem := steps_problem(names, [s.name for s in STEPS]):
             raise ParameterError(f"--steps {args.steps}: {problem}")
+    # a kernel watcher of nbclient's can outlive an interrupted step; asyncio would print its
+    # leftover DeadKernelError at exit, after (and instead of) the one line that says what happened
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     with stop_on_signals():
         result = run_pipeline(_parameters(args), resume=args.resume, steps=args.steps)
     print(f"run {result.run_id} {result.status}")
@@ -79,6 +84,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from workbench.errors import StoreError
     from workbench.run.report import render_report
     from workbench.storage import open_store
+    from workbench.storage.catalog import RunLayout
     from workbench.tracking.tracker import Tracker
 
     params = _parameters(args)
@@ -87,9 +93,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # the run's own store, unless this command line names one (a store that was moved)
     uri = params["store"] if "store" in params.explicit else run["store"]
     store = open_store(uri)
-    if not store.list(f"runs/{args.run_id}"):
+    folder = RunLayout(args.run_id).root
+    if not store.list(folder):
         raise StoreError(
-            f"run {args.run_id}: its store {uri} holds no runs/{args.run_id} (moved or deleted?); "
+            f"run {args.run_id}: its store {uri} holds no {folder} (moved or deleted?); "
             "if you moved it, pass the new place with --set store=..."
         )
     index = render_report(
@@ -105,6 +112,27 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
     params = _parameters(args)
     print(f"db {display_url(params['db'])} at schema {Tracker(params['db'], check=False).upgrade()}")
+    return 0
+
+
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from workbench.run.notebooks import check_generated, sync_generated
+
+    if args.sync:
+        written = sync_generated()
+        for path in written:
+            print(f"wrote {path}")
+        if not written:
+            print("notebooks, parameters/default.yaml and README.md already match the schema")
+        return 0
+    drifts = check_generated()
+    for drift in drifts:
+        print(drift, file=sys.stderr)
+    if drifts:
+        names = ", ".join(str(d.path) for d in drifts)
+        print(f"error: {names} differ from the schema; run `workbench notebooks --sync`", file=sys.stderr)
+        return 1
+    print("notebooks, parameters/default.yaml and README.md match the schema")
     return 0
 
 
@@ -133,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the notebook pipeline (prepare, train, export to ONNX, validate in MXNet) and inspect its runs.",
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print its cause chain as well as the one line (also: WORKBENCH_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
@@ -169,12 +202,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.set_defaults(func=_cmd_db)
 
+    notebooks = sub.add_parser(
+        "notebooks",
+        help="check (or --sync) the notebooks' parameters cells, parameters/default.yaml and the README table against the schema",
+        description="Everything a parameter is written in is generated from workbench/config/schema.py: the "
+        "parameters cell of each notebook, parameters/default.yaml and the README's parameter table. --check "
+        "(the default) exits 1 naming each file that differs, with the difference; --sync rewrites them.",
+    )
+    mode = notebooks.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if a generated text differs (default)")
+    mode.add_argument("--sync", action="store_true", help="rewrite what differs (notebook outputs are kept)")
+    notebooks.set_defaults(func=_cmd_notebooks)
+
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)
     return parser
 
 
+def _debugging(args: argparse.Namespace | None) -> bool:
+    """``--traceback`` or ``WORKBENCH_DEBUG=1``: a user error also shows what caused it."""
+    flag = os.environ.get("WORKBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return flag or bool(getattr(args, "traceback", False))
+
+
+def _report_error(exc: WorkbenchError, args: argparse.Namespace | None) -> None:
+    """The one line; when debugging, the traceback and cause chain first, so the line stays last."""
+    if _debugging(args):
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)  # --help writes too
         code = args.func(args)
@@ -185,10 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except ParameterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report_error(exc, args)
         return 2
     except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report_error(exc, args)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a run (its message says which)
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)

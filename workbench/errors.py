@@ -1,7 +1,9 @@
 """The one exception family for mistakes a user can make.
 
 The CLI prints ``str(error)`` as a single line and exits non-zero; anything that is not a
-``WorkbenchError`` is a bug and keeps its traceback.
+``WorkbenchError`` is a bug and keeps its traceback. An error raised because of another one says
+so (``raise ... from exc``): ``workbench --traceback`` or ``WORKBENCH_DEBUG=1`` prints that chain
+above the line, for a bug report.
 """
 
 from __future__ import annotations
@@ -41,3 +43,7 @@ class StepFailed(WorkbenchError):
 
 class ReportError(WorkbenchError):
     """A run's steps finished but its report could not be written (a full disk, a lost store)."""
+
+
+class PublishError(WorkbenchError):
+    """The publish database or table cannot take the rows."""

@@ -12,10 +12,30 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from support.localpg import ServiceUnavailable, free_port
+
+
+@dataclass
+class S3Server:
+    """A running local endpoint and the variables that point boto3 at it."""
+
+    endpoint: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ this module (or the user's own class), not the training code's pickled objects.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ def _user_class(spec: str) -> type[nn.Module]:
     except ImportError as exc:
         raise ModelError(
             f"train.model {spec!r}: cannot import {module_name!r} ({exc}); is the package installed or on PYTHONPATH?"
-        ) from None
+        ) from exc
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ModelError(f"train.model {spec!r}: {module_name} has no nn.Module subclass named {class_name!r}")
@@ -40,12 +41,22 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     """Instantiate from a config; a user class is called as ``Class(in_features=, num_classes=)``."""
     spec = config["model"]
     cls = BUILTIN.get(spec) or _user_class(spec)
-    try:
-        return cls(in_features=config["in_features"], num_classes=config["num_classes"])
+    arguments = {"in_features": config["in_features"], "num_classes": config["num_classes"]}
+    try:  # the signature first: a TypeError from inside the constructor is its own bug, not a wrong signature
+        inspect.signature(cls).bind(**arguments)
     except TypeError as exc:
-        raise ModelError(f"train.model {spec!r}: constructor must accept in_features and num_classes ({exc})") from None
+        raise ModelError(f"train.model {spec!r}: constructor must accept in_features and num_classes ({exc})") from exc
+    except ValueError:  # no signature to inspect (a C-implemented class): let the call itself tell
+        pass
+    try:
+        return cls(**arguments)
     except ValueError as exc:  # the architecture's own check of the data's shape
-        raise ModelError(str(exc)) from None
+        raise ModelError(str(exc)) from exc
+    except TypeError as exc:
+        raise ModelError(
+            f"train.model {spec!r}: its constructor raised TypeError: {exc}; fix the class (the traceback "
+            "with --traceback or WORKBENCH_DEBUG=1 shows where)"
+        ) from exc
 
 
 def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
@@ -57,5 +68,5 @@ def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Mod
         first = str(exc).splitlines()[0]
         raise ModelError(
             f"model weights do not match config {config['model']!r} ({first}); retrain or pick the matching run"
-        ) from None
+        ) from exc
     return model.eval()

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import ModelError
+from workbench.storage.catalog import ONNX_MODEL
 
 if TYPE_CHECKING:
     pass
@@ -60,7 +61,7 @@ OP_HINTS = {
 def to_onnx(model: torch.nn.Module, in_features: int, opset: int, target: str) -> onnx.ModelProto:
     """Serialise with a dynamic batch axis, laid out as ``target`` needs."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
+        path = os.path.join(tmp, ONNX_MODEL.file)
         torch.onnx.export(
             model,
             (torch.zeros(2, in_features),),

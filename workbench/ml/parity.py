@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import ModelError
-from workbench.ml.runtimes import BACKENDS, one_line
+from workbench.ml.runtimes import BACKENDS, ModelFiles, one_line
 
 if TYPE_CHECKING:
     pass
@@ -123,8 +123,8 @@ def three_way(
     parity = Parity(reference, labels, {}, {REFERENCE: {"accuracy": accuracy}})
     for name in backends:
         try:
-            predict = BACKENDS[name](blob)
-        except Exception as exc:
+            predict = BACKENDS[name](ModelFiles.of_onnx(blob))
+        except Exception as exc:  # broad on purpose: third-party runtimes raise anything (see above)
             parity.stats[name] = {"loaded": 0.0}
             # a ModelError already says what to change; anything else is named by its type and first line
             why = (
@@ -138,7 +138,7 @@ def three_way(
             out = np.asarray(predict(x))
             if out.shape != reference.shape:
                 raise ModelError(f"returns logits of shape {out.shape}, PyTorch {reference.shape}")
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: a runtime's own failure becomes the FAIL reason
             parity.stats[name] = {"loaded": 1.0, "ran": 0.0}
             parity.reasons.append(f"{name}: fails on the validation split ({one_line(exc)})")
             continue
@@ -148,7 +148,7 @@ def three_way(
                 same = np.allclose(
                     predict(np.resize(x, (n, x.shape[1]))), np.resize(out, (n, out.shape[1])), atol=atol, rtol=rtol
                 )
-            except Exception as exc:
+            except Exception as exc:  # broad on purpose: a runtime's own failure becomes the FAIL reason
                 batch_errors.append(f"{name}: fails on a batch of {n} rows ({one_line(exc)})")
                 continue
             if not same:

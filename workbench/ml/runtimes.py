@@ -8,11 +8,13 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workbench.errors import ModelError
+from workbench.storage.catalog import ONNX_MODEL
 
 if TYPE_CHECKING:
     import onnx
@@ -43,8 +45,8 @@ def onnx_file_check(onnx_bytes: bytes) -> onnx.ModelProto:
 
     try:
         return onnx.load_from_string(onnx_bytes)
-    except DecodeError:
-        raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from None
+    except DecodeError as exc:
+        raise ModelError("the ONNX model is corrupt or truncated; rerun the export step") from exc
 
 
 def mxnet_import_hint(proto: onnx.ModelProto) -> str:
@@ -79,8 +81,8 @@ def load_onnxruntime(onnx_bytes: bytes) -> Predict:
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
         session = ort.InferenceSession(onnx_bytes, options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from None
+    except Exception as exc:  # broad on purpose: onnxruntime's Fail, InvalidGraph, ... derive from Exception alone
+        raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from exc
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -96,16 +98,16 @@ def load_mxnet(onnx_bytes: bytes) -> Predict:
 
     ctx = mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
+        path = os.path.join(tmp, ONNX_MODEL.file)
         with open(path, "wb") as fh:
             fh.write(onnx_bytes)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the importer prints a deprecation banner
                 sym, arg_params, aux_params = onnx_mxnet.import_model(path)
-        except Exception as exc:  # the importer fails in many ways (KeyError, MXNetError, ...) on graphs it lacks
+        except Exception as exc:  # broad on purpose: the importer fails in many ways (KeyError, MXNetError, ...)
             raise ModelError(
                 f"MXNet cannot import the ONNX model ({one_line(exc)}); {mxnet_import_hint(proto)}"
-            ) from None
+            ) from exc
     data_name = next(n for n in sym.list_inputs() if n not in arg_params and n not in aux_params)
     module = mx.mod.Module(symbol=sym, data_names=[data_name], label_names=None, context=ctx)
 
@@ -121,4 +123,51 @@ def load_mxnet(onnx_bytes: bytes) -> Predict:
     return predict
 
 
-BACKENDS: dict[str, Callable[[bytes], Predict]] = {"onnxruntime": load_onnxruntime, "mxnet": load_mxnet}
+def load_torch(config: dict[str, Any], state: bytes) -> Predict:
+    """The PyTorch model itself (CPU), rebuilt from its config and ``state_dict`` bytes."""
+    import torch
+
+    from workbench.ml.models import load_model
+
+    model = load_model(config, torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return predict
+
+
+def _no_torch_files() -> tuple[dict[str, Any], bytes]:
+    raise ModelError("the torch backend needs the trained model (model.pth, model_config.json), not only model.onnx")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a backend reads the model from, each read only by a backend that needs it: the ONNX
+    file, or PyTorch's config and ``state_dict`` bytes."""
+
+    onnx: Callable[[], bytes]
+    torch: Callable[[], tuple[dict[str, Any], bytes]] = _no_torch_files
+
+    @classmethod
+    def of_onnx(cls, blob: bytes) -> ModelFiles:
+        return cls(onnx=lambda: blob)
+
+
+# The one registry of inference backends: a name (score.backend, the validate step's backends) to
+# a loader from the model's files to a function of a float32 batch.
+BACKENDS: dict[str, Callable[[ModelFiles], Predict]] = {
+    "onnxruntime": lambda files: load_onnxruntime(files.onnx()),
+    "mxnet": lambda files: load_mxnet(files.onnx()),
+    "torch": lambda files: load_torch(*files.torch()),
+}
+
+
+def load_backend(name: str, files: ModelFiles) -> Predict:
+    """The backend ``name`` with the model of ``files`` loaded."""
+    try:
+        loader = BACKENDS[name]
+    except KeyError as exc:
+        raise ModelError(f"no inference backend {name!r}; use {', '.join(BACKENDS)}") from exc
+    return loader(files)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from workbench.errors import ModelError
+from workbench.storage.catalog import ARCHIVE_META, ARCHIVE_STATE
 
 
 def model_archive(state_bytes: bytes, config: dict[str, Any], normalization: dict[str, Any], classes: list) -> bytes:
@@ -30,10 +31,10 @@ def model_archive(state_bytes: bytes, config: dict[str, Any], normalization: dic
         )
     meta = config | {"mean": normalization["mean"], "std": normalization["std"], "classes": classes}
     files = {
-        "model.pth": state_bytes,
+        ARCHIVE_STATE: state_bytes,
         "code/inference.py": (resources.files("workbench") / "templates" / "sagemaker_inference.py").read_bytes(),
         "code/architectures.py": (resources.files("workbench") / "ml" / "architectures.py").read_bytes(),
-        "code/model.json": json.dumps(meta, indent=2).encode(),
+        ARCHIVE_META: json.dumps(meta, indent=2).encode(),
         "code/requirements.txt": f"numpy\ntorch=={torch.__version__.split('+')[0]}\n".encode(),
     }
     buf = io.BytesIO()

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
+from workbench.ml.features import is_numeric
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,12 +30,6 @@ MAX_HISTOGRAMS = 16  # features whose distribution prepare counts: a readable gr
 HISTOGRAM_BINS = 30
 
 
-def _numeric(kind: pa.DataType) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-
-
 def feature_columns(schema: pa.Schema, target: str, shown: str) -> list[str]:
     """The feature columns, or why the table cannot be trained on (known from its first chunk)."""
     names = schema.names
@@ -44,7 +39,7 @@ def feature_columns(schema: pa.Schema, target: str, shown: str) -> list[str]:
     features = [c for c in names if c != target]
     if not features:
         raise DataError(f"data.source {shown}: no feature columns besides {target!r}")
-    bad = [c for c in features if not _numeric(schema.field(c).type)]
+    bad = [c for c in features if not is_numeric(schema.field(c).type)]
     if bad:
         raise DataError(f"data.source {shown}: non-numeric feature columns {bad[:5]}; encode or drop them first")
     return features
@@ -201,10 +196,3 @@ class Histograms:
     def add(self, x: np.ndarray) -> None:
         for i, edges in enumerate(self.edges):
             self.counts[i] += np.histogram(x[:, i], bins=edges)[0]
-
-
-def column_matrix(table: pa.Table, columns: list[str]) -> np.ndarray:
-    x = np.empty((table.num_rows, len(columns)))
-    for i, name in enumerate(columns):
-        x[:, i] = table.column(name).to_numpy()
-    return x

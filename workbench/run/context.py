@@ -2,6 +2,8 @@
 
 Steps share nothing but artifacts under ``runs/<run_id>/<step>/`` and rows in the tracking DB,
 so any step can be rerun alone, in JupyterLab or under plain papermill, given the same run id.
+Stages ask for artifacts by their name in :mod:`workbench.storage.catalog`
+(``ctx.save_artifact(SCHEMA, obj)``, ``ctx.load_artifact(NORMALIZATION, run=...)``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.storage import open_store
 from workbench.storage.base import ArtifactInfo, Store
+from workbench.storage.catalog import Artifact, RunLayout, artifact, decode, encode
 from workbench.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -31,20 +34,48 @@ class StepContext:
     # where a changed setting retrains instead of refusing the run's old checkpoint
     interactive: bool = False
 
-    def key(self, name: str, step: str | None = None, run: str | None = None) -> str:
-        return f"runs/{run or self.run_id}/{step or self.step}/{name}"
+    def key(self, name: str | Artifact, step: str | None = None, run: str | None = None) -> str:
+        """The store key of a catalog artifact, or of the file ``name`` in ``step``'s folder
+        (this step's unless named), in this run unless ``run`` names another."""
+        layout = RunLayout(run or self.run_id)
+        if isinstance(name, Artifact):
+            return layout.key(name)
+        return layout.step_key(step or self.step, name)
 
-    def save(self, name: str, data: bytes) -> ArtifactInfo:
+    def _own(self, name: str | Artifact) -> str:
+        if isinstance(name, Artifact) and name.step != self.step:
+            raise ValueError(f"artifact {name.name} belongs to step {name.step}, not {self.step}")
+        return self.key(name)
+
+    def save(self, name: str | Artifact, data: bytes) -> ArtifactInfo:
         """Write an artifact of this step atomically and record its sha256 and size."""
-        info = self.store.write_bytes(self.key(name), data)
+        info = self.store.write_bytes(self._own(name), data)
         self.tracker.log_artifact(self.run_id, self.step, info)
         return info
 
-    def store_file(self, name: str, path: Path) -> ArtifactInfo:
+    def store_file(self, name: str | Artifact, path: Path) -> ArtifactInfo:
         """Like :meth:`save` for a file too large to hold in memory."""
-        info = self.store.put_file(self.key(name), path)
+        info = self.store.put_file(self._own(name), path)
         self.tracker.log_artifact(self.run_id, self.step, info)
         return info
+
+    def save_artifact(self, name: str | Artifact, value: Any) -> ArtifactInfo:
+        """Write the catalog artifact ``name`` of this step: a local file (``Path``) or bytes as
+        they are, else encoded by the artifact's format (JSON, DataFrame, Figure, arrays)."""
+        entry = artifact(name)
+        if isinstance(value, Path):
+            return self.store_file(entry, value)
+        return self.save(entry, encode(entry, value))
+
+    def load_artifact(self, name: str | Artifact, run: str | None = None) -> Any:
+        """The catalog artifact ``name`` of this run (or of ``run``), decoded by its format."""
+        entry = artifact(name)
+        return decode(entry, self.load(entry, run=run))
+
+    def has_artifact(self, name: str | Artifact, run: str | None = None) -> bool:
+        return self.store.exists(self.key(artifact(name), run=run))
+
+    # By file name, for exploring a store from a notebook or a test; stages use the catalog names.
 
     def save_json(self, name: str, obj: Any) -> ArtifactInfo:
         return self.save(name, json.dumps(obj, indent=2).encode())
@@ -59,8 +90,9 @@ class StepContext:
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         return self.save(name, buf.getvalue())
 
-    def load(self, name: str, step: str, run: str | None = None) -> bytes:
-        """An artifact of ``step``, of this run unless ``run`` names another (e.g. a trained model)."""
+    def load(self, name: str | Artifact, step: str | None = None, run: str | None = None) -> bytes:
+        """An artifact's bytes: a catalog entry, or a file of ``step``; of this run unless ``run``
+        names another (e.g. a trained model)."""
         return self.store.read_bytes(self.key(name, step, run))
 
     def load_json(self, name: str, step: str, run: str | None = None) -> Any:

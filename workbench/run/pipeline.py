@@ -22,6 +22,7 @@ from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchE
 from workbench.run.kernel import KERNEL_NAME, ensure_kernel
 from workbench.storage import open_store
 from workbench.storage.base import Store
+from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
 from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
 
 
@@ -48,13 +49,13 @@ class StepSpec:
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec(
-        "prepare", "01_prepare_data.ipynb", "data", ("seed",), ("workbench.stages.prepare_data", "matplotlib.pyplot")
+        "prepare", NOTEBOOKS["prepare"], "data", ("seed",), ("workbench.stages.prepare_data", "matplotlib.pyplot")
     ),
-    StepSpec("train", "02_train.ipynb", "train", ("seed",), ("workbench.stages.train", "matplotlib.pyplot")),
-    StepSpec("export", "03_export_onnx.ipynb", "export", (), ("workbench.stages.export_onnx", "onnxruntime")),
+    StepSpec("train", NOTEBOOKS["train"], "train", ("seed",), ("workbench.stages.train", "matplotlib.pyplot")),
+    StepSpec("export", NOTEBOOKS["export"], "export", (), ("workbench.stages.export_onnx", "onnxruntime")),
     StepSpec(
         "validate",
-        "04_validate_mxnet.ipynb",
+        NOTEBOOKS["validate"],
         "validate",
         (),
         ("workbench.stages.validate_mxnet", "mxnet", "matplotlib.pyplot"),
@@ -62,7 +63,7 @@ STEPS: tuple[StepSpec, ...] = (
     ),
     StepSpec(
         "score",
-        "05_batch_score.ipynb",
+        NOTEBOOKS["score"],
         "score",
         (),
         ("workbench.stages.batch_score", "matplotlib.pyplot"),
@@ -190,8 +191,9 @@ class WarmKernel:
 
 def execute_step(
     step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path, kernel: WarmKernel
-) -> str | None:
-    """Run one notebook; returns the error line when a cell raised, None on success."""
+) -> Exception | None:
+    """Run one notebook; returns what stopped it (a cell raised, the kernel died, a cell timed out:
+    it carries the cell's traceback), None on success. :func:`error_line` says it in one line."""
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
@@ -207,13 +209,21 @@ def execute_step(
             request_save_on_cell_execute=True,  # a kernel that dies still leaves its notebook so far
             km=kernel.km,
         )
-    except PapermillExecutionError as exc:
-        return f"{exc.ename}: {exc.evalue}"
-    except DeadKernelError:
-        return f"DeadKernelError: the kernel died (killed, or out of memory?); see logs/{step.name}.kernel.log in the run folder"
-    except CellTimeoutError as exc:
-        return f"CellTimeoutError: {str(exc).strip().splitlines()[0]}"
+    except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as exc:
+        return exc
     return None
+
+
+def error_line(step: StepSpec, failure: Exception) -> str:
+    """The one line a step failure is recorded and printed as."""
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(failure, PapermillExecutionError):
+        return f"{failure.ename}: {failure.evalue}"
+    if isinstance(failure, DeadKernelError):
+        return f"DeadKernelError: the kernel died (killed, or out of memory?); see {kernel_log(step.name).path} in the run folder"
+    return f"{type(failure).__name__}: {str(failure).strip().splitlines()[0]}"
 
 
 def run_pipeline(
@@ -233,7 +243,7 @@ def run_pipeline(
         scratch = Path(tmp)
 
         def warm(step: StepSpec) -> WarmKernel:
-            kernel = WarmKernel(step, folder, scratch / f"{step.name}.kernel.log")
+            kernel = WarmKernel(step, folder, scratch / kernel_log(step.name).file)
             stack.callback(kernel.shutdown)
             return kernel
 
@@ -251,44 +261,45 @@ def run_pipeline(
         if resume:
             run_id = resume
             tracker.reopen_run(run_id)
-            say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(f'runs/{run_id}')}")
+            say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(RunLayout(run_id).root)}")
         else:
             run_id = tracker.create_run(store.root, params.values, params.origin, holder=holder)
             stack.enter_context(holding(tracker, run_id, holder))
             tracker.plan_steps(run_id, [s.name for s in planned])
-            say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(f'runs/{run_id}')}")
+            say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")
         failure: str | None = "interrupted"  # what the run row says if we leave by an unforeseen exit
         running: tuple[str, float] | None = None
         try:
             for i, step in enumerate(todo):
                 kernel, upcoming = upcoming, (warm(todo[i + 1]) if i + 1 < len(todo) else None)
                 number = planned.index(step) + 1
-                key = f"runs/{run_id}/{step.notebook}"
+                key = RunLayout(run_id).key(notebook(step.name))
                 tracker.start_step(run_id, step.name, store.uri(key))
                 say(f"[{number}/{len(planned)}] {step.name:<9} {step.notebook} ...")
                 running = step.name, time.perf_counter()
                 output = scratch / step.notebook
-                error = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
+                failed = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
+                error = error_line(step, failed) if failed else None
                 kernel.shutdown()
                 if output.exists():
                     tracker.log_artifact(run_id, step.name, store.put_file(key, output))
                 tracker.log_artifact(
-                    run_id, step.name, store.put_file(f"runs/{run_id}/logs/{step.name}.kernel.log", kernel.log_path)
+                    run_id, step.name, store.put_file(RunLayout(run_id).key(kernel_log(step.name)), kernel.log_path)
                 )
                 took = time.perf_counter() - running[1]
                 tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
                 running = None
                 say(f"[{number}/{len(planned)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
                 if error:
-                    raise StepFailed(step.name, error)
+                    raise StepFailed(step.name, error) from failed  # --traceback shows the cell's traceback
             failure = None
         except WorkbenchError as exc:
             failure = str(exc)
             raise
         except KeyboardInterrupt as exc:
             failure = f"interrupted by {exc}" if isinstance(exc, Interrupted) else "interrupted"
-            raise Interrupted(f"run {run_id} {failure}; continue it with `workbench run --resume {run_id}`") from None
-        except Exception as exc:
+            raise Interrupted(f"run {run_id} {failure}; continue it with `workbench run --resume {run_id}`") from exc
+        except Exception as exc:  # a bug: recorded as the run's failure, then raised with its traceback
             failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
-from pathlib import PurePosixPath
 
 from workbench.errors import ReportError
 from workbench.storage.base import Store
+from workbench.storage.catalog import FIGURES, KEY_RESULTS, NOTEBOOKS, REPORT_INDEX, RunLayout, notebook, report_page
 from workbench.tracking.tracker import Tracker, display_url
-
-PLOTS = (
-    ("Training curves", "train/curves.png"),
-    ("Backends vs PyTorch", "validate/parity.png"),
-    ("Predicted classes", "score/classes.png"),
-)
 
 
 def _fmt(value: float) -> str:
@@ -49,43 +43,37 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
     """
     from jinja2 import Environment
 
-    base = f"runs/{run_id}"
+    layout = RunLayout(run_id)
     run = tracker.get_run(run_id)
-    present = set(store.list(base))
+    present = set(store.list(layout.root))
     unreadable = []
     for step in run["steps"]:
         step["ipynb"] = step["html"] = None
-        name = PurePosixPath(step["notebook"] or "").name
-        if name and f"{base}/{name}" in present:
-            step["ipynb"] = f"../{name}"
+        if step["name"] not in NOTEBOOKS:  # a step of an interactive run the catalog does not know
+            continue
+        executed = notebook(step["name"])
+        key = layout.key(executed)
+        if key in present:
+            step["ipynb"] = f"../{executed.path}"
             try:
-                page = _notebook_html(store.read_bytes(f"{base}/{name}"), store.uri(f"{base}/{name}"))
+                page = _notebook_html(store.read_bytes(key), store.uri(key))
             except ReportError as exc:  # the index still links the raw notebook and says why
                 unreadable.append(str(exc))
                 if warn:
                     warn(str(exc))
                 continue
-            html = name.removesuffix(".ipynb") + ".html"
-            store.write_bytes(f"{base}/report/{html}", page.encode())
-            step["html"] = html
+            html = report_page(step["name"])
+            store.write_bytes(layout.key(html), page.encode())
+            step["html"] = html.file
     for artifact in run["artifacts"]:
-        artifact["href"] = "../" + artifact["key"].removeprefix(base + "/")
+        artifact["href"] = "../" + layout.relative(artifact["key"])
+        entry = layout.find(artifact["key"])
+        artifact["description"] = entry.description if entry else ""
     metrics = run["metrics"]
     verdict = None if "parity_pass" not in metrics else ("PASS" if metrics["parity_pass"] == 1 else "FAIL")
-    cards = [
-        (label, fmt(metrics[key]))
-        for label, key, fmt in (
-            ("validation accuracy", "val_accuracy", "{:.2%}".format),
-            ("MXNet accuracy", "mxnet_accuracy", "{:.2%}".format),
-            ("MXNet max abs error", "mxnet_max_abs_err", "{:.2e}".format),
-            ("onnxruntime max abs error", "onnxruntime_max_abs_err", "{:.2e}".format),
-            ("training seconds", "train_seconds", "{:.1f}".format),
-            ("rows scored", "rows_scored", "{:,.0f}".format),
-            ("scoring rows/s", "rows_per_second", "{:,.0f}".format),
-        )
-        if key in metrics
-    ]
-    plots = [(title, f"../{key}") for title, key in PLOTS if f"{base}/{key}" in present]
+    cards = [(card.label, card.show(metrics[card.metric])) for card in KEY_RESULTS if card.metric in metrics]
+    # every figure the run wrote, in pipeline order, under its catalog title
+    plots = [(figure.title, f"../{figure.path}") for figure in FIGURES if layout.key(figure) in present]
     warnings = [*unreadable]
     if metrics.get("near_chance") == 1.0:
         warnings.append(
@@ -100,4 +88,4 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
         .from_string(template)
         .render(run=run, verdict=verdict, cards=cards, plots=plots, warnings=warnings, fmt=_fmt)
     )
-    return store.write_bytes(f"{base}/report/index.html", page.encode()).uri
+    return store.write_bytes(layout.key(REPORT_INDEX), page.encode()).uri

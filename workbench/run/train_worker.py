@@ -7,7 +7,6 @@ loss, a refused checkpoint) is reported as one line for the launcher to raise ag
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -16,15 +15,13 @@ import torch.distributed as dist
 
 from workbench.errors import WorkbenchError
 from workbench.ml.training.job import WORKER_ERROR, TrainJob, run_job
-from workbench.ml.training.loop import FitSettings
 from workbench.run.context import step_context
 
 
 def main(payload: str) -> None:
-    raw = json.loads(payload)
-    job = TrainJob(**(raw | {"settings": FitSettings(**raw["settings"])}))
+    job = TrainJob.model_validate_json(payload)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    cuda = job.device != "cpu" and torch.cuda.is_available()
+    cuda = job.train.device != "cpu" and torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         ctx = step_context("train", run_id=job.run_id, store=job.store, db=job.db)

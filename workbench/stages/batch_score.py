@@ -8,7 +8,6 @@ file written batch by batch, so memory depends on the batch size, not on the dat
 
 from __future__ import annotations
 
-import io
 import tempfile
 import time
 import warnings
@@ -21,14 +20,26 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError, TrackingError
-from workbench.ml.runtimes import Predict, load_mxnet, load_onnxruntime, top_class
+from workbench.ml.features import Normalization, column_matrix, is_numeric
+from workbench.ml.runtimes import ModelFiles, Predict, load_backend, top_class
 from workbench.progress import progress as progress_bar
-from workbench.storage.sources import Source, count_rows, describe, iter_source
+from workbench.storage.catalog import (
+    CLASSES_PLOT,
+    MODEL_CONFIG,
+    MODEL_STATE,
+    NORMALIZATION,
+    ONNX_MODEL,
+    PREDICTIONS,
+    SCHEMA,
+    SCORE_INFO,
+)
+from workbench.storage.sources import count_rows, describe, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from matplotlib.figure import Figure
 
+    from workbench.config.schema import PublishParams, ScoreParams
     from workbench.run.context import StepContext
 
 
@@ -42,27 +53,13 @@ class DataWarning(UserWarning):
     """Some rows could not be scored; the step goes on with the others and says which."""
 
 
-def load_torch(ctx: StepContext, model_run: str) -> Predict:
-    import torch
-
-    from workbench.ml.models import load_model
-
-    config = ctx.load_json("model_config.json", "train", model_run)
-    state = torch.load(io.BytesIO(ctx.load("model.pth", "train", model_run)), map_location="cpu", weights_only=True)
-    model = load_model(config, state)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    return predict
-
-
 def predictor(ctx: StepContext, backend: str, model_run: str) -> Predict:
-    if backend == "torch":
-        return load_torch(ctx, model_run)
-    blob = ctx.load("model.onnx", "export", model_run)
-    return load_onnxruntime(blob) if backend == "onnxruntime" else load_mxnet(blob)
+    """``backend`` from the runtimes' registry, loading the files of ``model_run`` it needs."""
+    files = ModelFiles(
+        onnx=lambda: ctx.load(ONNX_MODEL, run=model_run),
+        torch=lambda: (ctx.load_artifact(MODEL_CONFIG, run=model_run), ctx.load(MODEL_STATE, run=model_run)),
+    )
+    return load_backend(backend, files)
 
 
 def _int_as_nullable(dtype: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
@@ -76,11 +73,13 @@ def _int_as_nullable(dtype: pa.DataType) -> pd.api.extensions.ExtensionDtype | N
 class ModelInputs:
     """What the model expects: feature columns, their normalisation, class names, label column."""
 
-    features: list[str]
-    mean: np.ndarray
-    scale: np.ndarray  # 1 / std, so normalising is a multiply
+    normalization: Normalization
     classes: np.ndarray
     target: str
+
+    @property
+    def features(self) -> list[str]:
+        return self.normalization.features
 
     def check(self, schema: pa.Schema, source: str) -> None:
         import pyarrow as pa
@@ -92,31 +91,21 @@ class ModelInputs:
                 f"{SOURCE_KEY} {source}: lacks the model's input columns {shown} ({len(missing)} missing); "
                 "score data shaped like the training data"
             )
-        # a CSV column empty throughout its first block arrives as type null: missing values, not text
-        numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
-        bad = [c for c in self.features if not any(is_type(schema.field(c).type) for is_type in numeric)]
+        # the numbers training takes; a CSV column empty throughout its first block arrives as type
+        # null: missing values (flagged per row), not text
+        bad = [c for c in self.features if not (is_numeric(t := schema.field(c).type) or pa.types.is_null(t))]
         if bad:
             raise DataError(f"{SOURCE_KEY} {source}: non-numeric input columns {bad[:5]}; the model takes numbers")
 
     def matrix(self, table: pa.Table) -> np.ndarray:
         """Normalised float32 model input, built column by column straight from Arrow; nulls are NaN."""
-        import pyarrow as pa
-
-        x = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
-        for i, name in enumerate(self.features):
-            column = table.column(name)
-            x[:, i] = np.nan if pa.types.is_null(column.type) else column.to_numpy()
-        x -= self.mean
-        x *= self.scale
-        return x
+        return self.normalization.apply(column_matrix(table, self.features))
 
 
 def model_inputs(ctx: StepContext, model_run: str) -> ModelInputs:
-    norm = ctx.load_json("normalization.json", "prepare", model_run)
-    schema = ctx.load_json("schema.json", "prepare", model_run)
-    mean = np.asarray(norm["mean"], dtype=np.float32)
-    scale = (1.0 / np.asarray(norm["std"])).astype(np.float32)
-    return ModelInputs(norm["features"], mean, scale, np.asarray(schema["classes"]), schema["target"])
+    norm = ctx.load_artifact(NORMALIZATION, run=model_run)
+    schema = ctx.load_artifact(SCHEMA, run=model_run)
+    return ModelInputs(Normalization.from_json(norm), np.asarray(schema["classes"]), schema["target"])
 
 
 @dataclass
@@ -146,7 +135,7 @@ class Unscored:
         more = " ..." if self.count > len(self.examples) else ""
         return (
             f"{self.count:,} of {total:,} rows not scored (missing or infinite features): "
-            f"predicted and confidence are null for them in predictions.parquet; {shown}{more}"
+            f"predicted and confidence are null for them in {PREDICTIONS.file}; {shown}{more}"
         )
 
 
@@ -193,12 +182,12 @@ def score_stream(
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
     """``latest`` means the newest run that exported a model and still has its prepared inputs."""
     if model_run != "latest":
-        if not ctx.store.exists(ctx.key("model.onnx", "export", model_run)):
+        if not ctx.has_artifact(ONNX_MODEL, run=model_run):
             raise TrackingError(
                 f"score.model_run {model_run!r} has no exported model in {ctx.store.root}; `workbench runs` lists the runs"
             )
         return model_run
-    found = ctx.tracker.latest_with_artifacts("export/model.onnx", "prepare/normalization.json")
+    found = ctx.tracker.latest_with_artifacts(ONNX_MODEL.path, NORMALIZATION.path)
     if found is None:
         raise TrackingError("score.model_run 'latest': no run has exported a model yet; run `workbench run` first")
     return found
@@ -219,16 +208,10 @@ class ScoreResult:
 
 
 def score_batch(
-    ctx: StepContext,
-    source: Source,
-    backend: str,
-    batch_size: int,
-    model_run: str,
-    publish_url: str = "",
-    publish_table: str = "predictions",
-    progress: bool = True,
+    ctx: StepContext, params: ScoreParams, publish: PublishParams | None = None, *, progress: bool = True
 ) -> ScoreResult:
-    """Score ``source`` with the model of ``model_run``; write ``predictions.parquet``, maybe publish.
+    """Score ``params.source`` with the model of ``params.model_run``; write ``predictions.parquet``;
+    with ``publish.url``, publish the predictions and metrics too.
 
     ``rows_scored`` counts the rows that got a prediction, ``rows_unscored`` those that could not
     (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` is logged only
@@ -237,10 +220,10 @@ def score_batch(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    if batch_size < 1:
-        raise DataError(f"score.batch_size must be at least 1, got {batch_size}")
+    source, backend, batch_size = params.source, params.backend, params.batch_size
+    publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     shown = describe(source)
-    model_run = resolve_model_run(ctx, model_run)
+    model_run = resolve_model_run(ctx, params.model_run)
     inputs = model_inputs(ctx, model_run)
     predict = predictor(ctx, backend, model_run)
     publisher = None
@@ -254,7 +237,7 @@ def score_batch(
     started = time.perf_counter()
     bar = progress_bar(total=count_rows(source, SOURCE_KEY), unit="row", desc="scoring", enabled=progress)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "predictions.parquet"
+        path = Path(tmp) / PREDICTIONS.file
         writer = None
         try:
             for out in score_stream(iter_source(source, batch_size, SOURCE_KEY), inputs, predict, shown, unscored):
@@ -285,7 +268,7 @@ def score_batch(
         if not rows:
             raise DataError(f"{SOURCE_KEY} {shown}: no rows to score")
         seconds = time.perf_counter() - started
-        ctx.store_file("predictions.parquet", path)
+        ctx.save_artifact(PREDICTIONS, path)
     metrics = {
         "rows_scored": float(rows - unscored.count),
         "rows_unscored": float(unscored.count),
@@ -300,7 +283,7 @@ def score_batch(
         warnings.warn(warning, DataWarning, stacklevel=2)
     if publish_url:
         publish_metrics(publish_url, publish_table, ctx.run_id, ctx.step, metrics)
-    ctx.save_json("model.json", {"model_run": model_run, "backend": backend, "source": shown})
+    ctx.save_artifact(SCORE_INFO, {"model_run": model_run, "backend": backend, "source": shown})
     summary = pd.DataFrame(
         {
             "value": [
@@ -325,7 +308,7 @@ def score_batch(
     )
     class_counts = pd.DataFrame({"predicted": inputs.classes, "rows": counts})
     result = ScoreResult(summary, preview, class_counts, metrics, [warning] if warning else [])
-    ctx.save_figure("classes.png", plot_predictions(result))
+    ctx.save_artifact(CLASSES_PLOT, plot_predictions(result))
     return result
 
 

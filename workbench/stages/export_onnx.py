@@ -18,8 +18,19 @@ from workbench.ml.models import load_model
 from workbench.ml.onnx_export import check_mxnet_ops, summarize, to_onnx
 from workbench.ml.parity import BATCH_SIZES
 from workbench.ml.runtimes import load_onnxruntime
+from workbench.storage.catalog import (
+    EXPORT_INFO,
+    MODEL_CONFIG,
+    MODEL_STATE,
+    NORMALIZATION,
+    ONNX_MODEL,
+    REFERENCE_OUTPUTS,
+    SAGEMAKER_ARCHIVE,
+    SCHEMA,
+)
 
 if TYPE_CHECKING:
+    from workbench.config.schema import ExportParams
     from workbench.run.context import StepContext
 
 INPUT, OUTPUT = "input", "logits"
@@ -32,16 +43,16 @@ class ExportResult:
     metrics: dict[str, float]
 
 
-def export_onnx(
-    ctx: StepContext, opset: int, ort_atol: float, target: str = "mxnet", sagemaker: bool = False
-) -> ExportResult:
+def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
     """Export, check, compare onnxruntime with PyTorch on the validation split, save references.
 
-    ``reference.npz`` holds the validation inputs, PyTorch's logits and the labels, so the
+    The reference (``reference.npz``) holds the validation inputs, PyTorch's logits and the labels, so the
     validation step compares against PyTorch without importing it.
     """
-    config = ctx.load_json("model_config.json", "train")
-    state = torch.load(io.BytesIO(ctx.load("model.pth", "train")), map_location="cpu", weights_only=True)
+    opset, ort_atol, target = params.opset, params.ort_atol, params.target
+    config = ctx.load_artifact(MODEL_CONFIG)
+    state_blob = ctx.load(MODEL_STATE)
+    state = torch.load(io.BytesIO(state_blob), map_location="cpu", weights_only=True)
     model = load_model(config, state)
     proto = to_onnx(model, config["in_features"], opset, target)
     if target == "mxnet":
@@ -49,9 +60,9 @@ def export_onnx(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    schema = ctx.load_json("schema.json", "prepare")
-    normalization = ctx.load_json("normalization.json", "prepare")
+        raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    schema = ctx.load_artifact(SCHEMA)
+    normalization = ctx.load_artifact(NORMALIZATION)
     meta = {
         "run_id": ctx.run_id,
         "model": config["model"],
@@ -77,19 +88,15 @@ def export_onnx(
         if predict(rows).shape != (batch, reference.shape[1]):
             raise ModelError(f"exported model does not accept a batch of {batch}; the batch axis is not dynamic")
 
-    ctx.save("model.onnx", blob)
-    if sagemaker:
+    ctx.save_artifact(ONNX_MODEL, blob)
+    if params.sagemaker:
         from workbench.ml.sagemaker import model_archive
 
-        ctx.save(
-            "model.tar.gz", model_archive(ctx.load("model.pth", "train"), config, normalization, schema["classes"])
-        )
-    ctx.save_json(
-        "export.json", {"target": target, "opset": opset, "exporter": "torchscript", "input": INPUT, "output": OUTPUT}
+        ctx.save_artifact(SAGEMAKER_ARCHIVE, model_archive(state_blob, config, normalization, schema["classes"]))
+    ctx.save_artifact(
+        EXPORT_INFO, {"target": target, "opset": opset, "exporter": "torchscript", "input": INPUT, "output": OUTPUT}
     )
-    buf = io.BytesIO()
-    np.savez_compressed(buf, x=val.x, logits=reference, labels=val.y)
-    ctx.save("reference.npz", buf.getvalue())
+    ctx.save_artifact(REFERENCE_OUTPUTS, {"x": val.x, "logits": reference, "labels": val.y})
     metrics = {
         "onnx_opset": float(opset),
         "onnx_bytes": float(len(blob)),

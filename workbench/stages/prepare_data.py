@@ -17,26 +17,31 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
+from workbench.ml.features import Normalization, column_matrix
 from workbench.ml.splits import (
     MAX_HISTOGRAMS,
     SPLITS,
     Histograms,
     Moments,
     Scan,
-    column_matrix,
     feature_columns,
     split_plan,
 )
 from workbench.progress import progress as progress_bar
-from workbench.storage.sources import CHUNK_ROWS, Source, count_rows, describe, is_parquet, iter_source
+from workbench.storage.catalog import NORMALIZATION, SCHEMA, SPLIT_ARTIFACTS, suffix
+from workbench.storage.sources import CHUNK_ROWS, count_rows, describe, is_parquet, iter_source
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from workbench.config.schema import DataParams
     from workbench.run.context import StepContext
 
 
 SAMPLE_ROWS = 40
+
+
+SPOOL = "source" + suffix("parquet")  # a SQL result or CSV kept as Parquet between the passes
 
 
 MIN_IMAGE_SIDE = 8  # 4 or 16 features are more often a table than a 2x2 or 4x4 image
@@ -62,16 +67,9 @@ class Prepared:
 
 
 def prepare_data(
-    ctx: StepContext,
-    source: Source,
-    target: str,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    chunk_rows: int = CHUNK_ROWS,
-    progress: bool = True,
+    ctx: StepContext, params: DataParams, *, seed: int, chunk_rows: int = CHUNK_ROWS, progress: bool = True
 ) -> Prepared:
-    """Read, check and split the source; write the splits, schema and normalisation.
+    """Read, check and split ``params.source``; write the splits, schema and normalisation.
 
     Two passes, each holding one chunk: the first checks the table and counts each class, the
     second sends every row to its split's Parquet file. A SQL result or CSV is kept on local disk
@@ -82,6 +80,7 @@ def prepare_data(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    source, target = params.source, params.target
     shown = describe(source)
     bar = functools.partial(progress_bar, unit="row", enabled=progress, delay=2)
     with tempfile.TemporaryDirectory(prefix="workbench-prepare-") as tmp:
@@ -93,7 +92,7 @@ def prepare_data(
                 if scan is None:
                     scan = Scan(table.schema, feature_columns(table.schema, target, shown))
                     if not is_parquet(source):
-                        spool = pq.ParquetWriter(folder / "source.parquet", table.schema)
+                        spool = pq.ParquetWriter(folder / SPOOL, table.schema)
                 scan.add(table, target)
                 if spool:
                     spool.write_table(table)
@@ -104,14 +103,14 @@ def prepare_data(
             raise DataError(f"data.source {shown}: no rows")
         classes = scan.check(target, shown)
         features = scan.features
-        plans = split_plan([scan.class_rows[c] for c in classes], val_fraction, test_fraction, seed)
+        plans = split_plan([scan.class_rows[c] for c in classes], params.val_fraction, params.test_fraction, seed)
         seen = np.zeros(len(classes), dtype=np.int64)
         class_values = pa.array(classes, type=scan.schema.field(target).type)
-        writers = {name: pq.ParquetWriter(folder / f"{name}.parquet", scan.schema) for name in SPLITS}
+        writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, scan.schema) for name in SPLITS}
         moments = Moments(len(features))
         histograms = Histograms(scan, features[:MAX_HISTOGRAMS])
         sample: list[pd.DataFrame] = []
-        again = str(folder / "source.parquet") if spool else source
+        again = str(folder / SPOOL) if spool else source
         with bar(total=scan.rows, desc="splitting") as split_rows:
             for table in iter_source(again, chunk_rows):
                 codes = pc.index_in(table.column(target), value_set=class_values).to_numpy(zero_copy_only=False)
@@ -138,15 +137,11 @@ def prepare_data(
         if seen.sum() != scan.rows:
             raise DataError(f"data.source {shown}: changed while it was read; run the step again")
         for name in SPLITS:
-            ctx.store_file(f"{name}.parquet", folder / f"{name}.parquet")
+            ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
 
-    std = moments.std
-    ctx.save_json(
-        "normalization.json",
-        {"features": features, "mean": moments.mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()},
-    )
-    ctx.save_json(
-        "schema.json",
+    ctx.save_artifact(NORMALIZATION, Normalization.fit(features, moments.mean, moments.std).to_json())
+    ctx.save_artifact(
+        SCHEMA,
         {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": shown},
     )
     split_counts = {name: int(sum((plan == i).sum() for plan in plans)) for i, name in enumerate(SPLITS)}

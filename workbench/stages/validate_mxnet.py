@@ -9,45 +9,41 @@ with its reason, not a crash.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from workbench.ml.parity import REFERENCE, Parity, backends_for, three_way
 from workbench.ml.runtimes import top_class
+from workbench.storage.catalog import EXPORT_INFO, ONNX_MODEL, PARITY, PARITY_PLOT, REFERENCE_OUTPUTS, SCHEMA
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from workbench.config.schema import PublishParams, ValidateParams
     from workbench.run.context import StepContext
 
 
-def validate_model(
-    ctx: StepContext,
-    atol: float,
-    rtol: float,
-    min_agreement: float,
-    publish_url: str = "",
-    publish_table: str = "predictions",
-) -> Parity:
+def validate_model(ctx: StepContext, params: ValidateParams, publish: PublishParams | None = None) -> Parity:
     """Compare every backend the export targets with PyTorch on the validation split; record it all.
 
-    With ``publish_url``, the metrics and every backend's prediction for every validation row are
+    With ``publish.url``, the metrics and every backend's prediction for every validation row are
     published too, whatever the verdict: a FAIL is a result the warehouse should see.
     """
-    blob = ctx.load("model.onnx", "export")
-    target = ctx.load_json("export.json", "export")["target"]
-    ref = np.load(io.BytesIO(ctx.load("reference.npz", "export")))
+    atol, rtol, min_agreement = params.atol, params.rtol, params.min_agreement
+    publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
+    blob = ctx.load(ONNX_MODEL)
+    target = ctx.load_artifact(EXPORT_INFO)["target"]
+    ref = ctx.load_artifact(REFERENCE_OUTPUTS)
     parity = three_way(blob, ref["x"], ref["logits"], ref["labels"], backends_for(target), atol, rtol, min_agreement)
     metrics = {f"{backend}_{key}": value for backend, stats in parity.stats.items() for key, value in stats.items()}
     metrics["parity_pass"] = float(parity.passed)
     ctx.log_metrics(metrics)
-    ctx.save_json(
-        "parity.json",
+    ctx.save_artifact(
+        PARITY,
         {"verdict": parity.verdict, "reasons": parity.reasons, "atol": atol, "rtol": rtol, "stats": parity.stats},
     )
-    ctx.save_figure("parity.png", plot_parity(parity))
+    ctx.save_artifact(PARITY_PLOT, plot_parity(parity))
     if publish_url:
         _publish(ctx, parity, publish_url, publish_table, metrics)
     return parity
@@ -58,7 +54,7 @@ def _publish(ctx: StepContext, parity: Parity, url: str, table: str, metrics: di
 
     from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
 
-    classes = np.asarray(ctx.load_json("schema.json", "prepare")["classes"])
+    classes = np.asarray(ctx.load_artifact(SCHEMA)["classes"])
     publisher = Publisher(url, table, ctx.run_id, ctx.step)
     rows = np.arange(len(parity.labels))
     for backend, logits in {REFERENCE: parity.reference, **parity.outputs}.items():

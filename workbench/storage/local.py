@@ -76,7 +76,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(
                 f"cannot write to store {self.root}: {exc.strerror}; check the 'store' path and its permissions"
-            ) from None
+            ) from exc
         try:
             fill(Path(tmp))
             os.chmod(tmp, _FILE_MODE)
@@ -86,7 +86,7 @@ class LocalStore:
             if not _write_failed(exc, (tmp, str(target))):
                 raise
             advice = _WRITE_ADVICE.get(exc.errno, "check the disk behind the 'store' folder")
-            raise StoreError(f"cannot write {target}: {exc.strerror or exc}; {advice}") from None
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc}; {advice}") from exc
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -101,8 +101,8 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._file(key).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"artifact {self.uri(key)} not found; run the step that writes it first") from None
+        except FileNotFoundError as exc:
+            raise StoreError(f"artifact {self.uri(key)} not found; run the step that writes it first") from exc
 
     def exists(self, key: str) -> bool:
         return self._file(key).is_file()

@@ -17,19 +17,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy import MetaData, Table, and_, create_engine, delete, inspect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from workbench.errors import WorkbenchError
-from workbench.tracking.tracker import display_url
+from workbench.config.secrets import mask as display_url
+from workbench.errors import PublishError
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+__all__ = ["PublishError", "Publisher", "prediction_rows", "publish_metrics"]
+
 TAGS = ("run_id", "step")
-
-
-class PublishError(WorkbenchError):
-    """The publish database or table cannot take the rows."""
 
 
 @functools.cache
@@ -58,9 +56,9 @@ class Publisher:
                     self.columns = list(target.c.keys())
                     conn.execute(delete(target).where(and_(target.c.run_id == run_id, target.c.step == step)))
         except ArgumentError as exc:
-            raise PublishError(f"publish.url {display_url(url)!r} is not a valid SQLAlchemy URL ({exc})") from None
+            raise PublishError(f"publish.url {display_url(url)!r} is not a valid SQLAlchemy URL ({exc})") from exc
         except SQLAlchemyError as exc:
-            raise PublishError(f"publish.url {display_url(url)!r}: {str(exc).splitlines()[0]}") from None
+            raise PublishError(f"publish.url {display_url(url)!r}: {str(exc).splitlines()[0]}") from exc
 
     def append(self, frame: pd.DataFrame) -> None:
         frame = frame.assign(run_id=self.run_id, step=self.step)
@@ -80,13 +78,7 @@ class Publisher:
         except SQLAlchemyError as exc:
             raise PublishError(
                 f"publish.table {self.table!r} at {display_url(self.url)} rejects the rows ({str(exc.orig).splitlines()[0]})"
-            ) from None
-        except Exception as exc:  # psycopg's own errors from COPY
-            if type(exc).__module__.startswith("psycopg"):
-                raise PublishError(
-                    f"publish.table {self.table!r} at {display_url(self.url)} rejects the rows ({str(exc).splitlines()[0]})"
-                ) from None
-            raise
+            ) from exc
 
     def _create(self, frame: pd.DataFrame) -> None:
         try:
@@ -94,11 +86,13 @@ class Publisher:
         except SQLAlchemyError as exc:
             raise PublishError(
                 f"publish.table {self.table!r} at {display_url(self.url)}: cannot create it ({str(exc).splitlines()[0]})"
-            ) from None
+            ) from exc
         self.columns = list(frame.columns)
 
     def _copy(self, frame: pd.DataFrame) -> None:
         """COPY ... FROM STDIN in CSV: one round trip for the whole frame."""
+        import psycopg  # the driver behind postgresql:// engines; COPY goes through it, not SQLAlchemy
+
         buf = io.StringIO()
         frame.to_csv(buf, index=False, header=False)
         columns = ", ".join(f'"{c}"' for c in frame.columns)
@@ -107,6 +101,10 @@ class Publisher:
             with raw.cursor() as cur, cur.copy(f'COPY "{self.table}" ({columns}) FROM STDIN WITH (FORMAT csv)') as copy:
                 copy.write(buf.getvalue())
             raw.commit()
+        except psycopg.Error as exc:
+            raise PublishError(
+                f"publish.table {self.table!r} at {display_url(self.url)} rejects the rows ({str(exc).splitlines()[0]})"
+            ) from exc
         finally:
             raw.close()
 

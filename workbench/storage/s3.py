@@ -23,6 +23,8 @@ from workbench.storage.base import ArtifactInfo, hash_file
 
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
+DENIED = ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
 
 class S3Store:
     """Artifacts under ``s3://bucket/prefix``; keys are relative to the prefix."""
@@ -70,44 +72,53 @@ class S3Store:
         where = self.uri(key) if key else self.root
         try:
             yield
-        except (NoCredentialsError, PartialCredentialsError):
+        except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreError(
                 f"store {self.root}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or run with an instance role"
-            ) from None
-        except (EndpointConnectionError, ConnectTimeoutError):
+            ) from exc
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
             endpoint = self.client.meta.endpoint_url
             raise StoreError(
                 f"store {self.root}: cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL, the region and the network"
-            ) from None
+            ) from exc
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "NoSuchBucket":
                 raise StoreError(
                     f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
-                ) from None
+                ) from exc
             if code in ("NoSuchKey", "404", "NotFound"):
-                if code != "NoSuchKey" and not self._bucket_exists():  # a HEAD's 404 does not say which
-                    raise StoreError(
-                        f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
-                    ) from None
-                raise StoreError(f"{where} not found; {missing}") from None
-            if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                if code != "NoSuchKey":  # a HEAD's 404 does not say whether the key or the bucket is missing
+                    self._check_bucket(where)
+                raise StoreError(f"{where} not found; {missing}") from exc
+            if code in DENIED:
                 raise StoreError(
                     f"store {self.root}: access denied to {where} ({code}); check the credentials and the bucket policy"
-                ) from None
+                ) from exc
             raise StoreError(
                 f"store {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
-            ) from None
+            ) from exc
 
-    def _bucket_exists(self) -> bool:
+    def _check_bucket(self, where: str) -> None:
+        """Raise when the bucket is missing, or when these credentials may not even ask (a 403 says
+        nothing about existence: it is access denied, never "does not exist")."""
         from botocore.exceptions import ClientError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            return False
-        return True
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreError(
+                    f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
+                ) from exc
+            if code in DENIED:
+                raise StoreError(
+                    f"store {self.root}: {where} not found, and access denied to bucket {self.bucket!r} ({code}) "
+                    "so S3 cannot say more; check the credentials and the bucket policy (s3:ListBucket)"
+                ) from exc
+            # anything else says nothing about the bucket: the caller reports the missing key
 
     def _extra(self, key: str, digest: str) -> dict[str, Any]:
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.config.parameters import mask, project_root, source_problem
+from workbench.config.parameters import project_root
+from workbench.config.schema import source_problem
+from workbench.config.secrets import mask
 from workbench.errors import DataError, StoreError
+from workbench.storage.catalog import suffix
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +58,13 @@ def _short(text: str, width: int = 60) -> str:
 
 def _format(source: str) -> str | None:
     name = source.lower()
-    return "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else None
+    return (
+        "parquet"
+        if name.endswith((suffix("parquet"), ".pq"))
+        else "csv"
+        if name.endswith((".csv", ".csv.gz"))
+        else None
+    )
 
 
 def _locate(source: str, key: str) -> tuple[Path, str]:
@@ -94,8 +103,8 @@ def _download(uri: str, key: str = "data.source") -> Path:
     bucket, _, name = uri.removeprefix("s3://").partition("/")
     try:
         store = S3Store(f"s3://{bucket}")
-    except StoreError:
-        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from None
+    except StoreError as exc:
+        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from exc
     folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
     atexit.register(shutil.rmtree, folder, True)
     target = folder / Path(name).name
@@ -103,7 +112,7 @@ def _download(uri: str, key: str = "data.source") -> Path:
         with store.errors(name, missing=f"check {key}"):
             store.client.download_file(bucket, name, str(target))
     except StoreError as exc:
-        raise DataError(f"{key}: {exc}") from None
+        raise DataError(f"{key}: {exc}") from exc
     return target
 
 
@@ -165,7 +174,7 @@ def csv_layout(path: Path, key: str = "data.source") -> CsvLayout:
         raise DataError(
             f"{key} {path}: the header is not UTF-8 (byte {lines[0][exc.start]:#04x} at offset {exc.start}); "
             "re-save the file as UTF-8"
-        ) from None
+        ) from exc
     delimiter = max(DELIMITERS, key=lambda d: len(_fields(header, d)))
     repeated = _duplicates(_fields(header, delimiter))
     if repeated:
@@ -202,7 +211,7 @@ def read_source(source: Source, key: str = "data.source") -> pd.DataFrame:
         layout = csv_layout(path, key)
         return pd.read_csv(path, sep=layout.delimiter, decimal=layout.decimal)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise _unreadable(key, path, exc, fmt) from None
+        raise _unreadable(key, path, exc, fmt) from exc
 
 
 def iter_source(source: Source, rows: int, key: str = "data.source") -> Iterator[pa.Table]:
@@ -235,7 +244,7 @@ def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
                 convert_options=pa_csv.ConvertOptions(decimal_point=layout.decimal),
             )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(key, path, exc, fmt) from None
+        raise _unreadable(key, path, exc, fmt) from exc
 
 
 def _unique_parquet_columns(path: Path, key: str, **options: bool) -> pq.ParquetFile:
@@ -283,7 +292,7 @@ def count_rows(source: Source, key: str = "data.source") -> int | None:
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(key, path, exc, "parquet") from None
+        raise _unreadable(key, path, exc, "parquet") from exc
 
 
 def _sql_statement(source: Mapping[str, str]) -> Any:
@@ -312,13 +321,13 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise DataError(f"{key} url {shown!r} is not a usable SQLAlchemy URL ({exc})") from None
+        raise DataError(f"{key} url {shown!r} is not a usable SQLAlchemy URL ({exc})") from exc
     try:
         conn = engine.connect()
     except SQLAlchemyError as exc:
         raise DataError(
             f"{key}: cannot connect to {shown} ({_first_line(exc)}); check host, port, database and credentials"
-        ) from None
+        ) from exc
     schema = None
     try:
         with conn:
@@ -344,7 +353,7 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
                         chunk = _conform(chunk, schema, key)
                     yield chunk
             except SQLAlchemyError as exc:
-                raise DataError(f"{key}: {describe(source)} failed ({_first_line(exc)}); check {what}") from None
+                raise DataError(f"{key}: {describe(source)} failed ({_first_line(exc)}); check {what}") from exc
     finally:
         engine.dispose()
     if schema is None:
@@ -357,11 +366,11 @@ def _conform(chunk: pa.Table, schema: pa.Schema, key: str) -> pa.Table:
 
     try:
         return chunk.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         changed = [f.name for f in chunk.schema if schema.field(f.name).type != f.type]
         raise DataError(
             f"{key}: columns {changed[:5]} change type partway through the result; CAST them in the query"
-        ) from None
+        ) from exc
 
 
 def _first_line(exc: Exception) -> str:

@@ -41,13 +41,25 @@ def input_fn(request_body, request_content_type):
     return rows
 
 
+def normalize(rows, meta):
+    """Normalised float32 model input, computed in float64 as in training.
+
+    A copy of workbench.ml.features.Normalization.apply: this file runs without the workbench
+    package, so it cannot import it. tests/test_sagemaker.py keeps the two equal (same input,
+    same output); change both together.
+    """
+    mean = np.asarray(meta["mean"], dtype=np.float64)
+    std = np.asarray(meta["std"], dtype=np.float64)
+    return ((np.asarray(rows, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
 def predict_fn(input_data, model):
     meta = model.meta
     if input_data.shape[1] != meta["in_features"]:
         raise ValueError(f"expected rows of {meta['in_features']} features, got {input_data.shape[1]}")
-    x = (input_data - np.asarray(meta["mean"], dtype=np.float32)) / np.asarray(meta["std"], dtype=np.float32)
+    x = normalize(input_data, meta)
     with torch.no_grad():
-        logits = model(torch.from_numpy(x.astype(np.float32)))
+        logits = model(torch.from_numpy(x))
     return {"logits": logits.numpy(), "classes": meta["classes"]}
 
 

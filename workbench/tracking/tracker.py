@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 
 from workbench.config.parameters import project_root
+from workbench.config.secrets import mask as display_url  # the URL with any password masked
 from workbench.errors import TrackingError
 from workbench.storage.base import ArtifactInfo
 from workbench.tracking.tables import artifacts, metrics, params, runs, steps
@@ -45,14 +46,6 @@ def now() -> datetime:
 def new_run_id() -> str:
     """Sortable by start time and unique across machines sharing one DB."""
     return now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def display_url(url: str) -> str:
-    """The URL with any password masked, for messages and reports."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def _resolve(url: str) -> str:
@@ -155,11 +148,11 @@ class Tracker:
         except (ArgumentError, ValueError) as exc:
             raise TrackingError(
                 f"db {display_url(url)!r} is not a valid SQLAlchemy URL ({exc}); e.g. sqlite:///artifacts/workbench.db"
-            ) from None
+            ) from exc
         except ModuleNotFoundError as exc:
             raise TrackingError(
                 f"db {display_url(url)!r} needs the driver {exc.name!r}; install it or pick another URL"
-            ) from None
+            ) from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:

@@ -6,22 +6,24 @@ import io
 import pickle
 import struct
 import zipfile
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workbench.errors import ModelError
 from workbench.ml.training.loop import Trainer
+from workbench.storage.catalog import CHECKPOINT as LAST
+from workbench.storage.catalog import SET_ASIDE_CHECKPOINT
 
 if TYPE_CHECKING:
     from workbench.run.context import StepContext
 
 
-CHECKPOINT = "checkpoints/last.pt"
+# their file names in the train folder (the catalog's entries are what the code asks for)
+CHECKPOINT = LAST.file
 
 
-SET_ASIDE = "checkpoints/set-aside.pt"  # an interactive run's checkpoint from other settings, kept once
+SET_ASIDE = SET_ASIDE_CHECKPOINT.file  # an interactive run's checkpoint from other settings, kept once
 
 
 # What torch.load raises on bytes that are not a whole checkpoint (truncated, corrupted, foreign):
@@ -47,18 +49,16 @@ def _read_checkpoint(ctx: StepContext) -> tuple[dict[str, Any], bytes] | None:
     it: a store that cannot be reached or read (S3 down, no permission) raises its own error,
     because deleting a good checkpoint over a network fault would throw training away.
     """
-    if not ctx.store.exists(ctx.key(CHECKPOINT)):
+    if not ctx.has_artifact(LAST):
         return None
-    data = ctx.load(CHECKPOINT, "train")
+    data = ctx.load(LAST)
     reason = "not a training checkpoint"
     try:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except _UNREADABLE as exc:
         saved, reason = None, type(exc).__name__
     if not (isinstance(saved, dict) and saved.keys() >= _CHECKPOINT_PARTS):
-        raise ModelError(
-            f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} is unreadable ({reason}); delete it to start over"
-        )
+        raise ModelError(f"checkpoint {ctx.store.uri(ctx.key(LAST))} is unreadable ({reason}); delete it to start over")
     return saved, data
 
 
@@ -85,13 +85,13 @@ def resume(ctx: StepContext, trainer: Trainer, config: dict[str, Any], rank: int
     if found is None:
         return 0
     saved, data = found
-    changed = _changed({"config": config, "settings": asdict(trainer.settings)}, saved)
+    changed = _changed({"config": config, "settings": trainer.settings.model_dump()}, saved)
     if changed:
-        what = f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different {', '.join(changed)}"
+        what = f"checkpoint {ctx.store.uri(ctx.key(LAST))} was written with different {', '.join(changed)}"
         if not ctx.interactive:
             raise ModelError(f"{what}; start a new run, or delete the checkpoint to retrain this one")
         if rank == 0:  # every rank decides the same; one keeps the copy and says so
-            ctx.store.write_bytes(ctx.key(SET_ASIDE), data)
+            ctx.store.write_bytes(ctx.key(SET_ASIDE_CHECKPOINT), data)  # a copy, not a step output
             ctx.tracker.clear_history(ctx.run_id, ctx.step)  # the curves start again with the training
             print(f"{what}; training afresh (the old one is kept as {SET_ASIDE})", flush=True)
         return 0

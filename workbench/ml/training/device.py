@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from workbench.errors import ModelError
-
-if TYPE_CHECKING:
-    pass
 
 
 def choose_device(name: str) -> torch.device:
@@ -28,6 +25,19 @@ def choose_device(name: str) -> torch.device:
                 f"train.device {name!r}: only {torch.cuda.device_count()} CUDA device(s); pick a lower index"
             )
     return device
+
+
+def check_processes(processes: int, device: str, gpus: int) -> None:
+    """Refuse, before torchrun starts, more CUDA workers than visible GPUs (one GPU per process).
+
+    Otherwise NCCL fails inside the workers and the user reads torchrun's ChildFailedError.
+    """
+    on_cuda = device.startswith("cuda") or (device == "auto" and gpus > 0)
+    if processes > 1 and on_cuda and processes > gpus:
+        raise ModelError(
+            f"train.processes {processes}: only {gpus} CUDA device(s) visible here, one per process; "
+            f"set train.processes to {gpus or 1} or less, or train.device=cpu for gloo workers"
+        )
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

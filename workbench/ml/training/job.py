@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
-from workbench.ml.dataset import load_split, prepared_bytes
+from workbench.ml.dataset import load_split, prepared
 from workbench.ml.models import build_model, model_config
-from workbench.ml.training.checkpoint import CHECKPOINT, resume
-from workbench.ml.training.device import amp_dtype, choose_device, environment
+from workbench.ml.training.checkpoint import resume
+from workbench.ml.training.device import amp_dtype, check_processes, choose_device, environment
 from workbench.ml.training.loop import (
     FitSettings,
     Trainer,
@@ -30,6 +30,16 @@ from workbench.ml.training.loop import (
     to_device,
     training_warnings,
     unwrap,
+)
+from workbench.storage.catalog import (
+    CHECKPOINT,
+    CURVES,
+    ENVIRONMENT,
+    HISTORY,
+    MODEL_CONFIG,
+    MODEL_STATE,
+    SCHEMA,
+    TRAIN_METRICS,
 )
 
 if TYPE_CHECKING:
@@ -53,30 +63,35 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class TrainJob:
-    """One training step, serialisable so torchrun workers can be handed it."""
+class TrainJob(BaseModel):
+    """One training step: where it runs (run, store, db) and its validated parameters; JSON, so
+    torchrun workers can be handed it (``model_dump_json`` / ``model_validate_json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
     store: str
     db: str
-    model: str
-    settings: FitSettings
-    device: str
-    amp: bool
+    train: TrainParams
+    seed: int
+
+    @property
+    def settings(self) -> FitSettings:
+        return self.train.fit_settings(self.seed)
 
 
 def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, local_rank: int = 0) -> TrainResult | None:
     """The training loop of one process; under torch.distributed only rank 0 writes anything."""
     settings = job.settings
     torch.manual_seed(settings.seed)
-    target = choose_device(job.device)
+    target = choose_device(job.train.device)
     if world > 1 and target.type == "cuda":
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
-    dtype = amp_dtype(target, job.amp)
+    dtype = amp_dtype(target, job.train.amp)
     train, val = load_split(ctx, "train"), load_split(ctx, "val")
-    schema = json.loads(prepared_bytes(ctx, "schema.json"))
-    config = model_config(job.model, train.x.shape[1], len(schema["classes"]))
+    schema = prepared(ctx, SCHEMA)
+    config = model_config(job.train.model, train.x.shape[1], len(schema["classes"]))
     net = build_model(config).to(target)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
@@ -85,8 +100,9 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
         # checkpoint first, metrics second: a kill between them repeats no logged epoch
-        ctx.save(
-            CHECKPOINT, state_bytes({"config": config, "settings": asdict(settings), "trainer": trainer.state_dict()})
+        ctx.save_artifact(
+            CHECKPOINT,
+            state_bytes({"config": config, "settings": settings.model_dump(), "trainer": trainer.state_dict()}),
         )
         ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
 
@@ -125,7 +141,9 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
     """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
     import subprocess
 
-    payload = json.dumps(asdict(job))
+    check_processes(processes, job.train.device, torch.cuda.device_count())
+
+    payload = job.model_dump_json()
     cmd = [
         sys.executable,
         "-m",
@@ -145,9 +163,9 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
         raise ModelError(
             f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
         )
-    history = pd.read_csv(io.BytesIO(ctx.load("history.csv", "train")))
-    metrics = ctx.load_json("metrics.json", "train")
-    env, config = ctx.load_json("environment.json", "train"), ctx.load_json("model_config.json", "train")
+    history = ctx.load_artifact(HISTORY)
+    metrics = ctx.load_artifact(TRAIN_METRICS)
+    env, config = ctx.load_artifact(ENVIRONMENT), ctx.load_artifact(MODEL_CONFIG)
     resumed_from = int(metrics["resumed_from_epoch"])
     return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
 
@@ -176,12 +194,12 @@ def _finish(
         "train_seconds": float(history.seconds.sum()),
     }
     ctx.log_metrics(metrics)
-    ctx.save("model.pth", state_bytes({k: v.cpu() for k, v in model.state_dict().items()}))
-    ctx.save_json("model_config.json", config)
-    ctx.save_json("environment.json", env)
-    ctx.save_json("metrics.json", metrics)
-    ctx.save("history.csv", history.to_csv(index=False).encode())
-    ctx.save_figure("curves.png", plot_history(history))
+    ctx.save_artifact(MODEL_STATE, state_bytes({k: v.cpu() for k, v in model.state_dict().items()}))
+    ctx.save_artifact(MODEL_CONFIG, config)
+    ctx.save_artifact(ENVIRONMENT, env)
+    ctx.save_artifact(TRAIN_METRICS, metrics)
+    ctx.save_artifact(HISTORY, history)
+    ctx.save_artifact(CURVES, plot_history(history))
     _sagemaker_outputs(ctx, config, env, metrics)
     return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
 
@@ -192,14 +210,14 @@ def _sagemaker_outputs(
     """Inside a SageMaker training job, also leave the model where SageMaker collects it
     (SM_MODEL_DIR, packed as model.tar.gz) and the reports in SM_OUTPUT_DATA_DIR."""
     targets = {
-        "SM_MODEL_DIR": ("model.pth", "model_config.json"),
-        "SM_OUTPUT_DATA_DIR": ("history.csv", "curves.png", "environment.json", "metrics.json"),
+        "SM_MODEL_DIR": (MODEL_STATE, MODEL_CONFIG),
+        "SM_OUTPUT_DATA_DIR": (HISTORY, CURVES, ENVIRONMENT, TRAIN_METRICS),
     }
-    for variable, names in targets.items():
+    for variable, items in targets.items():
         if folder := os.environ.get(variable):
             Path(folder).mkdir(parents=True, exist_ok=True)
-            for name in names:
-                (Path(folder) / name).write_bytes(ctx.load(name, "train"))
+            for item in items:
+                (Path(folder) / item.file).write_bytes(ctx.load(item))
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
