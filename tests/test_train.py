@@ -346,3 +346,55 @@ def test_more_cuda_processes_than_gpus_are_refused_before_launch(processes, devi
             check_processes(processes, device, gpus)
     else:
         check_processes(processes, device, gpus)
+
+
+RANK_ONE_FAILS = '''
+import os
+
+from torch import nn
+
+
+class Net(nn.Module):
+    """Trains on rank 0 and breaks on rank 1, as a bug or a GPU fault in one worker would."""
+
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.body = nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        if os.environ.get("RANK") == "1":
+            raise RuntimeError("boom on rank 1")
+        return self.body(x)
+'''
+
+
+@pytest.mark.e2e  # torchrun launches worker processes
+def test_a_failing_worker_is_named_with_its_own_error(trained, stage_ctx_factory, tmp_path, monkeypatch):
+    """Not torchrun's empty ChildFailedError: the rank that failed and the first line of its error."""
+    (tmp_path / "rankone.py").write_text(RANK_ONE_FAILS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    ctx = _fresh_run(stage_ctx_factory, "ddp-rank-one-fails")
+    params = TrainParams(model="rankone:Net", epochs=1, batch_size=64, device="cpu", amp=False, processes=2)
+    with pytest.raises(ModelError) as failed:
+        train_model(ctx, params, seed=0)
+    assert str(failed.value) == "distributed training with 2 processes failed: rank 1: RuntimeError: boom on rank 1"
+
+
+def test_a_worker_killed_without_a_word_is_named_from_torchruns_summary():
+    from workbench.ml.training.job import failed_rank
+
+    summary = (
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "============================================================\n"
+        "workbench.run.train_worker FAILED\n"
+        "------------------------------------------------------------\n"
+        "Root Cause (first observed failure):\n"
+        "[0]:\n"
+        "  time      : 2026-11-24_22:50:01\n"
+        "  host      : node-1\n"
+        "  rank      : 1 (local_rank: 1)\n"
+        "  exitcode  : -9 (pid: 4242)\n"
+    )
+    assert failed_rank(summary) == "rank 1: the worker died (killed by signal 9 (out of memory?)); its output is above"
+    assert failed_rank("ChildFailedError:\n") == "see the output above"

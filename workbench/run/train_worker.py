@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from workbench.errors import WorkbenchError
-from workbench.ml.training.job import WORKER_ERROR, TrainJob, run_job
+from workbench.ml.training.job import WORKER_ERROR, WORKER_FAILED, TrainJob, run_job
 from workbench.run.context import step_context
 
 
@@ -30,6 +30,10 @@ def main(payload: str) -> None:
     except WorkbenchError as exc:  # one line the launcher turns back into this error
         print(f"{WORKER_ERROR}{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except Exception as exc:  # a bug or a runtime fault: the traceback stays in the log, the line names the rank
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"{WORKER_FAILED}rank {rank}: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        raise
     finally:
         dist.destroy_process_group()
 

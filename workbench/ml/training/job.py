@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,8 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
 # raises the same error, so `train.processes: 2` fails with the message one process would give,
 # not with torchrun's ChildFailedError.
 WORKER_ERROR = "workbench worker error: "
+# Any other failure of a worker: the rank and its exception's first line, before its traceback.
+WORKER_FAILED = "workbench worker failed: "
 
 
 def raise_worker_error(stderr: str) -> None:
@@ -135,6 +138,27 @@ def raise_worker_error(stderr: str) -> None:
             if not (isinstance(cls, type) and issubclass(cls, errors.WorkbenchError)):
                 cls = ModelError
             raise cls(message)
+
+
+def failed_rank(stderr: str) -> str:
+    """The failing rank's own error line, from the workers' output or torchrun's failure summary.
+
+    torchrun's last line is an empty ``ChildFailedError:``; what went wrong is earlier.
+    """
+    for line in stderr.splitlines():
+        if WORKER_FAILED in line:
+            return line.split(WORKER_FAILED, 1)[1]
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", stderr, re.M)
+    code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", stderr, re.M)
+    if rank and code:
+        died = int(code.group(1))
+        how = (
+            f"killed by signal {-died}" + (" (out of memory?)" if died == -9 else "")
+            if died < 0
+            else f"exit code {died}"
+        )
+        return f"rank {rank.group(1)}: the worker died ({how}); its output is above"
+    return "see the output above"
 
 
 def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
@@ -159,10 +183,7 @@ def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> Train
     if proc.returncode:
         raise_worker_error(proc.stderr)
         sys.stderr.write(proc.stderr[-4000:])
-        errors = [line for line in proc.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
-        raise ModelError(
-            f"distributed training with {processes} processes failed: {errors[-1] if errors else 'see the output above'}"
-        )
+        raise ModelError(f"distributed training with {processes} processes failed: {failed_rank(proc.stderr)}")
     history = ctx.load_artifact(HISTORY)
     metrics = ctx.load_artifact(TRAIN_METRICS)
     env, config = ctx.load_artifact(ENVIRONMENT), ctx.load_artifact(MODEL_CONFIG)
