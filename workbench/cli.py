@@ -28,6 +28,7 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from workbench.config.parameters import sagemaker_hosts
     from workbench.run.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
 
     if args.resume and args.steps:
@@ -39,10 +40,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # a kernel watcher of nbclient's can outlive an interrupted step; asyncio would print its
     # leftover DeadKernelError at exit, after (and instead of) the one line that says what happened
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    params = _parameters(args)
+    hosts = sagemaker_hosts(os.environ)
+    run_id = os.environ.get("TRAINING_JOB_NAME") if len(hosts) > 1 and not args.resume else None
+    if run_id and os.environ.get("SM_CURRENT_HOST") != hosts[0]:
+        # every host of a SageMaker job runs the same command: the first runs the pipeline, the
+        # others join its train step, the run named after the job
+        return _cmd_train_node(argparse.Namespace(**vars(args), run_id=run_id, wait=3600.0))
     with stop_on_signals():
-        result = run_pipeline(_parameters(args), resume=args.resume, steps=args.steps)
+        result = run_pipeline(params, resume=args.resume, steps=args.steps, run_id=run_id)
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
+    return 0
+
+
+def _cmd_train_node(args: argparse.Namespace) -> int:
+    from workbench.run.nodes import join_training
+
+    join_training(args.run_id, _parameters(args), args.wait, say=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"run {args.run_id}: this node's training finished")
     return 0
 
 
@@ -213,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true", help="exit 1 if a generated text differs (default)")
     mode.add_argument("--sync", action="store_true", help="rewrite what differs (notebook outputs are kept)")
     notebooks.set_defaults(func=_cmd_notebooks)
+
+    node = sub.add_parser(
+        "train-node",
+        parents=[layers],
+        help="join a run's training from another machine (train.nodes > 1)",
+        description="Wait for RUN_ID's train step to start on the first node (`workbench run` there, with the "
+        "same db), then run this machine's torchrun workers in it; they meet at train.rdzv_endpoint.",
+    )
+    node.add_argument("run_id")
+    node.add_argument("--wait", type=float, default=600.0, metavar="SECONDS", help="how long to wait (default 600)")
+    node.set_defaults(func=_cmd_train_node)
 
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)

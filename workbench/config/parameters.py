@@ -6,7 +6,9 @@ remembers where it came from, so an error can name the file or the ``--set`` to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,23 @@ def of_run(run_id: str, stored: dict[str, Any], given: Parameters) -> Parameters
     return run
 
 
+RDZV_PORT = 29400  # torchrun's usual rendezvous port
+
+
+def sagemaker_hosts(environ: Mapping[str, str]) -> list[str]:
+    """The hosts of a SageMaker training job (``SM_HOSTS``, JSON), first host first; [] outside one."""
+    return json.loads(environ.get("SM_HOSTS") or "[]")
+
+
+def sagemaker_nodes(environ: Mapping[str, str]) -> dict[str, Any]:
+    """In a SageMaker training job on several hosts, a layer that makes them the training nodes,
+    meeting at the first host (every host sees the same ``SM_HOSTS``); empty otherwise."""
+    hosts = sagemaker_hosts(environ)
+    if len(hosts) < 2:
+        return {}
+    return {"train.nodes": len(hosts), "train.rdzv_endpoint": f"{hosts[0]}:{RDZV_PORT}"}
+
+
 def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path | None = None) -> Parameters:
     """Schema defaults, then each file in order, then each ``--set``; all validated.
 
@@ -182,6 +201,8 @@ def load(files: Iterable[str | Path] = (), sets: Iterable[str] = (), root: Path 
             values[key], origin[key] = value, str(path)
             if named:
                 explicit.add(key)
+    for key, value in sagemaker_nodes(os.environ).items():
+        values[key], origin[key] = value, "SM_HOSTS"
     for item in sets:
         key, value = parse_set(item)
         values[key], origin[key] = value, f"--set {item}"

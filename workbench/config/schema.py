@@ -246,6 +246,32 @@ class TrainParams(Optimisation):
     amp: Bool = Field(
         True, description="mixed precision when training on CUDA: bf16 where supported, else fp16 with loss scaling"
     )
+    nodes: Int = Field(
+        1,
+        gt=0,
+        description="machines training together, each running train.processes workers (see train.rdzv_endpoint)",
+    )
+    rdzv_endpoint: Str = Field(
+        "",
+        validate_default=True,
+        description="host:port where the nodes meet (torchrun's c10d rendezvous) when train.nodes > 1",
+    )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _meeting_point(cls, value: str, info: Any) -> str:
+        nodes = info.data.get("nodes") or 1
+        if nodes > 1 and not value:
+            raise PydanticCustomError(
+                "workbench",
+                f"{nodes} nodes need train.rdzv_endpoint, the host:port every node reaches, e.g. 10.0.0.5:29400",
+                {"label": "train.nodes", "of": "nodes"},
+            )
+        if value and not re.fullmatch(r"[\w.-]+:\d{1,5}", value):
+            raise PydanticCustomError(
+                "workbench", f"must be the host:port every node reaches, e.g. 10.0.0.5:29400, got {value!r}"
+            )
+        return value
 
     def fit_settings(self, seed: int) -> FitSettings:
         """What shapes the optimisation, with the seed: the settings a checkpoint must match."""
@@ -457,6 +483,8 @@ def problem_line(exc: ValidationError, origin: Callable[[str], str], prefix: str
         return str(unknown_key(key, origin(key)))
     if kind == "workbench":
         label, where = ctx.get("label", key), origin(key)
+        if of := ctx.get("of"):  # the problem is another key's value (which this key must then follow)
+            where = origin(key.rsplit(".", 1)[0] + "." + of)
         if also := ctx.get("also"):
             other = key.rsplit(".", 1)[0] + "." + also
             where = next((w for w in (origin(key), origin(other)) if w != "defaults"), where)

@@ -227,7 +227,11 @@ def error_line(step: StepSpec, failure: Exception) -> str:
 
 
 def run_pipeline(
-    params: Parameters, say: Callable[[str], None] = _say, resume: str | None = None, steps: str | None = None
+    params: Parameters,
+    say: Callable[[str], None] = _say,
+    resume: str | None = None,
+    steps: str | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
@@ -263,7 +267,7 @@ def run_pipeline(
             tracker.reopen_run(run_id)
             say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(RunLayout(run_id).root)}")
         else:
-            run_id = tracker.create_run(store.root, params.values, params.origin, holder=holder)
+            run_id = tracker.create_run(store.root, params.values, params.origin, run_id=run_id, holder=holder)
             stack.enter_context(holding(tracker, run_id, holder))
             tracker.plan_steps(run_id, [s.name for s in planned])
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")

@@ -17,11 +17,13 @@ def train_model(ctx: StepContext, params: TrainParams, *, seed: int) -> TrainRes
     Saves ``model.pth`` (a state_dict), its config, ``checkpoints/last.pt`` after every epoch
     (model, optimiser, schedule and RNG states: a killed step loses at most the epoch in
     progress), the history and the curves. With ``params.processes`` > 1 the same loop runs under
-    torchrun with DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0 writes.
+    torchrun with DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0 writes. With
+    ``params.nodes`` > 1 this machine's workers meet the other nodes' (each started with
+    ``workbench train-node RUN_ID``) at ``params.rdzv_endpoint``.
     """
     job = TrainJob(run_id=ctx.run_id, store=ctx.store.root, db=ctx.tracker.url, train=params, seed=seed)
-    if params.processes > 1:
-        return launch_distributed(ctx, job, params.processes)
+    if params.processes > 1 or params.nodes > 1:
+        return launch_distributed(ctx, job)
     result = run_job(ctx, job)
     assert result is not None  # rank 0 always returns its result
     return result

@@ -161,29 +161,50 @@ def failed_rank(stderr: str) -> str:
     return "see the output above"
 
 
-def launch_distributed(ctx: StepContext, job: TrainJob, processes: int) -> TrainResult:
-    """Run :func:`run_job` in ``processes`` torchrun workers and read back what rank 0 wrote."""
-    import subprocess
-
-    check_processes(processes, job.train.device, torch.cuda.device_count())
-
-    payload = job.model_dump_json()
-    cmd = [
+def torchrun_command(job: TrainJob) -> list[str]:
+    """The torchrun line of this machine: standalone on one node, else the c10d rendezvous every
+    node of the job meets at (the run id names the rendezvous, so two jobs never mix)."""
+    train = job.train
+    if train.nodes == 1:
+        where = ["--standalone"]
+    else:
+        where = [
+            f"--nnodes={train.nodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={train.rdzv_endpoint}",
+            f"--rdzv_id={job.run_id}",
+        ]
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
+        *where,
+        f"--nproc_per_node={train.processes}",
         "-m",
         "workbench.run.train_worker",
-        payload,
+        job.model_dump_json(),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def run_workers(job: TrainJob) -> None:
+    """This node's torchrun workers, to the end; a failure is one line naming the failing rank."""
+    import subprocess
+
+    check_processes(job.train.processes, job.train.device, torch.cuda.device_count())
+    proc = subprocess.run(torchrun_command(job), capture_output=True, text=True)
     sys.stdout.write(proc.stdout)  # rank 0's notes, e.g. a checkpoint set aside in an interactive run
     if proc.returncode:
         raise_worker_error(proc.stderr)
         sys.stderr.write(proc.stderr[-4000:])
-        raise ModelError(f"distributed training with {processes} processes failed: {failed_rank(proc.stderr)}")
+        workers = job.train.processes * job.train.nodes
+        where = f" on {job.train.nodes} nodes" if job.train.nodes > 1 else ""
+        raise ModelError(f"distributed training with {workers} processes{where} failed: {failed_rank(proc.stderr)}")
+
+
+def launch_distributed(ctx: StepContext, job: TrainJob) -> TrainResult:
+    """Run :func:`run_job` in torchrun workers (on this node, and with the other nodes when there
+    are several) and read back what global rank 0 wrote to the run's store."""
+    run_workers(job)
     history = ctx.load_artifact(HISTORY)
     metrics = ctx.load_artifact(TRAIN_METRICS)
     env, config = ctx.load_artifact(ENVIRONMENT), ctx.load_artifact(MODEL_CONFIG)
