@@ -9,6 +9,7 @@ ratios, once per batch size; targets: workbench at least 1.0 of the hand-written
 
     python benchmarks/train_throughput.py [--epochs 5] [--repeat 3] [--device cpu|cuda]
     python benchmarks/train_throughput.py --model mlp --batch-sizes 64,256,2048 --no-lightning
+"""
 
 from __future__ import annotations
 
