@@ -1,0 +1,678 @@
+"""Any table as model input: column roles, a streamed fit on the training rows, one JSON encoding.
+
+Fitting reads Arrow tables one at a time (:class:`EncodingFitter`, :func:`fit_encoding`): memory
+follows the number of distinct categories seen, never the number of rows. Each column is typed from
+the data unless ``drop`` leaves it out or ``categorical`` makes it a category:
+
+- numbers (and booleans as 0/1): imputed with the training mean, standardised, plus a 0/1
+  ``name:missing`` column where training had gaps (a non-finite number counts as a gap);
+- text and categories: one-hot over the ``max_categories`` most frequent training values, a
+  ``name=<missing>`` column where training had gaps and a ``name=<other>`` bucket for the rest and
+  for values never seen in training;
+- dates and times: year, month, day of week, day of year (and hour where training had times),
+  each standardised like a number.
+
+The fitted :class:`Encoding` is one JSON object (:meth:`Encoding.to_json`); :meth:`Encoding.apply`
+turns raw rows (a pandas DataFrame, an Arrow table, a list of dict records) into the float32 model
+input with numpy and pandas alone, so the SageMaker handler can carry a copy of the section below
+"Applying". The target column's task and classes come from :class:`TargetFitter` /
+:func:`fit_target`. Every refusal is a :class:`~workbench.errors.DataError` of one line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+FORMAT = "workbench.encoding/1"
+MAX_CATEGORIES = 50  # one-hot columns kept per category column (plus missing and other)
+ID_SHARE = 0.95  # a text column with more distinct values than this share of its rows is an identifier
+ID_MIN_ROWS = 50  # ... judged only once it has this many values
+MAX_DISTINCT = 200_000  # distinct values counted per column at most: beyond, an identifier or free text
+MAX_CLASSES = 10_000  # distinct target values counted at most
+CLASSIFICATION_MAX_INTEGERS = 20  # an integer target with at most this many values is a class label
+DATE_PARTS = ("year", "month", "weekday", "yearday", "hour")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ---- fitting: Arrow chunks in, counts and moments kept --------------------------------------------
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations per column, merged chunk by chunk (Chan et al.)."""
+
+    def __init__(self, width: int) -> None:
+        self.n = np.zeros(width)
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+
+    def add(self, i: int, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        mean = float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        n, total = self.n[i], self.n[i] + len(x)
+        delta = mean - self.mean[i]
+        self.mean[i] += delta * len(x) / total
+        self.m2[i] += m2 + delta**2 * n * len(x) / total
+        self.n[i] = total
+
+    def scale(self) -> np.ndarray:
+        std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))
+        return np.where(std > 0, std, 1.0)
+
+
+@dataclass
+class _Column:
+    """What the fit has learnt of one column so far."""
+
+    name: str
+    kind: str | None = None  # None until a chunk gives the column a type (an all-null chunk does not)
+    dtype: str = "null"
+    declared: bool = False
+    rows: int = 0
+    missing: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    moments: _Moments | None = None
+    has_time: bool = False
+    text_dates: bool = False
+
+
+def category_key(value: Any) -> str | None:
+    """The text a category value is known by, the same from Arrow, pandas or JSON (None: a gap).
+
+    ``3``, ``3.0`` and ``np.int64(3)`` are all ``"3"``, so an integer column that pandas turned
+    into floats because of a gap still finds its categories.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return text if text.strip() else None  # an empty field (a CSV gap) is a gap
+
+
+def _first_text(text: pa.ChunkedArray) -> list[str]:
+    """The first value of a text column that is not a gap (null or blank), as a list of at most one."""
+    import pyarrow.compute as pc
+
+    filled = text.filter(pc.not_equal(pc.utf8_trim_whitespace(text), ""))
+    return filled.slice(0, 1).to_pylist()
+
+
+def _kind_of(kind: pa.DataType) -> str | None:
+    import pyarrow as pa
+
+    if pa.types.is_null(kind):
+        return None
+    if pa.types.is_boolean(kind):
+        return BOOLEAN
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return NUMERIC
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return DATE
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        return CATEGORY
+    if hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind):
+        return CATEGORY
+    return "unsupported"
+
+
+class EncodingFitter:
+    """The encoding fitted one Arrow table (or DataFrame) at a time: :meth:`add` each, then :meth:`finish`.
+
+    ``target`` is skipped (see :class:`TargetFitter`), ``drop`` columns are left out, ``categorical``
+    columns are categories whatever their type. ``where`` prefixes every message (``"data.source x: "``).
+    """
+
+    def __init__(
+        self,
+        *,
+        target: str | None = None,
+        drop: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        max_categories: int = MAX_CATEGORIES,
+        where: str = "",
+    ) -> None:
+        both = sorted(set(drop) & set(categorical))
+        if both:
+            raise DataError(f"{where}column {both[0]!r} is in both data.drop and data.categorical; keep one")
+        if max_categories < 1:
+            raise DataError(f"max_categories must be at least 1, got {max_categories}")
+        self.target, self.drop, self.categorical = target, list(drop), list(categorical)
+        self.max_categories, self.where = max_categories, where
+        self.rows = 0
+        self.columns: list[_Column] | None = None
+        self._moments = _Moments(0)
+
+    def add(self, table: pa.Table | pd.DataFrame) -> None:
+        import pyarrow as pa
+
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        if self.columns is None:
+            self._start(table.column_names)
+        assert self.columns is not None
+        names = set(table.column_names)
+        absent = [c.name for c in self.columns if c.name not in names]
+        if absent:
+            raise DataError(f"{self.where}column {absent[0]!r} is missing from a later chunk of the table")
+        self.rows += table.num_rows
+        for i, column in enumerate(self.columns):
+            self._add_column(i, column, table.column(column.name))
+
+    def _start(self, names: list[str]) -> None:
+        for role, listed in (("data.drop", self.drop), ("data.categorical", self.categorical)):
+            unknown = [c for c in listed if c not in names]
+            if unknown:
+                shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                raise DataError(f"{self.where}{role} names {unknown[0]!r}, which is not a column (columns: {shown})")
+        keep = [n for n in names if n != self.target and n not in self.drop]
+        if not keep:
+            raise DataError(f"{self.where}no feature columns left besides the target and data.drop")
+        self.columns = [_Column(n, declared=n in self.categorical) for n in keep]
+        self._moments = _Moments(len(keep) * len(DATE_PARTS))
+
+    def _add_column(self, i: int, column: _Column, values: pa.ChunkedArray) -> None:
+        import pyarrow as pa
+
+        column.rows += len(values)
+        kind = CATEGORY if column.declared else _kind_of(values.type)
+        if kind is None:  # an all-null chunk (a CSV block of gaps) types nothing yet
+            column.missing += len(values)
+            return
+        if kind == "unsupported":
+            raise DataError(
+                f"{self.where}column {column.name!r} has type {values.type}, which cannot be a feature; "
+                "add it to data.drop"
+            )
+        if kind == CATEGORY and not column.declared and column.kind in (None, DATE):
+            text = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+            if column.kind is None:  # text whose first value is an ISO date is a date column
+                sample = _first_text(text)
+                if not sample:
+                    column.missing += len(values)
+                    return
+                column.text_dates = bool(ISO_DATE.fullmatch(sample[0].strip()))
+            if column.text_dates:
+                kind, values = DATE, self._parse_dates(column, text)
+        if column.kind is None:
+            column.kind, column.dtype = kind, "string" if column.text_dates else str(values.type)
+        elif column.kind != kind:
+            raise DataError(
+                f"{self.where}column {column.name!r} changes type partway through the table "
+                f"({column.dtype}, then {values.type}); cast it to one type"
+            )
+        if kind == CATEGORY:
+            self._add_categories(column, values)
+        elif kind == DATE:
+            self._add_dates(i, column, values)
+        else:
+            x = values.cast(pa.float64()).to_numpy(zero_copy_only=False) if len(values) else np.empty(0)
+            finite = np.isfinite(x)
+            column.missing += int(len(x) - finite.sum())
+            self._moments.add(i * len(DATE_PARTS), x if finite.all() else x[finite])
+
+    def _parse_dates(self, column: _Column, text: pa.ChunkedArray) -> pa.ChunkedArray:
+        import pyarrow as pa
+
+        series = text.to_pandas()
+        parsed = _to_datetime(series)
+        bad = parsed.isna().to_numpy() & _present(series)
+        if bad.any():
+            raise DataError(
+                f"{self.where}column {column.name!r} holds dates, but {_shown(series[bad].iloc[0])} does not parse "
+                "as one (use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS); fix it, or add the column to data.categorical "
+                "or data.drop"
+            )
+        return pa.chunked_array([pa.Array.from_pandas(parsed)])
+
+    def _add_categories(self, column: _Column, values: pa.ChunkedArray) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        if pa.types.is_null(values.type):
+            column.missing += len(values)
+            return
+        counted = pc.value_counts(values)
+        counts = column.counts
+        for value, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True):
+            key = category_key(value)
+            if key is None:
+                column.missing += n
+            else:
+                counts[key] = counts.get(key, 0) + n
+        if len(counts) > MAX_DISTINCT:
+            raise DataError(
+                f"{self.where}column {column.name!r} has more than {MAX_DISTINCT:,} distinct values, "
+                "an identifier or free text; add it to data.drop"
+            )
+
+    def _add_dates(self, i: int, column: _Column, values: pa.ChunkedArray) -> None:
+        series = values.to_pandas(date_as_object=False) if len(values) else pd.Series([], dtype="datetime64[ns]")
+        parts, present = _date_parts(pd.Series(series))
+        column.missing += int(len(present) - present.sum())
+        if present.any():
+            column.has_time = column.has_time or bool((parts[present, 4] != 0).any())
+            for p in range(len(DATE_PARTS)):
+                self._moments.add(i * len(DATE_PARTS) + p, parts[present, p])
+
+    def finish(self) -> Encoding:
+        """The fitted encoding, or the one-line reason a column cannot be encoded."""
+        if self.columns is None or not self.rows:
+            raise DataError(f"{self.where}no training rows to fit the encoding on")
+        specs = []
+        scale = self._moments.scale()
+        for i, column in enumerate(self.columns):
+            if column.kind is None or column.missing == column.rows:
+                raise DataError(
+                    f"{self.where}column {column.name!r} has no values in the training rows (all missing); "
+                    "add it to data.drop"
+                )
+            spec: dict[str, Any] = {
+                "name": column.name,
+                "type": column.kind,
+                "dtype": column.dtype,
+                "missing": column.missing > 0,
+            }
+            at = i * len(DATE_PARTS)
+            if column.kind in (NUMERIC, BOOLEAN):
+                spec |= {"mean": float(self._moments.mean[at]), "scale": float(scale[at])}
+            elif column.kind == DATE:
+                parts = [p for p in DATE_PARTS if p != "hour" or column.has_time]
+                spec |= {
+                    "parts": parts,
+                    "mean": [float(self._moments.mean[at + DATE_PARTS.index(p)]) for p in parts],
+                    "scale": [float(scale[at + DATE_PARTS.index(p)]) for p in parts],
+                }
+            else:
+                spec["values"] = self._vocabulary(column)
+            specs.append(spec)
+        return Encoding(specs, self.max_categories, self.rows)
+
+    def _vocabulary(self, column: _Column) -> list[str]:
+        counts = column.counts
+        present = column.rows - column.missing
+        if column.declared and len(counts) > self.max_categories:
+            raise DataError(
+                f"{self.where}data.categorical column {column.name!r} has {len(counts):,} distinct values, "
+                f"more than max_categories {self.max_categories}; raise max_categories or leave it out of "
+                "data.categorical"
+            )
+        if not column.declared and present >= ID_MIN_ROWS and len(counts) > ID_SHARE * present:
+            raise DataError(
+                f"{self.where}column {column.name!r} looks like an identifier ({len(counts):,} distinct values in "
+                f"{present:,} rows); add it to data.drop (or to data.categorical to keep it)"
+            )
+        top = sorted(counts, key=lambda k: (-counts[k], k))[: self.max_categories]
+        return sorted(top)
+
+
+def fit_encoding(
+    chunks: Iterable[pa.Table | pd.DataFrame],
+    *,
+    target: str | None = None,
+    drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    max_categories: int = MAX_CATEGORIES,
+    where: str = "",
+) -> Encoding:
+    """The encoding of the training rows, read one chunk at a time (see :class:`EncodingFitter`)."""
+    fitter = EncodingFitter(
+        target=target, drop=drop, categorical=categorical, max_categories=max_categories, where=where
+    )
+    for chunk in chunks:
+        fitter.add(chunk)
+    return fitter.finish()
+
+
+# ---- targets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The target column: its task, its classes in order (classification) and the rows it lacks."""
+
+    name: str
+    task: str  # "classification" or "regression"
+    classes: list | None
+    rows: int
+    missing: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "classes": self.classes,
+            "rows": self.rows,
+            "missing": self.missing,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Target:
+        return cls(data["name"], data["task"], data["classes"], int(data["rows"]), int(data["missing"]))
+
+    def encode(self, values: Any) -> np.ndarray:
+        """Class indices (int64; -1 for a missing or unknown label) or float32 values (NaN where missing)."""
+        series = pd.Series(values) if not isinstance(values, pd.Series) else values
+        if self.task == "regression":
+            return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
+        index = {category_key(c): i for i, c in enumerate(self.classes or [])}
+        codes, uniques = pd.factorize(series)
+        lookup = np.array([index.get(category_key(u), -1) for u in uniques] + [-1], dtype=np.int64)
+        return lookup[codes]
+
+
+class TargetFitter:
+    """The target's task and classes, counted one chunk at a time (memory: at most MAX_CLASSES values)."""
+
+    def __init__(self, name: str, task: str = "auto", where: str = "") -> None:
+        if task not in ("auto", "classification", "regression"):
+            raise DataError(f"task must be auto, classification or regression, got {task!r}")
+        self.name, self.task, self.where = name, task, where
+        self.rows = self.missing = 0
+        self.kind: str | None = None
+        self.integral = True
+        self.counts: dict[Any, int] = {}
+        self.overflow = False
+
+    def add(self, table: pa.Table | pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table[[self.name]], preserve_index=False)
+        if self.name not in table.column_names:
+            shown = ", ".join(table.column_names[:8]) + (" ..." if table.num_columns > 8 else "")
+            raise DataError(
+                f"{self.where}data.target {self.name!r} is not a column (columns: {shown}); set data.target"
+            )
+        values = table.column(self.name)
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        self.rows += len(values)
+        kind = _kind_of(values.type)
+        if kind is None:
+            self.missing += len(values)
+            return
+        if kind not in (NUMERIC, BOOLEAN, CATEGORY):
+            raise DataError(
+                f"{self.where}data.target {self.name!r} has type {values.type}; it must be a label or a number"
+            )
+        if self.kind is None:
+            self.kind = kind
+        elif self.kind != kind:
+            raise DataError(f"{self.where}data.target {self.name!r} changes type partway through the table")
+        if kind == NUMERIC:
+            x = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            present = ~np.isnan(x)
+            if np.isinf(x).any():
+                raise DataError(f"{self.where}data.target {self.name!r} has infinite values; fill or drop those rows")
+            self.missing += int(len(x) - present.sum())
+            x = x[present]
+            self.integral = self.integral and bool(np.all(x == np.round(x)))
+            if self.overflow:
+                return
+            uniques, counts = np.unique(x, return_counts=True)
+            pairs = zip(uniques.tolist(), counts.tolist(), strict=True)
+        else:
+            self.missing += values.null_count
+            if self.overflow:
+                return
+            counted = pc.value_counts(values.drop_null())
+            pairs = zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
+        for value, n in pairs:
+            self.counts[value] = self.counts.get(value, 0) + n
+        if len(self.counts) > MAX_CLASSES:
+            self.overflow, self.counts = True, {}
+
+    def finish(self) -> Target:
+        if self.kind is None or self.missing == self.rows:
+            raise DataError(f"{self.where}data.target {self.name!r} has no values (all missing)")
+        task = self.task
+        if task == "auto":
+            few = not self.overflow and len(self.counts) <= CLASSIFICATION_MAX_INTEGERS
+            task = "regression" if self.kind == NUMERIC and not (self.integral and few) else "classification"
+        if task == "regression":
+            if self.kind == CATEGORY:
+                raise DataError(f"{self.where}data.target {self.name!r} is text; a regression target must be numeric")
+            return Target(self.name, task, None, self.rows, self.missing)
+        if self.overflow:
+            raise DataError(
+                f"{self.where}data.target {self.name!r} has more than {MAX_CLASSES:,} distinct values; "
+                "it must be a class label, not a measurement (or set task: regression)"
+            )
+        classes = sorted(self.counts)
+        if self.kind == NUMERIC and self.integral:
+            classes = [int(c) for c in classes]
+        elif self.kind == BOOLEAN:
+            classes = [bool(c) for c in classes]
+        if len(classes) < 2:
+            raise DataError(
+                f"{self.where}data.target {self.name!r} has {len(classes)} class ({classes[0]!r}); needs at least 2"
+            )
+        return Target(self.name, task, classes, self.rows, self.missing)
+
+
+def fit_target(chunks: Iterable[pa.Table | pd.DataFrame], name: str, task: str = "auto", where: str = "") -> Target:
+    """The target's task (auto: text, booleans or at most 20 integer values classify; other numbers
+    regress), its sorted classes and the count of rows without a target, for the caller to drop."""
+    fitter = TargetFitter(name, task, where)
+    for chunk in chunks:
+        fitter.add(chunk)
+    return fitter.finish()
+
+
+# ---- applying: numpy and pandas only, so a standalone copy can run where the package cannot --------
+
+
+def _to_datetime(series: pd.Series) -> pd.Series:
+    """Dates parsed from text (ISO 8601); what does not parse is NaT."""
+    try:
+        return pd.to_datetime(series, errors="coerce", format="ISO8601")
+    except (TypeError, ValueError):  # pandas < 2 has no format="ISO8601"
+        return pd.to_datetime(series, errors="coerce")
+
+
+def _present(series: pd.Series) -> np.ndarray:
+    """Which rows hold a value: not null, and not blank text (an empty CSV field)."""
+    present = series.notna().to_numpy()
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        present &= series.astype(str).str.strip().ne("").to_numpy()
+    return present
+
+
+def _date_parts(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Year, month, day of week, day of year and hour per row (float64) and which rows have a date."""
+    dt = series.dt
+    present = series.notna().to_numpy()
+    parts = (
+        np.column_stack(
+            [
+                part.to_numpy(dtype=np.float64, na_value=np.nan)
+                for part in (dt.year, dt.month, dt.dayofweek, dt.dayofyear, dt.hour)
+            ]
+        )
+        if len(series)
+        else np.empty((0, len(DATE_PARTS)))
+    )
+    return parts, present
+
+
+def _records(data: Any, names: list[str]) -> pd.DataFrame:
+    """The rows as a DataFrame of the needed columns: from pandas, Arrow (duck-typed) or dict records."""
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    elif hasattr(data, "column_names") and hasattr(data, "to_pandas"):  # an Arrow table, without importing pyarrow
+        have = set(data.column_names)
+        frame = data.select([n for n in names if n in have]).to_pandas(
+            date_as_object=False, strings_to_categorical=True
+        )
+    elif isinstance(data, dict):
+        frame = pd.DataFrame(data)
+    else:
+        frame = pd.DataFrame.from_records(list(data))
+    absent = [n for n in names if n not in frame.columns]
+    if absent:
+        raise DataError(
+            f"column {absent[0]!r} is missing from the rows to encode; the model was trained on it"
+            + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+        )
+    return frame
+
+
+def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
+    """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
+    if pd.api.types.is_bool_dtype(series.dtype) or (
+        pd.api.types.is_numeric_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
+    ):
+        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        if boolean:
+            words = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+            converted = series.map(lambda v: words.get(str(v).strip().lower(), np.nan) if category_key(v) else np.nan)
+        else:
+            converted = pd.to_numeric(series.astype(object), errors="coerce")
+        bad = converted.isna().to_numpy() & series.notna().to_numpy()
+        if bad.any():
+            what = "true or false" if boolean else "a number"
+            raise DataError(f"column {name!r}: {_shown(series[bad].iloc[0])} is not {what}")
+        x = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(x), x, np.nan)
+
+
+def _dates(series: pd.Series, name: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return series
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    if pd.api.types.is_numeric_dtype(series.dtype) and series.notna().any():
+        raise DataError(f"column {name!r} should hold dates, got {_shown(series.dropna().iloc[0])}")
+    parsed = _to_datetime(series)
+    bad = parsed.isna().to_numpy() & _present(series)
+    if bad.any():
+        raise DataError(f"column {name!r}: {_shown(series[bad].iloc[0])} does not parse as a date")
+    return parsed
+
+
+def _category_codes(series: pd.Series, index: dict[str, int], other: int, missing: int) -> np.ndarray:
+    """Per row, the one-hot position of its value: its own, ``missing`` for a gap, ``other`` for the rest."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes, uniques = series.cat.codes.to_numpy(), series.cat.categories
+    else:
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    lookup = []
+    for value in uniques:
+        key = category_key(value)
+        lookup.append(missing if key is None else index.get(key, other))
+    return np.asarray([*lookup, missing], dtype=np.int64)[codes]  # code -1 (a gap) takes the last
+
+
+@dataclass
+class Encoding:
+    """The fitted encoding: one JSON object, applied the same wherever the model predicts.
+
+    ``columns`` holds one dict per input column, in training order: ``name``, ``type`` (numeric,
+    boolean, category, date), ``dtype`` (as trained), ``missing`` (training had gaps: a missing
+    column follows), and ``mean``/``scale`` (numbers), ``values`` (categories) or ``parts``,
+    ``mean``, ``scale`` (dates).
+    """
+
+    columns: list[dict[str, Any]]
+    max_categories: int = MAX_CATEGORIES
+    rows: int = 0
+    features: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = [name for spec in self.columns for name in _feature_names(spec)]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [spec["name"] for spec in self.columns]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "max_categories": self.max_categories,
+            "rows": self.rows,
+            "columns": self.columns,
+            "features": self.features,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Encoding:
+        if data.get("format") != FORMAT:
+            raise DataError(f"not a {FORMAT} encoding (format {data.get('format')!r})")
+        return cls([dict(spec) for spec in data["columns"]], int(data["max_categories"]), int(data["rows"]))
+
+    def apply(self, data: Any) -> np.ndarray:
+        """Float32 model input from raw rows with the training columns in any order (others ignored)."""
+        frame = _records(data, self.inputs)
+        out = np.zeros((len(frame), len(self.features)), dtype=np.float32)
+        at = 0
+        for spec in self.columns:
+            name, series = spec["name"], frame[spec["name"]]
+            kind = spec["type"]
+            if kind in (NUMERIC, BOOLEAN):
+                x = _numbers(series, name, kind == BOOLEAN)
+                gaps = np.isnan(x)
+                out[:, at] = (np.where(gaps, spec["mean"], x) - spec["mean"]) / spec["scale"]
+                at += 1
+                if spec["missing"]:
+                    out[:, at] = gaps
+                    at += 1
+            elif kind == DATE:
+                parts, present = _date_parts(_dates(series, name))
+                keep = [DATE_PARTS.index(p) for p in spec["parts"]]
+                mean, scale = np.asarray(spec["mean"]), np.asarray(spec["scale"])
+                values = np.where(present[:, None], parts[:, keep], mean)
+                out[:, at : at + len(keep)] = (values - mean) / scale
+                at += len(keep)
+                if spec["missing"]:
+                    out[:, at] = ~present
+                    at += 1
+            else:
+                values = spec["values"]
+                index = {value: i for i, value in enumerate(values)}
+                other = len(values) + spec["missing"]
+                missing = len(values) if spec["missing"] else other
+                codes = _category_codes(series, index, other, missing)
+                out[np.arange(len(codes)), at + codes] = 1.0
+                at += other + 1
+        return out
+
+
+def _feature_names(spec: dict[str, Any]) -> list[str]:
+    name, kind, gaps = spec["name"], spec["type"], spec["missing"]
+    if kind in (NUMERIC, BOOLEAN):
+        return [name] + ([f"{name}:missing"] if gaps else [])
+    if kind == DATE:
+        return [f"{name}:{p}" for p in spec["parts"]] + ([f"{name}:missing"] if gaps else [])
+    return [f"{name}={v}" for v in spec["values"]] + ([f"{name}=<missing>"] if gaps else []) + [f"{name}=<other>"]
