@@ -33,7 +33,8 @@ def test_notebooks_are_thin(path):
         tree = ast.parse(cell.source)
         banned = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.ListComp, ast.DictComp)
         assert not [type(n).__name__ for n in ast.walk(tree) if isinstance(n, banned)], cell.source
-        assert len([line for line in cell.source.splitlines() if line.strip()]) <= 15
+        if "parameters" not in cell.metadata.get("tags", []):  # that one is generated, a line per key
+            assert len([line for line in cell.source.splitlines() if line.strip()]) <= 15
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -398,3 +398,56 @@ def test_a_worker_killed_without_a_word_is_named_from_torchruns_summary():
     )
     assert failed_rank(summary) == "rank 1: the worker died (killed by signal 9 (out of memory?)); its output is above"
     assert failed_rank("ChildFailedError:\n") == "see the output above"
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "clip", "fp16", "world", "captured", "says"),
+    [
+        ("off", "cuda", 0.0, False, 1, False, "train.compile is off"),
+        ("on", "cpu", 0.0, False, 1, False, "off on CPU"),
+        ("on", "cuda", 0.0, False, 1, True, "captured in a CUDA graph"),
+        ("on", "cuda", 1.0, False, 1, False, "clip_grad_norm"),
+        ("on", "cuda", 0.0, True, 1, False, "fp16 loss scaling"),
+        ("on", "cuda", 0.0, False, 2, False, "DistributedDataParallel"),
+    ],
+)
+def test_when_the_training_step_is_captured(requested, device, clip, fp16, world, captured, says):
+    from workbench.ml.training.graphs import capture_plan
+
+    plan = capture_plan(requested, torch.device(device), clip, fp16, world)
+    assert plan.captured is captured and says in plan.reason
+
+
+def test_full_batches_replay_and_the_rest_runs_eagerly():
+    from workbench.ml.training.graphs import split_batches
+
+    assert split_batches(1257, 256) == (4, 233) and split_batches(1024, 256) == (4, 0)
+
+
+def test_the_schedule_reaches_a_captured_step_through_a_device_tensor():
+    """A replayed graph reads the learning rate from a tensor; every schedule step must update it."""
+    from workbench.ml.training.graphs import schedule_on_device
+    from workbench.ml.training.loop import _portable
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    sync = schedule_on_device(optimizer)
+    rate = optimizer.param_groups[0]["lr"]
+    assert isinstance(rate, torch.Tensor) and rate.item() == pytest.approx(0.1)
+    for _ in range(2):
+        model(torch.ones(3, 4)).sum().backward()
+        optimizer.step()
+        schedule.step()
+        sync()
+    assert optimizer.param_groups[0]["lr"] is rate  # the very tensor a graph would hold
+    assert rate.item() == pytest.approx(0.05)  # cosine half-way from 0.1 to 0
+    saved = _portable(optimizer.state_dict())
+    assert saved["param_groups"][0]["lr"] == pytest.approx(0.05) and isinstance(saved["param_groups"][0]["lr"], float)
+
+
+def test_compile_on_a_cpu_trains_eagerly_and_says_why(trained, stage_ctx_factory, capsys):
+    ctx = _fresh_run(stage_ctx_factory, "compile-on-cpu", interactive=False)
+    result = train_model(ctx, TrainParams(epochs=1, batch_size=64, device="cpu", compile="on"), seed=0)
+    assert "train.compile: off on CPU" in capsys.readouterr().out
+    assert result.environment["step"] == "eager" and len(result.history) == 1

@@ -246,6 +246,20 @@ class TrainParams(Optimisation):
     amp: Bool = Field(
         True, description="mixed precision when training on CUDA: bf16 where supported, else fp16 with loss scaling"
     )
+    max_memory_gb: Float = Field(
+        0.0,
+        ge=0,
+        description="GiB the splits may take loaded whole, else they stream from Parquet (0: half the free host "
+        "and GPU memory)",
+    )
+    shuffle_buffer: Int = Field(
+        65_536, gt=0, description="rows shuffled together when a split streams (row-group order is shuffled too)"
+    )
+    compile: Annotated[Literal["off", "on"], BeforeValidator(_string)] = Field(
+        "off",
+        description="on: capture the whole training step in a CUDA graph (full batches; CUDA only, "
+        "the eager step elsewhere)",
+    )
     nodes: Int = Field(
         1,
         gt=0,

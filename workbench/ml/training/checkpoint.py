@@ -62,6 +62,19 @@ def _read_checkpoint(ctx: StepContext) -> tuple[dict[str, Any], bytes] | None:
     return saved, data
 
 
+def checkpoint_data(ctx: StepContext, settings: dict[str, Any]) -> dict[str, str] | None:
+    """How this run's last checkpoint read its splits (``{"train": "streamed", ...}``) when it was
+    written under these settings (so :func:`resume` continues it), else None."""
+    try:
+        found = _read_checkpoint(ctx)
+    except ModelError:
+        return None  # resume() says so
+    if found is None or found[0].get("settings") != settings:
+        return None
+    data = found[0].get("data")
+    return data if isinstance(data, dict) else None
+
+
 def _changed(ours: dict[str, dict[str, Any]], theirs: dict[str, Any]) -> list[str]:
     """The ``part.key`` names that differ between this step's config/settings and a checkpoint's."""
     return sorted(

@@ -18,14 +18,24 @@ from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
 from workbench.ml.dataset import load_split, prepared
 from workbench.ml.models import build_model, model_config
-from workbench.ml.training.checkpoint import resume
+from workbench.ml.streaming import (
+    IN_MEMORY,
+    STREAMED,
+    StreamedSplit,
+    memory_budget,
+    open_split,
+    parquet_shape,
+    plan,
+    split_file,
+)
+from workbench.ml.training.checkpoint import checkpoint_data, resume
 from workbench.ml.training.device import amp_dtype, check_processes, choose_device, environment
 from workbench.ml.training.loop import (
     FitSettings,
     Trainer,
     WarningBanner,
     chance_accuracy,
-    evaluate,
+    evaluate_split,
     is_near_chance,
     state_bytes,
     to_device,
@@ -39,6 +49,7 @@ from workbench.storage.catalog import (
     HISTORY,
     MODEL_CONFIG,
     MODEL_STATE,
+    NORMALIZATION,
     SCHEMA,
     TRAIN_METRICS,
 )
@@ -90,33 +101,64 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     dtype = amp_dtype(target, job.train.amp)
-    train, val = load_split(ctx, "train"), load_split(ctx, "val")
     schema = prepared(ctx, SCHEMA)
-    config = model_config(job.train.model, train.x.shape[1], len(schema["classes"]))
+    data, train_source, val_source = _sources(ctx, job.train, job.seed, target, rank)
+    config = model_config(job.train.model, len(schema["features"]), len(schema["classes"]))
     net = build_model(config).to(target)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
-    trainer = Trainer(net, settings, dtype)
+    trainer = Trainer(net, settings, dtype, compile=job.train.compile)
+    if job.train.compile == "on" and rank == 0:
+        print(trainer.plan.reason, flush=True)
     resumed_from = resume(ctx, trainer, config, rank)
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
         # checkpoint first, metrics second: a kill between them repeats no logged epoch
         ctx.save_artifact(
             CHECKPOINT,
-            state_bytes({"config": config, "settings": settings.model_dump(), "trainer": trainer.state_dict()}),
+            state_bytes(
+                {"config": config, "settings": settings.model_dump(), "trainer": trainer.state_dict(), "data": data}
+            ),
         )
         ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch=epoch)
 
-    val_tensors = (to_device(val.x, target), to_device(val.y, target))
     trainer.run(
-        (to_device(train.x, target), to_device(train.y, target)),
-        val_tensors,
+        train_source,
+        val_source,
         on_epoch=checkpoint if rank == 0 else None,
         rank=rank,
         world=world,
     )
-    env = environment(target, dtype) | {"processes": world}
-    return _finish(ctx, trainer, val_tensors, config, env, resumed_from) if rank == 0 else None
+    env = environment(target, dtype) | {"processes": world, "step": "CUDA graph" if trainer.plan.captured else "eager"}
+    env |= {"train_data": data["train"], "val_data": data["val"]}
+    return _finish(ctx, trainer, val_source, config, env, resumed_from) if rank == 0 else None
+
+
+def _sources(
+    ctx: StepContext, params: TrainParams, seed: int, device: torch.device, rank: int
+) -> tuple[dict[str, str], Any, Any]:
+    """The train and val splits as the trainer takes them, whole on the device when they fit in
+    ``train.max_memory_gb`` (or half the free memory), else streamed from their Parquet row groups;
+    with the mode of each (``in memory`` / ``streamed``)."""
+    features = len(prepared(ctx, NORMALIZATION)["features"])
+    shapes = {name: parquet_shape(split_file(ctx, name), features) for name in ("train", "val")}
+    budget = memory_budget(params.max_memory_gb, device)
+    data = plan(shapes["train"], shapes["val"], budget)
+    earlier = checkpoint_data(ctx, params.fit_settings(seed).model_dump())
+    if earlier and earlier.get("train") in (IN_MEMORY, STREAMED):
+        # a resumed run batches as the checkpoint's epochs did, so it ends with the same weights
+        data["train"] = earlier["train"]
+    sources = []
+    for name in ("train", "val"):
+        if data[name] == STREAMED:
+            sources.append(open_split(ctx, name, device, params.shuffle_buffer))
+        else:
+            split = load_split(ctx, name)
+            sources.append((to_device(split.x, device), to_device(split.y, device)))
+    if rank == 0 and STREAMED in data.values():
+        said = ", ".join(f"{name} {mode} ({shapes[name][0]:,} rows)" for name, mode in data.items())
+        print(f"splits: {said}; memory budget {budget / 2**30:.3g} GiB (train.max_memory_gb)", flush=True)
+    return data, sources[0], sources[1]
 
 
 # A worker that fails on a user error prints one line starting with this to stderr; the launcher
@@ -215,7 +257,7 @@ def launch_distributed(ctx: StepContext, job: TrainJob) -> TrainResult:
 def _finish(
     ctx: StepContext,
     trainer: Trainer,
-    val: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
     config: dict[str, Any],
     env: dict[str, Any],
     resumed_from: int,
@@ -224,8 +266,8 @@ def _finish(
     (the best epoch's under early stopping, so the last history row may not be them)."""
     history = pd.DataFrame(trainer.history)
     model = unwrap(trainer.model)
-    val_loss, val_acc = evaluate(model, *val, 1024, trainer.amp)
-    chance = chance_accuracy(val[1])
+    val_loss, val_acc = evaluate_split(model, val, trainer.amp)
+    chance = chance_accuracy(val[1]) if isinstance(val, tuple) else val.chance_accuracy()
     metrics = {
         "val_accuracy": val_acc,
         "val_loss": val_loss,

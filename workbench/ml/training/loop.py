@@ -2,6 +2,7 @@
 
 The splits are small enough to live on the device as whole tensors, so batches are index slices
 rather than a DataLoader: no worker processes, no per-batch host-to-device copies.
+A split larger than memory streams instead (:class:`workbench.ml.streaming.StreamedSplit`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from torch import nn
 
 from workbench.config.schema import FitSettings  # the train keys that shape the optimisation, and the seed
 from workbench.errors import ModelError
+from workbench.ml.training.graphs import CapturedStep, capture_plan, schedule_on_device
 from workbench.progress import progress as progress_bar
 
 if TYPE_CHECKING:
-    pass
+    from workbench.ml.streaming import StreamedSplit
 
 
 # A model is "near chance" when its final validation accuracy closes less than this share of the
@@ -108,11 +110,17 @@ class Trainer:
     take the same steps as one process with the same batch size.
     """
 
-    def __init__(self, model: nn.Module, settings: FitSettings, amp: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, settings: FitSettings, amp: torch.dtype | None = None, compile: str = "off"
+    ) -> None:
         self.model, self.settings, self.amp = model, settings, amp
+        device = next(model.parameters()).device
+        ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        self.plan = capture_plan(compile, device, settings.clip_grad_norm, amp is torch.float16, 2 if ddp else 1)
         # fused Adam on CUDA: one kernel for the whole update instead of several per parameter
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=on_cuda)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=settings.lr, fused=device.type == "cuda", capturable=self.plan.captured
+        )
         # cosine decay to zero: late epochs take small steps, so the final weights are not a lucky pick
         if settings.schedule == "cosine":
             self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings.epochs)
@@ -136,7 +144,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         state = {
             "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _portable(self.optimizer.state_dict()),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
@@ -168,8 +176,8 @@ class Trainer:
 
     def run(
         self,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
+        train: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
+        val: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         progress: bool = True,
         rank: int = 0,
@@ -197,47 +205,50 @@ class Trainer:
 
     def _loop(
         self,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
+        train: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
+        val: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
         bar: Any,
         on_epoch: Callable[[int, dict[str, float]], None] | None,
         rank: int,
         world: int,
     ) -> None:
-        x, y = train
+        streamed = not isinstance(train, tuple)  # a StreamedSplit: batches come from its loader
+        x, y = (train, None) if streamed else train
         device, cfg = x.device, self.settings
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
+        graph, sync_lr = None, None
+        if self.plan.captured and not self.done and not streamed and len(x) >= cfg.batch_size:
+            # captured after any checkpoint was loaded: the graph holds the tensors it finds now
+            sync_lr = schedule_on_device(self.optimizer)
+            loss_fn = nn.functional.cross_entropy
+            graph = CapturedStep(self.model, self.optimizer, loss_fn, autocast, x, y, cfg.batch_size)
         while not self.done:
             self.model.train()
             started = time.perf_counter()
-            order = torch.randperm(len(x), generator=self.generator).to(device)
+            order = None if streamed else torch.randperm(len(x), generator=self.generator).to(device)
             # running totals stay on the device: no host tensor and no sync per step, read once an epoch
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             rows = 0
-            for start in range(0, len(x), cfg.batch_size):
+            if streamed:
+                rows = self._streamed_epoch(train, autocast, rank, world, loss_sum, correct)
+            for start in range(0, 0 if order is None else len(x), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size][rank::world]
-                xb, yb = x[idx], y[idx]
-                with autocast:
-                    logits = self.model(xb)
-                    loss = nn.functional.cross_entropy(logits.float(), yb)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.clip_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                if graph is not None and len(idx) == cfg.batch_size:
+                    loss, logits = graph.run(idx)
+                    yb = graph.y
+                else:
+                    loss, logits, yb = self._eager_step(x[idx], y[idx], autocast, keep_grads=graph is not None)
                 loss_sum += loss.detach() * len(idx)
                 correct += (logits.argmax(1) == yb).sum()
                 rows += len(idx)
             totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(float(rows))])
             if world > 1:
                 torch.distributed.all_reduce(totals)
-            val_loss, val_acc = evaluate(self.model, *val, batch=1024, amp=self.amp)
+            val_loss, val_acc = evaluate_split(self.model, val, self.amp)
             row = {
                 "epoch": self.epoch + 1,
-                "lr": self.schedule.get_last_lr()[0],
+                "lr": float(self.schedule.get_last_lr()[0]),
                 "train_loss": (totals[0] / totals[2]).item(),
                 "train_accuracy": (totals[1] / totals[2]).item(),
                 "val_loss": val_loss,
@@ -246,8 +257,10 @@ class Trainer:
             }
             # checked once per epoch from the totals kept on the device (no per-step sync), and before
             # the epoch is recorded, so no NaN reaches the history, the checkpoint or the metrics
-            self._stop_if_not_finite(row, x, val[0])
+            self._stop_if_not_finite(row, x, val[0] if isinstance(val, tuple) else val)
             self.schedule.step()
+            if sync_lr is not None:
+                sync_lr()
             self.history.append(row)
             score = row[cfg.monitor] * (-1 if cfg.monitor == "val_accuracy" else 1)
             if score < self.best:
@@ -261,6 +274,38 @@ class Trainer:
             if on_epoch:
                 on_epoch(row["epoch"], row)
 
+    def _streamed_epoch(
+        self, train: StreamedSplit, autocast: Any, rank: int, world: int, loss_sum: torch.Tensor, correct: torch.Tensor
+    ) -> int:
+        """One epoch over a streamed split, adding to the running totals in place; returns the rows.
+        The loader's order is drawn from (seed, epoch), so a checkpoint's epoch is its whole position."""
+        rows = 0
+        cfg = self.settings
+        for xb, yb in train.batches(cfg.batch_size, seed=cfg.seed, epoch=self.epoch, rank=rank, world=world):
+            loss, logits, _ = self._eager_step(xb, yb, autocast, keep_grads=False)
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+            rows += len(yb)
+        return rows
+
+    def _eager_step(
+        self, xb: torch.Tensor, yb: torch.Tensor, autocast: Any, keep_grads: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step the usual way. Beside a captured step (a last partial batch), gradients are
+        zeroed in place: the graph owns those buffers."""
+        cfg = self.settings
+        with autocast:
+            logits = self.model(xb)
+            loss = nn.functional.cross_entropy(logits.float(), yb)
+        self.optimizer.zero_grad(set_to_none=not keep_grads)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits, yb
+
     def _stop_if_not_finite(self, row: dict[str, float], x_train: torch.Tensor, x_val: torch.Tensor) -> None:
         """A NaN or inf loss never recovers and would poison the checkpoint and the metrics; say
         whether the data (an inf in a split) or the optimisation (too large a step) is to blame."""
@@ -268,7 +313,10 @@ class Trainer:
             value = row[key]
             if math.isfinite(value):
                 continue
-            bad_rows = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
+            if hasattr(x, "bad_rows"):  # a StreamedSplit counts them row group by row group
+                bad_rows = x.bad_rows()
+            else:
+                bad_rows = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
             if bad_rows:
                 raise ModelError(
                     f"training stopped at epoch {row['epoch']}: {split} loss is {value} because the {split} split "
@@ -278,6 +326,24 @@ class Trainer:
                 f"training diverged at epoch {row['epoch']}: {split} loss is {value}; "
                 f"try a lower train.lr (now {self.settings.lr:g})"
             )
+
+
+def _portable(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser state whose learning rates are numbers (a captured step keeps them as device
+    tensors), so a checkpoint resumes with or without train.compile."""
+    for group in state["param_groups"]:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return state
+
+
+def evaluate_split(
+    model: nn.Module, split: tuple[torch.Tensor, torch.Tensor] | StreamedSplit, amp: torch.dtype | None
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split in memory (:func:`evaluate`) or streamed (in bounded memory)."""
+    if isinstance(split, tuple):
+        return evaluate(model, *split, 1024, amp)
+    return split.evaluate(model, amp)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
