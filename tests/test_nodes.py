@@ -21,7 +21,7 @@ from workbench.tracking import Tracker
 
 @pytest.mark.e2e
 def test_two_nodes_on_one_host_train_one_run(place):
-    """Two agents on 127.0.0.1 as two nodes (gloo): one `workbench run`, one `workbench train-node`."""
+    """Two torchrun agents on 127.0.0.1 as two nodes (gloo): one `workbench run`, one `workbench train-node`."""
     endpoint = f"127.0.0.1:{free_port()}"
     first = subprocess.Popen(
         [

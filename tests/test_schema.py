@@ -184,7 +184,7 @@ def test_check_names_the_notebook_and_the_difference_and_sync_repairs_it(tmp_pat
 
 @pytest.mark.e2e
 def test_plain_papermill_refuses_a_bad_parameter_in_one_line(tmp_path):
-    """The issue's case: `schedule = "cosin"` under plain papermill once trained at a constant rate."""
+    """A typo such as `schedule = "cosin"` under plain papermill once trained at a constant rate."""
     import subprocess
     import sys
 
