@@ -108,3 +108,16 @@ def test_the_cnn_on_a_table_that_is_no_image_says_what_to_use(place, penguins):
         "error: step train failed: ModelError: train.model 'cnn' needs square images (e.g. 64 features for 8x8); "
         "got 5 features; use 'mlp'"
     )
+
+
+def test_streamed_splits_and_compile_through_workbench_run(place):
+    """Splits streamed from Parquet (a tiny memory budget) and train.compile, end to end on CPU."""
+    proc = _run(place, *FEW, "train.max_memory_gb=0.000001", "train.shuffle_buffer=512", "train.compile=on")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = proc.stdout.split()[1]
+    run = Tracker(place.db).get_run(run_id)
+    assert run["status"] == "finished" and run["metrics"]["parity_pass"] == 1.0
+    environment = json.loads((place.store / "runs" / run_id / "train" / "environment.json").read_text())
+    assert environment["train_data"] == "streamed" and environment["step"] == "eager"
+    trained = (place.store / "runs" / run_id / "02_train.ipynb").read_text()
+    assert "train.compile: off on CPU" in trained and "train streamed" in trained
