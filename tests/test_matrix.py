@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli import ROOT
+from support.cli import FEW, ROOT
 
 from workbench.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.e2e
 
-FEW = ["train.epochs=2", "train.batch_size=64"]
 USER_MODULE = '''
 import torch
 from torch import nn

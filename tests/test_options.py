@@ -16,32 +16,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from support.cli import Place, Run, workbench
+from support.cli import FEW, Place, Run, workbench
+from support.nets import VIEW_NET
 
 from workbench.storage.sources import read_source
 from workbench.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.e2e
-
-TINY = ["train.epochs=2", "train.batch_size=64"]
-
-VIEW_NET = '''
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    """Reshapes with the batch size read at run time: fine for PyTorch and onnxruntime, not MXNet."""
-
-    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.fc = nn.Linear(8 * 64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(x.view(x.shape[0], 1, 8, 8)))
-        return self.fc(x.flatten(1))
-'''
 
 
 def run_id_of(stdout: str) -> str:
@@ -67,7 +48,7 @@ def failed_run(place: Place) -> dict:
 
 
 def test_an_onnxruntime_export_validates_on_onnxruntime_alone(place):
-    result = workbench("run", *place.sets(*TINY, "export.target=onnxruntime", "export.opset=17"))
+    result = workbench("run", *place.sets(*FEW, "export.target=onnxruntime", "export.opset=17"))
     assert result.code == 0, result.stderr[-2000:]
     folder = place.store / "runs" / run_id_of(result.stdout)
     parity = json.loads((folder / "validate/parity.json").read_text())
@@ -83,7 +64,7 @@ def test_a_model_mxnet_cannot_import_fails_validation_with_its_reason(place, tmp
     (tmp_path / "mod.py").write_text(VIEW_NET)
     # the CLI and its kernels inherit it
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
-    result = workbench("run", *place.sets(*TINY, "train.model=mod:Net"))
+    result = workbench("run", *place.sets(*FEW, "train.model=mod:Net"))
     assert result.code == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from support.nets import VIEW_NET
 
 from workbench.config.schema import PublishParams, ScoreParams, ValidateParams
 from workbench.errors import ModelError
@@ -188,20 +189,3 @@ def test_an_onnxruntime_export_is_judged_on_onnxruntime_alone(trained, stage_ctx
     parity = validate_model(stage_ctx_factory("validate", run_id="ort-only"), ValidateParams())
     assert parity.verdict == "PASS" and set(parity.stats) == {"pytorch", "onnxruntime"}
     assert set(parity.accuracies) == {"pytorch", "onnxruntime"} and min(parity.accuracies.values()) > 0.5
-
-
-VIEW_NET = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(x.view(x.shape[0], 1, 8, 8)))
-        return self.fc(x.flatten(1))
-"""

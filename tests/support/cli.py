@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["train.epochs=3", "train.batch_size=64"]
+FEW = ["train.epochs=2", "train.batch_size=64"]  # where only the path matters, not the accuracy
 
 
 @dataclass
