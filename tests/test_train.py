@@ -14,7 +14,8 @@ from workbench.ml.models import load_model
 from workbench.ml.training.checkpoint import CHECKPOINT, SET_ASIDE
 from workbench.ml.training.device import amp_dtype, choose_device, environment
 from workbench.ml.training.job import WORKER_ERROR, TrainResult, raise_worker_error
-from workbench.ml.training.loop import FitSettings, Trainer, chance_accuracy, is_near_chance, training_warnings
+from workbench.ml.training.loop import FitSettings, Trainer, chance_accuracy
+from workbench.ml.training.verdict import is_near_chance, training_warnings
 from workbench.stages.train import train_model
 
 PREPARED = ("train.parquet", "val.parquet", "schema.json", "normalization.json")

@@ -80,6 +80,27 @@ def _string(value: Any) -> str:
     return value
 
 
+def _names(value: Any) -> list[str]:
+    """Column names: a YAML list, or text as ``--set`` and ``papermill -p`` give it (``id,plan`` or ``[id, plan]``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import yaml
+
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise _refuse("expected a list of column names, e.g. [customer_id, signup_date]", value) from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _refuse("expected a list of column names, e.g. [customer_id, signup_date]", value)
+    if len(set(value)) < len(value):
+        twice = next(v for v in value if value.count(v) > 1)
+        raise _refuse(f"names {twice!r} twice", value)
+    return list(value)
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _refuse(f"expected true or false, got {value!r}", shown=False)
@@ -155,9 +176,10 @@ Str = Annotated[str, BeforeValidator(_string)]
 Text = Annotated[str, AfterValidator(_not_empty), BeforeValidator(_string)]
 Url = Annotated[str, AfterValidator(_db_url), BeforeValidator(_string)]
 Source = Annotated[str | dict[str, str], BeforeValidator(_source)]
+Names = Annotated[list[str], BeforeValidator(_names)]
 Seed = Annotated[Int, Field(ge=0, le=2**32 - 1)]  # numpy's RandomState and the split take 32-bit seeds
 
-_KIND = {_integer: "int", _float: "float", _boolean: "bool", _string: "str", _source: "source"}
+_KIND = {_integer: "int", _float: "float", _boolean: "bool", _string: "str", _source: "source", _names: "list"}
 
 
 # ---- the sections -------------------------------------------------------------------------------------
@@ -191,8 +213,18 @@ class DataParams(Section):
         description="input table: a CSV, CSV.gz or Parquet path (relative to the project folder) or s3:// URI, "
         "bundled:digits, or a database as {url: SQLAlchemy URL, query: SELECT ...} or {url: ..., table: ...}",
     )
-    target: Text = Field(
-        "label", description="label column; every other column must be numeric, with no gaps or infinities"
+    target: Text = Field("label", description="column to predict: class labels (text, booleans, integers) or numbers")
+    task: Annotated[Literal["auto", "classification", "regression"], BeforeValidator(_string)] = Field(
+        "auto",
+        description="auto (text, booleans or at most 20 integer values classify; other numbers regress), "
+        "classification or regression",
+    )
+    drop: Names = Field([], description="columns left out of the model: IDs, leaks, free text")
+    categorical: Names = Field(
+        [], description="columns one-hot encoded as categories even when numeric (store numbers, codes)"
+    )
+    max_categories: Int = Field(
+        50, gt=0, description="one-hot columns kept per category column (most frequent), plus missing and other"
     )
     val_fraction: Float = Field(0.15, gt=0, lt=1, description="share of rows held out for validation")
     test_fraction: Float = Field(
@@ -235,8 +267,15 @@ class TrainParams(Optimisation):
     """The train step (notebook 02): the optimisation, the model and where it runs."""
 
     model: Annotated[
-        Str, AfterValidator(_pattern(r"cnn|mlp|[\w.]+:\w+", "must be 'cnn', 'mlp' or 'package.module:Class'"))
-    ] = Field("cnn", description="cnn, mlp, or your own nn.Module as package.module:Class")
+        Str,
+        AfterValidator(_pattern(r"auto|cnn|mlp|[\w.]+:\w+", "must be 'auto', 'cnn', 'mlp' or 'package.module:Class'")),
+    ] = Field(
+        "auto",
+        description="auto (cnn for 8x8 images such as the digits, else mlp), cnn, mlp, or your own nn.Module as "
+        "package.module:Class (called with in_features and num_classes, 1 for regression)",
+    )
+    width: Int = Field(128, gt=0, description="mlp: units per hidden layer")
+    depth: Int = Field(2, gt=0, description="mlp: hidden layers")
     processes: Int = Field(
         1, gt=0, description="training processes; more than 1: torchrun + DistributedDataParallel (rank 0 writes)"
     )

@@ -13,17 +13,14 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Two hidden layers; works on any numeric table."""
+    """``depth`` hidden layers of ``width`` units; works on any encoded table."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 128) -> None:
+    def __init__(self, in_features: int, num_classes: int, width: int = 128, depth: int = 2) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(width if depth else in_features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

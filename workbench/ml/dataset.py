@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import DataError
-from workbench.ml.features import Normalization
-from workbench.storage.catalog import NORMALIZATION, SCHEMA, SPLIT_ARTIFACTS, Artifact, decode
+from workbench.ml.encoding import Encoding, Target
+from workbench.storage.catalog import ENCODING, SPLIT_ARTIFACTS, Artifact, decode
 
 if TYPE_CHECKING:
     from workbench.run.context import StepContext
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Split:
-    """One split as model-ready arrays: normalised float32 features and class indices."""
+    """One split as model-ready arrays: encoded float32 features, and class indices or the
+    standardised number to predict (float32)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -49,12 +50,20 @@ def prepared(ctx: StepContext, item: Artifact, split: str = "train") -> Any:
     return decode(item, prepared_bytes(ctx, item, split))
 
 
+def prepared_encoding(ctx: StepContext) -> Encoding:
+    """The encoding prepare fitted (with its target): the model's input contract."""
+    return Encoding.from_json(prepared(ctx, ENCODING))
+
+
+def prepared_target(encoding: Encoding) -> Target:
+    if encoding.target is None:
+        raise DataError("the prepare step's encoding has no target; run prepare again")
+    return encoding.target
+
+
 def load_split(ctx: StepContext, name: str) -> Split:
-    """Read a split written by the prepare step and apply its normalisation."""
-    schema = prepared(ctx, SCHEMA)
-    norm = Normalization.from_json(prepared(ctx, NORMALIZATION))
+    """Read a split written by the prepare step and apply its encoding."""
+    encoding = prepared_encoding(ctx)
+    target = prepared_target(encoding)
     frame = prepared(ctx, SPLIT_ARTIFACTS[name], name if name in SAGEMAKER_CHANNELS else "train")
-    codes = {c: i for i, c in enumerate(schema["classes"])}
-    x = norm.apply(frame[norm.features].to_numpy(dtype=np.float64))
-    y = frame[schema["target"]].map(codes).to_numpy(dtype=np.int64)
-    return Split(x, y)
+    return Split(encoding.apply(frame), target.model_target(frame[target.name]))

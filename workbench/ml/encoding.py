@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +42,7 @@ ID_MIN_ROWS = 50  # ... judged only once it has this many values
 MAX_DISTINCT = 200_000  # distinct values counted per column at most: beyond, an identifier or free text
 MAX_CLASSES = 10_000  # distinct target values counted at most
 CLASSIFICATION_MAX_INTEGERS = 20  # an integer target with at most this many values is a class label
+MIN_IMAGE_SIDE = 8  # 4 or 16 features are more often a table than a 2x2 or 4x4 image
 DATE_PARTS = ("year", "month", "weekday", "yearday", "hour")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
 NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
@@ -301,6 +302,7 @@ class EncodingFitter:
                 "type": column.kind,
                 "dtype": column.dtype,
                 "missing": column.missing > 0,
+                "gaps": column.missing,  # training rows without a value: shown, not used to encode
             }
             at = i * len(DATE_PARTS)
             if column.kind in (NUMERIC, BOOLEAN):
@@ -358,13 +360,25 @@ def fit_encoding(
 
 @dataclass(frozen=True)
 class Target:
-    """The target column: its task, its classes in order (classification) and the rows it lacks."""
+    """The target column: its task, its classes in order (classification), the rows it lacks, and for
+    regression the training split's mean and scale, which the model's standardised output is undone with."""
 
     name: str
     task: str  # "classification" or "regression"
     classes: list | None
     rows: int
     missing: int
+    mean: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def outputs(self) -> int:
+        """The model's output width: one number for regression, one logit per class."""
+        return 1 if self.regression else len(self.classes or [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -373,11 +387,25 @@ class Target:
             "classes": self.classes,
             "rows": self.rows,
             "missing": self.missing,
+            "mean": self.mean,
+            "scale": self.scale,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Target:
-        return cls(data["name"], data["task"], data["classes"], int(data["rows"]), int(data["missing"]))
+        return cls(
+            data["name"],
+            data["task"],
+            data["classes"],
+            int(data["rows"]),
+            int(data["missing"]),
+            float(data.get("mean", 0.0)),
+            float(data.get("scale", 1.0)),
+        )
+
+    def with_moments(self, mean: float, std: float) -> Target:
+        """This target with the training split's mean and std (a constant target keeps a scale of 1)."""
+        return replace(self, mean=float(mean), scale=float(std) if std > 0 else 1.0)
 
     def encode(self, values: Any) -> np.ndarray:
         """Class indices (int64; -1 for a missing or unknown label) or float32 values (NaN where missing)."""
@@ -388,6 +416,19 @@ class Target:
         codes, uniques = pd.factorize(series)
         lookup = np.array([index.get(category_key(u), -1) for u in uniques] + [-1], dtype=np.int64)
         return lookup[codes]
+
+    def model_target(self, values: Any) -> np.ndarray:
+        """What the model trains against: class indices, or the number standardised (float32)."""
+        y = self.encode(values)
+        return ((y.astype(np.float64) - self.mean) / self.scale).astype(np.float32) if self.regression else y
+
+    def predicted(self, outputs: np.ndarray) -> np.ndarray:
+        """The prediction in the target's own terms from model outputs: the number in its units, or
+        the class index (argmax) to look up in :attr:`classes`."""
+        outputs = np.asarray(outputs)
+        if self.regression:
+            return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64) * self.scale + self.mean
+        return outputs.argmax(axis=1)
 
 
 class TargetFitter:
@@ -608,14 +649,24 @@ class Encoding:
     columns: list[dict[str, Any]]
     max_categories: int = MAX_CATEGORIES
     rows: int = 0
+    target: Target | None = None
     features: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.features = [name for spec in self.columns for name in _feature_names(spec)]
+        self.features = [name for spec in self.columns for name in feature_names(spec)]
 
     @property
     def inputs(self) -> list[str]:
         return [spec["name"] for spec in self.columns]
+
+    @property
+    def image_side(self) -> int | None:
+        """The side of the square image each row is, or None: as many plain numbers of one type as a
+        square of at least 8x8 has cells, none with gaps. A table of 4 or 16 measurements is square by chance."""
+        side = math.isqrt(len(self.columns))
+        plain = all(c["type"] == NUMERIC and not c["missing"] for c in self.columns)
+        one_type = len({c["dtype"] for c in self.columns}) == 1
+        return side if plain and one_type and side * side == len(self.columns) and side >= MIN_IMAGE_SIDE else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -624,13 +675,15 @@ class Encoding:
             "rows": self.rows,
             "columns": self.columns,
             "features": self.features,
+            "target": self.target.to_json() if self.target else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Encoding:
         if data.get("format") != FORMAT:
             raise DataError(f"not a {FORMAT} encoding (format {data.get('format')!r})")
-        return cls([dict(spec) for spec in data["columns"]], int(data["max_categories"]), int(data["rows"]))
+        target = Target.from_json(data["target"]) if data.get("target") else None
+        return cls([dict(spec) for spec in data["columns"]], int(data["max_categories"]), int(data["rows"]), target)
 
     def apply(self, data: Any) -> np.ndarray:
         """Float32 model input from raw rows with the training columns in any order (others ignored)."""
@@ -669,7 +722,7 @@ class Encoding:
         return out
 
 
-def _feature_names(spec: dict[str, Any]) -> list[str]:
+def feature_names(spec: dict[str, Any]) -> list[str]:
     name, kind, gaps = spec["name"], spec["type"], spec["missing"]
     if kind in (NUMERIC, BOOLEAN):
         return [name] + ([f"{name}:missing"] if gaps else [])

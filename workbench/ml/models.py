@@ -19,8 +19,17 @@ from workbench.ml.architectures import BUILTIN, MLP, DigitCNN
 __all__ = ["BUILTIN", "MLP", "DigitCNN", "build_model", "load_model", "model_config"]
 
 
-def model_config(spec: str, in_features: int, num_classes: int) -> dict[str, Any]:
-    return {"model": spec, "in_features": in_features, "num_classes": num_classes}
+def model_config(
+    spec: str, in_features: int, num_classes: int, *, image: bool = False, width: int = 128, depth: int = 2
+) -> dict[str, Any]:
+    """What rebuilds the model: ``auto`` becomes the CNN for an image (:attr:`Encoding.image_side`), else the MLP;
+    the MLP's width and depth are kept with it."""
+    if spec == "auto":
+        spec = "cnn" if image else "mlp"
+    config: dict[str, Any] = {"model": spec, "in_features": in_features, "num_classes": num_classes}
+    if spec == "mlp":
+        config |= {"width": width, "depth": depth}
+    return config
 
 
 def _user_class(spec: str) -> type[nn.Module]:
@@ -42,6 +51,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     spec = config["model"]
     cls = BUILTIN.get(spec) or _user_class(spec)
     arguments = {"in_features": config["in_features"], "num_classes": config["num_classes"]}
+    arguments |= {k: config[k] for k in ("width", "depth") if k in config and spec == "mlp"}
     try:  # the signature first: a TypeError from inside the constructor is its own bug, not a wrong signature
         inspect.signature(cls).bind(**arguments)
     except TypeError as exc:

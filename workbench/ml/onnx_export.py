@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import ModelError
+from workbench.ml.onnx_shapes import constant_reshapes
 from workbench.storage.catalog import ONNX_MODEL
 
 if TYPE_CHECKING:
@@ -58,13 +59,26 @@ OP_HINTS = {
 }
 
 
+# The tracer's example batch, and a second one for MXNet: a size baked in from the batch differs between them.
+EXAMPLE_ROWS, RETRACE_ROWS = 2, 3
+
+
 def to_onnx(model: torch.nn.Module, in_features: int, opset: int, target: str) -> onnx.ModelProto:
     """Serialise with a dynamic batch axis, laid out as ``target`` needs."""
+    proto = _trace(model, in_features, opset, target, EXAMPLE_ROWS)
+    if target == "mxnet":
+        retraced = _trace(model, in_features, opset, target, RETRACE_ROWS)
+        constant_reshapes(proto, EXAMPLE_ROWS, (RETRACE_ROWS, retraced))
+        constants_as_initializers(proto)
+    return proto
+
+
+def _trace(model: torch.nn.Module, in_features: int, opset: int, target: str, rows: int) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, ONNX_MODEL.file)
         torch.onnx.export(
             model,
-            (torch.zeros(2, in_features),),
+            (torch.zeros(rows, in_features),),
             path,
             dynamo=False,
             opset_version=opset,
@@ -73,10 +87,7 @@ def to_onnx(model: torch.nn.Module, in_features: int, opset: int, target: str) -
             output_names=[OUTPUT],
             dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
         )
-        proto = onnx.load(path)
-    if target == "mxnet":
-        constants_as_initializers(proto)
-    return proto
+        return onnx.load(path)
 
 
 def constants_as_initializers(proto: onnx.ModelProto) -> None:

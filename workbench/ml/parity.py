@@ -22,17 +22,32 @@ REFERENCE = "pytorch"
 BATCH_SIZES = (1, 257)  # dynamic batch is proven on these, not assumed
 
 
+def score(outputs: np.ndarray, labels: np.ndarray, regression: bool) -> float:
+    """The task's score: accuracy for classes, R² (on the standardised target) for a number."""
+    if not regression:
+        return float((outputs.argmax(1) == labels).mean())
+    error = ((outputs.reshape(len(outputs), -1)[:, 0] - labels) ** 2).sum()
+    spread = ((labels - labels.mean()) ** 2).sum()
+    return float(1.0 - error / spread) if spread > 0 else float("nan")
+
+
 def compare(
-    candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, atol: float, rtol: float
+    candidate: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray,
+    atol: float,
+    rtol: float,
+    regression: bool = False,
 ) -> dict[str, float]:
-    """Error statistics and agreement of ``candidate`` logits against ``reference`` logits.
+    """Error statistics and agreement of ``candidate`` outputs against ``reference`` outputs.
 
     ``within_tolerance`` is the share of elements passing the elementwise rule NVIDIA Polygraphy
-    applies (``--check-error-stat elemwise``): |a - b| <= atol or |a - b| / |b| <= rtol.
+    applies (``--check-error-stat elemwise``): |a - b| <= atol or |a - b| / |b| <= rtol. Classes
+    also count the rows whose predicted class agrees; a number has no class to agree on.
     """
     abs_err = np.abs(candidate - reference)
     rel_err = abs_err / np.maximum(np.abs(reference), 1e-12)
-    return {
+    stats = {
         "max_abs_err": float(abs_err.max()),
         "mean_abs_err": float(abs_err.mean()),
         "p99_abs_err": float(np.quantile(abs_err, 0.99)),
@@ -40,8 +55,12 @@ def compare(
         "mean_rel_err": float(rel_err.mean()),
         "p99_rel_err": float(np.quantile(rel_err, 0.99)),
         "within_tolerance": float(((abs_err <= atol) | (rel_err <= rtol)).mean()),
+    }
+    if regression:
+        return stats | {"r2": score(candidate, labels, True)}
+    return stats | {
         "argmax_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()),
-        "accuracy": float((candidate.argmax(1) == labels).mean()),
+        "accuracy": score(candidate, labels, False),
     }
 
 
@@ -57,9 +76,22 @@ class Parity:
     out_of_tolerance: bool = field(default=False, repr=False)  # a reason is about tolerances: check() names them
 
     @property
+    def score_name(self) -> str:
+        """accuracy for classes, r2 for a number."""
+        return "r2" if "r2" in self.stats.get(REFERENCE, {}) else "accuracy"
+
+    @property
     def accuracies(self) -> dict[str, float]:
-        """Accuracy of PyTorch and of every backend that ran; a backend that failed has none."""
-        return {name: stats["accuracy"] for name, stats in self.stats.items() if "accuracy" in stats}
+        """The task's score (accuracy, or R² for a number) of PyTorch and of every backend that ran;
+        a backend that failed has none."""
+        key = self.score_name
+        return {name: stats[key] for name, stats in self.stats.items() if key in stats}
+
+    @property
+    def scores_agree(self) -> bool:
+        """Whether every backend that ran scores within 0.001 of PyTorch (and at least one ran)."""
+        scores = self.accuracies
+        return len(scores) > 1 and all(abs(v - scores[REFERENCE]) <= 1e-3 for v in scores.values())
 
     @property
     def passed(self) -> bool:
@@ -76,6 +108,8 @@ class Parity:
         def show(key: str, value: float) -> str:
             if key in ("loaded", "ran", "dynamic_batch"):
                 return "yes" if value == 1.0 else "no"
+            if key == "r2":
+                return f"{value:.4f}"
             if key in ("accuracy", "argmax_agreement", "within_tolerance"):
                 return f"{value:.2%}"
             return f"{value:.2e}"
@@ -113,14 +147,15 @@ def three_way(
     atol: float,
     rtol: float,
     min_agreement: float,
+    regression: bool = False,
 ) -> Parity:
     """Run every backend on ``x`` and judge it against PyTorch's ``reference`` logits.
 
     Any exception from a backend (runtimes raise their own types: KeyError, MXNetError, onnxruntime's
     Fail) becomes that backend's FAIL reason, so one broken backend never hides the others' results.
     """
-    accuracy = float((reference.argmax(1) == labels).mean())
-    parity = Parity(reference, labels, {}, {REFERENCE: {"accuracy": accuracy}})
+    key = "r2" if regression else "accuracy"
+    parity = Parity(reference, labels, {}, {REFERENCE: {key: score(reference, labels, regression)}})
     for name in backends:
         try:
             predict = BACKENDS[name](ModelFiles.of_onnx(blob))
@@ -154,7 +189,11 @@ def three_way(
             if not same:
                 parity.out_of_tolerance = True
                 batch_errors.append(f"{name}: results change with the batch size ({n} rows)")
-        stats = {"loaded": 1.0, **compare(out, reference, labels, atol, rtol), "dynamic_batch": float(not batch_errors)}
+        stats = {
+            "loaded": 1.0,
+            **compare(out, reference, labels, atol, rtol, regression),
+            "dynamic_batch": float(not batch_errors),
+        }
         parity.outputs[name], parity.stats[name] = out, stats
         if stats["within_tolerance"] < 1.0:
             parity.out_of_tolerance = True
@@ -162,7 +201,7 @@ def three_way(
                 f"{name}: {1 - stats['within_tolerance']:.2%} of logits outside atol={atol:g} / rtol={rtol:g} "
                 f"(max abs err {stats['max_abs_err']:.3g})"
             )
-        if stats["argmax_agreement"] < min_agreement:
+        if stats.get("argmax_agreement", 1.0) < min_agreement:
             parity.out_of_tolerance = True
             parity.reasons.append(
                 f"{name}: predicted classes agree on {stats['argmax_agreement']:.2%} of rows, below {min_agreement:.2%}"

@@ -54,7 +54,8 @@ def mxnet_import_hint(proto: onnx.ModelProto) -> str:
 
     The importer reads a Reshape's target shape from the initializers, so a shape computed at
     run time (``x.view(x.shape[0], ...)`` exports Shape, Gather, Concat, Reshape) fails inside it
-    with a bare ``KeyError`` on the node that computes the shape.
+    with a bare ``KeyError`` on the node that computes the shape. The export step makes such shapes
+    constant for ``export.target=mxnet``, so a model that still has one was exported otherwise.
     """
     target = {p.key: p.value for p in proto.metadata_props}.get("target")
     if target and target != "mxnet":
@@ -63,7 +64,8 @@ def mxnet_import_hint(proto: onnx.ModelProto) -> str:
     if any(n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in constants for n in proto.graph.node):
         return (
             "the model reshapes to a shape computed at run time, e.g. x.view(x.shape[0], ...): "
-            "use x.view(-1, ...), x.flatten(1) or nn.Unflatten, or export.target=onnxruntime to skip MXNet"
+            "export it again with export.target=mxnet, which makes such shapes constant, or use x.view(-1, ...) "
+            "or x.flatten(1), or export.target=onnxruntime to skip MXNet"
         )
     return "export with export.target=mxnet, or use export.target=onnxruntime to skip MXNet"
 

@@ -1,6 +1,7 @@
 """Streaming a table into stratified splits: one pass to check and count, one to split.
 
-The split needs only class counts, so a second pass can split a source it never holds whole.
+The split needs only class counts, so a second pass can split a source it never holds whole; a
+regression target is one group, cut in the same shares.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.features import is_numeric
+from workbench.ml.encoding import Target, category_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -21,87 +22,54 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 
-MAX_CLASSES = 10_000
-
-
 MAX_HISTOGRAMS = 16  # features whose distribution prepare counts: a readable grid, not a cost
 
 
 HISTOGRAM_BINS = 30
 
 
-def feature_columns(schema: pa.Schema, target: str, shown: str) -> list[str]:
-    """The feature columns, or why the table cannot be trained on (known from its first chunk)."""
-    names = schema.names
-    if target not in names:
-        cols = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-        raise DataError(f"data.target {target!r} is not a column of {shown} (columns: {cols}); set data.target")
-    features = [c for c in names if c != target]
-    if not features:
-        raise DataError(f"data.source {shown}: no feature columns besides {target!r}")
-    bad = [c for c in features if not is_numeric(schema.field(c).type)]
-    if bad:
-        raise DataError(f"data.source {shown}: non-numeric feature columns {bad[:5]}; encode or drop them first")
-    return features
+MIN_CLASS_ROWS = 3  # one each for train, validation and test
 
 
 @dataclass
-class Scan:
-    """What one pass over the source learns: enough to split it exactly in a second pass."""
+class Ranges:
+    """The finite range of each numeric column over the whole table, for histogram bins that cover it."""
 
     schema: pa.Schema
-    features: list[str]
-    rows: int = 0
-    class_rows: dict = field(default_factory=dict)
-    missing: set = field(default_factory=set)
-    infinite: set = field(default_factory=set)
+    columns: list[str]
     low: dict = field(default_factory=dict)
     high: dict = field(default_factory=dict)
 
-    def add(self, table: pa.Table, target: str) -> None:
+    def add(self, table: pa.Table) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        self.rows += table.num_rows
-        for name in table.column_names:
+        for name in self.columns:
             column = table.column(name)
-            floating = pa.types.is_floating(column.type)
-            if column.null_count or (floating and pc.any(pc.is_nan(column)).as_py()):
-                self.missing.add(name)
-            if floating and pc.any(pc.is_inf(column)).as_py():
-                self.infinite.add(name)
+            if pa.types.is_floating(column.type):
+                column = column.filter(pc.is_finite(column))
             bounds = pc.min_max(column).as_py()
             if bounds["min"] is not None:
                 self.low[name] = min(self.low.get(name, bounds["min"]), bounds["min"])
                 self.high[name] = max(self.high.get(name, bounds["max"]), bounds["max"])
-        counts = pc.value_counts(table.column(target)).to_pylist()
-        for entry in counts:
-            self.class_rows[entry["values"]] = self.class_rows.get(entry["values"], 0) + entry["counts"]
-        if len(self.class_rows) > MAX_CLASSES:
-            raise DataError(
-                f"data.target {target!r} has more than {MAX_CLASSES:,} distinct values; "
-                "it must be a class label, not a measurement"
-            )
 
-    def check(self, target: str, shown: str) -> list:
-        if self.missing:
-            columns = [c for c in self.schema.names if c in self.missing]
-            raise DataError(f"data.source {shown}: missing values in columns {columns[:5]}; fill or drop them first")
-        if self.infinite:  # an inf reaches training as NaN losses, then fails far away in the metrics table
-            columns = [c for c in self.schema.names if c in self.infinite]
-            raise DataError(
-                f"data.source {shown}: non-finite values (inf, -inf) in columns {columns[:5]}; fill or drop them first"
-            )
-        if len(self.class_rows) < 2:
-            raise DataError(f"data.target {target!r}: needs at least 2 classes, found {len(self.class_rows)}")
-        classes = sorted(self.class_rows)
-        rarest = min(classes, key=self.class_rows.__getitem__)
-        if self.class_rows[rarest] < 3:
-            raise DataError(
-                f"data.target {target!r}: class {rarest!r} has {self.class_rows[rarest]} rows; "
-                "each class needs 3 or more to split"
-            )
-        return classes
+
+def class_counts(target: Target, counts: dict) -> list[int]:
+    """Rows per class, in the target's class order, from the raw values the fit counted; refuses a
+    class with too few rows to reach all three splits, naming it and its count."""
+    by_key: dict[str | None, int] = {}
+    for value, n in counts.items():
+        key = category_key(value)
+        by_key[key] = by_key.get(key, 0) + n
+    rows = [by_key.get(category_key(c), 0) for c in target.classes or []]
+    rarest = int(np.argmin(rows))
+    if rows[rarest] < MIN_CLASS_ROWS:
+        raise DataError(
+            f"data.target {target.name!r}: class {target.classes[rarest]!r} has {rows[rarest]} row(s); each class "
+            f"needs {MIN_CLASS_ROWS} or more to reach the train, validation and test splits (add rows, merge the "
+            "class into another, or drop its rows)"
+        )
+    return rows
 
 
 def split_plan(class_rows: list[int], val_fraction: float, test_fraction: float, seed: int) -> list[np.ndarray]:
@@ -133,10 +101,10 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
 
 
 class Moments:
-    """Running mean, variance and range per column, merged chunk by chunk (Chan et al.)."""
+    """Count, mean, variance and range per column over its finite values, merged chunk by chunk (Chan et al.)."""
 
     def __init__(self, width: int) -> None:
-        self.n = 0
+        self.n = np.zeros(width)
         self.mean = np.zeros(width)
         self.m2 = np.zeros(width)
         self.low = np.full(width, np.inf)
@@ -145,24 +113,37 @@ class Moments:
     def add(self, x: np.ndarray) -> None:
         if not len(x):
             return
-        self.low = np.minimum(self.low, x.min(axis=0))
-        self.high = np.maximum(self.high, x.max(axis=0))
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
-        total = self.n + len(x)
+        finite = np.isfinite(x)
+        n = finite.sum(axis=0)
+        if not n.any():
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n, 1)
+            m2 = np.where(finite, (x - mean) ** 2, 0.0).sum(axis=0)
+            self.low = np.minimum(self.low, np.where(finite, x, np.inf).min(axis=0))
+            self.high = np.maximum(self.high, np.where(finite, x, -np.inf).max(axis=0))
+        total = self.n + n
+        share = np.divide(n, total, out=np.zeros_like(self.mean), where=total > 0)
         delta = mean - self.mean
-        self.mean += delta * len(x) / total
-        self.m2 += m2 + delta**2 * self.n * len(x) / total
+        self.mean += delta * share
+        self.m2 += m2 + delta**2 * self.n * share
         self.n = total
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / self.n)
+        return np.sqrt(np.divide(self.m2, self.n, out=np.full_like(self.m2, np.nan), where=self.n > 0))
 
     def summary(self, features: list[str]) -> pd.DataFrame:
-        """One row per feature: count, mean, std (population, as the normalisation uses), min, max."""
+        """One row per column: count of values, mean, std (population, as the encoding uses), min, max."""
+        seen = self.n > 0
         return pd.DataFrame(
-            {"count": self.n, "mean": self.mean, "std": self.std, "min": self.low, "max": self.high},
+            {
+                "count": self.n.astype(np.int64),
+                "mean": np.where(seen, self.mean, np.nan),
+                "std": self.std,
+                "min": np.where(seen, self.low, np.nan),
+                "max": np.where(seen, self.high, np.nan),
+            },
             index=pd.Index(features, name="feature"),
         )
 
@@ -183,16 +164,17 @@ def _bin_edges(low: float, high: float, integer: bool) -> np.ndarray:
 class Histograms:
     """Exact per-feature histograms of the training split, counted as its chunks pass by."""
 
-    def __init__(self, scan: Scan, features: list[str]) -> None:
+    def __init__(self, ranges: Ranges, features: list[str]) -> None:
         import pyarrow as pa
 
         self.edges = []
         for name in features:
-            kind = scan.schema.field(name).type
+            kind = ranges.schema.field(name).type
             integer = pa.types.is_integer(kind) or pa.types.is_boolean(kind)
-            self.edges.append(_bin_edges(float(scan.low[name]), float(scan.high[name]), integer))
+            self.edges.append(_bin_edges(float(ranges.low[name]), float(ranges.high[name]), integer))
         self.counts = [np.zeros(len(e) - 1, dtype=np.int64) for e in self.edges]
 
     def add(self, x: np.ndarray) -> None:
         for i, edges in enumerate(self.edges):
-            self.counts[i] += np.histogram(x[:, i], bins=edges)[0]
+            column = x[:, i]
+            self.counts[i] += np.histogram(column[np.isfinite(column)], bins=edges)[0]

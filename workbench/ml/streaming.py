@@ -3,7 +3,7 @@
 A split that fits (see :func:`fits`) is loaded whole by :func:`workbench.ml.dataset.load_split` and
 batched by index slices on the device. One that does not is a :class:`StreamedSplit`: its row groups
 are read one at a time by a background thread (into pinned buffers when training on CUDA),
-normalised with the fitted :class:`~workbench.ml.features.Normalization` exactly as ``load_split``
+encoded with the fitted :class:`~workbench.ml.encoding.Encoding` exactly as ``load_split``
 does, and batched from a shuffle buffer, so memory follows ``train.shuffle_buffer`` and the row
 group size, not the split.
 
@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from workbench.errors import DataError
-from workbench.ml.features import Normalization, column_matrix
-from workbench.storage.catalog import NORMALIZATION, SCHEMA, SPLIT_ARTIFACTS
+from workbench.ml.encoding import Encoding, Target
+from workbench.ml.training.objective import CLASSES, Objective
+from workbench.storage.catalog import SPLIT_ARTIFACTS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -137,9 +138,8 @@ class StreamedSplit:
     def __init__(
         self,
         path: str | Path,
-        norm: Normalization,
-        target: str,
-        classes: list[Any],
+        encoding: Encoding,
+        target: Target,
         device: torch.device,
         shuffle_buffer: int = 65_536,
         prefetch: int = 2,
@@ -147,14 +147,13 @@ class StreamedSplit:
     ) -> None:
         import pyarrow.parquet as pq
 
-        self.path, self.norm, self.target, self.device = Path(path), norm, target, device
-        self.codes = {c: i for i, c in enumerate(classes)}
+        self.path, self.encoding, self.target, self.device = Path(path), encoding, target, device
         self.shuffle_buffer, self.prefetch = max(1, shuffle_buffer), max(1, prefetch)
         self.chunk_rows = max(1, chunk_rows)  # a row group is decoded this many rows at a time
         meta = pq.ParquetFile(self.path).metadata
         self.group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.rows = meta.num_rows
-        self.features = len(norm.features)
+        self.features = len(encoding.features)
         self._lock = threading.Lock()
         self.held_rows = self.peak_rows = 0
 
@@ -180,13 +179,15 @@ class StreamedSplit:
     # ---- reading -----------------------------------------------------------------------------------
 
     def _decode(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
-        """A row group as model input, by the same steps as load_split (float64, then the fitted
-        normalisation to float32); labels as class indices."""
-        x = self.norm.apply(column_matrix(table, self.norm.features))
-        labels = table.column(self.target).to_pandas().map(self.codes)
-        if labels.isna().any():
-            raise DataError(f"{self.path.name} has labels outside the schema's classes in column {self.target!r}")
-        xt, yt = torch.from_numpy(x), torch.from_numpy(labels.to_numpy(dtype=np.int64))
+        """A row group as model input, by the same steps as load_split (the fitted encoding to
+        float32); targets as class indices or standardised numbers."""
+        x = self.encoding.apply(table)
+        y = self.target.model_target(table.column(self.target.name).to_pandas())
+        if not self.target.regression and (y < 0).any():
+            raise DataError(
+                f"{self.path.name} has labels outside the encoding's classes in column {self.target.name!r}"
+            )
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         if self.device.type == "cuda":
             xt, yt = xt.pin_memory(), yt.pin_memory()
         return xt, yt
@@ -196,7 +197,7 @@ class StreamedSplit:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = [*self.norm.features, self.target]
+        columns = [*self.encoding.inputs, self.target.name]
         ready: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -297,37 +298,34 @@ class StreamedSplit:
 
     # ---- whole-split statistics in bounded memory --------------------------------------------------
 
-    def evaluate(self, model: nn.Module, amp: torch.dtype | None, batch: int = 1024) -> tuple[float, float]:
-        """Mean loss and accuracy over the split, as :func:`workbench.ml.training.loop.evaluate`
-        computes them in memory (the same batches, in file order)."""
+    def evaluate(
+        self, model: nn.Module, amp: torch.dtype | None, batch: int = 1024, objective: Objective = CLASSES
+    ) -> dict[str, float]:
+        """The split's validation metrics, as :func:`workbench.ml.training.loop.evaluate` computes them
+        in memory (the same batches, in file order)."""
         model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        totals = torch.zeros(4, device=self.device)
         autocast = torch.autocast(self.device.type, dtype=amp) if amp else nullcontext()
         with torch.no_grad(), autocast:
             for xb, yb in self.batches(batch):
-                logits = model(xb).float()
-                loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
-                correct += (logits.argmax(1) == yb).sum()
-        totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-        return totals[0] / self.rows, totals[1] / self.rows
+                totals += objective.totals(model(xb), yb)
+        return objective.metrics(totals.tolist(), self.rows, "val")
 
     def chance_accuracy(self) -> float:
         """The share of the most frequent class (reads the label column only)."""
         import pyarrow.parquet as pq
 
-        labels = pq.read_table(self.path, columns=[self.target]).column(self.target).to_pandas()
+        labels = pq.read_table(self.path, columns=[self.target.name]).column(self.target.name).to_pandas()
         return float(labels.value_counts().max() / len(labels))
 
     def bad_rows(self) -> int:
-        """Rows with an inf or nan feature after normalisation."""
+        """Rows with an inf or nan feature after encoding."""
         return sum(int((~torch.isfinite(x)).any(dim=1).sum()) for x, _ in self.batches(65_536))
 
 
 def open_split(ctx: StepContext, name: str, device: torch.device, shuffle_buffer: int = 65_536) -> StreamedSplit:
     """The prepared split ``name`` as a :class:`StreamedSplit` on ``device``."""
-    from workbench.ml.dataset import prepared
+    from workbench.ml.dataset import prepared_encoding, prepared_target
 
-    schema = prepared(ctx, SCHEMA)
-    norm = Normalization.from_json(prepared(ctx, NORMALIZATION))
-    return StreamedSplit(split_file(ctx, name), norm, schema["target"], schema["classes"], device, shuffle_buffer)
+    encoding = prepared_encoding(ctx)
+    return StreamedSplit(split_file(ctx, name), encoding, prepared_target(encoding), device, shuffle_buffer)

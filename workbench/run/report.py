@@ -10,6 +10,7 @@ from collections.abc import Callable
 from importlib import resources
 
 from workbench.errors import ReportError
+from workbench.ml.training.verdict import training_warnings
 from workbench.storage.base import Store
 from workbench.storage.catalog import FIGURES, KEY_RESULTS, NOTEBOOKS, REPORT_INDEX, RunLayout, notebook, report_page
 from workbench.tracking.tracker import Tracker, display_url
@@ -76,11 +77,7 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
     plots = [(figure.title, f"../{figure.path}") for figure in FIGURES if layout.key(figure) in present]
     warnings = [*unreadable]
     if metrics.get("near_chance") == 1.0:
-        warnings.append(
-            f"validation accuracy {metrics.get('val_accuracy', float('nan')):.2%} is close to chance "
-            f"({metrics.get('chance_accuracy', float('nan')):.2%}, always predicting the most frequent class): "
-            "the model has not learned; check train.lr and the data"
-        )
+        warnings.extend(training_warnings(metrics))
     run["parameters"] = {k: display_url(v) if k == "db" else v for k, v in run["parameters"].items()}
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
     page = (

@@ -20,17 +20,16 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError, TrackingError
-from workbench.ml.features import Normalization, column_matrix, is_numeric
+from workbench.ml.encoding import Encoding, Target
 from workbench.ml.runtimes import ModelFiles, Predict, load_backend, top_class
 from workbench.progress import progress as progress_bar
 from workbench.storage.catalog import (
     CLASSES_PLOT,
+    ENCODING,
     MODEL_CONFIG,
     MODEL_STATE,
-    NORMALIZATION,
     ONNX_MODEL,
     PREDICTIONS,
-    SCHEMA,
     SCORE_INFO,
 )
 from workbench.storage.sources import count_rows, describe, iter_source
@@ -71,110 +70,101 @@ def _int_as_nullable(dtype: pa.DataType) -> pd.api.extensions.ExtensionDtype | N
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """What the model expects: feature columns, their normalisation, class names, label column."""
+    """What the model expects and gives: the fitted encoding of raw rows, and the target's classes or scale."""
 
-    normalization: Normalization
-    classes: np.ndarray
-    target: str
+    encoding: Encoding
+    target: Target
 
     @property
     def features(self) -> list[str]:
-        return self.normalization.features
+        return self.encoding.inputs
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.target.classes if self.target.classes else [])
 
     def check(self, schema: pa.Schema, source: str) -> None:
-        import pyarrow as pa
-
+        """The table has every input column the model was trained on (in any order; others are ignored)."""
         missing = [c for c in self.features if c not in schema.names]
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise DataError(
-                f"{SOURCE_KEY} {source}: lacks the model's input columns {shown} ({len(missing)} missing); "
-                "score data shaped like the training data"
+                f"{SOURCE_KEY} {source}: lacks the model's input column{'s' if len(missing) > 1 else ''} {shown} "
+                f"({len(missing)} missing); score a table with the columns the model was trained on"
             )
-        # the numbers training takes; a CSV column empty throughout its first block arrives as type
-        # null: missing values (flagged per row), not text
-        bad = [c for c in self.features if not (is_numeric(t := schema.field(c).type) or pa.types.is_null(t))]
-        if bad:
-            raise DataError(f"{SOURCE_KEY} {source}: non-numeric input columns {bad[:5]}; the model takes numbers")
 
-    def matrix(self, table: pa.Table) -> np.ndarray:
-        """Normalised float32 model input, built column by column straight from Arrow; nulls are NaN."""
-        return self.normalization.apply(column_matrix(table, self.features))
+    def matrix(self, table: pa.Table, source: str) -> np.ndarray:
+        """Float32 model input by the fitted encoding (gaps imputed as in training); a value that
+        cannot be converted is one line naming the column and the value."""
+        try:
+            return self.encoding.apply(table)
+        except DataError as exc:
+            raise DataError(f"{SOURCE_KEY} {source}: {exc}") from None
 
 
 def model_inputs(ctx: StepContext, model_run: str) -> ModelInputs:
-    norm = ctx.load_artifact(NORMALIZATION, run=model_run)
-    schema = ctx.load_artifact(SCHEMA, run=model_run)
-    return ModelInputs(Normalization.from_json(norm), np.asarray(schema["classes"]), schema["target"])
+    encoding = Encoding.from_json(ctx.load_artifact(ENCODING, run=model_run))
+    if encoding.target is None:
+        raise DataError(f"run {model_run}'s encoding has no target; run its prepare step again")
+    return ModelInputs(encoding, encoding.target)
 
 
 @dataclass
 class Unscored:
-    """Rows left without a prediction: how many, and the first few with the columns to blame."""
+    """Rows left without a prediction (the model's output was not finite): how many, and the first few."""
 
     count: int = 0
-    examples: list[tuple[int, list[str]]] = field(default_factory=list)
+    examples: list[int] = field(default_factory=list)
 
-    def add(self, rows: np.ndarray, bad_cells: np.ndarray, features: list[str]) -> None:
-        """``rows``: the unscored rows' numbers; ``bad_cells``: their non-finite inputs, one row each."""
+    def add(self, rows: np.ndarray) -> None:
         self.count += len(rows)
-        for row, cells in zip(rows[: SHOWN_ROWS - len(self.examples)], bad_cells, strict=False):
-            self.examples.append((int(row), [features[i] for i in np.flatnonzero(cells)]))
+        self.examples.extend(int(row) for row in rows[: SHOWN_ROWS - len(self.examples)])
 
     def warning(self, total: int) -> str | None:
         """One line naming the count and the first rows, or None when every row was scored."""
         if not self.count:
             return None
-
-        def culprit(columns: list[str]) -> str:
-            if not columns:
-                return "model output not finite"
-            return ", ".join(columns[:3]) + (f" and {len(columns) - 3} more" if len(columns) > 3 else "")
-
-        shown = "; ".join(f"row {row} ({culprit(columns)})" for row, columns in self.examples)
         more = " ..." if self.count > len(self.examples) else ""
         return (
-            f"{self.count:,} of {total:,} rows not scored (missing or infinite features): "
-            f"predicted and confidence are null for them in {PREDICTIONS.file}; {shown}{more}"
+            f"{self.count:,} of {total:,} rows not scored (the model's output is not finite): predicted is null "
+            f"for them in {PREDICTIONS.file}; rows {', '.join(map(str, self.examples))}{more}"
         )
 
 
 def score_stream(
     tables: Iterable[pa.Table], inputs: ModelInputs, predict: Predict, source: str, unscored: Unscored | None = None
 ) -> Iterator[pa.Table]:
-    """Predictions per table: row number, predicted class, confidence, and the label when present.
+    """Predictions per table: row number, predicted class and confidence (or the predicted number),
+    and the label when present.
 
-    A row with a missing (null, NaN) or infinite feature, or whose logits are not finite, gets
-    null ``predicted`` and ``confidence`` and is recorded in ``unscored``: the model would give it
-    some class (argmax of NaNs is 0) with no sign that it was garbage.
+    Raw rows go through the fitted encoding, so a gap is imputed as in training. A row whose model
+    output is not finite gets null ``predicted`` (and ``confidence``) and is recorded in ``unscored``:
+    argmax of NaNs is 0, a class with no sign that it was garbage.
     """
     import pyarrow as pa
 
     offset = 0
+    task = inputs.target
     for table in tables:
         if offset == 0:
             inputs.check(table.schema, source)
-        x = inputs.matrix(table)
-        bad_cells = ~np.isfinite(x)
-        bad = bad_cells.any(axis=1)
-        if bad.any():
-            x[bad] = 0.0  # the batch keeps its shape (no rebinding in MXNet); these rows' results are dropped
-        logits = predict(x)
-        bad |= ~np.isfinite(logits).all(axis=1)
+        outputs = predict(inputs.matrix(table, source))
+        bad = ~np.isfinite(outputs).all(axis=1)
         mask = None
         if bad.any():
-            logits = np.where(bad[:, None], 0.0, logits)
+            outputs = np.where(bad[:, None], 0.0, outputs)
             mask = bad
             if unscored is not None:
-                unscored.add(np.flatnonzero(bad) + offset, bad_cells[bad], inputs.features)
-        best, confidence = top_class(logits)
-        columns = {
-            "row": pa.array(np.arange(offset, offset + table.num_rows)),
-            "predicted": pa.array(inputs.classes[best], mask=mask),
-            "confidence": pa.array(confidence, mask=mask),
-        }
-        if inputs.target in table.schema.names:
-            columns["actual"] = table.column(inputs.target)
+                unscored.add(np.flatnonzero(bad) + offset)
+        columns = {"row": pa.array(np.arange(offset, offset + table.num_rows))}
+        if task.regression:
+            columns["predicted"] = pa.array(task.predicted(outputs), mask=mask)
+        else:
+            best, confidence = top_class(outputs)
+            columns["predicted"] = pa.array(inputs.classes[best], mask=mask)
+            columns["confidence"] = pa.array(confidence, mask=mask)
+        if task.name in table.schema.names:
+            columns["actual"] = table.column(task.name)
         offset += table.num_rows
         yield pa.table(columns)
 
@@ -187,7 +177,7 @@ def resolve_model_run(ctx: StepContext, model_run: str) -> str:
                 f"score.model_run {model_run!r} has no exported model in {ctx.store.root}; `workbench runs` lists the runs"
             )
         return model_run
-    found = ctx.tracker.latest_with_artifacts(ONNX_MODEL.path, NORMALIZATION.path)
+    found = ctx.tracker.latest_with_artifacts(ONNX_MODEL.path, ENCODING.path)
     if found is None:
         raise TrackingError("score.model_run 'latest': no run has exported a model yet; run `workbench run` first")
     return found
@@ -197,14 +187,88 @@ def resolve_model_run(ctx: StepContext, model_run: str) -> str:
 class ScoreResult:
     summary: pd.DataFrame
     preview: pd.DataFrame
-    class_counts: pd.DataFrame
+    class_counts: pd.DataFrame  # rows per predicted class, or per bin of the predicted number
     metrics: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # also raised as DataWarning, so a notebook shows them
+    regression: bool = False
 
     @property
     def accuracy(self) -> float | None:
         """Accuracy over the scored rows that carry a label; None when none does (unlabelled data)."""
         return self.metrics.get("score_accuracy")
+
+    @property
+    def better_than_chance(self) -> bool | None:
+        """Where rows carry a label: whether the model beats always answering the most frequent class
+        (or the mean, for a number); None for unlabelled data."""
+        if self.regression:
+            return None if "score_r2" not in self.metrics else self.metrics["score_r2"] > 0
+        if self.accuracy is None:
+            return None
+        return self.accuracy > self.metrics["score_chance_accuracy"]
+
+
+class _Tally:
+    """What scoring counts as batches pass: predictions per class (or number bin) and, where rows carry
+    a label, hits, errors and the labels' spread."""
+
+    def __init__(self, task: Target) -> None:
+        self.task = task
+        self.regression = task.regression
+        low, high = task.mean - 4 * task.scale, task.mean + 4 * task.scale
+        self.edges = np.linspace(low, high, 41) if self.regression else None
+        width = 40 if self.regression else len(task.classes or [])
+        self.counts = np.zeros(width, dtype=np.int64)
+        self.actual_counts = np.zeros(max(width, 1), dtype=np.int64)
+        self.labelled = 0
+        self.hits = self.abs_err = self.sq_err = self.y_sum = self.y2_sum = 0.0
+
+    def add(self, out: pa.Table) -> None:
+        import pyarrow.compute as pc
+
+        predicted = out.column("predicted")
+        scored = out.filter(pc.is_valid(predicted)) if predicted.null_count else out
+        values = scored.column("predicted").to_numpy(zero_copy_only=False)
+        if self.regression:
+            self.counts += np.histogram(np.clip(values, self.edges[0], self.edges[-1]), bins=self.edges)[0]
+        else:
+            index = self.task.encode(pd.Series(values))
+            self.counts += np.bincount(index, minlength=len(self.counts))
+        if "actual" not in scored.column_names:
+            return
+        actual = self.task.encode(scored.column("actual").to_pandas())
+        known = ~np.isnan(actual) if self.regression else actual >= 0
+        if not known.any():
+            return
+        self.labelled += int(known.sum())
+        if self.regression:
+            error = values[known] - actual[known]
+            self.abs_err += float(np.abs(error).sum())
+            self.sq_err += float((error**2).sum())
+            self.y_sum += float(actual[known].sum())
+            self.y2_sum += float((actual[known].astype(np.float64) ** 2).sum())
+        else:
+            self.hits += float((index[known] == actual[known]).sum())
+            self.actual_counts += np.bincount(actual[known], minlength=len(self.actual_counts))
+
+    def metrics(self) -> dict[str, float]:
+        n = self.labelled
+        if not n:
+            return {}
+        if not self.regression:
+            return {"score_accuracy": self.hits / n, "score_chance_accuracy": float(self.actual_counts.max() / n)}
+        spread = self.y2_sum - self.y_sum**2 / n
+        return {
+            "score_rmse": float(np.sqrt(self.sq_err / n)),
+            "score_mae": self.abs_err / n,
+            **({"score_r2": 1.0 - self.sq_err / spread} if spread > 0 else {}),
+        }
+
+    def frame(self) -> pd.DataFrame:
+        if self.regression:
+            middles = (self.edges[:-1] + self.edges[1:]) / 2
+            return pd.DataFrame({"predicted": middles.round(6), "rows": self.counts})
+        return pd.DataFrame({"predicted": self.task.classes, "rows": self.counts})
 
 
 def score_batch(
@@ -213,11 +277,12 @@ def score_batch(
     """Score ``params.source`` with the model of ``params.model_run``; write ``predictions.parquet``;
     with ``publish.url``, publish the predictions and metrics too.
 
+    The source is a raw table with the training columns in any order (others ignored, the target
+    optional): the model run's fitted encoding turns it into model input, as in training.
     ``rows_scored`` counts the rows that got a prediction, ``rows_unscored`` those that could not
-    (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` is logged only
-    where some scored row has a label.
+    (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` (or ``score_rmse``,
+    ``score_mae`` and ``score_r2`` for a number) is logged only where some scored row has a label.
     """
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     source, backend, batch_size = params.source, params.backend, params.batch_size
@@ -231,8 +296,8 @@ def score_batch(
         from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
 
         publisher = Publisher(publish_url, publish_table, ctx.run_id, ctx.step)
-    counts = np.zeros(len(inputs.classes), dtype=np.int64)
-    rows, correct, labelled, preview = 0, 0, 0, None
+    tally = _Tally(inputs.target)
+    rows, preview = 0, None
     unscored = Unscored()
     started = time.perf_counter()
     bar = progress_bar(total=count_rows(source, SOURCE_KEY), unit="row", desc="scoring", enabled=progress)
@@ -246,19 +311,7 @@ def score_batch(
                 if publisher:
                     publisher.append(prediction_rows(out, backend))
                 preview = out.slice(0, 10).to_pandas(types_mapper=_int_as_nullable) if preview is None else preview
-                # only rows with a prediction count, and for accuracy only those with a label too
-                scored = out.filter(pc.is_valid(out.column("predicted"))) if out.column("predicted").null_count else out
-                predicted = scored.column("predicted").to_numpy()
-                # classes are sorted, so searchsorted gives each prediction's class index
-                counts += np.bincount(np.searchsorted(inputs.classes, predicted), minlength=len(counts))
-                if "actual" in out.schema.names:
-                    actual = scored.column("actual")
-                    if actual.null_count:
-                        keep = pc.is_valid(actual)
-                        predicted = scored.column("predicted").filter(keep).to_numpy()
-                        actual = actual.filter(keep)
-                    correct += int((predicted == actual.to_numpy()).sum())
-                    labelled += len(actual)
+                tally.add(out)
                 rows += out.num_rows
                 bar.update(out.num_rows)
         finally:
@@ -274,9 +327,7 @@ def score_batch(
         "rows_unscored": float(unscored.count),
         "score_seconds": seconds,
         "rows_per_second": rows / seconds,
-    }
-    if labelled:
-        metrics["score_accuracy"] = correct / labelled
+    } | tally.metrics()
     ctx.log_metrics(metrics)
     warning = unscored.warning(rows)
     if warning:  # shown under the notebook cell (and by any script calling this), not only in the summary
@@ -284,6 +335,10 @@ def score_batch(
     if publish_url:
         publish_metrics(publish_url, publish_table, ctx.run_id, ctx.step, metrics)
     ctx.save_artifact(SCORE_INFO, {"model_run": model_run, "backend": backend, "source": shown})
+    if inputs.target.regression:
+        quality = ("RMSE (where labelled)", f"{metrics['score_rmse']:.4g}" if tally.labelled else "n/a (unlabelled)")
+    else:
+        quality = ("accuracy (where labelled)", f"{metrics['score_accuracy']:.4f}" if tally.labelled else "n/a (unlabelled)")
     summary = pd.DataFrame(
         {
             "value": [
@@ -291,34 +346,33 @@ def score_batch(
                 backend,
                 shown,
                 f"{rows:,}",
-                f"{unscored.count:,}" + (" (missing or infinite features: see the warning)" if unscored.count else ""),
+                f"{unscored.count:,}" + (" (see the warning)" if unscored.count else ""),
                 f"{rows / seconds:,.0f}",
-                f"{correct / labelled:.4f}" if labelled else "n/a (unlabelled)",
+                quality[1],
             ]
         },
-        index=[
-            "model run",
-            "backend",
-            "source",
-            "rows",
-            "rows not scored",
-            "rows per second",
-            "accuracy (where labelled)",
-        ],
+        index=["model run", "backend", "source", "rows", "rows not scored", "rows per second", quality[0]],
     )
-    class_counts = pd.DataFrame({"predicted": inputs.classes, "rows": counts})
-    result = ScoreResult(summary, preview, class_counts, metrics, [warning] if warning else [])
+    result = ScoreResult(
+        summary, preview, tally.frame(), metrics, [warning] if warning else [], inputs.target.regression
+    )
     ctx.save_artifact(CLASSES_PLOT, plot_predictions(result))
     return result
 
 
 def plot_predictions(result: ScoreResult) -> Figure:
-    """How many rows each class received."""
+    """How many rows each class received, or the distribution of the predicted number."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.bar(result.class_counts.predicted.astype(str), result.class_counts.rows)
-    ax.set(title="predicted classes", xlabel="class", ylabel="rows")
+    counts = result.class_counts
+    if result.regression:
+        step = float(counts.predicted.diff().iloc[1]) if len(counts) > 1 else 1.0
+        ax.bar(counts.predicted, counts.rows, width=step)
+        ax.set(title="predicted values", xlabel="predicted", ylabel="rows")
+    else:
+        ax.bar(counts.predicted.astype(str), counts.rows)
+        ax.set(title="predicted classes", xlabel="class", ylabel="rows")
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import ModelError
-from workbench.ml.dataset import load_split
+from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
 from workbench.ml.models import load_model
 from workbench.ml.onnx_export import check_mxnet_ops, summarize, to_onnx
 from workbench.ml.parity import BATCH_SIZES
@@ -22,11 +22,9 @@ from workbench.storage.catalog import (
     EXPORT_INFO,
     MODEL_CONFIG,
     MODEL_STATE,
-    NORMALIZATION,
     ONNX_MODEL,
     REFERENCE_OUTPUTS,
     SAGEMAKER_ARCHIVE,
-    SCHEMA,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +44,10 @@ class ExportResult:
 def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
     """Export, check, compare onnxruntime with PyTorch on the validation split, save references.
 
-    The reference (``reference.npz``) holds the validation inputs, PyTorch's logits and the labels, so the
-    validation step compares against PyTorch without importing it.
+    The reference (``reference.npz``) holds the validation inputs (encoded), PyTorch's outputs and the
+    labels (standardised numbers for regression), so the validation step compares against PyTorch
+    without importing it. The ONNX file carries the encoding and the target in its metadata: what
+    turns raw rows into its input and its output into a prediction.
     """
     opset, ort_atol, target = params.opset, params.ort_atol, params.target
     config = ctx.load_artifact(MODEL_CONFIG)
@@ -61,14 +61,15 @@ def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-    schema = ctx.load_artifact(SCHEMA)
-    normalization = ctx.load_artifact(NORMALIZATION)
+    encoding = prepared_encoding(ctx)
+    task = prepared_target(encoding)
     meta = {
         "run_id": ctx.run_id,
         "model": config["model"],
         "target": target,
-        "classes": json.dumps(schema["classes"]),
-        "normalization": json.dumps(normalization),
+        "task": task.task,
+        "classes": json.dumps(task.classes),
+        "encoding": json.dumps(encoding.to_json()),
     }
     onnx.helper.set_model_props(proto, meta)
     blob = proto.SerializeToString()
@@ -92,17 +93,26 @@ def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
     if params.sagemaker:
         from workbench.ml.sagemaker import model_archive
 
-        ctx.save_artifact(SAGEMAKER_ARCHIVE, model_archive(state_blob, config, normalization, schema["classes"]))
+        ctx.save_artifact(SAGEMAKER_ARCHIVE, model_archive(state_blob, config, encoding.to_json()))
     ctx.save_artifact(
-        EXPORT_INFO, {"target": target, "opset": opset, "exporter": "torchscript", "input": INPUT, "output": OUTPUT}
+        EXPORT_INFO,
+        {
+            "target": target,
+            "opset": opset,
+            "exporter": "torchscript",
+            "input": INPUT,
+            "output": OUTPUT,
+            "task": task.task,
+        },
     )
     ctx.save_artifact(REFERENCE_OUTPUTS, {"x": val.x, "logits": reference, "labels": val.y})
     metrics = {
         "onnx_opset": float(opset),
         "onnx_bytes": float(len(blob)),
         "ort_max_abs_err": err,
-        "ort_argmax_agreement": float((ort_out.argmax(1) == reference.argmax(1)).mean()),
     }
+    if not task.regression:
+        metrics["ort_argmax_agreement"] = float((ort_out.argmax(1) == reference.argmax(1)).mean())
     ctx.log_metrics(metrics)
     summary, ops = summarize(proto, len(blob))
     return ExportResult(summary, ops, metrics)

@@ -17,21 +17,23 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.features import Normalization, column_matrix
+from workbench.ml.encoding import NUMERIC, Encoding, EncodingFitter, Target, TargetFitter, feature_names
+from workbench.ml.features import column_matrix
 from workbench.ml.splits import (
     MAX_HISTOGRAMS,
     SPLITS,
     Histograms,
     Moments,
-    Scan,
-    feature_columns,
+    Ranges,
+    class_counts,
     split_plan,
 )
 from workbench.progress import progress as progress_bar
-from workbench.storage.catalog import NORMALIZATION, SCHEMA, SPLIT_ARTIFACTS, suffix
+from workbench.storage.catalog import ENCODING, SCHEMA, SPLIT_ARTIFACTS, suffix
 from workbench.storage.sources import CHUNK_ROWS, count_rows, describe, is_parquet, iter_source
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from matplotlib.figure import Figure
 
     from workbench.config.schema import DataParams
@@ -44,16 +46,14 @@ SAMPLE_ROWS = 40
 SPOOL = "source" + suffix("parquet")  # a SQL result or CSV kept as Parquet between the passes
 
 
-MIN_IMAGE_SIDE = 8  # 4 or 16 features are more often a table than a 2x2 or 4x4 image
-
-
 @dataclass
 class Prepared:
-    """What the data notebook shows: schema, split sizes, class balance and a sample.
+    """What the data notebook shows: schema, split sizes, class balance, a sample and the encoding.
 
-    ``feature_summary`` (count, mean, std, min, max per feature) and ``histograms`` (bin counts
-    and edges for the first :data:`MAX_HISTOGRAMS` features) describe the whole training split:
-    they are counted while prepare streams it, so they cost no extra pass.
+    ``feature_summary`` (count, mean, std, min, max per numeric input column) and ``histograms``
+    (bin counts and edges for the first :data:`MAX_HISTOGRAMS` of them) describe the whole training
+    split: they are counted while prepare streams it, so they cost no extra pass. ``encoding`` is the
+    model's input contract, fitted on the training split; ``target`` its task and classes.
     """
 
     schema: pd.DataFrame
@@ -64,108 +64,212 @@ class Prepared:
     target: str
     feature_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     histograms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    encoding: Encoding | None = None
+    task: Target | None = None
+
+    @property
+    def encoding_table(self) -> pd.DataFrame:
+        """The encoding as a reader checks it: per input column its type, gaps and what it becomes."""
+        return encoding_table(self.encoding) if self.encoding else pd.DataFrame()
+
+
+def _where(shown: str) -> str:
+    return f"data.source {shown}: "
 
 
 def prepare_data(
     ctx: StepContext, params: DataParams, *, seed: int, chunk_rows: int = CHUNK_ROWS, progress: bool = True
 ) -> Prepared:
-    """Read, check and split ``params.source``; write the splits, schema and normalisation.
+    """Read, check and split ``params.source``; fit the encoding on the training split; write them all.
 
-    Two passes, each holding one chunk: the first checks the table and counts each class, the
-    second sends every row to its split's Parquet file. A SQL result or CSV is kept on local disk
-    as Parquet between the passes, so the query runs once and the CSV is parsed once. Nothing is
-    stored unless both passes succeed.
+    Two passes, each holding one chunk: the first checks the table and counts each class (rows without
+    a target are dropped and counted), the second sends every row to its split's Parquet file and fits
+    the encoding and the target's scale on the training rows. A SQL result or CSV is kept on local disk
+    as Parquet between the passes, so the query runs once and the CSV is parsed once. Nothing is stored
+    unless both passes succeed.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     source, target = params.source, params.target
     shown = describe(source)
+    where = _where(shown)
     bar = functools.partial(progress_bar, unit="row", enabled=progress, delay=2)
+    fitter = EncodingFitter(
+        target=target,
+        drop=params.drop,
+        categorical=params.categorical,
+        max_categories=params.max_categories,
+        where=where,
+    )
+    labels = TargetFitter(target, params.task, where)
     with tempfile.TemporaryDirectory(prefix="workbench-prepare-") as tmp:
         folder = Path(tmp)
         spool = None
-        scan: Scan | None = None
+        ranges: Ranges | None = None
+        rows = 0
         with bar(total=count_rows(source), desc="checking") as checked:
             for table in iter_source(source, chunk_rows):
-                if scan is None:
-                    scan = Scan(table.schema, feature_columns(table.schema, target, shown))
+                labels.add(table)
+                if ranges is None:
+                    fitter.add(table.slice(0, 0))  # names and types refused before a long pass, not after
+                    assert fitter.columns is not None
+                    numeric = [c.name for c in fitter.columns if c.kind == NUMERIC]
+                    ranges = Ranges(table.schema, numeric)
                     if not is_parquet(source):
                         spool = pq.ParquetWriter(folder / SPOOL, table.schema)
-                scan.add(table, target)
+                ranges.add(table)
                 if spool:
                     spool.write_table(table)
+                rows += table.num_rows
                 checked.update(table.num_rows)
         if spool:
             spool.close()
-        if scan is None:
-            raise DataError(f"data.source {shown}: no rows")
-        classes = scan.check(target, shown)
-        features = scan.features
-        plans = split_plan([scan.class_rows[c] for c in classes], params.val_fraction, params.test_fraction, seed)
-        seen = np.zeros(len(classes), dtype=np.int64)
-        class_values = pa.array(classes, type=scan.schema.field(target).type)
-        writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, scan.schema) for name in SPLITS}
-        moments = Moments(len(features))
-        histograms = Histograms(scan, features[:MAX_HISTOGRAMS])
+        if ranges is None or not rows:
+            raise DataError(f"{where}no rows")
+        task = labels.finish()
+        groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
+        if task.regression and groups[0] < 3:
+            raise DataError(f"{where}data.target {target!r} has {groups[0]} value(s); needs 3 or more rows to split")
+        plans = split_plan(groups, params.val_fraction, params.test_fraction, seed)
+        seen = np.zeros(len(groups), dtype=np.int64)
+        writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, ranges.schema) for name in SPLITS}
+        numeric = [c for c in ranges.columns if c in ranges.low]  # a numeric column empty throughout is refused below
+        moments = Moments(len(numeric))
+        histograms = Histograms(ranges, numeric[:MAX_HISTOGRAMS])
+        target_moments = Moments(1)
         sample: list[pd.DataFrame] = []
         again = str(folder / SPOOL) if spool else source
-        with bar(total=scan.rows, desc="splitting") as split_rows:
+        with bar(total=rows, desc="splitting") as split_rows:
             for table in iter_source(again, chunk_rows):
-                codes = pc.index_in(table.column(target), value_set=class_values).to_numpy(zero_copy_only=False)
-                assigned = np.empty(table.num_rows, dtype=np.uint8)
-                for code in np.unique(codes):
-                    rows = codes == code
-                    n = int(rows.sum())
+                codes = _groups(task, table.column(target))
+                assigned = np.full(table.num_rows, len(SPLITS), dtype=np.uint8)  # no target: no split
+                for code in np.unique(codes[codes >= 0]):
+                    picked = codes == code
+                    n = int(picked.sum())
                     if seen[code] + n > len(plans[code]):
-                        raise DataError(f"data.source {shown}: changed while it was read; run the step again")
-                    assigned[rows] = plans[code][seen[code] : seen[code] + n]
+                        raise DataError(f"{where}changed while it was read; run the step again")
+                    assigned[picked] = plans[code][seen[code] : seen[code] + n]
                     seen[code] += n
                 for i, name in enumerate(SPLITS):
                     part = table.filter(pa.array(assigned == i))
                     writers[name].write_table(part)
                     if name == "train":
-                        x = column_matrix(part, features)
+                        fitter.add(part)
+                        x = column_matrix(part, numeric)
                         moments.add(x)
                         histograms.add(x[:, :MAX_HISTOGRAMS])
+                        if task.regression:
+                            target_moments.add(task.encode(part.column(target).to_pandas()).astype(np.float64)[:, None])
                         if sum(len(f) for f in sample) < SAMPLE_ROWS:  # a copy: a slice would pin the chunk
                             sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
                 split_rows.update(table.num_rows)
         for writer in writers.values():
             writer.close()
-        if seen.sum() != scan.rows:
-            raise DataError(f"data.source {shown}: changed while it was read; run the step again")
+        if seen.sum() != rows - task.missing:
+            raise DataError(f"{where}changed while it was read; run the step again")
+        if task.regression:
+            task = task.with_moments(float(target_moments.mean[0]), float(target_moments.std[0]))
+        encoding = fitter.finish()
+        encoding.target = task
         for name in SPLITS:
             ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
 
-    ctx.save_artifact(NORMALIZATION, Normalization.fit(features, moments.mean, moments.std).to_json())
+    ctx.save_artifact(ENCODING, encoding.to_json())
     ctx.save_artifact(
         SCHEMA,
-        {"features": features, "target": target, "classes": [_plain(c) for c in classes], "source": shown},
+        {
+            "inputs": encoding.inputs,
+            "features": encoding.features,
+            "target": target,
+            "task": task.task,
+            "classes": [_plain(c) for c in task.classes] if task.classes else None,
+            "dropped": list(params.drop),
+            "rows_without_target": task.missing,
+            "source": shown,
+        },
     )
     split_counts = {name: int(sum((plan == i).sum() for plan in plans)) for i, name in enumerate(SPLITS)}
-    counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [*split_counts.values(), scan.rows]})
+    counts = pd.DataFrame({"split": [*SPLITS, "total"], "rows": [*split_counts.values(), rows - task.missing]})
+    if task.missing:
+        counts.loc[len(counts)] = ["dropped: no target", task.missing]
     ctx.log_metrics(
         {f"rows_{s}": n for s, n in split_counts.items()}
-        | {"rows_total": scan.rows, "features": len(features), "classes": len(classes)}
-    )
-    balance = pd.DataFrame(
-        {name: [int((plan == i).sum()) for plan in plans] for i, name in enumerate(SPLITS)},
-        index=pd.Index(classes, name=target),
-    )
-    schema = pd.DataFrame(
-        {
-            "column": scan.schema.names,
-            "dtype": [str(f.type) for f in scan.schema],
-            "min": [scan.low.get(c) for c in scan.schema.names],
-            "max": [scan.high.get(c) for c in scan.schema.names],
-            "role": ["target" if c == target else "feature" for c in scan.schema.names],
+        | {
+            "rows_total": rows - task.missing,
+            "rows_without_target": task.missing,
+            "inputs": len(encoding.inputs),
+            "features": len(encoding.features),
+            "classes": len(task.classes or []),
         }
     )
-    head = pd.concat(sample, ignore_index=True).head(SAMPLE_ROWS)
-    shapes = dict(zip(features, zip(histograms.counts, histograms.edges, strict=True), strict=False))
-    return Prepared(schema, counts, balance, head, features, target, moments.summary(features), shapes)
+    return Prepared(
+        _schema(ranges, encoding, target, params.drop),
+        counts,
+        _balance(task, plans),
+        pd.concat(sample, ignore_index=True).head(SAMPLE_ROWS),
+        encoding.inputs,
+        target,
+        moments.summary(numeric),
+        dict(zip(numeric, zip(histograms.counts, histograms.edges, strict=True), strict=False)),
+        encoding,
+        task,
+    )
+
+
+def _groups(task: Target, values: pa.ChunkedArray) -> np.ndarray:
+    """Per row, its stratum: the class index, 0 for every regression row, -1 without a target."""
+    y = task.encode(values.to_pandas())
+    if task.regression:
+        return np.where(np.isnan(y), -1, 0)
+    return y
+
+
+def _balance(task: Target, plans: list[np.ndarray]) -> pd.DataFrame:
+    """Rows per class and split; for regression, the rows of each split (one group)."""
+    index = pd.Index(task.classes if task.classes else ["all rows"], name=task.name)
+    return pd.DataFrame(
+        {name: [int((plan == i).sum()) for plan in plans] for i, name in enumerate(SPLITS)}, index=index
+    )
+
+
+def _schema(ranges: Ranges, encoding: Encoding, target: str, drop: list[str]) -> pd.DataFrame:
+    types = {spec["name"]: spec["type"] for spec in encoding.columns}
+    names = ranges.schema.names
+    return pd.DataFrame(
+        {
+            "column": names,
+            "dtype": [str(f.type) for f in ranges.schema],
+            "min": [ranges.low.get(c) for c in names],
+            "max": [ranges.high.get(c) for c in names],
+            "role": ["target" if c == target else "dropped" if c in drop else types.get(c, "feature") for c in names],
+        }
+    )
+
+
+def encoding_table(encoding: Encoding) -> pd.DataFrame:
+    """One row per input column: its type as fitted, training gaps, and the model features it becomes."""
+    rows = []
+    for spec in encoding.columns:
+        kind = spec["type"]
+        if kind == "category":
+            values = spec["values"]
+            detail = ", ".join(map(str, values[:6])) + (f" ... ({len(values)} kept)" if len(values) > 6 else "")
+        elif kind == "date":
+            detail = ", ".join(spec["parts"])
+        else:
+            detail = f"mean {spec['mean']:.4g}, scale {spec['scale']:.4g}"
+        rows.append(
+            {
+                "column": spec["name"],
+                "type": kind,
+                "dtype": spec["dtype"],
+                "gaps": spec.get("gaps", 0),
+                "features": len(feature_names(spec)),
+                "encoding": detail,
+            }
+        )
+    return pd.DataFrame(rows).set_index("column")
 
 
 def _plain(value: object) -> object:
@@ -208,14 +312,8 @@ def plot_digits(prepared: Prepared, count: int = 40, per_row: int = 10) -> Figur
 
 
 def image_side(prepared: Prepared) -> int | None:
-    """The side of the square image each row is, or None when the features are a plain table.
-
-    An image has a square number of pixels, at least 8x8, all stored in one type; a table of 4
-    or 16 measurements is square by chance and reads better as distributions.
-    """
-    side = math.isqrt(len(prepared.features))
-    kinds = set(prepared.schema.loc[prepared.schema.role == "feature", "dtype"])
-    return side if side * side == len(prepared.features) and side >= MIN_IMAGE_SIDE and len(kinds) == 1 else None
+    """The side of the square image each row is, or None when the features are a plain table."""
+    return prepared.encoding.image_side if prepared.encoding else None
 
 
 def plot_distributions(prepared: Prepared, per_row: int = 4) -> Figure:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from workbench.ml.encoding import Encoding
 from workbench.ml.parity import REFERENCE, Parity, backends_for, three_way
 from workbench.ml.runtimes import top_class
-from workbench.storage.catalog import EXPORT_INFO, ONNX_MODEL, PARITY, PARITY_PLOT, REFERENCE_OUTPUTS, SCHEMA
+from workbench.storage.catalog import ENCODING, EXPORT_INFO, ONNX_MODEL, PARITY, PARITY_PLOT, REFERENCE_OUTPUTS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,9 +34,12 @@ def validate_model(ctx: StepContext, params: ValidateParams, publish: PublishPar
     atol, rtol, min_agreement = params.atol, params.rtol, params.min_agreement
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     blob = ctx.load(ONNX_MODEL)
-    target = ctx.load_artifact(EXPORT_INFO)["target"]
+    info = ctx.load_artifact(EXPORT_INFO)
+    regression = info.get("task") == "regression"
     ref = ctx.load_artifact(REFERENCE_OUTPUTS)
-    parity = three_way(blob, ref["x"], ref["logits"], ref["labels"], backends_for(target), atol, rtol, min_agreement)
+    parity = three_way(
+        blob, ref["x"], ref["logits"], ref["labels"], backends_for(info["target"]), atol, rtol, min_agreement, regression
+    )
     metrics = {f"{backend}_{key}": value for backend, stats in parity.stats.items() for key, value in stats.items()}
     metrics["parity_pass"] = float(parity.passed)
     ctx.log_metrics(metrics)
@@ -54,20 +58,18 @@ def _publish(ctx: StepContext, parity: Parity, url: str, table: str, metrics: di
 
     from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
 
-    classes = np.asarray(ctx.load_artifact(SCHEMA)["classes"])
+    task = Encoding.from_json(ctx.load_artifact(ENCODING)).target
+    assert task is not None
     publisher = Publisher(url, table, ctx.run_id, ctx.step)
     rows = np.arange(len(parity.labels))
-    for backend, logits in {REFERENCE: parity.reference, **parity.outputs}.items():
-        best, confidence = top_class(logits)
-        predictions = pa.table(
-            {
-                "row": rows,
-                "predicted": classes[best],
-                "confidence": confidence,
-                "actual": classes[parity.labels],
-            }
-        )
-        publisher.append(prediction_rows(predictions, backend))
+    for backend, outputs in {REFERENCE: parity.reference, **parity.outputs}.items():
+        if task.regression:
+            columns = {"predicted": task.predicted(outputs), "actual": parity.labels * task.scale + task.mean}
+        else:
+            classes = np.asarray(task.classes)
+            best, confidence = top_class(outputs)
+            columns = {"predicted": classes[best], "confidence": confidence, "actual": classes[parity.labels]}
+        publisher.append(prediction_rows(pa.table({"row": rows, **columns}), backend))
     publish_metrics(url, table, ctx.run_id, ctx.step, metrics)
 
 
@@ -82,7 +84,7 @@ def plot_parity(parity: Parity) -> Figure:
         scatter.scatter(parity.reference.ravel(), out.ravel(), s=3, alpha=0.4, label=name)
         err = np.abs(out - parity.reference).ravel()
         hist.hist(np.log10(np.maximum(err, 1e-12)), bins=40, alpha=0.6, label=name)
-    scatter.set(title="logits", xlabel="PyTorch", ylabel="backend")
+    scatter.set(title="outputs", xlabel="PyTorch", ylabel="backend")
     hist.set(title="absolute error (exact matches at -12)", xlabel="log10 |backend - PyTorch|", ylabel="logits")
     for ax in (scatter, hist):
         if parity.outputs:

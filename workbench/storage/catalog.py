@@ -77,10 +77,17 @@ class Artifact:
 TRAIN_SPLIT = Artifact("train_split", "prepare", "train.parquet", "parquet", "training split, stratified by class")
 VAL_SPLIT = Artifact("val_split", "prepare", "val.parquet", "parquet", "validation split, stratified by class")
 TEST_SPLIT = Artifact("test_split", "prepare", "test.parquet", "parquet", "test split, stratified by class")
-NORMALIZATION = Artifact(
-    "normalization", "prepare", "normalization.json", "json", "feature columns with the training split's mean and std"
+ENCODING = Artifact(
+    "encoding",
+    "prepare",
+    "encoding.json",
+    "json",
+    "the model's input contract: input columns, types, vocabularies, means and scales, fitted on the training "
+    "split, and the target's task, classes or scale",
 )
-SCHEMA = Artifact("schema", "prepare", "schema.json", "json", "feature columns, target column, class names and source")
+SCHEMA = Artifact(
+    "schema", "prepare", "schema.json", "json", "input columns, encoded features, target, task, classes and source"
+)
 
 MODEL_STATE = Artifact("model_state", "train", "model.pth", "torch", "trained weights (a PyTorch state_dict)")
 MODEL_CONFIG = Artifact(
@@ -174,7 +181,7 @@ _STEP_ARTIFACTS = (
     TRAIN_SPLIT,
     VAL_SPLIT,
     TEST_SPLIT,
-    NORMALIZATION,
+    ENCODING,
     SCHEMA,
     MODEL_STATE,
     MODEL_CONFIG,
@@ -323,6 +330,8 @@ class KeyResult:
 
 KEY_RESULTS = (
     KeyResult("validation accuracy", "val_accuracy", ".2%"),
+    KeyResult("validation RMSE", "val_rmse", ".4g"),
+    KeyResult("validation R²", "val_r2", ".3f"),
     KeyResult("MXNet accuracy", "mxnet_accuracy", ".2%"),
     KeyResult("MXNet max abs error", "mxnet_max_abs_err", ".2e"),
     KeyResult("onnxruntime max abs error", "onnxruntime_max_abs_err", ".2e"),

@@ -110,7 +110,8 @@ class Publisher:
 
 
 def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
-    """Rows to publish: backend, row, predicted, confidence, actual (NULL when unlabelled).
+    """Rows to publish: backend, row, predicted, confidence, actual (NULL when unlabelled; confidence
+    NULL for a predicted number).
 
     ``actual`` keeps the class type even when empty, so whichever step creates the table gives
     the column its proper type. ``predicted`` and ``confidence`` are NULL for a row scoring could
@@ -128,7 +129,11 @@ def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
             "backend": pa.array([backend] * n, pa.string()),
             "row": predictions.column("row"),
             "predicted": predicted,
-            "confidence": predictions.column("confidence"),
+            "confidence": (
+                predictions.column("confidence")
+                if "confidence" in predictions.column_names
+                else pa.nulls(n, pa.float64())  # a predicted number has no confidence
+            ),
             "actual": actual.cast(predicted.type),
         }
     )

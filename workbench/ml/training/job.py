@@ -16,7 +16,7 @@ from torch import nn
 
 from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
-from workbench.ml.dataset import load_split, prepared
+from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
 from workbench.ml.models import build_model, model_config
 from workbench.ml.streaming import (
     IN_MEMORY,
@@ -33,15 +33,14 @@ from workbench.ml.training.device import amp_dtype, check_processes, choose_devi
 from workbench.ml.training.loop import (
     FitSettings,
     Trainer,
-    WarningBanner,
     chance_accuracy,
     evaluate_split,
-    is_near_chance,
     state_bytes,
     to_device,
-    training_warnings,
     unwrap,
 )
+from workbench.ml.training.objective import Objective
+from workbench.ml.training.verdict import NEAR_CHANCE_SHARE, WarningBanner, is_near_chance, training_warnings
 from workbench.storage.catalog import (
     CHECKPOINT,
     CURVES,
@@ -49,8 +48,6 @@ from workbench.storage.catalog import (
     HISTORY,
     MODEL_CONFIG,
     MODEL_STATE,
-    NORMALIZATION,
-    SCHEMA,
     TRAIN_METRICS,
 )
 
@@ -101,13 +98,19 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     dtype = amp_dtype(target, job.train.amp)
-    schema = prepared(ctx, SCHEMA)
-    data, train_source, val_source = _sources(ctx, job.train, job.seed, target, rank)
-    config = model_config(job.train.model, len(schema["features"]), len(schema["classes"]))
+    encoding = prepared_encoding(ctx)
+    task = prepared_target(encoding)
+    objective = Objective(task.regression, task.scale)
+    data, train_source, val_source = _sources(ctx, job.train, job.seed, target, rank, len(encoding.features))
+    train = job.train
+    image = encoding.image_side is not None
+    config = model_config(
+        train.model, len(encoding.features), task.outputs, image=image, width=train.width, depth=train.depth
+    )
     net = build_model(config).to(target)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if target.type == "cuda" else None)
-    trainer = Trainer(net, settings, dtype, compile=job.train.compile)
+    trainer = Trainer(net, settings, dtype, compile=job.train.compile, objective=objective)
     if job.train.compile == "on" and rank == 0:
         print(trainer.plan.reason, flush=True)
     resumed_from = resume(ctx, trainer, config, rank)
@@ -135,12 +138,11 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
 
 
 def _sources(
-    ctx: StepContext, params: TrainParams, seed: int, device: torch.device, rank: int
+    ctx: StepContext, params: TrainParams, seed: int, device: torch.device, rank: int, features: int
 ) -> tuple[dict[str, str], Any, Any]:
     """The train and val splits as the trainer takes them, whole on the device when they fit in
     ``train.max_memory_gb`` (or half the free memory), else streamed from their Parquet row groups;
     with the mode of each (``in memory`` / ``streamed``)."""
-    features = len(prepared(ctx, NORMALIZATION)["features"])
     shapes = {name: parquet_shape(split_file(ctx, name), features) for name in ("train", "val")}
     budget = memory_budget(params.max_memory_gb, device)
     data = plan(shapes["train"], shapes["val"], budget)
@@ -266,13 +268,15 @@ def _finish(
     (the best epoch's under early stopping, so the last history row may not be them)."""
     history = pd.DataFrame(trainer.history)
     model = unwrap(trainer.model)
-    val_loss, val_acc = evaluate_split(model, val, trainer.amp)
-    chance = chance_accuracy(val[1]) if isinstance(val, tuple) else val.chance_accuracy()
-    metrics = {
-        "val_accuracy": val_acc,
-        "val_loss": val_loss,
-        "chance_accuracy": chance,
-        "near_chance": float(is_near_chance(val_acc, chance)),
+    objective = trainer.objective
+    metrics = evaluate_split(model, val, trainer.amp, objective)
+    if objective.regression:  # near chance: explaining less than a quarter of the variance
+        metrics["near_chance"] = float(not metrics["val_r2"] >= NEAR_CHANCE_SHARE)
+    else:
+        chance = chance_accuracy(val[1]) if isinstance(val, tuple) else val.chance_accuracy()
+        metrics["chance_accuracy"] = chance
+        metrics["near_chance"] = float(is_near_chance(metrics["val_accuracy"], chance))
+    metrics |= {
         "epochs_run": float(len(history)),
         "resumed_from_epoch": float(resumed_from),
         "train_seconds": float(history.seconds.sum()),
@@ -305,16 +309,21 @@ def _sagemaker_outputs(
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Loss and accuracy per epoch, train against validation."""
+    """Loss and accuracy (or mean absolute error, for a number) per epoch, train against validation."""
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     loss_ax.plot(history.epoch, history.train_loss, label="train")
     loss_ax.plot(history.epoch, history.val_loss, label="validation")
     loss_ax.set(title="loss", xlabel="epoch", yscale="log")
-    acc_ax.plot(history.epoch, history.train_accuracy, label="train")
-    acc_ax.plot(history.epoch, history.val_accuracy, label="validation")
-    acc_ax.set(title="accuracy", xlabel="epoch", ylim=(min(0.8, history.val_accuracy.min()), 1.0))
+    if "val_mae" in history:
+        acc_ax.plot(history.epoch, history.train_mae, label="train")
+        acc_ax.plot(history.epoch, history.val_mae, label="validation")
+        acc_ax.set(title="mean absolute error (target units)", xlabel="epoch")
+    else:
+        acc_ax.plot(history.epoch, history.train_accuracy, label="train")
+        acc_ax.plot(history.epoch, history.val_accuracy, label="validation")
+        acc_ax.set(title="accuracy", xlabel="epoch", ylim=(min(0.8, history.val_accuracy.min()), 1.0))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()

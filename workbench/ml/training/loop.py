@@ -7,13 +7,11 @@ A split larger than memory streams instead (:class:`workbench.ml.streaming.Strea
 
 from __future__ import annotations
 
-import html
 import io
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -23,17 +21,11 @@ from torch import nn
 from workbench.config.schema import FitSettings  # the train keys that shape the optimisation, and the seed
 from workbench.errors import ModelError
 from workbench.ml.training.graphs import CapturedStep, capture_plan, schedule_on_device
+from workbench.ml.training.objective import CLASSES, Objective
 from workbench.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from workbench.ml.streaming import StreamedSplit
-
-
-# A model is "near chance" when its final validation accuracy closes less than this share of the
-# gap from chance (always predicting the most frequent validation class) to a perfect score: 0.325
-# on ten balanced digits, 0.625 on a balanced binary task, 0.9625 where one class is 95% of the rows.
-# A share of the gap rather than a fixed margin, so an imbalanced split does not hide a useless model.
-NEAR_CHANCE_SHARE = 0.25
 
 
 def chance_accuracy(labels: torch.Tensor) -> float:
@@ -41,59 +33,23 @@ def chance_accuracy(labels: torch.Tensor) -> float:
     return (torch.bincount(labels).max() / len(labels)).item()
 
 
-def is_near_chance(accuracy: float, chance: float) -> bool:
-    """Whether ``accuracy`` is not clearly above ``chance`` (see :data:`NEAR_CHANCE_SHARE`)."""
-    return accuracy < chance + NEAR_CHANCE_SHARE * (1.0 - chance)
-
-
-def training_warnings(metrics: dict[str, float]) -> list[str]:
-    """What a reader of the run must not miss, rebuilt from the step's final metrics alone, so the
-    notebook, a distributed run and the HTML report all say the same thing."""
-    found = []
-    if metrics.get("near_chance"):
-        found.append(
-            f"validation accuracy {metrics['val_accuracy']:.3f} is near chance: always predicting the most "
-            f"frequent class scores {metrics['chance_accuracy']:.3f}; the model has learnt little "
-            "(check train.lr, train.epochs and the learning curves)"
-        )
-    return found
-
-
-@dataclass(frozen=True)
-class WarningBanner:
-    """Warnings drawn in a colour a notebook reader sees (and as ``WARNING:`` lines in plain text),
-    so a useless model is not mistaken for a finished one in JupyterLab or the HTML report."""
-
-    lines: tuple[str, ...]
-
-    def _repr_html_(self) -> str:
-        if not self.lines:
-            return '<p style="color:#1a7f37">No training warnings.</p>'
-        items = "".join(f"<p style='margin:0.2em 0'><b>WARNING:</b> {html.escape(line)}</p>" for line in self.lines)
-        return (
-            '<div style="background:#fff4e5;border-left:6px solid #d1242f;color:#8a1c1c;padding:0.5em 1em">'
-            f"{items}</div>"
-        )
-
-    def __repr__(self) -> str:
-        return "\n".join(f"WARNING: {line}" for line in self.lines) or "No training warnings."
-
-
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: torch.dtype | None
-) -> tuple[float, float]:
-    """Mean loss and accuracy over ``x``, summed on the device and read back once."""
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    amp: torch.dtype | None,
+    objective: Objective = CLASSES,
+) -> dict[str, float]:
+    """The validation metrics over ``x`` (loss and accuracy, or loss, RMSE, MAE and R²), summed on
+    the device and read back once."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    totals = torch.zeros(4, device=x.device)
     autocast = torch.autocast(x.device.type, dtype=amp) if amp else nullcontext()
     with torch.no_grad(), autocast:
         for start in range(0, len(x), batch):
-            logits = model(x[start : start + batch]).float()
-            loss_sum += nn.functional.cross_entropy(logits, y[start : start + batch], reduction="sum")
-            correct += (logits.argmax(1) == y[start : start + batch]).sum()
-    totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-    return totals[0] / len(x), totals[1] / len(x)
+            totals += objective.totals(model(x[start : start + batch]), y[start : start + batch])
+    return objective.metrics(totals.tolist(), len(x), "val")
 
 
 def to_device(array: Any, device: torch.device) -> torch.Tensor:
@@ -111,9 +67,15 @@ class Trainer:
     """
 
     def __init__(
-        self, model: nn.Module, settings: FitSettings, amp: torch.dtype | None = None, compile: str = "off"
+        self,
+        model: nn.Module,
+        settings: FitSettings,
+        amp: torch.dtype | None = None,
+        compile: str = "off",
+        objective: Objective = CLASSES,
     ) -> None:
-        self.model, self.settings, self.amp = model, settings, amp
+        objective.check_monitor(settings.monitor)
+        self.model, self.settings, self.amp, self.objective = model, settings, amp, objective
         device = next(model.parameters()).device
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         self.plan = capture_plan(compile, device, settings.clip_grad_norm, amp is torch.float16, 2 if ddp else 1)
@@ -220,18 +182,17 @@ class Trainer:
         if self.plan.captured and not self.done and not streamed and len(x) >= cfg.batch_size:
             # captured after any checkpoint was loaded: the graph holds the tensors it finds now
             sync_lr = schedule_on_device(self.optimizer)
-            loss_fn = nn.functional.cross_entropy
-            graph = CapturedStep(self.model, self.optimizer, loss_fn, autocast, x, y, cfg.batch_size)
+            graph = CapturedStep(self.model, self.optimizer, self.objective.loss, autocast, x, y, cfg.batch_size)
         while not self.done:
             self.model.train()
             started = time.perf_counter()
             order = None if streamed else torch.randperm(len(x), generator=self.generator).to(device)
             # running totals stay on the device: no host tensor and no sync per step, read once an epoch
             loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
+            hits = torch.zeros((), device=device)
             rows = 0
             if streamed:
-                rows = self._streamed_epoch(train, autocast, rank, world, loss_sum, correct)
+                rows = self._streamed_epoch(train, autocast, rank, world, loss_sum, hits)
             for start in range(0, 0 if order is None else len(x), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size][rank::world]
                 if graph is not None and len(idx) == cfg.batch_size:
@@ -240,19 +201,18 @@ class Trainer:
                 else:
                     loss, logits, yb = self._eager_step(x[idx], y[idx], autocast, keep_grads=graph is not None)
                 loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == yb).sum()
+                hits += self.objective.hits(logits.detach(), yb)
                 rows += len(idx)
-            totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(float(rows))])
+            totals = torch.stack([loss_sum, hits, loss_sum.new_tensor(float(rows))])
             if world > 1:
                 torch.distributed.all_reduce(totals)
-            val_loss, val_acc = evaluate_split(self.model, val, self.amp)
+            seen = totals.tolist()
+            val_metrics = evaluate_split(self.model, val, self.amp, self.objective)
             row = {
                 "epoch": self.epoch + 1,
                 "lr": float(self.schedule.get_last_lr()[0]),
-                "train_loss": (totals[0] / totals[2]).item(),
-                "train_accuracy": (totals[1] / totals[2]).item(),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
+                **self.objective.train_metrics(seen[0], seen[1], seen[2]),
+                **val_metrics,
                 "seconds": time.perf_counter() - started,
             }
             # checked once per epoch from the totals kept on the device (no per-step sync), and before
@@ -270,12 +230,12 @@ class Trainer:
             else:
                 self.stale += 1
             bar.update(1)
-            bar.set_postfix(val_accuracy=f"{val_acc:.3f}", refresh=False)
+            bar.set_postfix({self.objective.score: f"{row[self.objective.score]:.4g}"}, refresh=False)
             if on_epoch:
                 on_epoch(row["epoch"], row)
 
     def _streamed_epoch(
-        self, train: StreamedSplit, autocast: Any, rank: int, world: int, loss_sum: torch.Tensor, correct: torch.Tensor
+        self, train: StreamedSplit, autocast: Any, rank: int, world: int, loss_sum: torch.Tensor, hits: torch.Tensor
     ) -> int:
         """One epoch over a streamed split, adding to the running totals in place; returns the rows.
         The loader's order is drawn from (seed, epoch), so a checkpoint's epoch is its whole position."""
@@ -284,7 +244,7 @@ class Trainer:
         for xb, yb in train.batches(cfg.batch_size, seed=cfg.seed, epoch=self.epoch, rank=rank, world=world):
             loss, logits, _ = self._eager_step(xb, yb, autocast, keep_grads=False)
             loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
+            hits += self.objective.hits(logits.detach(), yb)
             rows += len(yb)
         return rows
 
@@ -296,7 +256,7 @@ class Trainer:
         cfg = self.settings
         with autocast:
             logits = self.model(xb)
-            loss = nn.functional.cross_entropy(logits.float(), yb)
+            loss = self.objective.loss(logits, yb)
         self.optimizer.zero_grad(set_to_none=not keep_grads)
         self.scaler.scale(loss).backward()
         if cfg.clip_grad_norm:
@@ -338,12 +298,15 @@ def _portable(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_split(
-    model: nn.Module, split: tuple[torch.Tensor, torch.Tensor] | StreamedSplit, amp: torch.dtype | None
-) -> tuple[float, float]:
-    """Mean loss and accuracy over a split in memory (:func:`evaluate`) or streamed (in bounded memory)."""
+    model: nn.Module,
+    split: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
+    amp: torch.dtype | None,
+    objective: Objective = CLASSES,
+) -> dict[str, float]:
+    """The validation metrics of a split in memory (:func:`evaluate`) or streamed (in bounded memory)."""
     if isinstance(split, tuple):
-        return evaluate(model, *split, 1024, amp)
-    return split.evaluate(model, amp)
+        return evaluate(model, *split, 1024, amp, objective)
+    return split.evaluate(model, amp, objective=objective)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
