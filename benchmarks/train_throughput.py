@@ -58,7 +58,7 @@ def data(
 
 MODELS = {
     "cnn": lambda: DigitCNN(64, 10),
-    "mlp": lambda: MLP(64, 10, hidden=2048),  # 64-2048-2048-10: weights dominate, as in larger tables
+    "mlp": lambda: MLP(64, 10, width=2048),  # 64-2048-2048-10: weights dominate, as in larger tables
 }
 
 
@@ -200,23 +200,26 @@ def write_split(path: Path, rows: int, group: int = 65_536) -> None:
             writer.write_table(pa.Table.from_pandas(part, preserve_index=False), row_group_size=group)
 
 
-def digits_normalization():
-    from workbench.ml.features import Normalization
+def digits_encoding():
+    """The encoding prepare fits, on all of the digits, with its target."""
+    from workbench.ml.encoding import fit_encoding, fit_target
 
-    x = read_source("bundled:digits").drop(columns="label")
-    return Normalization.fit(list(x.columns), x.mean().to_numpy(), x.std(ddof=0).to_numpy())
+    frame = read_source("bundled:digits")
+    encoding = fit_encoding([frame], target="label")
+    encoding.target = fit_target([frame], "label")
+    return encoding
 
 
 def streamed_source(path: Path, device: torch.device, shuffle_buffer: int):
     from workbench.ml.streaming import StreamedSplit
 
-    return StreamedSplit(path, digits_normalization(), "label", list(range(10)), device, shuffle_buffer)
+    encoding = digits_encoding()
+    return StreamedSplit(path, encoding, encoding.target, device, shuffle_buffer)
 
 
 def small_val(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     frame = read_source("bundled:digits")
-    norm = digits_normalization()
-    x = norm.apply(frame[norm.features].to_numpy(np.float64))
+    x = digits_encoding().apply(frame)
     return torch.from_numpy(x).to(device), torch.from_numpy(frame.label.to_numpy(np.int64)).to(device)
 
 
@@ -231,7 +234,7 @@ def streamed_child(args: argparse.Namespace) -> None:
     else:
         train = streamed_source(Path(args.child), device, args.shuffle_buffer)
     torch.manual_seed(0)
-    model = MLP(64, 10, hidden=64).to(device)
+    model = MLP(64, 10, width=64).to(device)
     Trainer(model, FitSettings(epochs=1, batch_size=args.batch_size, lr=0.002, seed=0)).run(
         train, small_val(device), progress=False
     )

@@ -85,7 +85,7 @@ def test_layout_on_disk_is_unchanged():
     assert layout.root == "runs/r1"
     expected = {
         catalog.TRAIN_SPLIT: "runs/r1/prepare/train.parquet",
-        catalog.NORMALIZATION: "runs/r1/prepare/normalization.json",
+        catalog.ENCODING: "runs/r1/prepare/encoding.json",
         catalog.MODEL_STATE: "runs/r1/train/model.pth",
         catalog.CHECKPOINT: "runs/r1/train/checkpoints/last.pt",
         catalog.CURVES: "runs/r1/train/curves.png",
@@ -123,7 +123,7 @@ def test_context_saves_and_loads_by_name(tmp_path):
     ctx.save_artifact("schema", {"target": "label"})
     assert (tmp_path / "store" / "runs" / "cat" / "prepare" / "schema.json").is_file()
     assert ctx.load_artifact(catalog.SCHEMA) == {"target": "label"} and ctx.has_artifact("schema")
-    assert not ctx.has_artifact(catalog.NORMALIZATION)
+    assert not ctx.has_artifact(catalog.ENCODING)
     with pytest.raises(ValueError, match="belongs to step train"):
         ctx.save_artifact(catalog.MODEL_CONFIG, {})
     recorded = ctx.tracker.get_run("cat")["artifacts"]

@@ -59,12 +59,12 @@ def test_split_is_deterministic_stratified_and_disjoint(digits):
     assert (shares - pd.Series(labels).value_counts(normalize=True)).abs().max() < 0.01
 
 
-def test_prepare_writes_splits_and_normalisation(stage_ctx_factory):
+def test_prepare_writes_splits_and_the_encoding(stage_ctx_factory):
     ctx = stage_ctx_factory("prepare", run_id="data-test")
     prepared = prepare_data(ctx, DataParams(), seed=0)
     assert prepared.counts.rows.tolist() == [1259, 269, 269, 1797]
     assert prepared.class_balance.sum().tolist() == [1259, 269, 269]
-    for name in ("train.parquet", "val.parquet", "test.parquet", "normalization.json", "schema.json"):
+    for name in ("train.parquet", "val.parquet", "test.parquet", "encoding.json", "schema.json"):
         assert ctx.store.exists(ctx.key(name))
     train = load_split(ctx, "train")
     assert train.x.dtype == np.float32 and train.x.shape == (1259, 64)
@@ -75,18 +75,36 @@ def test_prepare_writes_splits_and_normalisation(stage_ctx_factory):
 
 def test_prepare_rejects_bad_tables(stage_ctx_factory, tmp_path, digits):
     ctx = stage_ctx_factory("prepare", run_id="bad-data")
-    with pytest.raises(DataError, match=r"data.target 'digit' is not a column of bundled:digits .*set data.target"):
+    with pytest.raises(
+        DataError, match=r"data.source bundled:digits: data.target 'digit' is not a column .*set data.target"
+    ):
         prepare_data(ctx, DataParams(target="digit"), seed=0)
-    text = digits.head(60).assign(p3="x")
-    text.to_csv(tmp_path / "text.csv", index=False)
-    with pytest.raises(DataError, match=r"non-numeric feature columns \['p3'\]"):
-        prepare_data(ctx, DataParams(source=str(tmp_path / "text.csv")), seed=0)
-    holes = digits.head(60).astype({"p5": float})
-    holes.loc[3, "p5"] = np.nan
-    holes.to_csv(tmp_path / "holes.csv", index=False)
-    with pytest.raises(DataError, match=r"missing values in columns \['p5'\]"):
-        prepare_data(ctx, DataParams(source=str(tmp_path / "holes.csv")), seed=0)
+    ids = digits.head(300).assign(customer=[f"C{i:05d}" for i in range(300)])
+    ids.to_csv(tmp_path / "ids.csv", index=False)
+    with pytest.raises(DataError, match=r"column 'customer' looks like an identifier .* add it to data.drop"):
+        prepare_data(ctx, DataParams(source=str(tmp_path / "ids.csv")), seed=0)
+    with pytest.raises(DataError, match=r"data.drop names 'client', which is not a column"):
+        prepare_data(ctx, DataParams(source=str(tmp_path / "ids.csv"), drop=["client"]), seed=0)
+    rare = digits.head(300).copy()
+    rare.loc[5, "label"] = 42
+    rare.to_csv(tmp_path / "rare.csv", index=False)
+    with pytest.raises(DataError, match=r"class 42 has 1 row\(s\); each class needs 3 or more"):
+        prepare_data(ctx, DataParams(source=str(tmp_path / "rare.csv")), seed=0)
     assert not ctx.store.exists(ctx.key("train.parquet"))
+
+
+def test_gaps_are_imputed_and_rows_without_a_target_dropped(stage_ctx_factory, tmp_path, digits):
+    holes = digits.head(300).astype({"p5": float, "label": float})
+    holes.loc[3, "p5"] = np.nan
+    holes.loc[[7, 9], "label"] = np.nan
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    ctx = stage_ctx_factory("prepare", run_id="holes")
+    prepared = prepare_data(ctx, DataParams(source=str(tmp_path / "holes.csv"), drop=["p0"]), seed=0, progress=False)
+    assert prepared.counts.rows.iloc[-2:].tolist() == [298, 2]  # total, dropped: no target
+    assert prepared.task.task == "classification" and prepared.task.classes == list(range(10))
+    assert "p0" not in prepared.features and "p5:missing" in prepared.encoding.features
+    train = load_split(ctx, "train")
+    assert train.x.shape[1] == len(prepared.encoding.features) and np.isfinite(train.x).all()
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -171,12 +189,10 @@ def _corrupt_parquet(tmp_path, digits) -> str:
     return str(cut)
 
 
-def _with_values(tmp_path, digits, name: str, values: dict) -> str:
-    frame = digits.head(80).astype({column: float for column in values})
-    for column, value in values.items():
-        frame.loc[7, column] = value
-    frame.to_csv(tmp_path / name, index=False)
-    return str(tmp_path / name)
+def _with_ids(tmp_path, digits) -> str:
+    frame = digits.head(200).assign(account=[f"A-{i}" for i in range(200)])
+    frame.to_csv(tmp_path / "ids.csv", index=False)
+    return str(tmp_path / "ids.csv")
 
 
 def _duplicate_header(tmp_path, digits) -> str:
@@ -198,9 +214,10 @@ BAD_SOURCES = {
         r"the header is not UTF-8 \(byte 0xe9 at offset 6\); re-save the file as UTF-8",
     ),
     "corrupt parquet": (_corrupt_parquet, r"cannot be read as Parquet \(.*\); is the file complete\?"),
-    "inf": (
-        lambda tmp, d: _with_values(tmp, d, "inf.csv", {"p5": np.inf, "p7": -np.inf}),
-        r"non-finite values \(inf, -inf\) in columns \['p5', 'p7'\]; fill or drop them first",
+    "identifier": (
+        _with_ids,
+        r"column 'account' looks like an identifier \(\d+ distinct values in \d+ rows\); add it to data.drop "
+        r"\(or to data.categorical to keep it\)",
     ),
 }
 
@@ -224,7 +241,7 @@ def test_bad_sources_are_one_line_naming_the_file(stage_ctx_factory, tmp_path, d
             "duplicate columns",
             "duplicate column names ['p1', 'p8'] in the header; rename them so each column is unique",
         ),
-        ("inf", "non-finite values (inf, -inf) in columns ['p5', 'p7']; fill or drop them first"),
+        ("identifier", "); add it to data.drop (or to data.categorical to keep it)"),
     ],
 )
 def test_a_run_on_a_bad_source_ends_with_one_error_line(place, tmp_path, digits, case, expected):

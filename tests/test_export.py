@@ -27,7 +27,9 @@ def test_export_for_mxnet(trained, stage_ctx_factory):
     assert (
         meta["run_id"] == "unit" and meta["target"] == "mxnet" and meta["classes"] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
     )
-    assert len(__import__("json").loads(meta["normalization"])["mean"]) == 64
+    encoding = __import__("json").loads(meta["encoding"])
+    assert len(encoding["features"]) == 64 and encoding["target"]["classes"] == list(range(10))
+    assert meta["task"] == "classification"
     assert exported.summary.loc["inputs", "value"] == "input [batch, 64]"
     assert exported.metrics["ort_max_abs_err"] < 1e-4
     assert ctx.load_json("export.json", "export")["target"] == "mxnet"

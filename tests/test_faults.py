@@ -142,7 +142,7 @@ def test_a_full_disk_while_reporting_leaves_the_run_incomplete_and_says_so(small
     """Scoring fits on the disk, its report does not: one line with the path, the run recorded as
     incomplete, the predictions kept; once there is room, `workbench report` completes the run."""
     model = small_disk / "runs" / small_run.run_id
-    for name in ("prepare/schema.json", "prepare/normalization.json", "export/model.onnx"):
+    for name in ("prepare/schema.json", "prepare/encoding.json", "export/model.onnx"):
         (model / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(small_run.folder / name, model / name)
     db = f"sqlite:///{tmp_path}/tracking.db"
@@ -258,6 +258,8 @@ def test_the_report_warns_of_a_model_at_chance(tmp_path):
     run_id = tracker.create_run(store.root, {}, {})
     tracker.log_metrics(run_id, "train", {"val_accuracy": 0.1, "chance_accuracy": 0.102, "near_chance": 1.0})
     index = Path(render_report(run_id, tracker, store)).read_text()
-    assert "Warnings" in index and "validation accuracy 10.00% is close to chance (10.20%" in index
+    assert "Warnings" in index and "validation accuracy 0.100 is near chance: always predicting the most" in index
+    tracker.log_metrics(run_id, "train", {"val_r2": 0.05, "near_chance": 1.0})
+    assert "validation R² 0.050 is near zero" in Path(render_report(run_id, tracker, store)).read_text()
     tracker.log_metrics(run_id, "train", {"val_accuracy": 0.97, "near_chance": 0.0})
     assert "Warnings" not in Path(render_report(run_id, tracker, store)).read_text()

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workbench.ml.features import Normalization, column_matrix, is_numeric
+from workbench.ml.features import column_matrix, is_numeric
 
 
 def test_booleans_integers_and_floats_are_numbers_text_is_not():
@@ -29,14 +29,6 @@ def test_the_matrix_takes_booleans_as_0_1_and_nulls_as_nan():
     expected = np.array([[1, 1, np.nan, 0.5], [0, np.nan, np.nan, 1.5], [np.nan, 3, np.nan, 2.5]])
     assert x.dtype == np.float64 and np.array_equal(x, expected, equal_nan=True)
     assert column_matrix(table, ["x"], np.float32).dtype == np.float32
-
-
-def test_normalisation_round_trips_through_json_and_never_divides_by_zero():
-    norm = Normalization.fit(["a", "b"], np.array([1.0, 2.0]), np.array([2.0, 0.0]))
-    again = Normalization.from_json(norm.to_json())
-    assert again.features == ["a", "b"] and again.std.tolist() == [2.0, 1.0]
-    out = again.apply(np.array([[3.0, 5.0]]))
-    assert out.dtype == np.float32 and out.tolist() == [[1.0, 3.0]]
 
 
 def test_a_boolean_feature_trains_and_scores(stage_ctx_factory, tmp_path):

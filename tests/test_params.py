@@ -76,7 +76,7 @@ def test_unknown_key_from_set():
         ("export.target=tflite", "must be 'mxnet' or 'onnxruntime'"),
         ("data.val_fraction=1.5", "must be between 0 and 1"),
         ("db=artifacts.db", "must be a SQLAlchemy URL"),
-        ("train.model=my model", "must be 'cnn', 'mlp' or 'package.module:Class'"),
+        ("train.model=my model", "must be 'auto', 'cnn', 'mlp' or 'package.module:Class'"),
         ("train.epochs", "expected KEY=VALUE"),
     ],
 )
@@ -114,7 +114,7 @@ def test_every_layer_file_in_the_repo_is_valid():
 def test_section_and_nested():
     params = load(root=ROOT)
     assert params.section("validate") == {"atol": 1e-4, "rtol": 1e-3, "min_agreement": 0.999}
-    assert params.nested()["train"]["model"] == "cnn"
+    assert params.nested()["train"]["model"] == "auto"
 
 
 def test_project_root_is_found_from_a_subfolder():

@@ -276,6 +276,8 @@ def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
     ):
         read_source("s3://no-such-bucket-y/x.csv")
     ctx = stage_ctx_factory("prepare", run_id="s3-no-target")
-    with pytest.raises(DataError, match=rf"data.target 'digit' is not a column of s3://{bucket}/in/d.parquet"):
+    with pytest.raises(
+        DataError, match=rf"data.source s3://{bucket}/in/d.parquet: data.target 'digit' is not a column"
+    ):
         prepare_data(ctx, DataParams(source=f"s3://{bucket}/in/d.parquet", target="digit"), seed=0, progress=False)
     assert not ctx.store.exists(ctx.key("train.parquet"))

@@ -124,7 +124,7 @@ def test_a_bad_notebook_parameter_is_one_line_naming_key_and_parameter():
 def test_notebook_parameters_read_text_as_yaml_and_default_what_is_missing():
     params = notebook_parameters("train", {"lr": "1e-3", "amp": "false", "epochs": 5, "unrelated": object()})
     assert params.train.lr == 1e-3 and params.train.amp is False and params.train.epochs == 5
-    assert params.train.model == "cnn" and params.seed == 0
+    assert params.train.model == "auto" and params.seed == 0
     assert notebook_parameters("validate", {"publish_table": "t"}).publish.table == "t"
 
 

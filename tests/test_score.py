@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -62,7 +65,7 @@ def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
     ctx = stage_ctx_factory("score", run_id="score-bad")
     read_source("bundled:digits").drop(columns=["p3", "p4"]).to_csv(tmp_path / "narrow.csv", index=False)
     with pytest.raises(
-        DataError, match=r"score.source .*narrow.csv: lacks the model's input columns p3, p4 \(2 missing\)"
+        DataError, match=r"score.source .*narrow.csv: lacks the model's input columns 'p3', 'p4' \(2 missing\)"
     ):
         score_batch(
             ctx, ScoreParams(source=str(tmp_path / "narrow.csv"), batch_size=100, model_run="unit"), progress=False
@@ -159,47 +162,58 @@ def test_unlabelled_rows_score_without_accuracy(trained, stage_ctx_factory, tmp_
     assert "actual" not in result.preview.columns
 
 
-def nan_csv(tmp_path) -> tuple[str, dict[int, list[str]]]:
-    """The digits with empty cells (and one inf) in a few rows; returns the path and the culprits per row."""
-    frame = read_source("bundled:digits").astype({"p5": float})
+def holes_csv(tmp_path, value: float = np.nan) -> tuple[str, list[int]]:
+    """The digits with ``value`` (empty cells by default) in a few rows; returns the path and the rows."""
+    frame = read_source("bundled:digits").astype({"p5": float, "p0": float, "p7": float, "p63": float, "p10": float})
     culprits = {3: ["p5"], 250: ["p0", "p7"], 901: ["p63"], 1500: ["p5"], 1796: ["p10"]}
     for row, columns in culprits.items():
-        frame.loc[row, columns] = np.nan
-    frame.loc[1500, "p5"] = np.inf
+        frame.loc[row, columns] = value
     path = tmp_path / "holes.csv"
-    frame.to_csv(path, index=False)  # NaN is written as an empty cell, inf as "inf"
-    assert ",," in path.read_text()
-    return str(path), culprits
+    frame.to_csv(path, index=False)  # NaN is written as an empty cell
+    return str(path), sorted(culprits)
 
 
-def test_rows_with_missing_or_infinite_features_are_flagged_not_classed(trained, stage_ctx_factory, tmp_path):
-    source, culprits = nan_csv(tmp_path)
+def test_gaps_are_imputed_as_in_training(trained, stage_ctx_factory, tmp_path):
+    """The encoding fills a gap with the training mean, in scoring as everywhere the model predicts."""
+    source, culprits = holes_csv(tmp_path)
+    assert ",," in Path(source).read_text()
     ctx = stage_ctx_factory("score", run_id="score-holes")
-    with pytest.warns(DataWarning, match=r"^5 of 1,797 rows not scored \(missing or infinite features\)") as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        result = score_batch(ctx, ScoreParams(source=source, batch_size=400, model_run="unit"), progress=False)
+    assert result.metrics["rows_unscored"] == 0 and result.metrics["rows_scored"] == 1797
+    frame = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet")))
+    assert frame.loc[culprits].predicted.notna().all() and 0.85 < result.accuracy <= 1
+
+
+def test_rows_the_model_cannot_score_are_flagged_not_classed(trained, stage_ctx_factory, tmp_path):
+    """A value too large for float32 makes the model's output NaN: null, named, never class 0."""
+    source, culprits = holes_csv(tmp_path, 1e300)
+    ctx = stage_ctx_factory("score", run_id="score-huge")
+    with pytest.warns(DataWarning, match=r"^5 of 1,797 rows not scored \(the model's output is not finite\)") as caught:
         result = score_batch(ctx, ScoreParams(source=source, batch_size=400, model_run="unit"), progress=False)
     message = str(caught[0].message)
-    assert "row 3 (p5); row 250 (p0, p7); row 901 (p63); row 1500 (p5); row 1796 (p10)" in message
+    assert message.endswith("rows 3, 250, 901, 1500, 1796")
     assert result.warnings == [message] and "\n" not in message
     assert result.metrics["rows_unscored"] == 5 and result.metrics["rows_scored"] == 1792
-    assert result.summary.loc["rows not scored", "value"].startswith("5 (missing or infinite features")
+    assert result.summary.loc["rows not scored", "value"].startswith("5 (see the warning")
     assert result.class_counts.rows.sum() == 1792 and 0.85 < result.accuracy <= 1
-
     frame = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet")))
     assert len(frame) == 1797 and frame.row.tolist() == list(range(1797))
     unscored = frame[frame.predicted.isna()]
-    assert unscored.row.tolist() == sorted(culprits) and unscored.confidence.isna().all()
+    assert unscored.row.tolist() == culprits and unscored.confidence.isna().all()
     assert frame.drop(index=unscored.index).confidence.notna().all()
 
 
 def test_unscored_rows_publish_as_nulls(trained, stage_ctx_factory, tmp_path, postgres):
     """Both publish paths (INSERT on SQLite, COPY on PostgreSQL) take null predictions."""
-    source, culprits = nan_csv(tmp_path)
+    source, culprits = holes_csv(tmp_path, 1e300)
     for url in (f"sqlite:///{tmp_path}/warehouse.db", postgres()):
         ctx = stage_ctx_factory("score", run_id="score-holes-publish")
         with pytest.warns(DataWarning):
             score_batch(
                 ctx,
-                ScoreParams(source=source, backend="mxnet", batch_size=1000, model_run="unit"),
+                ScoreParams(source=source, batch_size=1000, model_run="unit"),
                 PublishParams(url=url, table="preds"),
                 progress=False,
             )
@@ -207,5 +221,5 @@ def test_unscored_rows_publish_as_nulls(trained, stage_ctx_factory, tmp_path, po
             nulls = conn.execute(text("select row from preds where predicted is null and confidence is null")).all()
             total = conn.execute(text("select count(*), count(actual) from preds")).one()
             metrics = dict(conn.execute(text("select name, value from preds_metrics")).all())
-        assert sorted(r[0] for r in nulls) == sorted(culprits), url
+        assert sorted(r[0] for r in nulls) == culprits, url
         assert tuple(total) == (1797, 1797) and metrics["rows_unscored"] == 5

@@ -44,11 +44,11 @@ def test_streamed_prepare_makes_the_in_memory_split(stage_ctx_factory, digits):
         pd.testing.assert_frame_equal(
             ctx.load_frame(f"{name}.parquet", "prepare"), digits.iloc[rows].reset_index(drop=True)
         )
-    norm = ctx.load_json("normalization.json", "prepare")
+    columns = ctx.load_json("encoding.json", "prepare")["columns"]
     train = digits.iloc[expected["train"]].drop(columns="label").to_numpy(dtype=float)
-    assert np.allclose(norm["mean"], train.mean(axis=0), atol=1e-12)
+    assert np.allclose([c["mean"] for c in columns], train.mean(axis=0), atol=1e-12)
     std = train.std(axis=0)
-    assert np.allclose(norm["std"], np.where(std > 0, std, 1.0), atol=1e-12)
+    assert np.allclose([c["scale"] for c in columns], np.where(std > 0, std, 1.0), atol=1e-12)
 
 
 def test_string_labels_and_parquet_row_groups(stage_ctx_factory, digits, tmp_path):

@@ -7,13 +7,14 @@ import dataclasses
 import io
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from workbench.config.schema import TrainParams
-from workbench.ml.features import Normalization
+from workbench.ml.encoding import Encoding, Target, fit_encoding
 from workbench.ml.streaming import (
     IN_MEMORY,
     SAFETY,
@@ -28,7 +29,7 @@ from workbench.ml.training.checkpoint import CHECKPOINT
 from workbench.ml.training.loop import FitSettings, Trainer, evaluate
 from workbench.stages.train import train_model
 
-PREPARED = ("train.parquet", "val.parquet", "schema.json", "normalization.json")
+PREPARED = ("train.parquet", "val.parquet", "schema.json", "encoding.json")
 CPU = torch.device("cpu")
 
 
@@ -40,12 +41,19 @@ def _table(path, rows: int = 1000, group: int = 100, features: int = 8, seed: in
     labels = (x[:, 1] > 0).astype(np.int64) + 2 * (x[:, 2] > 0)
     columns = {f"f{i}": x[:, i] for i in range(features)} | {"label": labels}
     pq.write_table(pa.table(columns), path, row_group_size=group)
-    norm = Normalization.fit([f"f{i}" for i in range(features)], np.zeros(features), np.ones(features))
-    return norm, x.astype(np.float32), labels
+    encoding = fit_encoding([pq.read_table(path)], target="label")
+    for spec in encoding.columns:  # the identity, so a batch's f0 is its row number
+        spec["mean"], spec["scale"] = 0.0, 1.0
+    encoding.target = Target("label", "classification", [0, 1, 2, 3], rows, 0)
+    return encoding, x, labels
 
 
-def _split(path, norm, **kwargs) -> StreamedSplit:
-    return StreamedSplit(path, norm, "label", [0, 1, 2, 3], CPU, **kwargs)
+def _encoded(encoding: Encoding, x: np.ndarray) -> np.ndarray:
+    return encoding.apply(pd.DataFrame(x, columns=encoding.inputs))
+
+
+def _split(path, encoding: Encoding, **kwargs) -> StreamedSplit:
+    return StreamedSplit(path, encoding, encoding.target, CPU, **kwargs)
 
 
 def test_the_fit_decision():
@@ -77,10 +85,10 @@ def test_a_streamed_epoch_takes_every_row_once_in_an_order_drawn_from_seed_and_e
     ranks = [[xb[:, 0] for xb, _ in split.batches(32, epoch=2, rank=r, world=2)] for r in (0, 1)]
     for whole, part0, part1 in zip(global_batches, *ranks, strict=True):
         assert torch.equal(whole[0::2], part0) and torch.equal(whole[1::2], part1)
-    # features normalised as load_split does, labels with them
+    # features encoded as load_split does, labels with them
     for xb, yb in split.batches(64, epoch=3):
         ids = xb[:, 0].long().numpy()
-        assert np.array_equal(xb.numpy(), norm.apply(x[ids])) and np.array_equal(yb.numpy(), y[ids])
+        assert np.array_equal(xb.numpy(), _encoded(norm, x[ids])) and np.array_equal(yb.numpy(), y[ids])
 
 
 def test_a_streamed_split_holds_no_more_than_its_buffer_and_prefetched_row_groups(tmp_path):
@@ -101,7 +109,7 @@ def test_streamed_evaluation_equals_the_in_memory_one(tmp_path):
     split = _split(tmp_path / "s.parquet", norm)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    expected = evaluate(model, torch.from_numpy(norm.apply(x)), torch.from_numpy(y), 1024, None)
+    expected = evaluate(model, torch.from_numpy(_encoded(norm, x)), torch.from_numpy(y), 1024, None)
     assert split.evaluate(model, None) == pytest.approx(expected, rel=1e-6)
     assert split.chance_accuracy() == pytest.approx(np.bincount(y).max() / len(y))
 

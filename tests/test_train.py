@@ -3,7 +3,6 @@ from __future__ import annotations
 import dataclasses
 import io
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,7 +17,7 @@ from workbench.ml.training.loop import FitSettings, Trainer, chance_accuracy
 from workbench.ml.training.verdict import is_near_chance, training_warnings
 from workbench.stages.train import train_model
 
-PREPARED = ("train.parquet", "val.parquet", "schema.json", "normalization.json")
+PREPARED = ("train.parquet", "val.parquet", "schema.json", "encoding.json")
 
 
 def _fresh_run(stage_ctx_factory, run_id: str, interactive: bool = True):
@@ -131,7 +130,8 @@ def test_workbench_run_refuses_a_checkpoint_from_another_config(stage_ctx_factor
     ctx = _fresh_run(stage_ctx_factory, "mismatch", interactive=False)
     ctx.store.write_bytes(ctx.key(CHECKPOINT), stage_ctx_factory("train").load(CHECKPOINT, "train"))
     with pytest.raises(
-        ModelError, match=r"was written with different config\.model, settings\.epochs; start a new run"
+        ModelError,
+        match=r"was written with different config\.depth, config\.model, config\.width, settings\.epochs; start a new",
     ):
         train_model(ctx, TrainParams(model="mlp", epochs=5, batch_size=64, device="cpu", amp=False), seed=0)
     assert not ctx.store.exists(ctx.key(SET_ASIDE))
@@ -219,7 +219,7 @@ def test_an_inf_in_a_prepared_split_is_blamed_on_the_data(stage_ctx_factory, tra
     ctx = _fresh_run(stage_ctx_factory, "inf-in-train")
     frame = pd.read_parquet(io.BytesIO(ctx.load("train.parquet", "prepare")))
     frame["p10"] = frame["p10"].astype("float64")
-    frame.loc[3, "p10"] = np.inf
+    frame.loc[3, "p10"] = 1e300  # finite, but no float32: the encoded row is inf
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     ctx.store.write_bytes(ctx.key("train.parquet", "prepare"), buf.getvalue())
@@ -297,7 +297,7 @@ def test_a_worker_user_error_is_raised_again_by_the_launcher():
 def test_missing_prepared_data_is_a_clear_error(stage_ctx_factory):
     from workbench.errors import StoreError
 
-    with pytest.raises(StoreError, match=r"prepare/schema\.json not found"):
+    with pytest.raises(StoreError, match=r"prepare/encoding\.json not found"):
         train_model(
             stage_ctx_factory("train", run_id="never-prepared"),
             TrainParams(epochs=1, lr=0.01, device="cpu", amp=False),

@@ -75,3 +75,22 @@ def copy_run(run: Run, tmp_path: Path) -> Run:
     source.close()
     place = Place(store, f"sqlite:///{db}")
     return Run(place, run.result, run.run_id, store / "runs" / run.run_id)
+
+
+def run_id_of(stdout: str) -> str:
+    """`workbench run` prints `run <id> finished` first."""
+    return stdout.split()[1]
+
+
+def checked_output(notebook: Path) -> str:
+    """The text printed by the executed notebook's NBVAL_CHECK_OUTPUT cells."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    return "".join(
+        o.get("text", "")
+        for c in cells
+        if "NBVAL_CHECK_OUTPUT" in c.source
+        for o in c.outputs
+        if o.output_type == "stream"
+    )

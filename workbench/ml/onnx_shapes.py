@@ -65,7 +65,8 @@ def constant_reshapes(proto: onnx.ModelProto, batch: int, retraced: tuple[int, o
     producers = {out: node for node in graph.node for out in node.output}
     dims = _dims(proto)
     other_rows, other = retraced
-    other_shapes = {n.name: _constants(other.graph).get(n.input[1]) for n in other.graph.node if n.op_type == "Reshape"}
+    other_consts = _constants(other.graph)
+    other_shapes = {n.name: other_consts.get(n.input[1]) for n in other.graph.node if n.op_type == "Reshape"}
     here, there = _dims(proto, batch), _dims(other, other_rows)
     taken = {name for node in graph.node for name in (*node.input, *node.output)} | set(consts)
     changed = False
@@ -81,7 +82,7 @@ def constant_reshapes(proto: onnx.ModelProto, batch: int, retraced: tuple[int, o
             try:
                 sizes = list(_evaluate(shape, consts, producers, dims, {}).reshape(-1))
             except Refused as exc:
-                raise ModelError(f"Reshape node {node.name!r} {exc}, which MXNet cannot import; {INSTEAD}") from None
+                raise ModelError(f"Reshape node {node.name!r} {exc}, which MXNet cannot import; {INSTEAD}") from exc
         name = _unique(f"{node.name or node.output[0]}/shape", taken)
         value = numpy_helper.from_array(np.array(_resolve(node, data, sizes), dtype=np.int64), name)
         graph.initializer.append(value)
@@ -270,7 +271,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Remove the nodes no output depends on any more, then the initializers only they read."""
+    """Remove the nodes no output depends on any more, what is known of their outputs, and the
+    initializers only they read."""
     live = {o.name for o in graph.output}
     keep: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
@@ -280,6 +282,7 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
     keep.reverse()
     read_before = {name for node in graph.node for name in _reads(node)}
     dead = (read_before - live) & {t.name for t in graph.initializer}
+    gone = {out for node in graph.node for out in node.output} - {out for node in keep for out in node.output}
     del graph.node[:]
     graph.node.extend(keep)
     kept = [t for t in graph.initializer if t.name not in dead]
@@ -288,6 +291,9 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
     inputs = [i for i in graph.input if i.name not in dead]
     del graph.input[:]
     graph.input.extend(inputs)
+    known = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(known)
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

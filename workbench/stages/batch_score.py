@@ -338,7 +338,10 @@ def score_batch(
     if inputs.target.regression:
         quality = ("RMSE (where labelled)", f"{metrics['score_rmse']:.4g}" if tally.labelled else "n/a (unlabelled)")
     else:
-        quality = ("accuracy (where labelled)", f"{metrics['score_accuracy']:.4f}" if tally.labelled else "n/a (unlabelled)")
+        quality = (
+            "accuracy (where labelled)",
+            f"{metrics['score_accuracy']:.4f}" if tally.labelled else "n/a (unlabelled)",
+        )
     summary = pd.DataFrame(
         {
             "value": [

@@ -38,7 +38,15 @@ def validate_model(ctx: StepContext, params: ValidateParams, publish: PublishPar
     regression = info.get("task") == "regression"
     ref = ctx.load_artifact(REFERENCE_OUTPUTS)
     parity = three_way(
-        blob, ref["x"], ref["logits"], ref["labels"], backends_for(info["target"]), atol, rtol, min_agreement, regression
+        blob,
+        ref["x"],
+        ref["logits"],
+        ref["labels"],
+        backends_for(info["target"]),
+        atol,
+        rtol,
+        min_agreement,
+        regression,
     )
     metrics = {f"{backend}_{key}": value for backend, stats in parity.stats.items() for key, value in stats.items()}
     metrics["parity_pass"] = float(parity.passed)

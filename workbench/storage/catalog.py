@@ -116,6 +116,14 @@ ENVIRONMENT = Artifact(
     "environment", "train", "environment.json", "json", "device, GPU, CUDA/cuDNN and library versions"
 )
 TRAIN_METRICS = Artifact("train_metrics", "train", "metrics.json", "json", "final validation metrics of training")
+FIT_PLOT = Artifact(
+    "fit_plot",
+    "train",
+    "fit.png",
+    "png",
+    "validation split: predicted against actual and residuals (a number), or the confusion matrix (classes)",
+    "Validation predictions",
+)
 
 ONNX_MODEL = Artifact("onnx_model", "export", "model.onnx", "onnx", "the model in ONNX, with run metadata")
 EXPORT_INFO = Artifact("export_info", "export", "export.json", "json", "export target, opset and input/output names")
@@ -191,6 +199,7 @@ _STEP_ARTIFACTS = (
     CURVES,
     ENVIRONMENT,
     TRAIN_METRICS,
+    FIT_PLOT,
     ONNX_MODEL,
     EXPORT_INFO,
     REFERENCE_OUTPUTS,

@@ -73,7 +73,10 @@ def metadata():
 
 def model_fn(model_dir):
     meta = metadata()
-    model = BUILTIN[meta["model"]](in_features=meta["in_features"], num_classes=meta["num_classes"])
+    arguments = {"in_features": meta["in_features"], "num_classes": meta["num_classes"]}
+    if meta["model"] == "mlp":  # the MLP's shape is part of its config, as in workbench.ml.models.build_model
+        arguments |= {key: meta[key] for key in ("width", "depth") if key in meta}
+    model = BUILTIN[meta["model"]](**arguments)
     state = torch.load(os.path.join(model_dir, "model.pth"), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +19,7 @@ from torch import nn
 from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
 from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
+from workbench.ml.encoding import Target
 from workbench.ml.models import build_model, model_config
 from workbench.ml.streaming import (
     IN_MEMORY,
@@ -30,6 +33,7 @@ from workbench.ml.streaming import (
 )
 from workbench.ml.training.checkpoint import checkpoint_data, resume
 from workbench.ml.training.device import amp_dtype, check_processes, choose_device, environment
+from workbench.ml.training.figures import plot_fit
 from workbench.ml.training.loop import (
     FitSettings,
     Trainer,
@@ -45,10 +49,12 @@ from workbench.storage.catalog import (
     CHECKPOINT,
     CURVES,
     ENVIRONMENT,
+    FIT_PLOT,
     HISTORY,
     MODEL_CONFIG,
     MODEL_STATE,
     TRAIN_METRICS,
+    encode,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +71,14 @@ class TrainResult:
     config: dict[str, Any]
     resumed_from: int = 0
     warnings: list[str] = field(default_factory=list)  # see training_warnings
+    fit_png: bytes = b""  # the validation fit drawn (see workbench.ml.training.figures)
+
+    def fit_plot(self) -> Any:
+        """The validation split's fit as an image a notebook shows: predicted against actual and the
+        residuals for a number, the confusion matrix for classes."""
+        from IPython.display import Image
+
+        return Image(data=self.fit_png) if self.fit_png else None
 
     def warning_banner(self) -> WarningBanner:
         """The warnings for display: a notebook cell that ends with this shows them in colour."""
@@ -134,7 +148,7 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
     )
     env = environment(target, dtype) | {"processes": world, "step": "CUDA graph" if trainer.plan.captured else "eager"}
     env |= {"train_data": data["train"], "val_data": data["val"]}
-    return _finish(ctx, trainer, val_source, config, env, resumed_from) if rank == 0 else None
+    return _finish(ctx, trainer, val_source, config, env, resumed_from, task) if rank == 0 else None
 
 
 def _sources(
@@ -162,6 +176,8 @@ def _sources(
         print(f"splits: {said}; memory budget {budget / 2**30:.3g} GiB (train.max_memory_gb)", flush=True)
     return data, sources[0], sources[1]
 
+
+FIT_ROWS = 20_000  # validation rows the fit figure draws on
 
 # A worker that fails on a user error prints one line starting with this to stderr; the launcher
 # raises the same error, so `train.processes: 2` fails with the message one process would give,
@@ -253,7 +269,30 @@ def launch_distributed(ctx: StepContext, job: TrainJob) -> TrainResult:
     metrics = ctx.load_artifact(TRAIN_METRICS)
     env, config = ctx.load_artifact(ENVIRONMENT), ctx.load_artifact(MODEL_CONFIG)
     resumed_from = int(metrics["resumed_from_epoch"])
-    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
+    fit = ctx.load(FIT_PLOT) if ctx.has_artifact(FIT_PLOT) else b""
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics), fit)
+
+
+def _validation_outputs(
+    model: nn.Module, val: tuple[torch.Tensor, torch.Tensor] | StreamedSplit, amp: torch.dtype | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's outputs and the labels of the first :data:`FIT_ROWS` validation rows, on the host."""
+    batches = (
+        ((val[0][i : i + 4096], val[1][i : i + 4096]) for i in range(0, len(val[0]), 4096))
+        if isinstance(val, tuple)
+        else val.batches(4096)
+    )
+    outputs, labels, rows = [], [], 0
+    autocast = torch.autocast(next(model.parameters()).device.type, dtype=amp) if amp else nullcontext()
+    model.eval()
+    with torch.no_grad(), autocast:
+        for xb, yb in batches:
+            outputs.append(model(xb).float().cpu().numpy())
+            labels.append(yb.cpu().numpy())
+            rows += len(yb)
+            if rows >= FIT_ROWS:
+                break
+    return np.concatenate(outputs)[:FIT_ROWS], np.concatenate(labels)[:FIT_ROWS]
 
 
 def _finish(
@@ -263,6 +302,7 @@ def _finish(
     config: dict[str, Any],
     env: dict[str, Any],
     resumed_from: int,
+    task: Target,
 ) -> TrainResult:
     """Final evaluation and the step's outputs, from the weights the trainer ends with
     (the best epoch's under early stopping, so the last history row may not be them)."""
@@ -288,8 +328,11 @@ def _finish(
     ctx.save_artifact(TRAIN_METRICS, metrics)
     ctx.save_artifact(HISTORY, history)
     ctx.save_artifact(CURVES, plot_history(history))
+    outputs, labels = _validation_outputs(model, val, trainer.amp)
+    fit = encode(FIT_PLOT, plot_fit(outputs, labels, task))
+    ctx.save_artifact(FIT_PLOT, fit)
     _sagemaker_outputs(ctx, config, env, metrics)
-    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics))
+    return TrainResult(history, metrics, env, config, resumed_from, training_warnings(metrics), fit)
 
 
 def _sagemaker_outputs(

@@ -1,0 +1,158 @@
+"""An analyst's own tables end to end through the real CLI: a churn export (an ID, text categories,
+gaps, a date, a Yes/No label) and a regression on penguins' body mass, each trained, exported,
+validated with parity PASS, then scored from raw rows with the predictions PyTorch gives."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from support.cli import SMALL, Place, Run, checked_output, run_id_of, workbench
+from support.tables import churn, penguins
+
+from workbench.ml.encoding import Encoding
+from workbench.ml.models import load_model
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(tmp, source: pd.DataFrame, *settings: str) -> Run:
+    path = tmp / "table.csv"
+    source.to_csv(path, index=False)
+    place = Place(tmp / "store", f"sqlite:///{tmp}/tracking.db")
+    result = workbench("run", *place.sets(f"data.source={path}", "export.sagemaker=true", *settings))
+    assert result.code == 0, result.stderr[-3000:]
+    run_id = run_id_of(result.stdout)
+    return Run(place, result, run_id, place.store / "runs" / run_id)
+
+
+@pytest.fixture(scope="module")
+def churn_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp = tmp_path_factory.mktemp("churn")
+    return _run(
+        tmp,
+        churn(),
+        "data.target=churned",
+        "data.drop=customer_id",
+        "data.categorical=store",
+        "train.epochs=15",
+        "train.batch_size=32",
+    )
+
+
+@pytest.fixture(scope="module")
+def mass_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp = tmp_path_factory.mktemp("mass")
+    return _run(tmp, penguins(), "data.target=body_mass_g", "train.epochs=40", "train.batch_size=16")
+
+
+def _torch_predictions(run: Run, rows: pd.DataFrame) -> tuple[Encoding, np.ndarray]:
+    """What the trained PyTorch model says for raw rows, through the run's own encoding."""
+    encoding = Encoding.from_json(json.loads((run.folder / "prepare/encoding.json").read_text()))
+    config = json.loads((run.folder / "train/model_config.json").read_text())
+    state = torch.load(io.BytesIO((run.folder / "train/model.pth").read_bytes()), weights_only=True)
+    with torch.no_grad():
+        outputs = load_model(config, state)(torch.from_numpy(encoding.apply(rows))).numpy()
+    return encoding, outputs
+
+
+def _score(run: Run, tmp, rows: pd.DataFrame) -> pd.DataFrame:
+    path = tmp / "to_score.csv"
+    rows.to_csv(path, index=False)
+    result = workbench(
+        "run", "--steps", "score", *run.place.sets(f"score.source={path}", f"score.model_run={run.run_id}")
+    )
+    assert result.code == 0, result.stderr[-3000:]
+    return pq.read_table(run.place.store / "runs" / run_id_of(result.stdout) / "score/predictions.parquet").to_pandas()
+
+
+def test_a_churn_table_trains_and_passes_parity_on_mxnet(churn_run):
+    folder = churn_run.folder
+    schema = json.loads((folder / "prepare/schema.json").read_text())
+    assert schema["task"] == "classification" and schema["classes"] == ["No", "Yes"]
+    assert "customer_id" not in schema["inputs"] and "store=47" in schema["features"]
+    assert "monthly_charges:missing" in schema["features"] and "signup_date:year" in schema["features"]
+    parity = json.loads((folder / "validate/parity.json").read_text())
+    assert parity["verdict"] == "PASS" and set(parity["stats"]) == {"pytorch", "onnxruntime", "mxnet"}
+    assert checked_output(folder / "02_train.ipynb").endswith(": True\n")
+    assert checked_output(folder / "04_validate_mxnet.ipynb") == (
+        "verdict: PASS\nevery backend scores as PyTorch does: True\n"
+    )
+    assert (folder / "train/fit.png").is_file() and (folder / "export/model.tar.gz").is_file()
+
+
+def test_churn_scores_raw_rows_in_any_column_order_as_pytorch_does(churn_run, tmp_path):
+    rows = churn(60, seed=7).drop(columns="churned")
+    rows = rows[list(reversed(rows.columns))].assign(notes="extra columns are ignored")
+    rows.loc[3, "plan"] = "enterprise"  # never seen in training: the other bucket
+    scored = _score(churn_run, tmp_path, rows)
+    encoding, outputs = _torch_predictions(churn_run, rows)
+    assert scored.predicted.tolist() == [encoding.target.classes[i] for i in outputs.argmax(axis=1)]
+    assert "actual" not in scored and scored.confidence.between(0.5, 1.0).all()
+
+
+def test_a_regression_on_penguins_reports_its_errors_in_grams(mass_run):
+    folder = mass_run.folder
+    schema = json.loads((folder / "prepare/schema.json").read_text())
+    assert schema["task"] == "regression" and schema["classes"] is None and schema["rows_without_target"] == 2
+    metrics = json.loads((folder / "train/metrics.json").read_text())
+    assert metrics["val_r2"] > 0.6 and 150 < metrics["val_rmse"] < 600 and metrics["val_mae"] < metrics["val_rmse"]
+    parity = json.loads((folder / "validate/parity.json").read_text())
+    assert parity["verdict"] == "PASS" and "argmax_agreement" not in parity["stats"]["mxnet"]
+    assert checked_output(folder / "04_validate_mxnet.ipynb").endswith("every backend scores as PyTorch does: True\n")
+    history = pd.read_csv(folder / "train/history.csv")
+    assert {"val_rmse", "val_mae", "val_r2", "train_mae"} <= set(history.columns)
+
+
+def test_penguin_masses_score_as_numbers_equal_to_pytorch(mass_run, tmp_path):
+    rows = penguins().sample(40, random_state=3)
+    scored = _score(mass_run, tmp_path, rows)
+    encoding, outputs = _torch_predictions(mass_run, rows)
+    expected = encoding.target.predicted(outputs)
+    assert np.allclose(scored.predicted.to_numpy(), expected, rtol=1e-5, atol=1e-2)
+    assert scored.predicted.between(2000, 7000).all() and "confidence" not in scored
+    labelled = scored.actual.notna()
+    assert np.allclose(scored.actual[labelled], rows.body_mass_g.to_numpy()[labelled.to_numpy()])
+
+
+def test_an_id_column_not_dropped_stops_prepare_in_one_line(place, tmp_path):
+    churn().to_csv(tmp_path / "churn.csv", index=False)
+    result = workbench("run", *place.sets(f"data.source={tmp_path / 'churn.csv'}", "data.target=churned", *SMALL))
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step prepare failed: DataError: data.source ")
+    assert "column 'customer_id' looks like an identifier" in last and last.endswith(
+        "add it to data.drop (or to data.categorical to keep it)"
+    )
+    assert not list(place.store.glob("runs/*/prepare/*.parquet"))
+
+
+def test_a_scoring_table_without_a_training_column_is_named(churn_run, tmp_path):
+    rows = churn(20, seed=3).drop(columns=["churned", "contract"])
+    rows.to_csv(tmp_path / "short.csv", index=False)
+    result = workbench(
+        "run",
+        "--steps",
+        "score",
+        *churn_run.place.sets(f"score.source={tmp_path / 'short.csv'}", f"score.model_run={churn_run.run_id}"),
+    )
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "lacks the model's input column 'contract' (1 missing)" in last
+    bad = churn(20, seed=3)
+    bad["tenure_months"] = bad["tenure_months"].astype(object)
+    bad.loc[4, "tenure_months"] = "twelve"
+    bad.to_csv(tmp_path / "text.csv", index=False)
+    result = workbench(
+        "run",
+        "--steps",
+        "score",
+        *churn_run.place.sets(f"score.source={tmp_path / 'text.csv'}", f"score.model_run={churn_run.run_id}"),
+    )
+    assert result.code == 1
+    assert "column 'tenure_months': 'twelve' is not a number" in result.stderr.strip().splitlines()[-1]
