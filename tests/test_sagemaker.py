@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import subprocess
 import sys
-import tarfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support.archive import import_handler, unpack
 
 from workbench.errors import DataError, ModelError
 from workbench.ml.encoding import Encoding, fit_encoding, fit_target
@@ -60,19 +59,6 @@ class Served:
         return h.output_fn(h.predict_fn(h.input_fn(body, content_type), self.served), accept)
 
 
-def _import_handler(code: Path) -> types.ModuleType:
-    """``inference`` imported as the toolkit does: by name, with code/ first on sys.path."""
-    sys.path.insert(0, str(code))
-    try:
-        for name in ("inference", "architectures"):
-            sys.modules.pop(name, None)
-        return importlib.import_module("inference")
-    finally:
-        sys.path.remove(str(code))
-        for name in ("inference", "architectures"):
-            sys.modules.pop(name, None)
-
-
 def _serve(frame: pd.DataFrame, target_name: str, task: str, root: Path, **shape: int) -> Served:
     """Fit the encoding and target on ``frame``, train an MLP a few steps, archive it and unpack it."""
     encoding = fit_encoding([frame], target=target_name)
@@ -101,10 +87,8 @@ def _serve(frame: pd.DataFrame, target_name: str, task: str, root: Path, **shape
     state = io.BytesIO()
     torch.save(model.state_dict(), state)
     blob = model_archive(state.getvalue(), config, json.loads(json.dumps(encoding.to_json())))
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(root, filter="data")
-    handler = _import_handler(root / "code")
-    return Served(frame, encoding, model, root, handler, handler.model_fn(str(root)))
+    handler, served = unpack(blob, root)
+    return Served(frame, encoding, model, root, handler, served)
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +321,7 @@ def test_the_toolkits_error_class_is_raised_where_it_is_installed(classifier, mo
     toolkit.errors = errors
     monkeypatch.setitem(sys.modules, "sagemaker_inference", toolkit)
     monkeypatch.setitem(sys.modules, "sagemaker_inference.errors", errors)
-    handler = _import_handler(classifier.root / "code")
+    handler = import_handler(classifier.root / "code")
     with pytest.raises(GenericInferenceToolkitError) as caught:
         handler.input_fn("{", JSON)
     assert (caught.value.status_code, caught.value.message) == (400, caught.value.phrase)

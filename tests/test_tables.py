@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from support.archive import unpack
 from support.cli import SMALL, Place, Run, checked_output, run_id_of, workbench
 from support.tables import churn, penguins
 
@@ -86,13 +87,31 @@ def test_a_churn_table_trains_and_passes_parity_on_mxnet(churn_run):
     assert (folder / "train/fit.png").is_file() and (folder / "export/model.tar.gz").is_file()
 
 
-def test_churn_scores_raw_rows_in_any_column_order_as_pytorch_does(churn_run, tmp_path):
+def _archive_predictions(run: Run, tmp, rows: pd.DataFrame) -> list:
+    """What the run's SageMaker archive answers for the rows sent as CSV with a header, and as JSON records."""
+    handler, model = unpack((run.folder / "export/model.tar.gz").read_bytes(), tmp / "opt-ml-model")
+    answers = []
+    for body, content_type in (
+        (rows.to_csv(index=False), "text/csv"),
+        (rows.to_json(orient="records"), "application/json; charset=utf-8"),
+    ):
+        answer, media = handler.output_fn(
+            handler.predict_fn(handler.input_fn(body, content_type), model), "application/json"
+        )
+        assert media.startswith("application/json")
+        answers.append(json.loads(answer)["predictions"])
+    assert answers[0] == answers[1]
+    return answers[0]
+
+
+def test_churn_scores_raw_rows_in_any_column_order_as_pytorch_and_the_archive_do(churn_run, tmp_path):
     rows = churn(60, seed=7).drop(columns="churned")
     rows = rows[list(reversed(rows.columns))].assign(notes="extra columns are ignored")
     rows.loc[3, "plan"] = "enterprise"  # never seen in training: the other bucket
     scored = _score(churn_run, tmp_path, rows)
     encoding, outputs = _torch_predictions(churn_run, rows)
     assert scored.predicted.tolist() == [encoding.target.classes[i] for i in outputs.argmax(axis=1)]
+    assert scored.predicted.tolist() == _archive_predictions(churn_run, tmp_path, rows)
     assert "actual" not in scored and scored.confidence.between(0.5, 1.0).all()
 
 
@@ -115,6 +134,7 @@ def test_penguin_masses_score_as_numbers_equal_to_pytorch(mass_run, tmp_path):
     encoding, outputs = _torch_predictions(mass_run, rows)
     expected = encoding.target.predicted(outputs)
     assert np.allclose(scored.predicted.to_numpy(), expected, rtol=1e-5, atol=1e-2)
+    assert np.allclose(_archive_predictions(mass_run, tmp_path, rows), expected, rtol=1e-5, atol=1e-2)
     assert scored.predicted.between(2000, 7000).all() and "confidence" not in scored
     labelled = scored.actual.notna()
     assert np.allclose(scored.actual[labelled], rows.body_mass_g.to_numpy()[labelled.to_numpy()])
@@ -156,3 +176,44 @@ def test_a_scoring_table_without_a_training_column_is_named(churn_run, tmp_path)
     )
     assert result.code == 1
     assert "column 'tenure_months': 'twelve' is not a number" in result.stderr.strip().splitlines()[-1]
+
+
+def test_seattle_weather_with_its_date_runs_through_every_stage(stage_ctx_factory, tmp_path):
+    """vega_datasets' seattle-weather: a date column and text labels, stage by stage in one process."""
+    from vega_datasets import data
+
+    from workbench.config.schema import DataParams, ExportParams, ScoreParams, TrainParams, ValidateParams
+    from workbench.stages.batch_score import score_batch
+    from workbench.stages.export_onnx import export_onnx
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.stages.train import train_model
+    from workbench.stages.validate_mxnet import validate_model
+
+    weather = data.seattle_weather()
+    weather["date"] = weather["date"].dt.strftime("%Y-%m-%d")  # as the CSV gives it: text
+    weather.to_csv(tmp_path / "weather.csv", index=False)
+    run = "weather"
+    prepared = prepare_data(
+        stage_ctx_factory("prepare", run), DataParams(source=str(tmp_path / "weather.csv"), target="weather"), seed=0
+    )
+    assert prepared.task.classes == ["drizzle", "fog", "rain", "snow", "sun"]
+    assert prepared.encoding_table.loc["date", "type"] == "date"
+    assert [f for f in prepared.encoding.features if f.startswith("date:")] == [
+        "date:year",
+        "date:month",
+        "date:weekday",
+        "date:yearday",
+    ]
+    result = train_model(
+        stage_ctx_factory("train", run), TrainParams(epochs=8, batch_size=32, device="cpu", amp=False), seed=0
+    )
+    assert result.config["model"] == "mlp" and result.metrics["val_accuracy"] > 0.6 and result.fit_png
+    export_onnx(stage_ctx_factory("export", run), ExportParams())
+    parity = validate_model(stage_ctx_factory("validate", run), ValidateParams())
+    assert parity.verdict == "PASS" and parity.scores_agree
+    scored = score_batch(
+        stage_ctx_factory("score", "weather-score"),
+        ScoreParams(source=str(tmp_path / "weather.csv"), model_run=run),
+        progress=False,
+    )
+    assert scored.metrics["rows_scored"] == len(weather) and scored.better_than_chance
