@@ -19,6 +19,12 @@ from support.cli import ROOT
         pytest.param(
             "prepare_large.py", ["--rows", "3000"], "parquet memory ratio (30,000 vs 3,000 rows)", marks=pytest.mark.e2e
         ),
+        pytest.param(
+            "prepare_large.py",
+            ["--table", "mixed", "--rows", "2000", "--format", "parquet"],
+            "parquet workbench rows/s / scikit-learn rows/s at 20,000 rows",
+            marks=pytest.mark.e2e,
+        ),
     ],
 )
 def test_benchmark_runs(script, args, says):

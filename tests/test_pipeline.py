@@ -248,7 +248,7 @@ def test_scoring_bad_input_is_one_line(small_run, tmp_path):
     assert result.code == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: step score failed: DataError: score.source {narrow}: lacks the model's input columns "
-        "p2, p3, p4, p5, p6 ... (62 missing); score data shaped like the training data"
+        "'p2', 'p3', 'p4', 'p5', 'p6' ... (62 missing); score a table with the columns the model was trained on"
     )
     zero = workbench("run", "--steps", "score", *small_run.place.sets("score.batch_size=0"))
     assert (

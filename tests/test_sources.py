@@ -140,7 +140,11 @@ def test_a_run_from_sql_and_its_failures(place, sqlite_url):
     assert "step prepare failed: DataError" in errors[0] and "no such column: labl" in errors[0]
     assert errors[0].endswith("check the data.source query")
     missing = workbench("run", "--steps", "prepare", *place.sets(source, "data.target=digit"))
-    assert missing.code == 1 and "data.target 'digit' is not a column of sqlite:///" in missing.stderr
+    assert (
+        missing.code == 1
+        and "data.source sqlite:///" in missing.stderr
+        and "data.target 'digit' is not a column (columns: p0" in missing.stderr
+    )
     assert (place.store / "runs" / run_id / "prepare" / "train.parquet").is_file()  # the earlier run is intact
 
 

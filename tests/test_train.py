@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -452,3 +453,29 @@ def test_compile_on_a_cpu_trains_eagerly_and_says_why(trained, stage_ctx_factory
     result = train_model(ctx, TrainParams(epochs=1, batch_size=64, device="cpu", compile="on"), seed=0)
     assert "train.compile: off on CPU" in capsys.readouterr().out
     assert result.environment["step"] == "eager" and len(result.history) == 1
+
+
+def test_a_regression_learns_a_number_and_reports_its_errors_in_its_units():
+    """MSE on the standardised target; RMSE and MAE back in the target's units, R² on top."""
+    from workbench.errors import ParameterError
+    from workbench.ml.training.objective import Objective
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * rng.normal(size=600)).astype(np.float32)
+    scale = float(y.std()) * 1000  # as if the target were in grams and the model saw kilograms
+    objective = Objective(regression=True, scale=scale)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    settings = FitSettings(epochs=30, batch_size=32, lr=0.01, seed=0)
+    standardised = (y - y.mean()) / y.std()
+    train = (torch.from_numpy(x[:500]), torch.from_numpy(standardised[:500]))
+    val = (torch.from_numpy(x[500:]), torch.from_numpy(standardised[500:]))
+    history = Trainer(model, settings, objective=objective).run(train, val, progress=False)
+    last = history.iloc[-1]
+    assert {"train_mae", "val_rmse", "val_mae", "val_r2"} <= set(history.columns)
+    assert "val_accuracy" not in history and last.val_r2 > 0.95
+    assert last.val_rmse == pytest.approx(np.sqrt(last.val_loss) * scale, rel=1e-5)
+    assert last.val_mae < last.val_rmse < 0.25 * scale
+    with pytest.raises(ParameterError, match=r"train\.monitor val_accuracy needs class labels"):
+        Trainer(model, FitSettings(monitor="val_accuracy"), objective=objective)

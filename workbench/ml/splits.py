@@ -177,4 +177,7 @@ class Histograms:
     def add(self, x: np.ndarray) -> None:
         for i, edges in enumerate(self.edges):
             column = x[:, i]
-            self.counts[i] += np.histogram(column[np.isfinite(column)], bins=edges)[0]
+            # the edges are evenly spaced: a count and a range take numpy's path that does not sort
+            self.counts[i] += np.histogram(
+                column[np.isfinite(column)], bins=len(edges) - 1, range=(edges[0], edges[-1])
+            )[0]

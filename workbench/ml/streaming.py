@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 IN_MEMORY, STREAMED = "in memory", "streamed"
 
 # Loading a split whole peaks at several times its final size: the Parquet frame (8 bytes a
-# feature), the float64 matrix normalisation works in, and the float32 result (+ the int64 labels).
+# feature), the float64 columns the encoding works in, and the float32 result (+ the int64 labels).
 SAFETY = 5.0
 # Without train.max_memory_gb, a split's data may take this share of the memory free now.
 FREE_SHARE = 0.5
@@ -127,7 +127,7 @@ def parquet_shape(path: Path, features: int) -> tuple[int, int]:
 
 
 class StreamedSplit:
-    """One split read row group by row group, normalised on the fly, in bounded memory.
+    """One split read row group by row group, encoded on the fly, in bounded memory.
 
     Row groups are decoded ``chunk_rows`` rows at a time. ``batches`` yields (x, y) tensors on
     ``device``; ``peak_rows`` is the most rows it ever held at once (decoded chunks waiting in the

@@ -3,7 +3,7 @@
 Steps share nothing but artifacts under ``runs/<run_id>/<step>/`` and rows in the tracking DB,
 so any step can be rerun alone, in JupyterLab or under plain papermill, given the same run id.
 Stages ask for artifacts by their name in :mod:`workbench.storage.catalog`
-(``ctx.save_artifact(SCHEMA, obj)``, ``ctx.load_artifact(NORMALIZATION, run=...)``).
+(``ctx.save_artifact(SCHEMA, obj)``, ``ctx.load_artifact(ENCODING, run=...)``).
 """
 
 from __future__ import annotations

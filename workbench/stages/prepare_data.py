@@ -1,4 +1,4 @@
-"""The data stage (notebook 01): check the source, split it, fit the normalisation, in bounded memory.
+"""The data stage (notebook 01): check the source, split it, fit the encoding, in bounded memory.
 
 Reading any kind of source is :mod:`workbench.storage.sources`' job; this stage only sees Arrow
 chunks, so a 5-million-row table from S3 or a warehouse query is prepared like the bundled digits.

@@ -1,0 +1,715 @@
+"""workbench serve: real server processes spoken to over HTTP, answering as batch scoring does."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import importlib.util
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
+from support.cli import ROOT, Place, copy_run, run_id_of, workbench
+from support.tables import churn, penguins
+
+from workbench.errors import DataError
+from workbench.ml.encoding import Encoding
+from workbench.serve import media
+from workbench.serve.encoder import RowEncoder
+from workbench.serve.media import RequestError
+from workbench.storage.sources import read_source
+
+JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
+START_TIMEOUT = 60
+
+
+# ---- helpers: pipelines, servers, requests -------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A trained run and the batch scoring of ``table`` by ``workbench run --steps score``."""
+
+    place: Place
+    run_id: str
+    table: pd.DataFrame
+    predictions: pd.DataFrame
+    encoding: Encoding
+
+    @property
+    def columns(self) -> list[str]:
+        return self.encoding.inputs
+
+    def records(self, rows: slice) -> list[dict[str, Any]]:
+        """Rows as a client's JSON has them: NaN is null."""
+        return json.loads(self.table.iloc[rows][self.columns].to_json(orient="records"))
+
+    def expected(self, rows: slice) -> pd.DataFrame:
+        return self.predictions.iloc[rows].reset_index(drop=True)
+
+
+@dataclass
+class Pipeline:
+    """A `workbench run` of prepare, train, export and score started in the background."""
+
+    place: Place
+    table: pd.DataFrame
+    proc: subprocess.Popen
+    log: Path
+
+    def model(self) -> Model:
+        assert self.proc.wait(timeout=600) == 0, self.log.read_text()[-3000:]
+        run_id = re.search(r"^run (\S+) finished$", self.log.read_text(), re.MULTILINE).group(1)
+        folder = self.place.store / "runs" / run_id
+        predictions = pd.read_parquet(folder / "score" / "predictions.parquet")
+        encoding = Encoding.from_json(json.loads((folder / "prepare" / "encoding.json").read_text()))
+        return Model(self.place, run_id, self.table, predictions, encoding)
+
+
+def _pipeline(tmp: Path, table: pd.DataFrame, *settings: str) -> Pipeline:
+    source = tmp / "table.csv"
+    table.to_csv(source, index=False)
+    place = Place(tmp / "store", f"sqlite:///{tmp}/tracking.db")
+    every = [f"data.source={source}", f"score.source={source}", "train.epochs=3", "train.batch_size=64"]
+    log = tmp / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "workbench",
+                "run",
+                "--steps",
+                "prepare,train,export,score",
+                *place.sets(*every, "export.sagemaker=true", *settings),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Pipeline(place, table, proc, log)
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    line: str  # what it printed at start
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def post(self, path: str, body: bytes | str, content_type: str | None = JSON, **headers: str) -> httpx.Response:
+        if content_type:
+            headers["content-type"] = content_type
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=60)
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics, by name and labels."""
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return samples
+
+
+def _start(place: Place, log: Path, *settings: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench", "serve", *place.sets("serve.port=0", *settings)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(log, "w"),  # the child writes to it for as long as it runs
+        text=True,
+    )
+
+
+@contextmanager
+def serving(place: Place, log: Path, *settings: str) -> Iterator[Server]:
+    """`workbench serve` on a free port, ready (``/ping`` answers 200) when yielded; SIGTERM after."""
+    proc = _start(place, log, *settings)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r" on (http://\S+?)(;|$)", line.strip())
+        assert found, f"no 'serving ... on URL' line; stdout {line!r}, log:\n{log.read_text()[-3000:]}"
+        server = Server(found.group(1), proc, log, line)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(server.url + "/ping", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /ping in time"
+            time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _classes(answer: dict[str, Any]) -> np.ndarray:
+    return np.asarray(answer["predictions"])
+
+
+def _assert_same_classes(predicted: Any, probabilities: Any, expected: pd.DataFrame) -> None:
+    """As batch scoring: the same class per row, and its probability as the scoring's confidence."""
+    assert list(predicted) == expected.predicted.tolist()
+    assert np.allclose(np.max(np.asarray(probabilities, dtype=np.float64), axis=1), expected.confidence, atol=2e-5)
+
+
+async def _burst(url: str, bodies: list[bytes], content_type: str = JSON) -> list[httpx.Response]:
+    """All ``bodies`` at once, each on its own connection."""
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        return await asyncio.gather(
+            *[client.post(url, content=body, headers={"content-type": content_type}) for body in bodies]
+        )
+
+
+# ---- the models: a digits run (the shared small run), churn (classes), penguins (a number) ------------
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[str, Pipeline]:
+    """Churn and penguins runs, started together in the background while the digits run is made."""
+    return {
+        "churn": _pipeline(tmp_path_factory.mktemp("churn"), churn(), "data.target=churned", "data.drop=customer_id"),
+        "penguins": _pipeline(tmp_path_factory.mktemp("penguins"), penguins(), "data.target=body_mass_g"),
+    }
+
+
+@pytest.fixture(scope="module")
+def digits(pipelines, small_run, tmp_path_factory) -> Model:
+    """The shared digits run (a private copy), scored by `workbench run --steps score`."""
+    run = copy_run(small_run, tmp_path_factory.mktemp("digits"))
+    result = workbench("run", "--steps", "score", *run.place.sets(f"score.model_run={run.run_id}"))
+    assert result.code == 0, result.stderr[-3000:]
+    scored = run.place.store / "runs" / run_id_of(result.stdout) / "score" / "predictions.parquet"
+    encoding = Encoding.from_json(json.loads((run.folder / "prepare" / "encoding.json").read_text()))
+    return Model(run.place, run.run_id, read_source("bundled:digits"), pd.read_parquet(scored), encoding)
+
+
+@pytest.fixture(scope="module")
+def churned(pipelines) -> Model:
+    return pipelines["churn"].model()
+
+
+@pytest.fixture(scope="module")
+def weighed(pipelines) -> Model:
+    return pipelines["penguins"].model()
+
+
+@pytest.fixture(scope="module")
+def digits_server(digits, tmp_path_factory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("digits-server") / "serve.log"
+    with serving(digits.place, log, f"serve.model={digits.run_id}", "serve.max_body_mb=1") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def churn_server(churned, tmp_path_factory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("churn-server") / "serve.log"
+    with serving(churned.place, log, "serve.model=latest", "serve.name=churn") as server:
+        yield server
+
+
+# ---- same answers as batch scoring ------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_sagemaker_requests_answer_as_batch_scoring(digits, digits_server):
+    rows = slice(0, 300)
+    records, expected = digits.records(rows), digits.expected(rows)
+    values = [[r[c] for c in digits.columns] for r in records]
+    table = digits.table.iloc[rows]  # with the label: a column the model ignores
+    npy = io.BytesIO()
+    np.save(npy, table[digits.columns].to_numpy(np.float32))
+    bodies = {
+        "records": (json.dumps(records), JSON),
+        "instances": (json.dumps({"instances": records}), JSON),
+        "values": (json.dumps({"instances": values}), JSON),
+        "csv header": (table.to_csv(index=False), CSV),
+        "csv": (table[digits.columns].to_csv(index=False, header=False), f"{CSV}; header=absent"),
+        "npy": (npy.getvalue(), NPY),
+    }
+    for name, (body, kind) in bodies.items():
+        response = digits_server.post("/invocations", body, kind)
+        assert response.status_code == 200, (name, response.text)
+        assert response.headers["content-type"] == JSON
+        answer = response.json()
+        assert answer["classes"] == list(range(10))
+        _assert_same_classes(answer["predictions"], answer["probabilities"], expected)
+    one = digits_server.post("/invocations", json.dumps(values[7]))  # a single row as a bare list of values
+    assert one.json()["predictions"] == [expected.predicted[7]]
+
+    csv = digits_server.post(
+        "/invocations", json.dumps(records[:5]), accept="text/html;q=0.9, text/csv;header=present, */*;q=0.1"
+    )
+    assert csv.status_code == 200 and csv.headers["content-type"] == "text/csv; charset=utf-8; header=present"
+    answer = pd.read_csv(io.StringIO(csv.text))
+    assert answer.columns.tolist() == ["label", *map(str, range(10))]
+    _assert_same_classes(answer.label, answer.iloc[:, 1:].to_numpy(), expected.iloc[:5])
+    raw = digits_server.post("/invocations", json.dumps(records[:5]), accept=NPY)
+    logits = np.load(io.BytesIO(raw.content))
+    assert logits.shape == (5, 10) and (logits.argmax(axis=1) == expected.predicted[:5]).all()
+
+
+@pytest.mark.e2e
+def test_v2_tensors_from_tritonclient_answer_as_batch_scoring(digits, digits_server):
+    client = triton.InferenceServerClient(f"127.0.0.1:{digits_server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("workbench")
+    meta = client.get_model_metadata("workbench")
+    assert [i["name"] for i in meta["inputs"]] == digits.columns
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"predicted": [-1], "probabilities": [-1, 10]}
+    rows = slice(0, 200)
+    table, expected = digits.table.iloc[rows], digits.expected(rows)
+
+    per_column = []
+    for i, name in enumerate(digits.columns):  # FP32 as binary tensors and INT64 as JSON, mixed
+        kind, dtype = ("FP32", np.float32) if i % 2 else ("INT64", np.int64)
+        tensor = triton.InferInput(name, [len(table)], kind)
+        tensor.set_data_from_numpy(table[name].to_numpy(dtype), binary_data=bool(i % 2))
+        per_column.append(tensor)
+    matrix = triton.InferInput("pixels", [len(table), 64], "FP32")
+    matrix.set_data_from_numpy(table[digits.columns].to_numpy(np.float32))
+    for inputs in (per_column, [matrix]):
+        for binary in (True, False):
+            outputs = [
+                triton.InferRequestedOutput("predicted", binary_data=binary),
+                triton.InferRequestedOutput("probabilities", binary_data=binary),
+            ]
+            result = client.infer("workbench", inputs, outputs=outputs, request_id="r1")
+            predicted = [int(v.decode() if isinstance(v, bytes) else v) for v in result.as_numpy("predicted")]
+            probabilities = result.as_numpy("probabilities")
+            assert probabilities.dtype == np.float32 and probabilities.shape == (200, 10)
+            _assert_same_classes(predicted, probabilities, expected)
+            assert result.get_response()["id"] == "r1"
+    every = client.infer("workbench", [matrix])  # no outputs named: all of them, binary
+    assert every.as_numpy("probabilities").shape == (200, 10)
+
+
+@pytest.mark.e2e
+def test_churn_rows_with_gaps_text_and_dates_answer_as_batch_scoring(churned, churn_server):
+    rows = slice(0, 400)
+    records, expected = churned.records(rows), churned.expected(rows)
+    assert any(r["monthly_charges"] is None for r in records) and any(r["plan"] is None for r in records)
+    answer = churn_server.post("/invocations", json.dumps(records)).json()
+    assert answer["classes"] == ["No", "Yes"]
+    _assert_same_classes(answer["predictions"], answer["probabilities"], expected)
+
+    table = churned.table.iloc[rows]  # with customer_id and the label, ignored
+    by_csv = churn_server.post("/invocations", table.to_csv(index=False), CSV).json()
+    _assert_same_classes(by_csv["predictions"], by_csv["probabilities"], expected)
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{churn_server.port}")
+    inputs = []
+    for spec in churned.encoding.columns:
+        values = table[spec["name"]]
+        if spec["type"] in ("category", "date"):
+            data = np.array(["" if pd.isna(v) else str(v) for v in values], dtype=np.object_)
+            kind = "BYTES"
+        elif spec["type"] == "boolean":
+            data, kind = values.to_numpy(np.bool_), "BOOL"
+        elif spec["name"] == "store":
+            data, kind = values.to_numpy(np.int64), "INT64"
+        else:
+            data, kind = values.to_numpy(np.float64), "FP64"
+        tensor = triton.InferInput(spec["name"], [len(table)], kind)
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    result = client.infer("churn", inputs)
+    predicted = [v.decode() for v in result.as_numpy("predicted")]
+    _assert_same_classes(predicted, result.as_numpy("probabilities"), expected)
+
+
+@pytest.mark.e2e
+def test_a_sagemaker_archive_serves_as_its_run(churned, tmp_path):
+    """model.tar.gz (torch weights, exported to ONNX at start) and its unpacked folder (torch itself)."""
+    archive = churned.place.store / "runs" / churned.run_id / "export" / "model.tar.gz"
+    folder = tmp_path / "opt-ml-model"
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    rows = slice(0, 300)
+    records, expected = churned.records(rows), churned.expected(rows)
+    for model, backend in ((archive, "onnxruntime"), (folder, "torch")):
+        with serving(
+            churned.place, tmp_path / f"{backend}.log", f"serve.model={model}", f"serve.backend={backend}"
+        ) as s:
+            answer = s.post("/invocations", json.dumps({"instances": records})).json()
+            _assert_same_classes(answer["predictions"], answer["probabilities"], expected)
+            exported = "torch weights exported to ONNX at start for onnxruntime" in s.line
+            assert exported == (backend == "onnxruntime"), s.line
+
+
+@pytest.mark.e2e
+def test_a_regression_answers_the_number_as_batch_scoring(weighed, tmp_path):
+    rows = slice(0, 344)
+    records, expected = weighed.records(rows), weighed.expected(rows)
+    with serving(weighed.place, tmp_path / "serve.log") as server:
+        answer = server.post("/invocations", json.dumps(records)).json()
+        assert set(answer) == {"predictions"}
+        assert np.allclose(answer["predictions"], expected.predicted, rtol=1e-5)
+        csv = server.post("/invocations", json.dumps(records[:3]), accept=CSV)
+        assert np.allclose([float(line) for line in csv.text.split()], expected.predicted[:3], rtol=1e-5)
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        inputs = []
+        for spec in weighed.encoding.columns:
+            values = weighed.table.iloc[rows][spec["name"]]
+            if spec["type"] == "category":
+                tensor = triton.InferInput(spec["name"], [len(values), 1], "BYTES")
+                tensor.set_data_from_numpy(
+                    np.array([["" if pd.isna(v) else v] for v in values], dtype=np.object_), binary_data=False
+                )
+            else:
+                tensor = triton.InferInput(spec["name"], [len(values)], "FP64")
+                tensor.set_data_from_numpy(values.to_numpy(np.float64))
+            inputs.append(tensor)
+        result = client.infer("workbench", inputs)
+        assert result.as_numpy("predicted").dtype == np.float64
+        assert np.allclose(result.as_numpy("predicted"), expected.predicted, rtol=1e-5)
+
+
+# ---- batching, back-pressure, shutdown ---------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_concurrent_requests_share_backend_calls(digits, digits_server):
+    before = digits_server.metrics()
+    n = 120  # under serve.max_queue (128)
+    records, expected = digits.records(slice(0, n)), digits.expected(slice(0, n))
+    bodies = [json.dumps([record]).encode() for record in records]
+    answers = asyncio.run(_burst(digits_server.url + "/invocations", bodies))
+    assert [a.status_code for a in answers] == [200] * n
+    assert [a.json()["predictions"][0] for a in answers] == expected.predicted.tolist()
+    after = digits_server.metrics()
+    calls = after["workbench_serve_batch_rows_count"] - before.get("workbench_serve_batch_rows_count", 0)
+    rows = after["workbench_serve_batch_rows_sum"] - before.get("workbench_serve_batch_rows_sum", 0)
+    assert rows == n and calls < n / 2, f"{calls} backend calls for {n} concurrent requests"
+
+
+@pytest.mark.e2e
+def test_a_full_queue_answers_429_and_the_rest_correctly(digits, tmp_path):
+    records = digits.records(slice(0, 400))
+    expected = digits.expected(slice(0, 400)).predicted.tolist()
+    body = json.dumps(records).encode()
+    with serving(digits.place, tmp_path / "serve.log", f"serve.model={digits.run_id}", "serve.max_queue=2") as server:
+        answers = asyncio.run(_burst(server.url + "/invocations", [body] * 40))
+        refused = [a for a in answers if a.status_code == 429]
+        served = [a for a in answers if a.status_code == 200]
+        assert refused and served and len(refused) + len(served) == 40
+        assert all(a.headers["retry-after"] == "1" and "serve.max_queue" in a.json()["error"] for a in refused)
+        assert all(a.json()["predictions"] == expected for a in served)
+        assert server.metrics()["workbench_serve_rejected_total"] == len(refused)
+        assert httpx.get(server.url + "/ping").status_code == 200
+
+
+@pytest.mark.e2e
+def test_sigterm_answers_every_admitted_request_then_exits_0(digits, tmp_path):
+    records = digits.records(slice(0, 1797)) * 2
+    expected = (digits.expected(slice(0, 1797)).predicted.tolist()) * 2
+    body = json.dumps(records).encode()
+    log = tmp_path / "serve.log"
+    with serving(digits.place, log, f"serve.model={digits.run_id}", "serve.max_batch=64") as server:
+
+        async def scenario() -> tuple[list[httpx.Response], str]:
+            flight = asyncio.ensure_future(_burst(server.url + "/invocations", [body] * 8))
+            while True:  # every request admitted: the server holds them all
+                await asyncio.sleep(0.02)
+                gauge = await asyncio.to_thread(server.metrics)
+                if gauge["workbench_serve_inflight_requests"] == 8:
+                    break
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            try:
+                late = httpx.get(server.url + "/ping", timeout=5).status_code
+                after = f"status {late}"
+            except httpx.TransportError:
+                after = "refused"
+            return await flight, after
+
+        answers, after = asyncio.run(scenario())
+        assert after in ("refused", "status 503")
+        assert [a.status_code for a in answers] == [200] * 8
+        assert all(a.json()["predictions"] == expected for a in answers)
+        assert server.proc.wait(timeout=30) == 0
+    assert "stopping: answering the 8 requests admitted" in log.read_text()
+
+
+@pytest.mark.e2e
+def test_workers_share_the_port_and_the_metrics(digits, tmp_path):
+    records, expected = digits.records(slice(0, 50)), digits.expected(slice(0, 50)).predicted.tolist()
+    with serving(digits.place, tmp_path / "serve.log", f"serve.model={digits.run_id}", "serve.workers=2") as server:
+        bodies = [json.dumps([record]).encode() for record in records]
+        answers = asyncio.run(_burst(server.url + "/invocations", bodies))
+        assert [a.json()["predictions"][0] for a in answers] == expected
+        counted = server.metrics()["workbench_serve_requests_total{route=/invocations,status=200}"]
+        assert counted == 50  # whichever worker answers /metrics counts both
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+
+
+# ---- bad input: a clear 4xx, logged once, and the server stays up -------------------------------------------
+
+DIGIT = {f"p{i}": 0 for i in range(64)}
+BAD = [
+    ("malformed JSON", "/invocations", '[{"p0": 1,', JSON, {}, 400, r"^malformed JSON: Expecting"),
+    ("a column missing", "/invocations", json.dumps([{**DIGIT, "p5": None}, {k: 0 for k in DIGIT if k != "p5"}]), JSON, {}, 400, r"^record 2 lacks column 'p5'; send null for a gap$"),
+    ("no known column", "/invocations", '[{"pixel": 1}]', JSON, {}, 400, r"^record 1 holds none of the model's columns \(p0, p1, .*\); it holds 'pixel'$"),
+    ("too few values", "/invocations", json.dumps([[0] * 63]), JSON, {}, 400, r"^row 1 has 63 values; the model takes 64, in this order: p0, p1"),
+    ("text for a number", "/invocations", json.dumps([{**DIGIT, "p3": "dark"}]), JSON, {}, 400, r"^column 'p3': 'dark' is not a number$"),
+    ("no rows", "/invocations", "[]", JSON, {}, 400, r"^the request holds no rows$"),
+    ("no instances", "/invocations", '{"instances": []}', JSON, {}, 400, r"^the request holds no rows$"),
+    ("empty CSV", "/invocations", "\n", CSV, {}, 400, r"^the request body is empty; send rows$"),
+    ("short CSV line", "/invocations", "1,2,3\n", CSV, {}, 400, r"^CSV line 1 has 3 values; the model takes 64"),
+    ("bad content type", "/invocations", "p0\n1", "text/plain", {}, 415, r"^Content-Type 'text/plain' is not served here"),
+    ("no content type", "/invocations", "[]", None, {}, 415, r"^the request has no Content-Type"),
+    ("unmet Accept", "/invocations", json.dumps([DIGIT]), JSON, {"accept": "text/html, application/json;q=0"}, 406, r"^Accept 'text/html, application/json;q=0' matches nothing served here"),
+    ("too large", "/invocations", json.dumps([DIGIT] * 2500), JSON, {}, 413, r"^the body has [\d,]+ bytes, over serve.max_body_mb \(1 MiB\)"),
+    ("unknown v2 model", "/v2/models/other/infer", '{"inputs": []}', JSON, {}, 404, r"^no model 'other' here; this server serves 'workbench'$"),
+    ("unknown v2 input", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "pixel", "shape": [1], "datatype": "FP32", "data": [1]}]}), JSON, {}, 400, r"^input 'pixel' is not a column of the model"),
+    ("v2 column missing", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "p0", "shape": [1], "datatype": "FP32", "data": [1]}]}), JSON, {}, 400, r"^input for column 'p1' is missing \(and 62 more\)"),
+    ("v2 wrong width", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}), JSON, {}, 400, r"^input 'x' has 3 columns; the model takes 64"),
+    ("v2 text for a number", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": n, "shape": [1], "datatype": "BYTES" if n == "p9" else "FP32", "data": ["ink"] if n == "p9" else [0]} for n in DIGIT]}), JSON, {}, 400, r"^column 'p9': 'ink' is not a number$"),
+    ("v2 shape and data", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": [0] * 64}]}), JSON, {}, 400, r"^input 'x': shape \[2, 64\] holds 128 elements, but 64 came$"),
+    ("v2 no rows", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [0, 64], "datatype": "FP32", "data": []}]}), JSON, {}, 400, r"^the request holds no rows$"),
+    ("v2 unknown output", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}], "outputs": [{"name": "logits"}]}), JSON, {}, 400, r"^output 'logits' is not served; ask for 'predicted' or 'probabilities'$"),
+]  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "headers", "status", "message"),
+    [case[1:] for case in BAD],
+    ids=[case[0] for case in BAD],
+)
+def test_bad_input_is_a_clear_error_and_the_server_stays_up(
+    digits_server, path, body, content_type, headers, status, message
+):
+    logged_before = sum(1 for line in digits_server.log.read_text().splitlines() if re.search(message[1:], line))
+    response = digits_server.post(path, body, content_type, **headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == JSON
+    error = response.json()["error"]
+    assert re.search(message, error) and "\n" not in error, error
+    assert httpx.get(digits_server.url + "/ping").status_code == 200
+    logged = [line for line in digits_server.log.read_text().splitlines() if line.endswith(f" {status}: {error}")]
+    assert len(logged) == logged_before + 1, logged
+
+
+@pytest.mark.e2e
+def test_gaps_null_nan_and_inf_are_imputed_alike(churned, churn_server):
+    """null is a gap; so are NaN (as Python's json writes it) and "inf" in a number column, as in training."""
+    record = churned.records(slice(0, 1))[0]
+    gaps = [{**record, "monthly_charges": value} for value in (None, "inf", "-Infinity", float("nan"), 1e999)]
+    body = json.dumps(gaps)
+    assert "NaN" in body and "Infinity" in body  # not strict JSON: what Python clients send
+    answer = churn_server.post("/invocations", body).json()
+    assert len(answer["probabilities"]) == 5
+    assert len({tuple(p) for p in answer["probabilities"]}) == 1
+    known = churn_server.post("/invocations", json.dumps([{**record, "monthly_charges": 70.0}])).json()
+    assert known["probabilities"][0] != answer["probabilities"][0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("change", "content_type", "status", "message"),
+    [
+        ({"signup_date": "last spring"}, JSON, 400, r"^column 'signup_date': 'last spring' does not parse as a date$"),
+        ({"tenure_months": "long"}, JSON, 400, r"^column 'tenure_months': 'long' is not a number$"),
+        ({}, NPY, 415, r"^application/x-npy carries numbers, and column 'contract' is a category"),
+    ],
+)
+def test_bad_values_of_a_mixed_table_name_the_column(churned, churn_server, change, content_type, status, message):
+    record = {**churned.records(slice(0, 1))[0], **change}
+    response = churn_server.post("/invocations", json.dumps([record]), content_type)
+    assert response.status_code == status and re.search(message, response.json()["error"]), response.text
+
+
+@pytest.mark.e2e
+def test_gzip_bodies_are_read_and_their_size_checked(digits, digits_server):
+    records = digits.records(slice(0, 20))
+    answer = digits_server.post(
+        "/invocations", gzip.compress(json.dumps(records).encode()), **{"content-encoding": "gzip"}
+    )
+    assert answer.json()["predictions"] == digits.expected(slice(0, 20)).predicted.tolist()
+    bomb = gzip.compress(b"[" + b" " * (3 * 2**20) + b"]")
+    refused = digits_server.post("/invocations", bomb, **{"content-encoding": "gzip"})
+    assert refused.status_code == 413 and refused.json()["error"].endswith("once decompressed")
+
+
+@pytest.mark.e2e
+def test_metrics_are_prometheus_text(digits_server):
+    digits_server.post("/invocations", json.dumps([DIGIT]))
+    text = httpx.get(digits_server.url + "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["workbench_serve_requests"].type == "counter"
+    assert families["workbench_serve_errors"].type == "counter"
+    assert families["workbench_serve_request_seconds"].type == "histogram"
+    assert families["workbench_serve_batch_rows"].type == "histogram"
+    assert families["workbench_serve_queue_rows"].type == "gauge"
+    routes = {s.labels.get("route") for s in families["workbench_serve_requests"].samples}
+    assert {"/invocations", "/ping"} <= routes
+
+
+# ---- start errors: one line, non-zero, nothing listening ----------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_start_errors_are_one_line_before_anything_listens(digits, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    empty = Place(tmp_path / "empty", f"sqlite:///{tmp_path}/empty.db")
+    cases = {
+        "missing run": (digits.place, ["serve.model=nope"], 1, r"^error: serve\.model 'nope': no exported model"),
+        "no run yet": (empty, [], 1, r"^error: serve\.model 'latest': no run in db .* has exported a model yet"),
+        "missing file": (digits.place, [f"serve.model={tmp_path}/model.tar.gz"], 1, r"^error: serve\.model .*: no such file or folder"),
+        "port in use": (digits.place, [f"serve.model={digits.run_id}", f"serve.port={port}"], 2, rf"^error: serve\.port {port} on 127\.0\.0\.1 is in use"),
+        "bad value": (digits.place, ["serve.max_batch=0"], 2, r"^error: serve\.max_batch in --set serve\.max_batch=0: must be greater than 0, got 0$"),
+    }  # fmt: skip
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "workbench", "serve", *place.sets(*settings)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (place, settings, _, _) in cases.items()
+    }
+    try:
+        for name, proc in started.items():
+            out, err = proc.communicate(timeout=120)
+            _, _, code, message = cases[name]
+            lines = err.strip().splitlines()
+            assert proc.returncode == code and len(lines) == 1 and re.search(message, lines[0]), (name, err)
+            assert "serving" not in out
+    finally:
+        taken.close()
+
+
+# ---- pieces that need no server ------------------------------------------------------------------------------
+
+
+def _same(encoder: RowEncoder, encoding: Encoding, rows: list[dict[str, Any]]) -> None:
+    try:
+        expected: Any = encoding.apply(rows)
+    except DataError as exc:
+        expected = str(exc)
+    try:
+        got: Any = encoder.records(rows)
+    except RequestError as exc:
+        got = exc.message
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.tobytes() == expected.tobytes(), rows
+
+
+@pytest.mark.unit
+def test_the_fast_encoding_is_encoding_apply():
+    from workbench.ml.encoding import fit_encoding, fit_target
+
+    table = churn(300)
+    encoding = fit_encoding([table], target="churned", drop=["customer_id"])
+    encoding.target = fit_target([table], "churned")
+    encoder = RowEncoder(encoding)
+    records = json.loads(table.drop(columns=["customer_id", "churned"]).to_json(orient="records"))
+    _same(encoder, encoding, records)
+    undated = fit_encoding([table.drop(columns="signup_date")], target="churned", drop=["customer_id"])
+    plain = RowEncoder(undated)
+    base = {k: v for k, v in records[0].items() if k != "signup_date"}
+    odd: list[Any] = [None, 0, 1, 2.5, -0.0, True, False, "3", "inf", "", " ", "abc", 2**60, float("nan")]
+    for column in ("plan", "tenure_months", "monthly_charges", "has_partner", "store"):
+        for value in odd:
+            _same(plain, undated, [{**base, column: value}])
+            _same(plain, undated, [{**base, column: value}, {**base, column: None}, base])
+    with pytest.raises(RequestError, match=r"^column 'store': 100000000000\.\.\.0000 \(401 digits\) is beyond"):
+        plain.records([{**base, "store": 10**400}, base])
+    digits = read_source("bundled:digits")
+    pixels = fit_encoding([digits], target="label")
+    grid = RowEncoder(pixels)
+    rows = json.loads(digits.drop(columns="label").head(50).to_json(orient="records"))
+    _same(grid, pixels, rows)
+    for value in odd:  # the all-numbers path of a model whose columns are all numbers
+        _same(grid, pixels, [{**rows[0], "p3": value}])
+        _same(grid, pixels, [{**rows[0], "p3": value}, {**rows[1], "p3": None}, rows[2]])
+    frame = digits.drop(columns="label").head(50).to_numpy(np.float64)
+    assert grid.matrix(frame).tobytes() == pixels.apply(digits.head(50)).tobytes()
+
+
+def _handler() -> Any:
+    """The archive's inference.py, with architectures.py beside it as in the archive's code/ folder."""
+    spec = importlib.util.spec_from_file_location(
+        "archive_inference", ROOT / "workbench/templates/sagemaker_inference.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "workbench" / "ml"))
+    try:
+        sys.modules.pop("architectures", None)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "workbench" / "ml"))
+        sys.modules.pop("architectures", None)
+    return module
+
+
+@pytest.mark.unit
+def test_accept_is_negotiated_as_the_archive_handler_does():
+    handler = _handler()
+    headers = [
+        None,
+        "",
+        "*/*",
+        "text/csv",
+        "text/*;q=0.5, application/json;q=0.4",
+        "text/csv;header=present;q=0.9, application/json;q=0.8",
+        'text/csv; charset="UTF-8"; header=present',
+        "text/csv;charset=latin-1",
+        "application/x-npy, */*;q=0.1",
+        "image/png, */*;q=0",
+        "application/json;q=0, text/csv;q=0",
+        "text/html",
+        "application/json;q=2",
+        "nonsense",
+    ]
+    for accept in headers:
+        try:
+            theirs: Any = handler.negotiate(accept)[2]
+        except handler.RequestError as exc:
+            theirs = exc.status_code
+        try:
+            ours: Any = media.negotiate(accept)[2]
+        except RequestError as exc:
+            ours = exc.status
+        assert ours == theirs, accept
