@@ -594,7 +594,10 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series.dtype) or (
         pd.api.types.is_numeric_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
     ):
-        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        if isinstance(series.dtype, np.dtype):  # numpy already writes a gap as NaN: no mask to check
+            x = series.to_numpy().astype(np.float64, copy=False)
+        else:  # pandas' nullable Int64, boolean, ...: their NA becomes NaN
+            x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         if boolean:
             words = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
@@ -691,10 +694,9 @@ class Encoding:
         out = np.zeros((len(frame), len(self.features)), dtype=np.float32)
         at = 0
         for spec in self.columns:
-            name, series = spec["name"], frame[spec["name"]]
-            kind = spec["type"]
+            name, kind = spec["name"], spec["type"]
             if kind in (NUMERIC, BOOLEAN):
-                x = _numbers(series, name, kind == BOOLEAN)
+                x = _numbers(frame[name], name, kind == BOOLEAN)
                 gaps = np.isnan(x)
                 out[:, at] = (np.where(gaps, spec["mean"], x) - spec["mean"]) / spec["scale"]
                 at += 1
@@ -702,7 +704,7 @@ class Encoding:
                     out[:, at] = gaps
                     at += 1
             elif kind == DATE:
-                parts, present = _date_parts(_dates(series, name))
+                parts, present = _date_parts(_dates(frame[name], name))
                 keep = [DATE_PARTS.index(p) for p in spec["parts"]]
                 mean, scale = np.asarray(spec["mean"]), np.asarray(spec["scale"])
                 values = np.where(present[:, None], parts[:, keep], mean)
@@ -716,7 +718,7 @@ class Encoding:
                 index = {value: i for i, value in enumerate(values)}
                 other = len(values) + spec["missing"]
                 missing = len(values) if spec["missing"] else other
-                codes = _category_codes(series, index, other, missing)
+                codes = _category_codes(frame[name], index, other, missing)
                 out[np.arange(len(codes)), at + codes] = 1.0
                 at += other + 1
         return out
