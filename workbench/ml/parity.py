@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import ModelError
-from workbench.ml.runtimes import BACKENDS, ModelFiles, one_line
+from workbench.ml.runtimes import AS_EXPORTED, BACKENDS, ModelFiles, one_line
 
 if TYPE_CHECKING:
     pass
@@ -106,7 +106,7 @@ class Parity:
         """One column per backend, PyTorch first, formatted for reading (raw numbers in ``stats``)."""
 
         def show(key: str, value: float) -> str:
-            if key in ("loaded", "ran", "dynamic_batch"):
+            if key in ("loaded", "ran", "dynamic_batch", "as_exported_agrees"):
                 return "yes" if value == 1.0 else "no"
             if key == "r2":
                 return f"{value:.4f}"
@@ -138,6 +138,33 @@ def backends_for(target: str) -> list[str]:
     return ["onnxruntime", "mxnet"] if target == "mxnet" else ["onnxruntime"]
 
 
+def as_exported_check(
+    name: str, blob: bytes, x: np.ndarray, out: np.ndarray, atol: float, rtol: float
+) -> tuple[dict[str, float], str | None]:
+    """Whether backend ``name`` gives the same logits on the file as exported as on the form it runs.
+
+    A backend in :data:`AS_EXPORTED` runs a rewrite of the file (onnxruntime: initializers as
+    constants) while MXNet reads the file as it is, so the rewrite must change no answer beyond
+    ``atol`` / ``rtol`` (the elementwise rule of :func:`compare`). Returns the stats to add to the
+    backend's entry, and a FAIL reason when the forms differ or the file as exported does not run.
+    """
+    try:
+        exported = np.asarray(AS_EXPORTED[name](ModelFiles.of_onnx(blob))(x))
+        if exported.shape != out.shape:
+            raise ModelError(f"returns logits of shape {exported.shape}, the fast form {out.shape}")
+    except Exception as exc:  # broad on purpose: a runtime's own failure becomes the FAIL reason
+        return {"as_exported_agrees": 0.0}, f"{name}: the model as exported does not run ({one_line(exc)})"
+    abs_err = np.abs(exported - out)
+    inside = (abs_err <= atol) | (abs_err <= rtol * np.abs(out))
+    stats = {"as_exported_agrees": float(inside.all()), "as_exported_max_abs_err": float(abs_err.max(initial=0.0))}
+    if inside.all():
+        return stats, None
+    return stats, (
+        f"{name}: the model as exported (initializers as inputs) and the fast form differ on {1 - inside.mean():.2%} "
+        f"of logits beyond atol={atol:g} / rtol={rtol:g} (max abs err {stats['as_exported_max_abs_err']:.3g})"
+    )
+
+
 def three_way(
     blob: bytes,
     x: np.ndarray,
@@ -153,6 +180,8 @@ def three_way(
 
     Any exception from a backend (runtimes raise their own types: KeyError, MXNetError, onnxruntime's
     Fail) becomes that backend's FAIL reason, so one broken backend never hides the others' results.
+    A backend that runs a rewritten form of the file (onnxruntime) is also run on the file as
+    exported, and the two forms must agree (:func:`as_exported_check`).
     """
     key = "r2" if regression else "accuracy"
     parity = Parity(reference, labels, {}, {REFERENCE: {key: score(reference, labels, regression)}})
@@ -194,6 +223,10 @@ def three_way(
             **compare(out, reference, labels, atol, rtol, regression),
             "dynamic_batch": float(not batch_errors),
         }
+        forms_differ = None
+        if name in AS_EXPORTED:
+            form_stats, forms_differ = as_exported_check(name, blob, x, out, atol, rtol)
+            stats |= form_stats
         parity.outputs[name], parity.stats[name] = out, stats
         if stats["within_tolerance"] < 1.0:
             parity.out_of_tolerance = True
@@ -206,5 +239,9 @@ def three_way(
             parity.reasons.append(
                 f"{name}: predicted classes agree on {stats['argmax_agreement']:.2%} of rows, below {min_agreement:.2%}"
             )
+        if forms_differ:
+            # both forms ran and differ: a matter of tolerances, unlike a form that does not run
+            parity.out_of_tolerance |= "as_exported_max_abs_err" in stats
+            parity.reasons.append(forms_differ)
         parity.reasons.extend(batch_errors)
     return parity
