@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,12 +20,6 @@ import torch
 from workbench.errors import ModelError
 from workbench.ml.onnx_shapes import constant_reshapes
 from workbench.storage.catalog import ONNX_MODEL
-
-if TYPE_CHECKING:
-    pass
-
-INPUT, OUTPUT = "input", "logits"
-
 
 INPUT, OUTPUT = "input", "logits"
 

@@ -15,7 +15,7 @@ import torch
 from workbench.errors import ModelError
 from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
 from workbench.ml.models import load_model
-from workbench.ml.onnx_export import check_mxnet_ops, summarize, to_onnx
+from workbench.ml.onnx_export import INPUT, OUTPUT, check_mxnet_ops, summarize, to_onnx
 from workbench.ml.parity import BATCH_SIZES
 from workbench.ml.runtimes import load_onnxruntime
 from workbench.storage.catalog import (
@@ -30,8 +30,6 @@ from workbench.storage.catalog import (
 if TYPE_CHECKING:
     from workbench.config.schema import ExportParams
     from workbench.run.context import StepContext
-
-INPUT, OUTPUT = "input", "logits"
 
 
 @dataclass
