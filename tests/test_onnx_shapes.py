@@ -172,3 +172,23 @@ def test_a_run_time_shape_from_another_exporter_is_an_import_error_naming_the_fi
     message = str(failed.value)
     assert message.startswith("MXNet cannot import the ONNX model (KeyError: ") and "\n" not in message
     assert "shape computed at run time" in message and "x.view(-1, ...)" in message
+
+
+def test_a_batch_baked_in_for_onnxruntime_is_one_line_at_export():
+    """onnxruntime takes run-time shapes as they are, but len(x) is traced as the example batch."""
+    from workbench.errors import ModelError
+    from workbench.ml.runtimes import load_onnxruntime
+    from workbench.stages.export_onnx import _batch_checked
+
+    class Baked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(len(x), -1))
+
+    predict = _batch_checked(load_onnxruntime(to_onnx(Baked().eval(), 64, 17, "onnxruntime").SerializeToString()))
+    assert predict(np.zeros((2, 64), np.float32)).shape == (2, 10)
+    with pytest.raises(ModelError, match=r"fails on a batch of 5 rows \(InvalidArgument: .*write x\.shape\[0\] or -1"):
+        predict(np.zeros((5, 64), np.float32))

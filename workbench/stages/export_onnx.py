@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
 from workbench.ml.models import load_model
 from workbench.ml.onnx_export import INPUT, OUTPUT, check_mxnet_ops, summarize, to_onnx
 from workbench.ml.parity import BATCH_SIZES
-from workbench.ml.runtimes import load_onnxruntime
+from workbench.ml.runtimes import load_onnxruntime, one_line
 from workbench.storage.catalog import (
     EXPORT_INFO,
     MODEL_CONFIG,
@@ -75,7 +76,7 @@ def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
     val = load_split(ctx, "val")
     with torch.no_grad():
         reference = model(torch.from_numpy(val.x)).numpy()
-    predict = load_onnxruntime(blob)
+    predict = _batch_checked(load_onnxruntime(blob))
     ort_out = predict(val.x)
     err = float(np.abs(ort_out - reference).max())
     if err > ort_atol:
@@ -114,3 +115,19 @@ def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
     ctx.log_metrics(metrics)
     summary, ops = summarize(proto, len(blob))
     return ExportResult(summary, ops, metrics)
+
+
+def _batch_checked(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict``, with onnxruntime's failure on a batch size it was not traced at as one line: a size
+    read with ``len(x)`` or ``int(x.shape[0])`` is baked in as the tracer's example batch."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return predict(x)
+        except Exception as exc:  # broad on purpose: onnxruntime raises its own Fail/InvalidArgument types
+            raise ModelError(
+                f"the exported model fails on a batch of {len(x)} rows ({one_line(exc)}); a size taken from the "
+                "batch with len(x) or int(x.shape[0]) is fixed at export: write x.shape[0] or -1 instead"
+            ) from exc
+
+    return run
