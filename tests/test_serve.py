@@ -370,6 +370,22 @@ def test_a_sagemaker_archive_serves_as_its_run(churned, tmp_path):
 
 
 @pytest.mark.e2e
+def test_an_archive_and_a_run_folder_on_s3_serve(churned, s3_server, tmp_path):
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="models")
+    folder = churned.place.store / "runs" / churned.run_id
+    s3.upload_file(str(folder / "export" / "model.tar.gz"), "models", "churn/v1/model.tar.gz")
+    for part in ("export/model.onnx", "prepare/encoding.json"):
+        s3.upload_file(str(folder / part), "models", f"runs/{churned.run_id}/{part}")
+    rows = slice(0, 100)
+    records, expected = churned.records(rows), churned.expected(rows)
+    for i, model in enumerate(("s3://models/churn/v1/model.tar.gz", f"s3://models/runs/{churned.run_id}/")):
+        with serving(churned.place, tmp_path / f"{i}.log", f"serve.model={model}") as server:
+            answer = server.post("/invocations", json.dumps(records)).json()
+            _assert_same_classes(answer["predictions"], answer["probabilities"], expected)
+
+
+@pytest.mark.e2e
 def test_a_regression_answers_the_number_as_batch_scoring(weighed, tmp_path):
     rows = slice(0, 344)
     records, expected = weighed.records(rows), weighed.expected(rows)

@@ -20,6 +20,7 @@ _EXPORTS = {
     "ValidateParams": "workbench.config.schema",
     "ScoreParams": "workbench.config.schema",
     "PublishParams": "workbench.config.schema",
+    "ServeParams": "workbench.config.schema",
     "step_context": "workbench.run.context",
     "StepContext": "workbench.run.context",
     "prepare_data": "workbench.stages.prepare_data",

@@ -152,6 +152,13 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from workbench.serve.server import serve
+
+    params = _parameters(args)
+    return serve(params.model.serve, params["store"], params["db"])
+
+
 def _cmd_kernel(args: argparse.Namespace) -> int:
     from workbench.run.kernel import KERNEL_NAME, ensure_kernel
 
@@ -240,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("run_id")
     node.add_argument("--wait", type=float, default=600.0, metavar="SECONDS", help="how long to wait (default 600)")
     node.set_defaults(func=_cmd_train_node)
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[layers],
+        help="serve a model over HTTP: SageMaker's /ping and /invocations, Open Inference Protocol v2, /metrics",
+        description="Serve the model serve.model names (latest, a run id, a run folder, a model.tar.gz or its "
+        "folder) on serve.host:serve.port until SIGTERM or Ctrl-C, batching concurrent requests.",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.set_defaults(func=_cmd_serve)
 
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)

@@ -400,6 +400,38 @@ class PublishParams(Section):
     )
 
 
+class ServeParams(Section):
+    """workbench serve: one model over HTTP, SageMaker's hosting contract and the Open Inference Protocol v2."""
+
+    section = "serve"
+    model: Text = Field(
+        "latest",
+        description="what to serve: latest (newest run with an exported model in store/db), a run id, a run's "
+        "folder, or a SageMaker model.tar.gz or its unpacked folder (/opt/ml/model); paths or s3:// URIs",
+    )
+    backend: Annotated[Literal["onnxruntime", "mxnet", "torch"], BeforeValidator(_string)] = Field(
+        "onnxruntime",
+        description="onnxruntime, mxnet or torch (a model.tar.gz holds torch weights: exported to ONNX in "
+        "memory at start for the other two)",
+    )
+    host: Text = Field("127.0.0.1", description="address to listen on: 0.0.0.0 for every interface (a container)")
+    port: Int = Field(
+        8080, ge=0, le=65535, description="TCP port (SageMaker: 8080; 0: any free port, printed at start)"
+    )
+    workers: Int = Field(1, gt=0, description="server processes sharing the port, each with its own model and batcher")
+    max_batch: Int = Field(256, gt=0, description="rows per backend call: concurrent requests are merged up to this")
+    max_delay_ms: Float = Field(
+        2.0, ge=0, description="how long a batch may wait for requests still arriving, in milliseconds"
+    )
+    max_queue: Int = Field(
+        128, gt=0, description="prediction requests in the server at once per worker; more are answered 429"
+    )
+    max_body_mb: Float = Field(16.0, gt=0, description="largest request body in MiB; larger ones are answered 413")
+    name: Annotated[
+        Str, AfterValidator(_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "must be letters, digits, '_', '.' or '-'"))
+    ] = Field("workbench", description="the model's name on the v2 routes: /v2/models/<name>/infer")
+
+
 with warnings.catch_warnings():  # the section "validate" shadows BaseModel.validate, deprecated since pydantic 2
     warnings.filterwarnings("ignore", r'Field name "validate"', UserWarning)
 
@@ -418,6 +450,7 @@ with warnings.catch_warnings():  # the section "validate" shadows BaseModel.vali
         validate: ValidateParams = ValidateParams()  # type: ignore[assignment]  # shadows BaseModel.validate
         score: ScoreParams = ScoreParams()
         publish: PublishParams = PublishParams()
+        serve: ServeParams = ServeParams()
 
 
 SECTIONS: dict[str, type[Section]] = {

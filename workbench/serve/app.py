@@ -1,0 +1,374 @@
+"""The HTTP app: SageMaker's hosting routes, the Open Inference Protocol v2 and Prometheus metrics.
+
+Every prediction request goes the same way: refused at once when the server is stopping (503) or
+holds ``serve.max_queue`` requests already (429 with ``Retry-After``); its body read up to
+``serve.max_body_mb`` (413); its rows parsed and encoded in its own task, so a bad row fails only
+its request (4xx with ``{"error": "..."}``, logged once); the encoded rows handed to the
+:class:`~workbench.serve.batching.Batcher`, which merges them with other requests' rows into
+backend calls. The two prediction routes speak ASGI directly: Starlette's request and response
+objects cost more per request than the rest of the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workbench.serve.batching import BackendFailed, Batcher
+from workbench.serve.encoder import RowEncoder
+from workbench.serve.media import RequestError, negotiate
+from workbench.serve.metrics import Metrics
+from workbench.serve.model import ServedModel
+from workbench.serve.open_inference import (
+    HEADER_LENGTH,
+    check_outputs,
+    infer_answer,
+    infer_input,
+    model_metadata,
+    parse_infer,
+)
+from workbench.serve.outputs import Scored, scorer
+from workbench.serve.sagemaker import invocation_answer, invocation_input
+
+log = logging.getLogger("workbench.serve")
+
+RETRY_AFTER = "1"  # seconds; HTTP takes whole seconds, and a full queue drains in well under one
+JSON_TYPE = b"application/json"
+
+_negotiate = functools.lru_cache(maxsize=256)(negotiate)  # clients send the same few Accept headers
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message}), status, headers, media_type="application/json")
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, exc: RequestError) -> None:
+    headers = [(b"content-type", JSON_TYPE)]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    await _send(send, exc.status, orjson.dumps({"error": exc.message}), headers)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived: nobody to answer."""
+
+
+class Service:
+    """One model behind the routes: its encoder, batcher, metrics and the admission state."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        *,
+        name: str,
+        max_batch: int,
+        max_delay_ms: float,
+        max_queue: int,
+        max_body_mb: float,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.encoder = RowEncoder(model.encoding)
+        self.metrics = Metrics()
+        self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.max_body = int(max_body_mb * 2**20)
+        self.batcher: Batcher | None = None
+        self.draining = False
+        self.inflight = 0
+        self.metadata = orjson.dumps(model_metadata(name, model.encoding, model.backend))
+
+    def drain(self) -> None:
+        """Stop taking requests (readiness false, new requests 503); admitted ones are still answered."""
+        if not self.draining:
+            log.info("stopping: answering the %d requests admitted, refusing new ones", self.inflight)
+        self.draining = True
+
+    # ---- plumbing shared by the prediction routes ------------------------------------------------
+
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise RequestError(413, self._too_large(int(declared)))
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise RequestError(413, self._too_large(size))
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if coding in ("", "identity"):
+            return body
+        if coding not in ("gzip", "deflate"):
+            raise RequestError(415, f"Content-Encoding {coding!r} is not served; send gzip, deflate or identity")
+        inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
+        try:
+            body = inflater.decompress(body, self.max_body + 1)
+        except zlib.error as exc:
+            raise RequestError(400, f"the body is not valid {coding} ({exc})") from None
+        if len(body) > self.max_body or inflater.unconsumed_tail:
+            raise RequestError(413, self._too_large(len(body)) + " once decompressed")
+        return body
+
+    def _too_large(self, size: int) -> str:
+        return (
+            f"the body has {size:,} bytes, over serve.max_body_mb ({self.max_body / 2**20:g} MiB); "
+            "send fewer rows per request"
+        )
+
+    async def _predict(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        encode: Callable[[bytes, dict[str, str]], tuple[np.ndarray, Any]],
+        answer: Callable[[Scored, Any], tuple[bytes, list[tuple[bytes, bytes]]]],
+        prepare: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        """Admission, body, encoding in this request's task, the batched backend call, the answer."""
+        if self.draining:
+            await _send_error(send, RequestError(503, "the server is stopping; send the request to another instance"))
+            return
+        if self.inflight >= self.max_queue:
+            self.metrics.rejected.inc()
+            message = f"{self.inflight} requests are waiting (serve.max_queue); retry after {RETRY_AFTER} s"
+            await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
+            return
+        batcher = self.batcher
+        assert batcher is not None
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        batcher.arrived()
+        submitted = False
+        try:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if prepare is not None:
+                prepare(headers)
+            x, context = encode(await self._body(headers, receive), headers)
+            submitted = True
+            scored = await batcher.predict(x)
+            self.metrics.rows.inc(len(x))
+            body, response_headers = answer(scored, context)
+            await _send(send, 200, body, response_headers)
+        except RequestError as exc:
+            log.warning("%s %s %d: %s", scope["method"], scope["path"], exc.status, exc.message)
+            await _send_error(send, exc)
+        except BackendFailed as exc:
+            await _send_error(send, RequestError(500, str(exc)))
+        except ClientGone:
+            pass
+        finally:
+            if not submitted:
+                batcher.gave_up()
+            self.inflight -= 1
+            self.metrics.inflight.set(self.inflight)
+
+    # ---- SageMaker hosting -----------------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        return Response(status_code=503 if self.draining else 200)
+
+    async def invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self.model.target
+
+        def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
+            offer = _negotiate(headers.get("accept"))  # a 406 before the rows are encoded
+            return invocation_input(body, headers.get("content-type"), self.encoder), offer
+
+        def answer(scored: Scored, offer: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+            return invocation_answer(scored, target, offer), [(b"content-type", offer[2].encode())]
+
+        await self._predict(scope, receive, send, encode, answer)
+
+    # ---- Open Inference Protocol v2 --------------------------------------------------------------
+
+    def _known(self, asked: str) -> None:
+        if asked != self.name:
+            raise RequestError(404, f"no model {asked!r} here; this server serves {self.name!r}")
+
+    async def server_metadata(self, request: Request) -> Response:
+        from workbench import __version__
+
+        body = {"name": "workbench", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def live(self, request: Request) -> Response:
+        return Response(b'{"live":true}', media_type="application/json")
+
+    async def ready(self, request: Request) -> Response:
+        body = b'{"ready":false}' if self.draining else b'{"ready":true}'
+        return Response(body, 503 if self.draining else 200, media_type="application/json")
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            self._known(request.path_params["name"])
+        except RequestError as exc:
+            return error_response(exc.status, exc.message)
+        return Response(self.metadata, media_type="application/json")
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self._known(request.path_params["name"])
+        except RequestError as exc:
+            return error_response(exc.status, exc.message)
+        body = orjson.dumps({"name": self.name, "ready": not self.draining})
+        return Response(body, 503 if self.draining else 200, media_type="application/json")
+
+    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self.model.target
+
+        def prepare(headers: dict[str, str]) -> None:
+            self._known(scope["path_params"]["name"])
+
+        def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
+            request = parse_infer(body, headers.get(HEADER_LENGTH))
+            check_outputs(request, target)
+            return infer_input(request, self.encoder), request
+
+        def answer(scored: Scored, request: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+            body, headers = infer_answer(request, scored, target, self.name)
+            return body, [(k.encode(), v.encode()) for k, v in headers.items()]
+
+        await self._predict(scope, receive, send, encode, answer, prepare)
+
+    # ---- metrics -----------------------------------------------------------------------------------
+
+    async def prometheus(self, request: Request) -> Response:
+        if self.batcher is not None:
+            self.metrics.queue_rows.set(self.batcher.queued_rows)
+        body, kind = self.metrics.exposition()
+        return Response(body, headers={"content-type": kind})
+
+
+class _Measured:
+    """Counts every answer by route and status and times it, around the whole app (404s included)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+
+    def _of(self, route: str, status: int) -> tuple[Any, Any, Any]:
+        children = self._children.get((route, status))
+        if children is None:  # labels() takes a lock and builds a key: once per route and status
+            m = self.metrics
+            errors = m.errors.labels(route, str(status)) if status >= 400 else None
+            children = (m.requests.labels(route, str(status)), errors, m.latency.labels(route))
+            self._children[(route, status)] = children
+        return children
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = scope.get("route")
+            requests, errors, latency = self._of(getattr(route, "path", "unmatched"), status)
+            requests.inc()
+            if errors is not None:
+                errors.inc()
+            latency.observe(time.perf_counter() - started)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 404:
+        message = f"no route {request.url.path}; see /ping, /invocations, /v2/..., /metrics"
+    else:
+        message = exc.detail
+    return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _fault(request: Request, exc: Exception) -> Response:
+    # uvicorn logs the traceback: Starlette raises the exception again once this answer is sent
+    return error_response(500, f"internal error ({type(exc).__name__}); the server log has the traceback")
+
+
+class _Asgi:
+    """A bound ASGI handler that Starlette's Route takes as an app rather than as a request function."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+def create_app(service: Service) -> ASGIApp:
+    """The ASGI app of ``service``; its lifespan starts the batcher and, at shutdown, drains it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        score = scorer(service.model.predict, service.model.target)
+        service.batcher = Batcher(score, service.max_batch, service.max_delay, service.metrics, Scored.join)
+        service.batcher.start()
+        # what was loaded (pandas, onnxruntime, the model) lives until exit: keep it out of the
+        # collector's full passes, which would otherwise walk it all every few thousand requests
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            service.drain()
+            await service.batcher.close()
+
+    s = service
+    get: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
+        ("/ping", s.ping),
+        ("/v2", s.server_metadata),
+        ("/v2/health/live", s.live),
+        ("/v2/health/ready", s.ready),
+        ("/v2/models/{name}", s.model_metadata),
+        ("/v2/models/{name}/ready", s.model_ready),
+        ("/metrics", s.prometheus),
+    ]
+    routes = [  # the router tries routes in order: the busiest first
+        Route("/invocations", _Asgi(s.invocations), methods=["POST"]),
+        Route("/v2/models/{name}/infer", _Asgi(s.infer), methods=["POST"]),
+    ]
+    routes += [Route(path, endpoint, methods=["GET"]) for path, endpoint in get]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _fault},
+    )
+    return _Measured(app, service.metrics)

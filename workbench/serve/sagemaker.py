@@ -1,0 +1,285 @@
+"""SageMaker's hosting contract: ``POST /invocations`` bodies in, answers out.
+
+Requests carry raw rows, as the archive's ``inference.py`` takes them:
+
+- ``application/json``: records ``[{"column": value, ...}]``, ``{"instances": [...]}`` holding records
+  or lists of values, one record, or lists of values in training column order;
+- ``text/csv``: with a header row naming the columns (any order, other columns ignored) or without
+  one (values in training column order); ``header=present`` or ``header=absent`` settles which;
+- ``application/x-npy``: a 2-D numeric array in training column order, for a model whose columns are
+  all numbers or booleans.
+
+``null`` (JSON), an empty field (CSV) and NaN or infinity (any number) are gaps, imputed as in
+training; a record must hold every training column (``null`` for a gap), and keys the model does not
+know are ignored, as batch scoring ignores extra columns. Answers are JSON (``predictions``, with
+``classes`` and ``probabilities`` for a classifier), CSV (the prediction, then the class
+probabilities) or ``application/x-npy`` (the model's raw outputs), as ``Accept`` asks.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from workbench.ml.encoding import Target
+from workbench.serve.encoder import RowEncoder
+from workbench.serve.media import CSV, JSON, NPY, SENT, Offer, RequestError, content_type, text_of
+from workbench.serve.outputs import Scored
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of ``body``: orjson's speed, with Python's leniency for NaN and Infinity.
+
+    Python's ``json.dumps`` writes a float NaN as the bare word ``NaN``, which strict parsers refuse;
+    a client's gap written that way is still a gap.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the body is not UTF-8 JSON (byte {exc.start} is invalid)") from None
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+def check_records(records: Sequence[Any], names: Sequence[str]) -> None:
+    """Every record is an object holding every training column."""
+    wanted = set(names)
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise RequestError(400, "JSON rows must be all records or all lists of values, not a mix")
+        if not wanted.issubset(record):
+            held = [name for name in names if name in record]
+            if not held:
+                shown = ", ".join(repr(k) for k in list(record)[:5]) or "nothing"
+                raise RequestError(
+                    400,
+                    f"record {i} holds none of the model's columns ({_listed(names)}); it holds {shown}",
+                )
+            absent = [name for name in names if name not in record]
+            raise RequestError(
+                400,
+                f"record {i} lacks column {absent[0]!r}"
+                + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+                + "; send null for a gap",
+            )
+
+
+def check_values(records: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+    """Each training column holds one value, not a JSON object or list."""
+    for i, record in enumerate(records, 1):
+        for name in names:
+            if isinstance(record[name], (dict, list)):
+                raise RequestError(
+                    400, f"record {i}: column {name!r} holds a JSON structure; send one value per column"
+                )
+
+
+def records_input(records: Sequence[dict[str, Any]], encoder: RowEncoder) -> np.ndarray:
+    """Model input from complete records: plain numbers straight into a matrix, anything else checked
+    and encoded column by column."""
+    x = encoder.plain(records)
+    if x is None:
+        check_values(records, encoder.names)
+        x = encoder.records(records)
+    return x
+
+
+def _positional(rows: Sequence[Any], names: Sequence[str], bare: bool = False) -> None:
+    """Each list of values has one value per training column (``bare``: the body is one such list)."""
+    for i, row in enumerate(rows, 1):
+        if len(row) != len(names):
+            at = "the row" if bare else f"row {i}"
+            raise RequestError(
+                400, f"{at} has {len(row)} values; the model takes {len(names)}, in this order: {_listed(names)}"
+            )
+
+
+def json_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
+    """Model input from a JSON body: records, lists of values, or either under ``instances``."""
+    if not body.strip():
+        raise RequestError(400, "the request body is empty; send rows")
+    payload = parse_json(body)
+    names = encoder.names
+    rows = payload.get("instances", [payload]) if isinstance(payload, dict) else payload
+    if not isinstance(rows, list):
+        raise RequestError(400, f'JSON rows come as a list or as {{"instances": [...]}}, not as {type(rows).__name__}')
+    if not rows:
+        raise RequestError(400, "the request holds no rows")
+    first = rows[0]
+    if isinstance(first, dict):
+        check_records(rows, names)
+        return records_input(rows, encoder)
+    if isinstance(first, list):
+        if not all(isinstance(row, list) for row in rows):
+            raise RequestError(400, "JSON rows must be all records or all lists of values, not a mix")
+        _positional(rows, names)
+    elif any(isinstance(row, (dict, list)) for row in rows):
+        raise RequestError(400, "JSON rows must be all records or all lists of values, not a mix")
+    else:
+        rows = [rows]
+        _positional(rows, names, bare=True)
+    return values_input(rows, encoder)
+
+
+def values_input(rows: Sequence[Sequence[Any]], encoder: RowEncoder) -> np.ndarray:
+    """Model input from lists of values in training column order."""
+    names = encoder.names
+    return records_input([dict(zip(names, row, strict=True)) for row in rows], encoder)
+
+
+def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
+    """Model input from CSV; an empty field is a gap. Without ``header=present|absent`` the first row
+    is a header when it names a training column."""
+    names = encoder.names
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, skipinitialspace=True)
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for row in reader:
+            if row:
+                rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise RequestError(400, f"malformed CSV at line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise RequestError(400, "the request body is empty; send rows")
+    first = [cell.strip() for cell in rows[0][1]]
+    has_header = header == "present" or (header != "absent" and bool(set(first) & set(names)))
+    if not has_header:
+        for line, row in rows:
+            if len(row) != len(names):
+                raise RequestError(
+                    400,
+                    f"CSV line {line} has {len(row)} values; the model takes {len(names)}, in this order: "
+                    f"{_listed(names)}",
+                )
+        return encoder.records([dict(zip(names, _cells(row), strict=True)) for _, row in rows])
+    columns = first
+    twice = [name for i, name in enumerate(columns) if name in columns[:i]]
+    if twice:
+        raise RequestError(400, f"column {twice[0]!r} appears twice in the CSV header")
+    absent = [name for name in names if name not in columns]
+    if absent:
+        raise RequestError(
+            400,
+            f"the CSV header lacks column {absent[0]!r}"
+            + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+            + "; leave a field empty for a gap",
+        )
+    records = []
+    for line, row in rows[1:]:
+        if len(row) != len(columns):
+            raise RequestError(400, f"CSV line {line} has {len(row)} values; the header names {len(columns)} columns")
+        records.append(dict(zip(columns, _cells(row), strict=True)))
+    if not records:
+        raise RequestError(400, "the CSV has a header but no rows")
+    return encoder.records(records)
+
+
+def _cells(row: list[str]) -> list[str | None]:
+    return [cell if cell.strip() else None for cell in row]
+
+
+def npy_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
+    """Model input from a numeric .npy array: numbers only, so only for models taking numbers only."""
+    if not encoder.numeric:
+        word = next(spec for spec in encoder.encoding.columns if spec["type"] not in ("numeric", "boolean"))
+        raise RequestError(
+            415, f"{NPY} carries numbers, and column {word['name']!r} is a {word['type']}; send {JSON} or {CSV}"
+        )
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = (str(exc).splitlines() or ["unreadable"])[0]
+        raise RequestError(400, f"the body is not a .npy array ({reason})") from None
+    if not isinstance(array, np.ndarray):
+        raise RequestError(400, "the body is an .npz archive; send one .npy array")
+    if array.dtype.kind not in "biuf":
+        raise RequestError(400, f"the .npy array holds {array.dtype}, not numbers")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise RequestError(400, f"the .npy array has {array.ndim} dimensions; send rows by columns (2)")
+    names = encoder.names
+    if array.shape[1] != len(names):
+        raise RequestError(
+            400,
+            f"the .npy array has {array.shape[1]} columns; the model takes {len(names)}, in this order: "
+            f"{_listed(names)}",
+        )
+    if not len(array):
+        raise RequestError(400, "the request holds no rows")
+    return encoder.matrix(array)
+
+
+_content_type = functools.lru_cache(maxsize=256)(content_type)  # clients send the same few
+
+
+def invocation_input(body: bytes, content_type_header: str | None, encoder: RowEncoder) -> np.ndarray:
+    """The float32 model input of an ``/invocations`` request."""
+    kind, params = _content_type(content_type_header)
+    if kind == JSON:
+        if params.get("charset", "utf-8").lower().replace("_", "-") not in ("utf-8", "utf8"):
+            return json_input(text_of(body, params["charset"]).encode(), encoder)
+        return json_input(body, encoder)
+    if kind == CSV:
+        return csv_input(text_of(body, params.get("charset")), encoder, params.get("header", "").lower())
+    if kind == NPY:
+        return npy_input(body, encoder)
+    raise RequestError(415, f"Content-Type {kind!r} is not served here; send {SENT}")
+
+
+def invocation_answer(scored: Scored, target: Target, offer: Offer) -> bytes:
+    """The answer's bytes in the representation ``offer`` names (see :func:`~workbench.serve.media.negotiate`).
+
+    A row whose outputs are not finite (a number too large for float32) has a null prediction, as
+    batch scoring leaves it: argmax of NaNs would name a class with no sign it is garbage.
+    """
+    kind, params, _ = offer
+    if kind == NPY:
+        buf = io.BytesIO()
+        np.save(buf, scored.logits)
+        return buf.getvalue()
+    if target.regression:
+        assert scored.values is not None
+        predicted: list[Any] = scored.values.tolist()
+        answer: dict[str, Any] = {"predictions": predicted}
+        columns = [target.name]
+        table: list[list[Any]] = [[v] for v in predicted]
+    else:
+        assert scored.best is not None and scored.probabilities is not None
+        classes = target.classes or []
+        predicted = [classes[i] for i in scored.best.tolist()]
+        answer = {"predictions": predicted, "classes": classes, "probabilities": scored.probabilities}
+        columns = [target.name, *(str(c) for c in classes)]
+        table = (
+            [[label, *p] for label, p in zip(predicted, scored.probabilities.tolist(), strict=True)]
+            if kind == CSV
+            else []
+        )
+    if scored.bad.any():
+        for row in np.flatnonzero(scored.bad).tolist():
+            predicted[row] = None  # and the probabilities are NaN: null in JSON
+            if table:
+                table[row] = [None] * len(table[row])
+    if kind == JSON:
+        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if params.get("header") == "present":
+        writer.writerow(columns)
+    writer.writerows(table)  # None is an empty field
+    return buf.getvalue().encode()

@@ -1,0 +1,223 @@
+"""``workbench serve``: check everything, bind the port, then serve with uvicorn until stopped.
+
+The model is loaded and the port bound before anything listens, so a missing model, a port in
+use or a bad value ends the command with one line and a non-zero exit, never a half-started server.
+SIGTERM (how SageMaker, ECS and Kubernetes stop a container) and Ctrl-C make readiness false,
+refuse new requests with 503, answer every admitted request, and exit 0. With ``serve.workers`` > 1
+the port is shared by that many processes, each with its own model and batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from workbench.errors import ParameterError
+from workbench.serve.metrics import MULTIPROCESS_DIR
+
+if TYPE_CHECKING:
+    from workbench.config.schema import ServeParams
+    from workbench.serve.app import Service
+
+log = logging.getLogger("workbench.serve")
+
+BACKLOG = 2048
+STARTING = 30.0  # seconds: a worker dying sooner after its start is not restarted (it would die again)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to load the same model (picklable: spawned processes get a copy)."""
+
+    model: str  # resolved: a run id for ``latest``, so every worker serves the same run
+    backend: str
+    store: str
+    db: str
+    name: str
+    max_batch: int
+    max_delay_ms: float
+    max_queue: int
+    max_body_mb: float
+    threads: int
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a port in use is one line before anything starts."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ParameterError(f"serve.host {host!r} is not an address of this machine ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse a port in TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (98, 48):  # EADDRINUSE on Linux, macOS
+            raise ParameterError(
+                f"serve.port {port} on {host} is in use by another program; stop it or choose another serve.port"
+            ) from exc
+        raise ParameterError(f"serve.host {host!r} / serve.port {port}: cannot listen there ({exc.strerror})") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _logging() -> None:
+    """The server's own lines and uvicorn's at INFO, one format; libraries' chatter (alembic) only from WARNING."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in ("workbench.serve", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _service(spec: WorkerSpec, model: object | None = None) -> Service:
+    from workbench.serve.app import Service
+    from workbench.serve.model import ServedModel, load_model
+
+    if not isinstance(model, ServedModel):
+        model = load_model(spec.model, spec.backend, spec.store, spec.db, spec.threads)
+    return Service(
+        model,
+        name=spec.name,
+        max_batch=spec.max_batch,
+        max_delay_ms=spec.max_delay_ms,
+        max_queue=spec.max_queue,
+        max_body_mb=spec.max_body_mb,
+    )
+
+
+def _run(service: Service, sock: socket.socket) -> bool:
+    """Serve on ``sock`` until a signal, then drain; whether the server started at all."""
+    import uvicorn
+
+    from workbench.serve.app import create_app
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            service.drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        create_app(service),
+        log_config=None,
+        access_log=False,  # one line per request would cost more than answering it; errors are logged
+        lifespan="on",
+        proxy_headers=False,  # nothing here reads the client's address
+        backlog=BACKLOG,
+        timeout_keep_alive=65,  # above the 60 s idle timeout of AWS load balancers, which reuse connections
+    )
+    # uvicorn raises the signal it caught again after its graceful shutdown, to the handler it found;
+    # the default one would make a drained server look killed (exit 143) to SageMaker, ECS or Kubernetes
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server = Server(config)
+    server.run(sockets=[sock])
+    return server.started
+
+
+def _worker(spec: WorkerSpec, sock: socket.socket) -> None:
+    _logging()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stopped while loading the model: nothing to drain yet
+        signal.signal(sig, lambda *_: sys.exit(0))
+    if not _run(_service(spec), sock):
+        sys.exit(1)
+
+
+def _supervise(spec: WorkerSpec, sock: socket.socket, workers: int) -> int:
+    """Run ``workers`` processes on one socket; restart one that dies; on SIGTERM stop them all."""
+    from prometheus_client import multiprocess
+
+    folder = tempfile.mkdtemp(prefix="workbench-serve-metrics-")
+    os.environ[MULTIPROCESS_DIR] = folder  # before the workers import prometheus_client
+    context = multiprocessing.get_context("spawn")  # a fork would copy onnxruntime's and torch's threads' state
+    stopping = False
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    started: dict[int, float] = {}
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(spec, sock), name="workbench-serve")
+        process.start()
+        started[id(process)] = time.monotonic()
+        return process
+
+    processes = [start() for _ in range(workers)]
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, process in enumerate(processes):
+                if process.is_alive() or stopping:
+                    continue
+                multiprocess.mark_process_dead(process.pid, folder)
+                if time.monotonic() - started[id(process)] < STARTING:  # it would fail again: stop
+                    log.error("worker %s exited with %s while starting; stopping", process.pid, process.exitcode)
+                    stopping = True
+                    break
+                log.error("worker %s exited with %s; starting another", process.pid, process.exitcode)
+                processes[i] = start()
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join()
+            multiprocess.mark_process_dead(process.pid, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    failed = [p.exitcode for p in processes if p.exitcode]
+    return 1 if failed else 0
+
+
+def serve(settings: ServeParams, store: str, db: str) -> int:
+    """Load the model, bind the port, serve; 0 after a requested stop with every answer sent."""
+    from workbench.serve.model import backend_threads, load_model
+
+    _logging()
+    threads = backend_threads(settings.workers)
+    model = load_model(settings.model, settings.backend, store, db, threads)
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"serving {model.source} ({model.target.task}, {len(model.encoding.inputs)} columns) with {model.backend} "
+        f"on http://{shown}:{port}" + (f"; {model.note}" if model.note else ""),
+        flush=True,
+    )
+    spec = WorkerSpec(
+        model=model.resolved,
+        backend=settings.backend,
+        store=store,
+        db=db,
+        name=settings.name,
+        max_batch=settings.max_batch,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue=settings.max_queue,
+        max_body_mb=settings.max_body_mb,
+        threads=threads,
+    )
+    if settings.workers > 1:
+        del model  # each worker loads its own
+        return _supervise(spec, sock, settings.workers)
+    if not _run(_service(spec, model), sock):
+        return 1
+    log.info("stopped")
+    return 0
