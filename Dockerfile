@@ -1,8 +1,17 @@
-# workbench runner image: `workbench run` with the pins of requirements.lock.
+# workbench image: `workbench run` (the default command) and `serve` (SageMaker's hosting contract on
+# port 8080), with the pins of requirements.lock.
 #   docker build -t workbench .                                   # CUDA 12.6 base, CUDA torch
 #   docker run --gpus all -v "$PWD/artifacts:/app/artifacts" workbench run -p parameters/default.yaml -p parameters/gpu.yaml
-# Other bases: --build-arg BASE_IMAGE=... (any Ubuntu 22.04 image; python3.11 comes from its universe
-# archive) and --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only image.
+#   docker run -p 8080:8080 -v "$PWD/model:/opt/ml/model:ro" workbench serve
+# Other bases: --build-arg BASE_IMAGE=... with python3.11 in its archive: Ubuntu 22.04 (from universe,
+# 3.11.0~rc1) or Debian 12 bookworm (from main, 3.11.2); --build-arg
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only image. `make image` passes both.
+# Every pin of requirements.lock must accept the base's Python (tests/test_image.py checks the
+# BASE_PYTHONS below against the lock): pip refuses a Requires-Python the interpreter misses.
+# BASE_PYTHONS: ubuntu22.04=3.11.0rc1 bookworm=3.11.2
+# On Ubuntu 3.11.0rc1 is not enough: torch 2.13 cannot build an optimizer there (torch._dynamo calls
+# sys.get_int_max_str_digits, new in 3.11.0 final), so on Ubuntu python3.11 comes from the deadsnakes
+# PPA, a final 3.11; the lock is still checked against the rc, the older of the two.
 ARG BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 FROM ${BASE_IMAGE}
 
@@ -14,14 +23,25 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# Package names that exist on both Ubuntu 22.04 and Debian bookworm. libquadmath0: MXNet's
+# libmxnet.so links it (import fails with `OSError: libquadmath.so.0` without it); libgomp1: torch's
+# and MXNet's OpenMP; ca-certificates: HTTPS to S3 and the registry from a bare base.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv libgomp1 \
+    && apt-get install -y --no-install-recommends ca-certificates libgomp1 libquadmath0 \
+    && . /etc/os-release \
+    && if [ "$ID" = ubuntu ]; then \
+        apt-get install -y --no-install-recommends gpg-agent software-properties-common \
+        && add-apt-repository -y ppa:deadsnakes/ppa \
+        && apt-get update; \
+    fi \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv
 
 WORKDIR /app
 COPY requirements.lock ./
-# The CUDA build of the locked torch version first; the lock's `torch==2.13.0` accepts it.
+# The build of the locked torch version from TORCH_INDEX first (CUDA by default); the lock's
+# `torch==2.13.0` accepts it, so the second install keeps it.
 RUN grep '^torch==' requirements.lock > /tmp/torch.txt \
     && pip install --requirement /tmp/torch.txt --index-url "${TORCH_INDEX}" \
     && pip install --requirement requirements.lock
@@ -30,11 +50,16 @@ COPY pyproject.toml README.md ./
 COPY workbench ./workbench
 COPY notebooks ./notebooks
 COPY parameters ./parameters
+COPY deploy/entrypoint.sh ./deploy/entrypoint.sh
 RUN pip install --no-deps --no-build-isolation . \
     && workbench kernel \
     && useradd --create-home --uid 1000 workbench \
     && mkdir -p /app/artifacts && chown -R 1000 /app
 
 USER 1000
-ENTRYPOINT ["workbench"]
+# `serve` listens here (SageMaker sends /ping and /invocations to 8080).
+EXPOSE 8080
+# `docker run IMAGE` runs the pipeline; `docker run IMAGE serve` (how SageMaker starts a hosting
+# container) serves; any other arguments go to the `workbench` command as they are.
+ENTRYPOINT ["/bin/sh", "/app/deploy/entrypoint.sh"]
 CMD ["run"]

@@ -37,6 +37,26 @@ lint: setup
 lab: setup
 	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) notebooks
 
+# The container image (see the Dockerfile). Empty variables keep the Dockerfile's defaults (the CUDA
+# base, the CUDA torch): `make image BASE_IMAGE=debian:bookworm TORCH_INDEX=https://pypi.org/simple`.
+# buildah builds without a daemon (chroot isolation: no user namespaces or OCI runtime needed);
+# without it, docker or podman. IMAGE_BUILD_OPTS go to the builder as they are (e.g. --volume).
+IMAGE ?= workbench
+BASE_IMAGE ?=
+TORCH_INDEX ?=
+IMAGE_BUILD_OPTS ?=
+IMAGE_BUILD_ARGS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(if $(TORCH_INDEX),--build-arg TORCH_INDEX=$(TORCH_INDEX))
+
+.PHONY: image
+image:
+	@if command -v buildah >/dev/null; then \
+	  set -x; buildah bud --isolation $${BUILDAH_ISOLATION:-chroot} --layers $(IMAGE_BUILD_ARGS) $(IMAGE_BUILD_OPTS) -t $(IMAGE) .; \
+	elif docker info >/dev/null 2>&1; then \
+	  set -x; docker build $(IMAGE_BUILD_ARGS) $(IMAGE_BUILD_OPTS) -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then \
+	  set -x; podman build --layers $(IMAGE_BUILD_ARGS) $(IMAGE_BUILD_OPTS) -t $(IMAGE) .; \
+	else echo "make image needs buildah, a running Docker engine or podman" >&2; exit 1; fi
+
 # Re-resolve every pin from pyproject.toml in a scratch environment.
 lock:
 	rm -rf build/lock && $(PYTHON) -m venv build/lock

@@ -267,6 +267,15 @@ def test_the_image_serves(image: str, exported: Path, source: str, tmp_path: Pat
                 pass
             assert time.monotonic() < deadline, f"no answer on /ping: {log_path.read_text()[-3000:]}"
             time.sleep(1)
+        # the ECS task definition's health check, run inside the container (its port made this one)
+        [check] = (
+            c["healthCheck"]["command"] for c in json.loads(TASK_DEFINITIONS[0].read_text())["containerDefinitions"]
+        )
+        check = [part.replace(":8080/", f":{port}/") for part in check[1:]]
+        probe = subprocess.run(
+            ["buildah", "run", "--isolation", "chroot", container, "--", *check], capture_output=True
+        )
+        assert probe.returncode == 0, probe.stderr
         rows = pd.read_csv(ROOT / "workbench" / "data" / "digits.csv.gz").head(5)
         records = rows.drop(columns=["label"]).to_dict("records")
         status, body = _http("POST", f"http://127.0.0.1:{port}/invocations", json.dumps(records).encode())
