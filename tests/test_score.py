@@ -45,9 +45,22 @@ def test_parquet_sources_stream_by_row_group(trained, stage_ctx_factory, tmp_pat
     path = tmp_path / "unlabelled.parquet"
     pq.write_table(pa.Table.from_pandas(digits), path, row_group_size=300)
     ctx = stage_ctx_factory("score", run_id="score-parquet")
-    result = score_batch(ctx, ScoreParams(source=str(path), batch_size=256), progress=False)
+    result = score_batch(ctx, ScoreParams(source=str(path), batch_size=256, model_run="unit"), progress=False)
     assert result.metrics["rows_scored"] == 1797 and "score_accuracy" not in result.metrics
     assert ctx.load_json("model.json", "score")["model_run"] == "unit"
+
+
+def test_latest_is_the_newest_run_with_a_model_and_its_encoding(trained, stage_ctx_factory):
+    """Other tests export models into the same store: latest must name one scoring can use whole
+    (a model without the encoding it was trained with is no candidate)."""
+    from workbench.stages.batch_score import resolve_model_run
+    from workbench.storage.catalog import ENCODING, ONNX_MODEL
+
+    ctx = stage_ctx_factory("score", run_id="score-latest")
+    latest = resolve_model_run(ctx, "latest")
+    assert ctx.has_artifact(ONNX_MODEL, run=latest) and ctx.has_artifact(ENCODING, run=latest)
+    with_model = [r["id"] for r in ctx.tracker.list_runs(limit=1000) if ctx.has_artifact(ONNX_MODEL, run=r["id"])]
+    assert "unit" in with_model and latest in with_model
 
 
 def test_a_sql_table_scores_like_its_csv(trained, stage_ctx_factory, tmp_path):
