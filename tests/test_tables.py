@@ -41,6 +41,9 @@ def churn_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         "data.target=churned",
         "data.drop=customer_id",
         "data.categorical=store",
+        "data.max_categories=3",
+        "train.width=64",
+        "train.depth=3",
         "train.epochs=15",
         "train.batch_size=32",
     )
@@ -49,7 +52,9 @@ def churn_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.fixture(scope="module")
 def mass_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("mass")
-    return _run(tmp, penguins(), "data.target=body_mass_g", "train.epochs=40", "train.batch_size=16")
+    return _run(
+        tmp, penguins(), "data.target=body_mass_g", "data.task=regression", "train.epochs=40", "train.batch_size=16"
+    )
 
 
 def _torch_predictions(run: Run, rows: pd.DataFrame) -> tuple[Encoding, np.ndarray]:
@@ -78,6 +83,10 @@ def test_a_churn_table_trains_and_passes_parity_on_mxnet(churn_run):
     assert schema["task"] == "classification" and schema["classes"] == ["No", "Yes"]
     assert "customer_id" not in schema["inputs"] and "store=47" in schema["features"]
     assert "monthly_charges:missing" in schema["features"] and "signup_date:year" in schema["features"]
+    plans = [f for f in schema["features"] if f.startswith("plan=")]
+    assert len(plans) == 5 and plans[-2:] == ["plan=<missing>", "plan=<other>"]  # the 3 most frequent of 4
+    config = json.loads((folder / "train/model_config.json").read_text())
+    assert config == {"model": "mlp", "in_features": len(schema["features"]), "num_classes": 2, "width": 64, "depth": 3}
     parity = json.loads((folder / "validate/parity.json").read_text())
     assert parity["verdict"] == "PASS" and set(parity["stats"]) == {"pytorch", "onnxruntime", "mxnet"}
     assert checked_output(folder / "02_train.ipynb").endswith(": True\n")
