@@ -1,4 +1,4 @@
-"""One rule each for feature columns: what counts as a number, the matrix, the normalisation."""
+"""Feature columns from Arrow as numbers, and booleans as features end to end."""
 
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workbench.ml.features import column_matrix, is_numeric
-
-
-def test_booleans_integers_and_floats_are_numbers_text_is_not():
-    assert all(is_numeric(t) for t in (pa.bool_(), pa.int8(), pa.uint64(), pa.float32(), pa.float64()))
-    assert not any(is_numeric(t) for t in (pa.string(), pa.timestamp("s"), pa.null()))
+from workbench.ml.features import column_matrix
 
 
 def test_the_matrix_takes_booleans_as_0_1_and_nulls_as_nan():

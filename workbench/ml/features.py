@@ -1,6 +1,4 @@
-"""Numeric columns straight from Arrow: which count as numbers, and the float matrix built from them
-for the summaries prepare counts. Model input is the fitted encoding's job (:mod:`workbench.ml.encoding`).
-"""
+"""Numeric columns straight from Arrow: the float matrix built from them for the summaries prepare counts. Model input is the fitted encoding's job (:mod:`workbench.ml.encoding`)."""
 
 from __future__ import annotations
 
@@ -11,13 +9,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-def is_numeric(kind: pa.DataType) -> bool:
-    """Whether a column of this Arrow type can be a feature: integers, floats and booleans (0/1)."""
-    import pyarrow as pa
-
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
 def column_matrix(table: pa.Table, columns: Sequence[str], dtype: type = np.float64) -> np.ndarray:

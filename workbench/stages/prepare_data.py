@@ -21,6 +21,7 @@ from workbench.ml.encoding import NUMERIC, Encoding, EncodingFitter, Target, Tar
 from workbench.ml.features import column_matrix
 from workbench.ml.splits import (
     MAX_HISTOGRAMS,
+    MIN_CLASS_ROWS,
     SPLITS,
     Histograms,
     Moments,
@@ -73,10 +74,6 @@ class Prepared:
         return encoding_table(self.encoding) if self.encoding else pd.DataFrame()
 
 
-def _where(shown: str) -> str:
-    return f"data.source {shown}: "
-
-
 def prepare_data(
     ctx: StepContext, params: DataParams, *, seed: int, chunk_rows: int = CHUNK_ROWS, progress: bool = True
 ) -> Prepared:
@@ -93,7 +90,7 @@ def prepare_data(
 
     source, target = params.source, params.target
     shown = describe(source)
-    where = _where(shown)
+    where = f"data.source {shown}: "
     bar = functools.partial(progress_bar, unit="row", enabled=progress, delay=2)
     fitter = EncodingFitter(
         target=target,
@@ -129,8 +126,10 @@ def prepare_data(
             raise DataError(f"{where}no rows")
         task = labels.finish()
         groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
-        if task.regression and groups[0] < 3:
-            raise DataError(f"{where}data.target {target!r} has {groups[0]} value(s); needs 3 or more rows to split")
+        if task.regression and groups[0] < MIN_CLASS_ROWS:
+            raise DataError(
+                f"{where}data.target {target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
+            )
         plans = split_plan(groups, params.val_fraction, params.test_fraction, seed)
         seen = np.zeros(len(groups), dtype=np.int64)
         writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, ranges.schema) for name in SPLITS}
