@@ -96,18 +96,25 @@ def fast_form(proto: onnx.ModelProto) -> onnx.ModelProto:
     return fast
 
 
-def load_onnxruntime(onnx_bytes: bytes, *, as_exported: bool = False) -> Predict:
+def load_onnxruntime(
+    onnx_bytes: bytes, *, as_exported: bool = False, threads: int = 0, sleep_when_idle: bool = False
+) -> Predict:
     """An onnxruntime session as a function of a float32 batch (CUDA provider first when built in).
 
     It runs :func:`fast_form` of the model, with onnxruntime's own warnings shown: there are none
     to hide once the weights are constants. ``as_exported`` runs the file as it is, initializers as
     inputs, for parity to check that both forms agree; that form's warning per weight is expected
-    and skipped.
+    and skipped. ``threads`` (0: onnxruntime's choice) and ``sleep_when_idle`` are for a server: by
+    default the threads spin a while after each call, taking the cores its event loop needs.
     """
     import onnxruntime as ort
 
     proto = onnx_file_check(onnx_bytes)
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if sleep_when_idle:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if as_exported:
         options.log_severity_level = 3  # errors only: the warning per weight is the point of this form
     else:

@@ -20,7 +20,7 @@ import numpy as np
 
 from workbench.errors import DataError, ModelError, StoreError, TrackingError
 from workbench.ml.encoding import Encoding, Target
-from workbench.ml.runtimes import ModelFiles, Predict, load_backend, one_line, onnx_file_check
+from workbench.ml.runtimes import ModelFiles, Predict, load_backend, load_onnxruntime, one_line
 from workbench.storage import open_store
 from workbench.storage.base import Store
 from workbench.storage.catalog import (
@@ -195,24 +195,9 @@ def backend_threads(workers: int) -> int:
 
 
 def _onnxruntime(files: ModelFiles, threads: int) -> Predict:
-    """An onnxruntime session of ``threads`` threads that sleep when idle: by default they spin a
-    while after each call, taking the cores the event loop needs to read the next requests."""
-    import onnxruntime as ort
-
-    blob = files.onnx()
-    onnx_file_check(blob)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # initializers-as-inputs is deliberate (for MXNet); skip the warning per weight
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    try:
-        session = ort.InferenceSession(blob, options, providers=providers)
-    except Exception as exc:  # broad on purpose: onnxruntime's Fail, InvalidGraph, ... derive from Exception alone
-        raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from exc
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+    """onnxruntime on the fast form, its ``threads`` sleeping when idle: by default they spin a while
+    after each call, taking the cores the event loop needs to read the next requests."""
+    return load_onnxruntime(files.onnx(), threads=threads, sleep_when_idle=True)
 
 
 def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -> ServedModel:
