@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from support.archive import unpack
-from support.cli import SMALL, Place, Run, checked_output, run_id_of, workbench
+from support.cli import SMALL, CLIResult, Place, Run, checked_output, run_id_of, workbench
 from support.tables import churn, penguins
 
 from workbench.ml.encoding import Encoding
@@ -67,12 +67,16 @@ def _torch_predictions(run: Run, rows: pd.DataFrame) -> tuple[Encoding, np.ndarr
     return encoding, outputs
 
 
-def _score(run: Run, tmp, rows: pd.DataFrame) -> pd.DataFrame:
-    path = tmp / "to_score.csv"
+def _score_run(run: Run, path, rows: pd.DataFrame) -> CLIResult:
+    """``workbench run --steps score`` of ``rows``, written as a CSV at ``path``, with the run's model."""
     rows.to_csv(path, index=False)
-    result = workbench(
+    return workbench(
         "run", "--steps", "score", *run.place.sets(f"score.source={path}", f"score.model_run={run.run_id}")
     )
+
+
+def _score(run: Run, tmp, rows: pd.DataFrame) -> pd.DataFrame:
+    result = _score_run(run, tmp / "to_score.csv", rows)
     assert result.code == 0, result.stderr[-3000:]
     return pq.read_table(run.place.store / "runs" / run_id_of(result.stdout) / "score/predictions.parquet").to_pandas()
 
@@ -162,27 +166,14 @@ def test_an_id_column_not_dropped_stops_prepare_in_one_line(place, tmp_path):
 
 
 def test_a_scoring_table_without_a_training_column_is_named(churn_run, tmp_path):
-    rows = churn(20, seed=3).drop(columns=["churned", "contract"])
-    rows.to_csv(tmp_path / "short.csv", index=False)
-    result = workbench(
-        "run",
-        "--steps",
-        "score",
-        *churn_run.place.sets(f"score.source={tmp_path / 'short.csv'}", f"score.model_run={churn_run.run_id}"),
-    )
+    result = _score_run(churn_run, tmp_path / "short.csv", churn(20, seed=3).drop(columns=["churned", "contract"]))
     assert result.code == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "lacks the model's input column 'contract' (1 missing)" in last
     bad = churn(20, seed=3)
     bad["tenure_months"] = bad["tenure_months"].astype(object)
     bad.loc[4, "tenure_months"] = "twelve"
-    bad.to_csv(tmp_path / "text.csv", index=False)
-    result = workbench(
-        "run",
-        "--steps",
-        "score",
-        *churn_run.place.sets(f"score.source={tmp_path / 'text.csv'}", f"score.model_run={churn_run.run_id}"),
-    )
+    result = _score_run(churn_run, tmp_path / "text.csv", bad)
     assert result.code == 1
     assert "column 'tenure_months': 'twelve' is not a number" in result.stderr.strip().splitlines()[-1]
 
