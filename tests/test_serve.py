@@ -595,6 +595,26 @@ def test_metrics_are_prometheus_text(digits_server):
     assert {"/invocations", "/ping"} <= routes
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/invocations", 405, "GET is not allowed on /invocations"),
+        ("POST", "/ping", 405, "POST is not allowed on /ping"),
+        ("GET", "/v2/models/workbench/infer", 405, "GET is not allowed on /v2/models/workbench/infer"),
+        ("POST", "/v2/models/a/b/infer", 404, "no route /v2/models/a/b/infer; see /ping, /invocations"),
+        ("POST", "/v2/models//infer", 404, "no route /v2/models//infer; see /ping, /invocations"),
+    ],
+)
+def test_wrong_methods_and_paths_beside_the_prediction_routes(digits_server, method, path, status, message):
+    """The prediction routes and /ping are answered before the router: what they do not take still
+    gets the router's answer, and is counted."""
+    response = httpx.request(method, digits_server.url + path, content=b"[]")
+    assert response.status_code == status and response.json()["error"].startswith(message), response.text
+    counted = digits_server.metrics()
+    assert any(key.startswith("workbench_serve_errors_total{") and f"status={status}" in key for key in counted)
+
+
 # ---- start errors: one line, non-zero, nothing listening ----------------------------------------------------
 
 

@@ -419,7 +419,7 @@ class ServeParams(Section):
         8080, ge=0, le=65535, description="TCP port (SageMaker: 8080; 0: any free port, printed at start)"
     )
     workers: Int = Field(1, gt=0, description="server processes sharing the port, each with its own model and batcher")
-    max_batch: Int = Field(256, gt=0, description="rows per backend call: concurrent requests are merged up to this")
+    max_batch: Int = Field(1024, gt=0, description="rows per backend call: concurrent requests are merged up to this")
     max_delay_ms: Float = Field(
         2.0, ge=0, description="how long a batch may wait for requests still arriving, in milliseconds"
     )

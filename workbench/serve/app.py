@@ -5,8 +5,9 @@ holds ``serve.max_queue`` requests already (429 with ``Retry-After``); its body 
 ``serve.max_body_mb`` (413); its rows parsed and encoded in its own task, so a bad row fails only
 its request (4xx with ``{"error": "..."}``, logged once); the encoded rows handed to the
 :class:`~workbench.serve.batching.Batcher`, which merges them with other requests' rows into
-backend calls. The two prediction routes speak ASGI directly: Starlette's request and response
-objects cost more per request than the rest of the answer.
+backend calls. The two prediction routes and ``/ping`` are dispatched before Starlette and speak
+ASGI directly: its middleware, router and request and response objects cost more per request than
+the rest of the answer. Starlette serves the other routes, and wrong methods on these (405).
 """
 
 from __future__ import annotations
@@ -57,16 +58,18 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return Response(orjson.dumps({"error": message}), status, headers, media_type="application/json")
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """Send a whole answer; its status, for the metrics."""
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
-async def _send_error(send: Send, exc: RequestError) -> None:
+async def _send_error(send: Send, exc: RequestError) -> int:
     headers = [(b"content-type", JSON_TYPE)]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    await _send(send, exc.status, orjson.dumps({"error": exc.message}), headers)
+    return await _send(send, exc.status, orjson.dumps({"error": exc.message}), headers)
 
 
 class ClientGone(Exception):
@@ -150,16 +153,17 @@ class Service:
         encode: Callable[[bytes, dict[str, str]], tuple[np.ndarray, Any]],
         answer: Callable[[Scored, Any], tuple[bytes, list[tuple[bytes, bytes]]]],
         prepare: Callable[[dict[str, str]], None] | None = None,
-    ) -> None:
-        """Admission, body, encoding in this request's task, the batched backend call, the answer."""
+    ) -> int:
+        """Admission, body, encoding in this request's task, the batched backend call, the answer;
+        the status sent (0 when the client left before its body came)."""
         if self.draining:
-            await _send_error(send, RequestError(503, "the server is stopping; send the request to another instance"))
-            return
+            return await _send_error(
+                send, RequestError(503, "the server is stopping; send the request to another instance")
+            )
         if self.inflight >= self.max_queue:
             self.metrics.rejected.inc()
             message = f"{self.inflight} requests are waiting (serve.max_queue); retry after {RETRY_AFTER} s"
-            await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
-            return
+            return await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
         batcher = self.batcher
         assert batcher is not None
         self.inflight += 1
@@ -175,14 +179,14 @@ class Service:
             scored = await batcher.predict(x)
             self.metrics.rows.inc(len(x))
             body, response_headers = answer(scored, context)
-            await _send(send, 200, body, response_headers)
+            return await _send(send, 200, body, response_headers)
         except RequestError as exc:
             log.warning("%s %s %d: %s", scope["method"], scope["path"], exc.status, exc.message)
-            await _send_error(send, exc)
+            return await _send_error(send, exc)
         except BackendFailed as exc:
-            await _send_error(send, RequestError(500, str(exc)))
+            return await _send_error(send, RequestError(500, str(exc)))
         except ClientGone:
-            pass
+            return 0
         finally:
             if not submitted:
                 batcher.gave_up()
@@ -191,10 +195,10 @@ class Service:
 
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
-    async def ping(self, request: Request) -> Response:
-        return Response(status_code=503 if self.draining else 200)
+    async def ping(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await _send(send, 503 if self.draining else 200, b"", [])
 
-    async def invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def invocations(self, scope: Scope, receive: Receive, send: Send) -> int:
         target = self.model.target
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
@@ -204,7 +208,7 @@ class Service:
         def answer(scored: Scored, offer: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             return invocation_answer(scored, target, offer), [(b"content-type", offer[2].encode())]
 
-        await self._predict(scope, receive, send, encode, answer)
+        return await self._predict(scope, receive, send, encode, answer)
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class Service:
         body = orjson.dumps({"name": self.name, "ready": not self.draining})
         return Response(body, 503 if self.draining else 200, media_type="application/json")
 
-    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def infer(self, scope: Scope, receive: Receive, send: Send) -> int:
         target = self.model.target
 
         def prepare(headers: dict[str, str]) -> None:
@@ -255,7 +259,7 @@ class Service:
             body, headers = infer_answer(request, scored, target, self.name)
             return body, [(k.encode(), v.encode()) for k, v in headers.items()]
 
-        await self._predict(scope, receive, send, encode, answer, prepare)
+        return await self._predict(scope, receive, send, encode, answer, prepare)
 
     # ---- metrics -----------------------------------------------------------------------------------
 
@@ -266,22 +270,33 @@ class Service:
         return Response(body, headers={"content-type": kind})
 
 
-class _Measured:
-    """Counts every answer by route and status and times it, around the whole app (404s included)."""
+class _Counts:
+    """The request counters and latency histogram per route and status, looked up once each."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
 
-    def _of(self, route: str, status: int) -> tuple[Any, Any, Any]:
+    def record(self, route: str, status: int, started: float) -> None:
         children = self._children.get((route, status))
         if children is None:  # labels() takes a lock and builds a key: once per route and status
             m = self.metrics
             errors = m.errors.labels(route, str(status)) if status >= 400 else None
             children = (m.requests.labels(route, str(status)), errors, m.latency.labels(route))
             self._children[(route, status)] = children
-        return children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(time.perf_counter() - started)
+
+
+class _Measured:
+    """Counts every answer of the app it wraps by route and status and times it (404s included)."""
+
+    def __init__(self, app: ASGIApp, counts: _Counts) -> None:
+        self.app = app
+        self.counts = counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -300,11 +315,63 @@ class _Measured:
             await self.app(scope, receive, sent)
         finally:
             route = scope.get("route")
-            requests, errors, latency = self._of(getattr(route, "path", "unmatched"), status)
-            requests.inc()
-            if errors is not None:
-                errors.inc()
-            latency.observe(time.perf_counter() - started)
+            self.counts.record(getattr(route, "path", "unmatched"), status, started)
+
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[int]]
+
+INFER_PREFIX, INFER_SUFFIX = "/v2/models/", "/infer"
+INFER_ROUTE = INFER_PREFIX + "{name}" + INFER_SUFFIX
+
+
+class _Front:
+    """The busiest requests straight to their handlers, everything else to Starlette.
+
+    A prediction or a health check through Starlette's middleware and router costs about as much
+    again as answering it. A handler that raises gets the same one-line 500 as Starlette's routes;
+    uvicorn logs the traceback.
+    """
+
+    def __init__(self, service: Service, app: ASGIApp, counts: _Counts) -> None:
+        self.app = app
+        self.counts = counts
+        self.posts: dict[str, tuple[str, Handler]] = {"/invocations": ("/invocations", service.invocations)}
+        self.infer = service.infer
+        self.ping = service.ping
+
+    def _route(self, scope: Scope) -> tuple[str, Handler] | None:
+        path, method = scope["path"], scope["method"]
+        if method == "POST":
+            found = self.posts.get(path)
+            if found is not None:
+                return found
+            if path.startswith(INFER_PREFIX) and path.endswith(INFER_SUFFIX):
+                name = path[len(INFER_PREFIX) : -len(INFER_SUFFIX)]
+                if name and "/" not in name:
+                    scope["path_params"] = {"name": name}
+                    return INFER_ROUTE, self.infer
+        elif method == "GET" and path == "/ping":
+            return "/ping", self.ping
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._route(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path, handler = route
+        status = 500
+        try:
+            status = await handler(scope, receive, send)
+        except Exception as exc:
+            body = orjson.dumps({"error": _FAULT.format(type(exc).__name__)})
+            with contextlib.suppress(Exception):  # unless the answer had begun: then nothing more can go
+                await _send(send, 500, body, [(b"content-type", JSON_TYPE)])
+            raise
+        finally:
+            if status:
+                self.counts.record(path, status, started)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -318,15 +385,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, dict(exc.headers or {}))
 
 
+_FAULT = "internal error ({}); the server log has the traceback"
+
+
 async def _fault(request: Request, exc: Exception) -> Response:
     # uvicorn logs the traceback: Starlette raises the exception again once this answer is sent
-    return error_response(500, f"internal error ({type(exc).__name__}); the server log has the traceback")
+    return error_response(500, _FAULT.format(type(exc).__name__))
 
 
 class _Asgi:
     """A bound ASGI handler that Starlette's Route takes as an app rather than as a request function."""
 
-    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, handler: Handler) -> None:
         self.handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -353,7 +423,6 @@ def create_app(service: Service) -> ASGIApp:
 
     s = service
     get: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
-        ("/ping", s.ping),
         ("/v2", s.server_metadata),
         ("/v2/health/live", s.live),
         ("/v2/health/ready", s.ready),
@@ -361,9 +430,11 @@ def create_app(service: Service) -> ASGIApp:
         ("/v2/models/{name}/ready", s.model_ready),
         ("/metrics", s.prometheus),
     ]
-    routes = [  # the router tries routes in order: the busiest first
+    # the front answers these three; through Starlette they meet only a wrong method (405)
+    routes = [
         Route("/invocations", _Asgi(s.invocations), methods=["POST"]),
-        Route("/v2/models/{name}/infer", _Asgi(s.infer), methods=["POST"]),
+        Route(INFER_ROUTE, _Asgi(s.infer), methods=["POST"]),
+        Route("/ping", _Asgi(s.ping), methods=["GET"]),
     ]
     routes += [Route(path, endpoint, methods=["GET"]) for path, endpoint in get]
     app = Starlette(
@@ -371,4 +442,5 @@ def create_app(service: Service) -> ASGIApp:
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _fault},
     )
-    return _Measured(app, service.metrics)
+    counts = _Counts(service.metrics)
+    return _Front(service, _Measured(app, counts), counts)

@@ -10,7 +10,9 @@ package's own; the tests check both ways give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -62,6 +64,10 @@ class RowEncoder:
     def __init__(self, encoding: Encoding) -> None:
         self.encoding = encoding
         self.names = encoding.inputs
+        # a record's values in training column order, in one C call (itemgetter of one name gives no tuple)
+        self._values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            itemgetter(*self.names) if len(self.names) > 1 else lambda record: (record[self.names[0]],)
+        )
         self.width = len(encoding.features)
         self.numeric = all(spec["type"] in (NUMERIC, BOOLEAN) for spec in encoding.columns)
         # where each column's value (and its missing flag, where training had gaps) goes
@@ -81,6 +87,7 @@ class RowEncoder:
         self._value_at = np.asarray(value_at, dtype=np.int64)
         self._missing_at = np.asarray(missing_at, dtype=np.int64)
         self._missing_of = np.asarray(missing_of, dtype=np.int64)
+        self._dense = self.numeric and self.width == len(self.names)
         if self.numeric:
             self._mean = np.asarray([spec["mean"] for spec in encoding.columns], dtype=np.float64)
             self._scale = np.asarray([spec["scale"] for spec in encoding.columns], dtype=np.float64)
@@ -100,6 +107,8 @@ class RowEncoder:
     def matrix(self, values: np.ndarray) -> np.ndarray:
         """Raw values in training column order (a model whose columns are all numbers or booleans)."""
         x = np.asarray(values, dtype=np.float64)
+        if self._dense and np.isfinite(x).all():  # no gaps, one feature per column: the arithmetic alone
+            return ((x - self._mean) / self._scale).astype(np.float32)
         gaps = ~np.isfinite(x)
         out = np.zeros((len(x), self.width), dtype=np.float32)
         out[:, self._value_at] = (np.where(gaps, self._mean, x) - self._mean) / self._scale
@@ -107,19 +116,23 @@ class RowEncoder:
             out[:, self._missing_at] = gaps[:, self._missing_of]
         return out
 
-    def plain(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
-        """The records as one matrix when the model takes numbers only and every value is a plain
-        number or null, else None: no per-column work for the commonest request."""
+    def plain(self, records: Sequence[Any]) -> np.ndarray | None:
+        """The records as one matrix when the model takes numbers only and every record is an object
+        holding every column as a plain number or null, else None (the caller checks and says what is
+        wrong, or encodes column by column): no per-column work for the commonest request."""
         if not self.numeric:
             return None
-        flat = [record[name] for record in records for name in self.names]
-        if not {type(v) for v in flat} <= _NUMBER_TYPES:
+        try:
+            rows = list(map(self._values_of, records))
+        except (KeyError, TypeError):  # a column missing, or a record that is not an object
+            return None
+        if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
             return None
         try:
-            values = np.array(flat, dtype=np.float64)
+            values = np.array(rows, dtype=np.float64)
         except OverflowError:
             return None
-        return self.matrix(values.reshape(len(records), len(self.names)))
+        return self.matrix(values)
 
     def records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Dict records holding every training column (other keys ignored)."""

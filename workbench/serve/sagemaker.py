@@ -122,6 +122,9 @@ def json_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
         raise RequestError(400, "the request holds no rows")
     first = rows[0]
     if isinstance(first, dict):
+        x = encoder.plain(rows)  # the commonest request; anything else is checked, then encoded
+        if x is not None:
+            return x
         check_records(rows, names)
         return records_input(rows, encoder)
     if isinstance(first, list):
