@@ -167,7 +167,6 @@ class Service:
         batcher = self.batcher
         assert batcher is not None
         self.inflight += 1
-        self.metrics.inflight.set(self.inflight)
         batcher.arrived()
         submitted = False
         try:
@@ -177,7 +176,6 @@ class Service:
             x, context = encode(await self._body(headers, receive), headers)
             submitted = True
             scored = await batcher.predict(x)
-            self.metrics.rows.inc(len(x))
             body, response_headers = answer(scored, context)
             return await _send(send, 200, body, response_headers)
         except RequestError as exc:
@@ -191,7 +189,15 @@ class Service:
             if not submitted:
                 batcher.gave_up()
             self.inflight -= 1
-            self.metrics.inflight.set(self.inflight)
+            if not self.inflight:  # else the gauge follows backend calls and scrapes (see gauges)
+                self.metrics.inflight.set(0)
+
+    def gauges(self) -> None:
+        """The gauges set to now: at every backend call and every scrape, not per request (with
+        several workers each writes its own, and a scrape sums them)."""
+        self.metrics.inflight.set(self.inflight)
+        if self.batcher is not None:
+            self.metrics.queue_rows.set(self.batcher.queued_rows)
 
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
@@ -264,8 +270,7 @@ class Service:
     # ---- metrics -----------------------------------------------------------------------------------
 
     async def prometheus(self, request: Request) -> Response:
-        if self.batcher is not None:
-            self.metrics.queue_rows.set(self.batcher.queued_rows)
+        self.gauges()
         body, kind = self.metrics.exposition()
         return Response(body, headers={"content-type": kind})
 
@@ -409,7 +414,9 @@ def create_app(service: Service) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         score = scorer(service.model.predict, service.model.target)
-        service.batcher = Batcher(score, service.max_batch, service.max_delay, service.metrics, Scored.join)
+        service.batcher = Batcher(
+            score, service.max_batch, service.max_delay, service.metrics, Scored.join, on_batch=service.gauges
+        )
         service.batcher.start()
         # what was loaded (pandas, onnxruntime, the model) lives until exit: keep it out of the
         # collector's full passes, which would otherwise walk it all every few thousand requests

@@ -64,9 +64,11 @@ class Batcher:
         max_delay: float,
         metrics: Metrics | None = None,
         join: Callable[[Sequence[Any]], Any] = _concatenate,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         self._predict = predict
         self._join = join
+        self._on_batch = on_batch  # per backend call rather than per request: gauges of the whole server
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.metrics = metrics
@@ -174,9 +176,10 @@ class Batcher:
                 continue
             x = batch[0][1] if len(batch) == 1 else np.concatenate([part for _, part in batch])
             if self.metrics:
-                self.metrics.queue_rows.set(self.queued_rows)
                 self.metrics.batch_rows.observe(len(x))
                 self.metrics.batch_requests.observe(len(batch))
+            if self._on_batch is not None:
+                self._on_batch()
             try:
                 outputs = await self._call(x)
             except Exception as exc:  # broad on purpose: a failing backend fails its batch's requests, not the server
@@ -186,6 +189,8 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(failure)
                 continue
+            if self.metrics:
+                self.metrics.rows.inc(len(x))
             at = 0
             for item, part in batch:
                 piece = outputs[at : at + len(part)]

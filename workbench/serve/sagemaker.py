@@ -256,33 +256,30 @@ def invocation_answer(scored: Scored, target: Target, offer: Offer) -> bytes:
         buf = io.BytesIO()
         np.save(buf, scored.logits)
         return buf.getvalue()
+    classes = target.classes or []
     if target.regression:
         assert scored.values is not None
         predicted: list[Any] = scored.values.tolist()
         answer: dict[str, Any] = {"predictions": predicted}
-        columns = [target.name]
-        table: list[list[Any]] = [[v] for v in predicted]
     else:
         assert scored.best is not None and scored.probabilities is not None
-        classes = target.classes or []
         predicted = [classes[i] for i in scored.best.tolist()]
         answer = {"predictions": predicted, "classes": classes, "probabilities": scored.probabilities}
-        columns = [target.name, *(str(c) for c in classes)]
-        table = (
-            [[label, *p] for label, p in zip(predicted, scored.probabilities.tolist(), strict=True)]
-            if kind == CSV
-            else []
-        )
-    if scored.bad.any():
-        for row in np.flatnonzero(scored.bad).tolist():
-            predicted[row] = None  # and the probabilities are NaN: null in JSON
-            if table:
-                table[row] = [None] * len(table[row])
+    bad = np.flatnonzero(scored.bad).tolist() if scored.bad.any() else []
+    for row in bad:
+        predicted[row] = None  # and the probabilities are NaN: null in JSON
     if kind == JSON:
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    if target.regression:
+        table: list[list[Any]] = [[v] for v in predicted]
+    else:
+        assert scored.probabilities is not None
+        table = [[label, *p] for label, p in zip(predicted, scored.probabilities.tolist(), strict=True)]
+    for row in bad:
+        table[row] = [None] * len(table[row])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if params.get("header") == "present":
-        writer.writerow(columns)
+        writer.writerow([target.name, *(str(c) for c in classes)])
     writer.writerows(table)  # None is an empty field
     return buf.getvalue().encode()
