@@ -340,23 +340,21 @@ class _Front:
     def __init__(self, service: Service, app: ASGIApp, counts: _Counts) -> None:
         self.app = app
         self.counts = counts
-        self.posts: dict[str, tuple[str, Handler]] = {"/invocations": ("/invocations", service.invocations)}
-        self.infer = service.infer
-        self.ping = service.ping
+        self.service = service
 
     def _route(self, scope: Scope) -> tuple[str, Handler] | None:
+        """The route's name (its metrics label) and handler, for the requests answered here."""
         path, method = scope["path"], scope["method"]
         if method == "POST":
-            found = self.posts.get(path)
-            if found is not None:
-                return found
+            if path == "/invocations":
+                return path, self.service.invocations
             if path.startswith(INFER_PREFIX) and path.endswith(INFER_SUFFIX):
                 name = path[len(INFER_PREFIX) : -len(INFER_SUFFIX)]
                 if name and "/" not in name:
                     scope["path_params"] = {"name": name}
-                    return INFER_ROUTE, self.infer
+                    return INFER_ROUTE, self.service.infer
         elif method == "GET" and path == "/ping":
-            return "/ping", self.ping
+            return path, self.service.ping
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
