@@ -410,3 +410,63 @@ def test_blank_text_is_a_gap_in_categories_and_dates():
     assert "day:missing" in encoding.features and "kind=<missing>" in encoding.features
     x = encoding.apply(frame)
     assert x[:, encoding.features.index("day:missing")].tolist() == [1, 0, 1, 0]
+
+
+def _numbers_table(rows: int, seed: int, huge: int = 1000) -> pa.Table:
+    """Numbers of every plain type, with NaN, infinities and null integers for gaps (and unsigned
+    integers up to ``huge``: fitting refuses what float64 cannot hold, applying rounds it)."""
+    rng = np.random.default_rng(seed)
+    floats = rng.normal(size=rows) * 1e3
+    floats[rng.random(rows) < 0.1] = np.nan
+    floats[rng.random(rows) < 0.01] = np.inf
+    columns = {
+        "floats": floats,
+        "float32": rng.normal(size=rows).astype(np.float32),
+        "float16": rng.normal(size=rows).astype(np.float16),
+        "ints": rng.integers(-(10**12), 10**12, rows),
+        "uint64": rng.integers(0, huge, rows, dtype=np.uint64),
+        "flags": rng.random(rows) < 0.3,
+        "gappy_ints": pa.array(rng.integers(0, 100, rows), mask=rng.random(rows) < 0.2),
+    }
+    columns |= {f"wide{j}": rng.normal(size=rows) * j for j in range(12)}  # more columns than one tile
+    return pa.table(columns)
+
+
+@pytest.mark.parametrize("gaps_in_training", [True, False])
+def test_all_number_tables_encode_as_the_general_path_does_to_the_bit(gaps_in_training, monkeypatch):
+    """All-number encodings skip pandas for Arrow tables and numeric DataFrames: same float32 bits as
+    the column-by-column path, with gaps, flags, every numeric type and more rows than one pass takes."""
+    import workbench.ml.encoding as encoding_module
+
+    train = _numbers_table(500, seed=0)
+    if not gaps_in_training:
+        train = train.drop_columns(["floats", "gappy_ints"])
+    encoding = fit_encoding([train])
+    assert any(spec["missing"] for spec in encoding.columns) == gaps_in_training
+    scored = _numbers_table(9000, seed=1, huge=2**63).select(list(reversed(train.column_names)))
+    forms = {
+        "table": scored,
+        "chunks": pa.concat_tables([scored.slice(0, 1000), scored.slice(1000)]),
+        "batch": scored.combine_chunks().to_batches()[0],
+        "frame": scored.to_pandas(),
+        "few rows": scored.slice(0, 3),
+        "no rows": scored.slice(0, 0),
+    }
+    fast = {name: encoding.apply(data) for name, data in forms.items()}
+    monkeypatch.setattr(encoding_module, "_plain_columns", lambda data, names: None)
+    for name, data in forms.items():
+        general = encoding.apply(data)
+        assert fast[name].dtype == general.dtype == np.float32 and fast[name].flags.c_contiguous, name
+        assert np.array_equal(fast[name].view(np.uint32), general.view(np.uint32)), name
+
+
+def test_numbers_the_general_path_must_convert_still_take_it():
+    """Text in a number column, booleans with gaps, Arrow dictionaries: converted (or refused) as ever."""
+    encoding = fit_encoding([pa.table({"x": [1.0, 2.0, 4.0], "b": [True, False, True]})])
+    x = encoding.apply(pa.table({"x": ["3.5", None], "b": pa.array([None, True], pa.bool_())}))
+    assert x.tolist() == encoding.apply([{"x": 3.5, "b": None}, {"x": None, "b": True}]).tolist()
+    dictionary = pa.table({"x": pa.array([1.0, 2.0]).dictionary_encode(), "b": [True, True]})
+    assert encoding.apply(dictionary).tolist() == encoding.apply({"x": [1.0, 2.0], "b": [True, True]}).tolist()
+    with pytest.raises(DataError) as excinfo:
+        encoding.apply(pa.table({"x": ["many"], "b": [True]}))
+    one_line(excinfo, "'x'", "'many'", "not a number")

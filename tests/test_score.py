@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 
 from workbench.config.schema import PublishParams, ScoreParams
 from workbench.errors import DataError, ParameterError, TrackingError
+from workbench.ml.encoding import fit_encoding
 from workbench.stages.batch_score import DataWarning, score_batch
 from workbench.storage.publish import PublishError
 from workbench.storage.sources import read_source
@@ -236,3 +237,51 @@ def test_unscored_rows_publish_as_nulls(trained, stage_ctx_factory, tmp_path, po
             metrics = dict(conn.execute(text("select name, value from preds_metrics")).all())
         assert sorted(r[0] for r in nulls) == culprits, url
         assert tuple(total) == (1797, 1797) and metrics["rows_unscored"] == 5
+
+
+def test_blocks_of_batches_score_as_the_model_does_batch_by_batch(trained, stage_ctx_factory):
+    """Scoring reads, encodes and writes many batches at a time, yet calls the model on ``batch_size``
+    rows: predictions and confidences are those of the model run batch by batch, to the bit."""
+    import onnxruntime as ort
+
+    from workbench.ml.encoding import Encoding
+    from workbench.ml.runtimes import fast_form, onnx_file_check, top_class
+    from workbench.stages.batch_score import block_rows, model_inputs
+    from workbench.storage.catalog import ENCODING, ONNX_MODEL
+
+    ctx = stage_ctx_factory("score", run_id="score-blocks")
+    batch = 97
+    assert block_rows(batch, model_inputs(ctx, "unit")) > 1797  # one block of 19 batches
+    result = score_batch(ctx, ScoreParams(batch_size=batch, model_run="unit"), progress=False)
+    frame = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet")))
+
+    digits = read_source("bundled:digits")
+    encoding = Encoding.from_json(ctx.load_artifact(ENCODING, run="unit"))
+    model = fast_form(onnx_file_check(ctx.load(ONNX_MODEL, run="unit"))).SerializeToString()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    best, confidence = [], []
+    for start in range(0, len(digits), batch):
+        outputs = session.run(None, {name: encoding.apply(digits.iloc[start : start + batch])})[0]
+        classes_at, confidences = top_class(outputs)
+        best.append(classes_at)
+        confidence.append(confidences)
+    classes = np.asarray(encoding.target.classes)
+    assert frame.predicted.tolist() == classes[np.concatenate(best)].tolist()
+    assert np.array_equal(frame.confidence.to_numpy().view(np.uint32), np.concatenate(confidence).view(np.uint32))
+    assert result.preview.row.tolist() == list(range(10)) and result.metrics["rows_scored"] == 1797
+
+
+def test_blocks_stay_whole_batches_within_their_memory_bound():
+    """Wide tables get fewer rows per block, never less than one batch, so memory follows the width."""
+    from workbench.ml.encoding import Target
+    from workbench.stages.batch_score import BLOCK_BYTES, BLOCK_ROWS, ModelInputs, block_rows
+
+    def inputs(width: int) -> ModelInputs:
+        encoding = fit_encoding([pa.table({f"x{j}": [0.0, 1.0] for j in range(width)})])
+        return ModelInputs(encoding, Target("y", "classification", [0, 1], 2, 0))
+
+    assert block_rows(4096, inputs(64)) == BLOCK_ROWS and block_rows(1000, inputs(64)) == 65_000
+    wide = block_rows(512, inputs(2000))
+    assert wide % 512 == 0 and wide >= 512 and wide * (4 * 2002 + 8 * 2000) <= BLOCK_BYTES
+    assert block_rows(100_000, inputs(64)) == 100_000 and block_rows(4096, inputs(20_000)) == 4096

@@ -21,6 +21,7 @@ input with numpy and pandas alone, so the SageMaker handler can carry a copy of 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -626,6 +627,146 @@ def _dates(series: pd.Series, name: str) -> pd.Series:
     return parsed
 
 
+PLAIN_KINDS = "biuf"  # numpy kinds (bool, int, uint, float) that become float64 as _numbers makes them
+
+
+def _series_numbers(series: Any) -> np.ndarray | None:
+    """A pandas column of numbers held by numpy itself, as its array; None for anything _numbers
+    must convert (text, categories, pandas' nullable types) or a repeated name (a DataFrame, not a column)."""
+    if not isinstance(series, pd.Series) or not isinstance(series.dtype, np.dtype):
+        return None
+    return series.to_numpy() if series.dtype.kind in PLAIN_KINDS else None
+
+
+def _arrow_numbers(column: Any) -> np.ndarray | None:
+    """An Arrow column of numbers as numpy, a gap in integers as NaN (as pandas makes it), without a
+    DataFrame in between; None for any other type, whose conversion is left to _numbers."""
+    try:
+        kind = np.dtype(column.type.to_pandas_dtype()).kind
+    except NotImplementedError:  # dictionary (categorical) columns: pandas makes them categories
+        return None
+    if kind not in PLAIN_KINDS:
+        return None
+    values = column.to_numpy(zero_copy_only=False)
+    return values if values.dtype.kind in PLAIN_KINDS else None  # booleans with gaps arrive as objects
+
+
+def _plain_columns(data: Any, names: list[str]) -> list[np.ndarray] | None:
+    """The named columns as numpy numbers straight from a DataFrame or an Arrow table (duck-typed), or
+    None where the general path must run: other input, an absent column (its error names it), or
+    any column that is not plain numbers."""
+    if isinstance(data, pd.DataFrame):
+        have, pick = set(data.columns), lambda name: _series_numbers(data[name])
+    elif hasattr(data, "column_names") and hasattr(data, "column"):
+        have, pick = set(data.column_names), lambda name: _arrow_numbers(data.column(name))
+        if len(have) != len(data.column_names):  # a repeated name: the general path decides
+            return None
+    else:
+        return None
+    if not names or any(name not in have for name in names):
+        return None
+    columns = []
+    for name in names:
+        values = pick(name)
+        if values is None:
+            return None
+        columns.append(values)
+    return columns
+
+
+STANDARDISED_ROWS = 4096  # rows per pass: few calls per column, a float64 scratch about a core's cache
+TILE_COLUMNS = 8  # columns cast to float32 at a time
+
+
+def _cast_into(out: np.ndarray, x: np.ndarray) -> None:
+    """``x`` (column-major float64) into ``out`` (row-major float32), a few columns at a time: numpy's
+    transposing copy of all columns at once strides across every column for each row and took 2.5
+    times as long at 4,096 x 64."""
+    if len(x) < STANDARDISED_ROWS // 8:  # too few rows for the tiles to pay
+        out[...] = x
+        return
+    for left in range(0, x.shape[1], TILE_COLUMNS):
+        out[:, left : left + TILE_COLUMNS] = x[:, left : left + TILE_COLUMNS]
+
+
+@dataclass(frozen=True)
+class NumericLayout:
+    """Where an all-number encoding puts each column's standardised value and ``:missing`` flag."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    value_at: np.ndarray
+    flag_at: np.ndarray  # output positions of the flags ...
+    flagged: np.ndarray  # ... and the input columns they flag
+
+    @classmethod
+    def of(cls, columns: list[dict[str, Any]]) -> NumericLayout | None:
+        """The layout, or None when some column is a category or a date (or there is none)."""
+        if not columns or any(spec["type"] not in (NUMERIC, BOOLEAN) for spec in columns):
+            return None
+        value_at, flag_at, flagged = [], [], []
+        at = 0
+        for i, spec in enumerate(columns):
+            value_at.append(at)
+            at += 1
+            if spec["missing"]:
+                flag_at.append(at)
+                flagged.append(i)
+                at += 1
+        return cls(
+            np.asarray([spec["mean"] for spec in columns], dtype=np.float64),
+            np.asarray([spec["scale"] for spec in columns], dtype=np.float64),
+            *(np.asarray(v, dtype=np.int64) for v in (value_at, flag_at, flagged)),
+        )
+
+    def apply(self, columns: list[np.ndarray], width: int) -> np.ndarray:
+        """The arithmetic of Encoding.apply, float64 ``(x - mean) / scale`` with gaps (non-finite
+        values) at the mean, then float32, for all columns together: a few whole-matrix passes per
+        chunk of rows instead of several calls per column, the chunk small enough to stay in cache."""
+        rows = len(columns[0])
+        out = (np.zeros if len(self.flag_at) else np.empty)((rows, width), dtype=np.float32)
+        scratch = np.empty((min(rows, STANDARDISED_ROWS), len(columns)), dtype=np.float64, order="F")
+        floats = any(values.dtype.kind == "f" for values in columns)  # integers and booleans are always finite
+        for top in range(0, rows, STANDARDISED_ROWS):
+            x = scratch[: min(STANDARDISED_ROWS, rows - top)]
+            for j, values in enumerate(columns):
+                x[:, j] = values[top : top + len(x)]
+            gaps = self._impute(x) if floats else None
+            x -= self.mean
+            x /= self.scale
+            self._place(out[top : top + len(x)], x, gaps)
+        return out
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        """The same for a float64 matrix of raw values in training column order, at once: a server's
+        few rows, for which the chunked passes of :meth:`apply` cost more than they save."""
+        if not len(self.flag_at) and np.isfinite(x).all():  # one feature per column and no gap
+            return ((x - self.mean) / self.scale).astype(np.float32)
+        gaps = ~np.isfinite(x)
+        out = np.zeros((len(x), len(self.value_at) + len(self.flag_at)), dtype=np.float32)
+        out[:, self.value_at] = (np.where(gaps, self.mean, x) - self.mean) / self.scale
+        out[:, self.flag_at] = gaps[:, self.flagged]
+        return out
+
+    def _impute(self, x: np.ndarray) -> np.ndarray | None:
+        """Non-finite values set to their column's mean, in place; where they were, or None if nowhere."""
+        finite = np.isfinite(x)
+        if finite.all():
+            return None
+        gaps = ~finite
+        np.copyto(x, np.broadcast_to(self.mean, x.shape), where=gaps)
+        return gaps
+
+    def _place(self, out: np.ndarray, x: np.ndarray, gaps: np.ndarray | None) -> None:
+        """Standardised values into their output columns, and the flags of the columns that have one."""
+        if not len(self.flag_at):
+            _cast_into(out, x)
+            return
+        out[:, self.value_at] = x
+        if gaps is not None:
+            out[:, self.flag_at] = gaps[:, self.flagged]
+
+
 def _category_codes(series: pd.Series, index: dict[str, int], other: int, missing: int) -> np.ndarray:
     """Per row, the one-hot position of its value: its own, ``missing`` for a gap, ``other`` for the rest."""
     if isinstance(series.dtype, pd.CategoricalDtype):
@@ -657,6 +798,12 @@ class Encoding:
 
     def __post_init__(self) -> None:
         self.features = [name for spec in self.columns for name in feature_names(spec)]
+
+    @functools.cached_property
+    def numeric_layout(self) -> NumericLayout | None:
+        """The layout of an encoding of numbers and booleans alone: those skip the per-column steps
+        and pandas wherever the input's columns are plain numbers too (batch scoring, streaming)."""
+        return NumericLayout.of(self.columns)
 
     @property
     def inputs(self) -> list[str]:
@@ -690,7 +837,14 @@ class Encoding:
 
     def apply(self, data: Any) -> np.ndarray:
         """Float32 model input from raw rows with the training columns in any order (others ignored)."""
-        frame = _records(data, self.inputs)
+        if self.numeric_layout is not None:
+            columns = _plain_columns(data, self.inputs)
+            if columns is not None:
+                return self.numeric_layout.apply(columns, len(self.features))
+        return self._apply_frame(_records(data, self.inputs))
+
+    def _apply_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """The general path, column by column through pandas: any column type, any input."""
         out = np.zeros((len(frame), len(self.features)), dtype=np.float32)
         at = 0
         for spec in self.columns:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.encoding import BOOLEAN, CATEGORY, NUMERIC, Encoding
+from workbench.ml.encoding import BOOLEAN, CATEGORY, NUMERIC, Encoding, feature_names
 from workbench.serve.media import RequestError
 
 _NUMBER_TYPES = frozenset({int, float, type(None)})
@@ -69,28 +69,14 @@ class RowEncoder:
             itemgetter(*self.names) if len(self.names) > 1 else lambda record: (record[self.names[0]],)
         )
         self.width = len(encoding.features)
-        self.numeric = all(spec["type"] in (NUMERIC, BOOLEAN) for spec in encoding.columns)
-        # where each column's value (and its missing flag, where training had gaps) goes
-        at, value_at, missing_at, missing_of = 0, [], [], []
-        for i, spec in enumerate(encoding.columns):
+        self._layout = encoding.numeric_layout  # None unless every column is a number or a boolean
+        self.numeric = self._layout is not None
+        # where each column's one-hot block or date parts begin, for requests that hold text
+        at, value_at = 0, []
+        for spec in encoding.columns:
             value_at.append(at)
-            if spec["type"] in (NUMERIC, BOOLEAN):
-                at += 1
-                if spec["missing"]:
-                    missing_at.append(at)
-                    missing_of.append(i)
-                    at += 1
-            elif spec["type"] == CATEGORY:
-                at += len(spec["values"]) + spec["missing"] + 1
-            else:
-                at += len(spec["parts"]) + spec["missing"]
-        self._value_at = np.asarray(value_at, dtype=np.int64)
-        self._missing_at = np.asarray(missing_at, dtype=np.int64)
-        self._missing_of = np.asarray(missing_of, dtype=np.int64)
-        self._dense = self.numeric and self.width == len(self.names)
-        if self.numeric:
-            self._mean = np.asarray([spec["mean"] for spec in encoding.columns], dtype=np.float64)
-            self._scale = np.asarray([spec["scale"] for spec in encoding.columns], dtype=np.float64)
+            at += len(feature_names(spec))
+        self._value_at = value_at
         self._index = [
             {value: j for j, value in enumerate(spec["values"])} if spec["type"] == CATEGORY else None
             for spec in encoding.columns
@@ -106,15 +92,8 @@ class RowEncoder:
 
     def matrix(self, values: np.ndarray) -> np.ndarray:
         """Raw values in training column order (a model whose columns are all numbers or booleans)."""
-        x = np.asarray(values, dtype=np.float64)
-        if self._dense and np.isfinite(x).all():  # no gaps, one feature per column: the arithmetic alone
-            return ((x - self._mean) / self._scale).astype(np.float32)
-        gaps = ~np.isfinite(x)
-        out = np.zeros((len(x), self.width), dtype=np.float32)
-        out[:, self._value_at] = (np.where(gaps, self._mean, x) - self._mean) / self._scale
-        if len(self._missing_at):
-            out[:, self._missing_at] = gaps[:, self._missing_of]
-        return out
+        assert self._layout is not None
+        return self._layout.standardise(np.asarray(values, dtype=np.float64))
 
     def plain(self, records: Sequence[Any]) -> np.ndarray | None:
         """The records as one matrix when the model takes numbers only and every record is an object
@@ -150,7 +129,7 @@ class RowEncoder:
         out = np.zeros((rows, self.width), dtype=np.float32)
         for i, spec in enumerate(self.encoding.columns):
             values = columns[spec["name"]]
-            at = int(self._value_at[i])
+            at = self._value_at[i]
             if spec["type"] in (NUMERIC, BOOLEAN):
                 if isinstance(values, np.ndarray):
                     x = values.astype(np.float64) if values.dtype.kind in "biuf" else None

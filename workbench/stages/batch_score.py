@@ -36,6 +36,7 @@ from workbench.storage.sources import count_rows, describe, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
     from matplotlib.figure import Figure
 
     from workbench.config.schema import PublishParams, ScoreParams
@@ -46,6 +47,12 @@ SOURCE_KEY = "score.source"
 
 
 SHOWN_ROWS = 5  # unscored rows named in the warning; the rest are counted
+PREVIEW_ROWS = 10
+# Rows read, encoded, written and counted at a time, in whole batches: beside a small model, the
+# calls per batch (Arrow, numpy, pandas, a Parquet row group each) cost more than their work at a few
+# thousand rows. Only the model runs batch by batch, as the batch size says.
+BLOCK_ROWS = 65_536
+BLOCK_BYTES = 64 << 20  # fewer rows where a block's working copies (see block_rows) would pass this
 
 
 class DataWarning(UserWarning):
@@ -131,42 +138,81 @@ class Unscored:
         )
 
 
+def block_rows(batch_size: int, inputs: ModelInputs) -> int:
+    """Rows per block: whole batches, at most BLOCK_ROWS (unless one batch is more) and at most
+    BLOCK_BYTES of working copies (float32 model input and output, a float64 value per raw column
+    while encoding), so memory follows the batch size and the table's width, never its length."""
+    row_bytes = 4 * (len(inputs.encoding.features) + inputs.target.outputs) + 8 * len(inputs.features)
+    fit = min(BLOCK_ROWS, BLOCK_BYTES // max(row_bytes, 1))
+    return batch_size * max(1, fit // batch_size)
+
+
+def predict_block(table: pa.Table, inputs: ModelInputs, predict: Predict, source: str, batch_size: int) -> np.ndarray:
+    """The model's outputs for a block, run batch by batch on row slices of its encoding: each row
+    encodes on its own, so the model sees the very batches it would see unblocked, to the bit."""
+    x = inputs.matrix(table, source)
+    parts = [predict(x[start : start + batch_size]) for start in range(0, max(len(x), 1), batch_size)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def score_stream(
-    tables: Iterable[pa.Table], inputs: ModelInputs, predict: Predict, source: str, unscored: Unscored | None = None
+    tables: Iterable[pa.Table],
+    inputs: ModelInputs,
+    predict: Predict,
+    source: str,
+    unscored: Unscored | None = None,
+    batch_size: int | None = None,
 ) -> Iterator[pa.Table]:
     """Predictions per table: row number, predicted class and confidence (or the predicted number),
-    and the label when present.
+    and the label when present. The model runs on ``batch_size`` rows at a time (default: the whole table).
 
     Raw rows go through the fitted encoding, so a gap is imputed as in training. A row whose model
     output is not finite gets null ``predicted`` (and ``confidence``) and is recorded in ``unscored``:
     argmax of NaNs is 0, a class with no sign that it was garbage.
     """
-    import pyarrow as pa
-
     offset = 0
-    task = inputs.target
     for table in tables:
         if offset == 0:
             inputs.check(table.schema, source)
-        outputs = predict(inputs.matrix(table, source))
-        bad = ~np.isfinite(outputs).all(axis=1)
-        mask = None
-        if bad.any():
-            outputs = np.where(bad[:, None], 0.0, outputs)
-            mask = bad
-            if unscored is not None:
-                unscored.add(np.flatnonzero(bad) + offset)
-        columns = {"row": pa.array(np.arange(offset, offset + table.num_rows))}
-        if task.regression:
-            columns["predicted"] = pa.array(task.predicted(outputs), mask=mask)
-        else:
-            best, confidence = top_class(outputs)
-            columns["predicted"] = pa.array(inputs.classes[best], mask=mask)
-            columns["confidence"] = pa.array(confidence, mask=mask)
-        if task.name in table.schema.names:
-            columns["actual"] = table.column(task.name)
+        outputs = predict_block(table, inputs, predict, source, batch_size or max(table.num_rows, 1))
+        yield predictions(table, outputs, inputs, offset, unscored)
         offset += table.num_rows
-        yield pa.table(columns)
+
+
+def predictions(
+    table: pa.Table, outputs: np.ndarray, inputs: ModelInputs, offset: int, unscored: Unscored | None
+) -> pa.Table:
+    """The predictions table of one block from the model's outputs (rows from ``offset`` on)."""
+    import pyarrow as pa
+
+    task = inputs.target
+    mask = None
+    if not np.isfinite(outputs).all():  # the check row by row costs ten times this one, so only when needed
+        bad = ~np.isfinite(outputs).all(axis=1)
+        outputs = np.where(bad[:, None], 0.0, outputs)
+        mask = bad
+        if unscored is not None:
+            unscored.add(np.flatnonzero(bad) + offset)
+    columns = {"row": pa.array(np.arange(offset, offset + table.num_rows))}
+    if task.regression:
+        columns["predicted"] = pa.array(task.predicted(outputs), mask=mask)
+    else:
+        best, confidence = top_class(outputs)
+        columns["predicted"] = pa.array(inputs.classes[best], mask=mask)
+        columns["confidence"] = pa.array(confidence, mask=mask)
+    if task.name in table.schema.names:
+        columns["actual"] = table.column(task.name)
+    return pa.table(columns)
+
+
+def predictions_writer(path: Path, schema: pa.Schema, regression: bool) -> pq.ParquetWriter:
+    """A Parquet writer that dictionary-encodes the class columns alone: on row numbers and
+    confidences (nearly all distinct) a dictionary grew in every row group until it gave way to plain
+    pages, which took over half the writing time and made the file larger."""
+    import pyarrow.parquet as pq
+
+    classes = [] if regression else [name for name in ("predicted", "actual") if name in schema.names]
+    return pq.ParquetWriter(path, schema, use_dictionary=classes or False)
 
 
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
@@ -212,8 +258,9 @@ class _Tally:
     """What scoring counts as batches pass: predictions per class (or number bin) and, where rows carry
     a label, hits, errors and the labels' spread."""
 
-    def __init__(self, task: Target) -> None:
+    def __init__(self, task: Target, batch_size: int) -> None:
         self.task = task
+        self.batch_size = batch_size
         self.regression = task.regression
         low, high = task.mean - 4 * task.scale, task.mean + 4 * task.scale
         self.edges = np.linspace(low, high, 41) if self.regression else None
@@ -224,6 +271,16 @@ class _Tally:
         self.hits = self.abs_err = self.sq_err = self.y_sum = self.y2_sum = 0.0
 
     def add(self, out: pa.Table) -> None:
+        """Count a block of predictions. Class counts and hits are integers, the same however rows are
+        grouped; a number's error sums (float32 labels among them) are taken batch by batch, so the
+        metrics do not move with the block size."""
+        if not self.regression:
+            self._add(out)
+            return
+        for start in range(0, out.num_rows, self.batch_size):
+            self._add(out.slice(start, self.batch_size))
+
+    def _add(self, out: pa.Table) -> None:
         import pyarrow.compute as pc
 
         predicted = out.column("predicted")
@@ -283,8 +340,6 @@ def score_batch(
     (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` (or ``score_rmse``,
     ``score_mae`` and ``score_r2`` for a number) is logged only where some scored row has a label.
     """
-    import pyarrow.parquet as pq
-
     source, backend, batch_size = params.source, params.backend, params.batch_size
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     shown = describe(source)
@@ -296,7 +351,7 @@ def score_batch(
         from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
 
         publisher = Publisher(publish_url, publish_table, ctx.run_id, ctx.step)
-    tally = _Tally(inputs.target)
+    tally = _Tally(inputs.target, batch_size)
     rows, preview = 0, None
     unscored = Unscored()
     started = time.perf_counter()
@@ -305,12 +360,14 @@ def score_batch(
         path = Path(tmp) / PREDICTIONS.file
         writer = None
         try:
-            for out in score_stream(iter_source(source, batch_size, SOURCE_KEY), inputs, predict, shown, unscored):
-                writer = writer or pq.ParquetWriter(path, out.schema)
+            blocks = iter_source(source, block_rows(batch_size, inputs), SOURCE_KEY)
+            for out in score_stream(blocks, inputs, predict, shown, unscored, batch_size):
+                writer = writer or predictions_writer(path, out.schema, inputs.target.regression)
                 writer.write_table(out)
                 if publisher:
                     publisher.append(prediction_rows(out, backend))
-                preview = out.slice(0, 10).to_pandas(types_mapper=_int_as_nullable) if preview is None else preview
+                if preview is None:  # the first rows of the first batch
+                    preview = out.slice(0, min(PREVIEW_ROWS, batch_size)).to_pandas(types_mapper=_int_as_nullable)
                 tally.add(out)
                 rows += out.num_rows
                 bar.update(out.num_rows)
