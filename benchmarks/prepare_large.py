@@ -2,7 +2,7 @@
 
 Two tables, each of N and 10 N rows, as CSV and as its Parquet twin, generated block by block so
 that making them takes bounded memory. Every measurement runs in a fresh process that reports its
-time and peak RSS (``ru_maxrss``) and is stopped at a time and a memory limit, so one side that
+time and peak RSS (its own ``VmHWM``) and is stopped at a time and a memory limit, so one side that
 cannot finish is reported as such instead of taking the machine down.
 
 ``--table digits`` (the default): a digits-shaped table (64 integer features and a label), uploaded
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from peak_memory import peak_rss_mib
 
 from workbench.storage.sources import read_source
 
@@ -128,10 +128,6 @@ def make_mixed(folder: Path, rows: int) -> list[Path]:
     return [csv_path, parquet_path]
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_workbench(source: str, folder: str, table: str) -> dict:
     """``prepare_data`` on ``source`` in this fresh process, timed without the imports."""
     from workbench.config.schema import DataParams
@@ -144,7 +140,7 @@ def child_workbench(source: str, folder: str, table: str) -> dict:
     prepared = prepare_data(ctx, params, seed=0, progress=False)
     seconds = time.perf_counter() - started
     detail = f"{len(prepared.features)} inputs -> {len(prepared.encoding.features)} features, 3 splits written"
-    return {"seconds": seconds, "peak": peak_mib(), "detail": detail}
+    return {"seconds": seconds, "peak": peak_rss_mib(), "detail": detail}
 
 
 def child_sklearn(source: str) -> dict:
@@ -196,7 +192,7 @@ def child_sklearn(source: str) -> dict:
         f"read {read - started:.1f} s, split+fit {fitted - read:.1f} s, transform {done - fitted:.1f} s "
         f"-> {matrix.shape[0]:,} x {matrix.shape[1]} {type(matrix).__name__}"
     )
-    return {"seconds": done - started, "fit_seconds": fitted - started, "peak": peak_mib(), "detail": detail}
+    return {"seconds": done - started, "fit_seconds": fitted - started, "peak": peak_rss_mib(), "detail": detail}
 
 
 def _rss_mib(pid: int) -> float:

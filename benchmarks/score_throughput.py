@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
+from peak_memory import peak_rss_mib
 
 from workbench.config.schema import DataParams, ExportParams, ScoreParams, TrainParams
 from workbench.ml.runtimes import fast_form, onnx_file_check
@@ -109,17 +109,6 @@ def heavy_line(tmp: Path, rows: int, batch: int, repeat: int) -> None:
     print(f"  workbench scoring      {score:>12,.0f} rows/s")
     print(f"  raw InferenceSession   {raw:>12,.0f} rows/s  (fast form)")
     print(f"heavy model throughput ratio: {score / raw:.3f}  (target >= 0.9)")
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS. Linux carries ``ru_maxrss`` across exec, so a child started by
-    a parent holding the benchmark's arrays reported the parent's peak; VmHWM is the child's alone."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(source: str, store: str, db: str, batch: int) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from peak_memory import peak_rss_mib
 from torch import nn
 
 from workbench.ml.architectures import MLP, DigitCNN
@@ -238,7 +238,7 @@ def streamed_child(args: argparse.Namespace) -> None:
     Trainer(model, FitSettings(epochs=1, batch_size=args.batch_size, lr=0.002, seed=0)).run(
         train, small_val(device), progress=False
     )
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mib()}))
 
 
 def streamed(args: argparse.Namespace) -> None:
