@@ -25,6 +25,15 @@ from support.cli import ROOT
             "parquet workbench rows/s / scikit-learn rows/s at 20,000 rows",
             marks=pytest.mark.e2e,
         ),
+        pytest.param(
+            "score_throughput.py",
+            ["--rows", "5000", "--heavy-rows", "0", "--repeat", "1"],
+            "memory ratio (10x rows)",
+            marks=pytest.mark.e2e,
+        ),
+        pytest.param(
+            "serve_load.py", ["--seconds", "0.3", "--clients", "1,4"], "bound on this machine", marks=pytest.mark.e2e
+        ),
     ],
 )
 def test_benchmark_runs(script, args, says):

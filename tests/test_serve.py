@@ -32,6 +32,7 @@ from support.tables import churn, penguins
 from workbench.errors import DataError
 from workbench.ml.encoding import Encoding
 from workbench.serve import media
+from workbench.serve.batching import BackendFailed, Batcher
 from workbench.serve.encoder import RowEncoder
 from workbench.serve.media import RequestError
 from workbench.storage.sources import read_source
@@ -414,6 +415,53 @@ def test_a_regression_answers_the_number_as_batch_scoring(weighed, tmp_path):
 
 
 # ---- batching, back-pressure, shutdown ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call_seconds", [0.0, 0.002], ids=["on the loop", "in the thread"])
+def test_the_batcher_answers_each_request_with_its_own_rows(call_seconds):
+    """Requests of 1 to 12 rows at once, calls of at most 5 rows: each request, split or not, gets
+    its own rows back in order, whichever call each part fell into and while the next call runs."""
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        time.sleep(call_seconds)
+        return x * 2
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(predict, max_batch=5, max_delay=0.001)
+        batcher.start()
+        requests = [np.arange(n * 100, n * 100 + n, dtype=np.float32)[:, None] for n in range(1, 13)]
+        for _ in requests:
+            batcher.arrived()
+        answers = await asyncio.gather(*[batcher.predict(x) for x in requests])
+        await batcher.close()
+        return [a - 2 * x for a, x in zip(answers, requests, strict=True)]
+
+    differences = asyncio.run(scenario())
+    assert all(d.shape[1] == 1 and not d.any() for d in differences)
+    assert sum(calls) == sum(range(1, 13)) and max(calls) == 5
+
+
+def test_a_failing_backend_fails_its_batch_and_the_batcher_goes_on():
+    def predict(x: np.ndarray) -> np.ndarray:
+        if (x < 0).any():
+            raise ValueError("negative")
+        return x
+
+    async def scenario() -> tuple[BaseException | np.ndarray, np.ndarray]:
+        batcher = Batcher(predict, max_batch=4, max_delay=0.0)
+        batcher.start()
+        batcher.arrived()
+        failed = await asyncio.gather(batcher.predict(-np.ones((2, 1), np.float32)), return_exceptions=True)
+        batcher.arrived()
+        fine = await batcher.predict(np.ones((3, 1), np.float32))
+        await batcher.close()
+        return failed[0], fine
+
+    failed, fine = asyncio.run(scenario())
+    assert isinstance(failed, BackendFailed) and "ValueError: negative" in str(failed)
+    assert fine.tolist() == [[1.0]] * 3
 
 
 @pytest.mark.e2e

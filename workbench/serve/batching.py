@@ -5,7 +5,8 @@ kernel) per request; called once for many rows it pays it once. Requests encode 
 bad row fails only its request) and hand the float32 matrix to :class:`Batcher`, whose one loop
 concatenates what is waiting into calls of at most ``max_batch`` rows, splitting a larger request
 across calls. While the backend runs (in a thread, so the event loop keeps reading requests) the
-next batch forms by itself; when the backend is idle, a batch short of ``max_batch`` waits at most
+next batch forms by itself and starts as soon as the call returns, before its results are handed
+out; when the backend is idle, a batch short of ``max_batch`` waits at most
 ``max_delay`` seconds for requests still being read, and not at all when none is on its way, so a
 lone client never waits for company that cannot come. A call expected to take less than handing it
 to the thread and back (a few rows of a small model) runs on the event loop itself.
@@ -44,6 +45,15 @@ class _Pending:
     future: asyncio.Future[Any]
     taken: int = 0
     parts: list[Any] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Call:
+    """A batch handed to the backend: its requests' parts, its rows, and its outputs to come."""
+
+    batch: list[tuple[_Pending, np.ndarray]]
+    rows: int
+    outputs: asyncio.Future[Any]
 
 
 class BackendFailed(Exception):
@@ -158,48 +168,67 @@ class Batcher:
         self._per_row = per_row if self._per_row is None else 0.9 * self._per_row + 0.1 * per_row
         return outputs
 
-    async def _call(self, x: np.ndarray) -> Any:
+    def _submit(self, batch: list[tuple[_Pending, np.ndarray]]) -> _Call:
+        """Start the backend on ``batch``: in its thread, or here when that costs less than the trip."""
+        x = batch[0][1] if len(batch) == 1 else np.concatenate([part for _, part in batch])
+        if self.metrics:
+            self.metrics.batch_rows.observe(len(x))
+            self.metrics.batch_requests.observe(len(batch))
+        if self._on_batch is not None:
+            self._on_batch()
+        loop = asyncio.get_running_loop()
         if self._per_row is not None and self._per_row * len(x) < INLINE_BELOW:
-            return self._timed(x)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, x)
+            outputs: asyncio.Future[Any] = loop.create_future()
+            try:
+                outputs.set_result(self._timed(x))
+            except Exception as exc:  # broad on purpose: raised again where the call is awaited
+                outputs.set_exception(exc)
+        else:
+            outputs = loop.run_in_executor(self._executor, self._timed, x)
+        return _Call(batch, len(x), outputs)
 
     async def _run(self) -> None:
+        call: _Call | None = None
         while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = await self._gather()
-            if not batch:
-                continue
-            x = batch[0][1] if len(batch) == 1 else np.concatenate([part for _, part in batch])
-            if self.metrics:
-                self.metrics.batch_rows.observe(len(x))
-                self.metrics.batch_requests.observe(len(batch))
-            if self._on_batch is not None:
-                self._on_batch()
+            if call is None:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = await self._gather()  # the backend is idle: a short batch may wait for company
+                if not batch:
+                    continue
+                call = self._submit(batch)
             try:
-                outputs = await self._call(x)
+                outputs = await call.outputs
             except Exception as exc:  # broad on purpose: a failing backend fails its batch's requests, not the server
-                log.exception("the backend failed on a batch of %d rows", len(x))
+                log.exception("the backend failed on a batch of %d rows", call.rows)
                 failure = BackendFailed(f"the model failed on this batch ({type(exc).__name__}: {exc})")
-                for item, _ in batch:
+                for item, _ in call.batch:
                     if not item.future.done():
                         item.future.set_exception(failure)
+                call = None
                 continue
-            if self.metrics:
-                self.metrics.rows.inc(len(x))
-            at = 0
-            for item, part in batch:
-                piece = outputs[at : at + len(part)]
-                at += len(part)
-                if item.future.done():  # its client went away
-                    continue
-                if item.taken < len(item.x) or item.parts:
-                    item.parts.append(piece)
-                    if item.taken == len(item.x) and sum(len(p) for p in item.parts) == len(item.x):
-                        item.future.set_result(self._join(item.parts))
-                else:
-                    item.future.set_result(piece)
+            # what queued while the backend ran goes to it before this batch is answered, so the
+            # backend does not sit idle while the event loop hands out results
+            done, following = call, []
+            call = self._submit(following) if self._take(self.max_batch, following) else None
+            self._answer(done, outputs)
+
+    def _answer(self, call: _Call, outputs: Any) -> None:
+        if self.metrics:
+            self.metrics.rows.inc(call.rows)
+        at = 0
+        for item, part in call.batch:
+            piece = outputs[at : at + len(part)]
+            at += len(part)
+            if item.future.done():  # its client went away
+                continue
+            if len(part) == len(item.x):
+                item.future.set_result(piece)
+                continue
+            item.parts.append(piece)  # a request split across calls: answered with its last part
+            if sum(len(p) for p in item.parts) == len(item.x):
+                item.future.set_result(self._join(item.parts))
