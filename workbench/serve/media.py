@@ -38,6 +38,13 @@ class RequestError(WorkbenchError):
         self.headers = headers or {}
 
 
+def columns_missing(absent: list[str], said: str, hint: str) -> RequestError:
+    """A 400 naming the first of the ``absent`` columns in ``said`` (at its ``{column}``) and counting
+    the others: the one name a client needs to mend the request, without a list of hundreds."""
+    more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+    return RequestError(400, said.format(column=repr(absent[0])) + f"{more}; {hint}")
+
+
 def _split(text: str, sep: str) -> list[str]:
     """The parts of ``text`` between ``sep`` outside double-quoted strings."""
     parts, current, quoted, escaped = [], [], False, False

@@ -23,7 +23,7 @@ import orjson
 
 from workbench.ml.encoding import Encoding, Target
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import RequestError
+from workbench.serve.media import RequestError, columns_missing
 from workbench.serve.outputs import Scored
 from workbench.serve.sagemaker import parse_json
 
@@ -233,12 +233,7 @@ def infer_input(request: InferRequest, encoder: RowEncoder) -> np.ndarray:
         by_name[tensor.name] = tensor
     absent = [name for name in names if name not in by_name]
     if absent:
-        raise RequestError(
-            400,
-            f"input for column {absent[0]!r} is missing"
-            + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
-            + "; send one input per training column",
-        )
+        raise columns_missing(absent, "input for column {column} is missing", "send one input per training column")
     rows = {tensor.shape[0] for tensor in by_name.values()}
     if len(rows) > 1:
         raise RequestError(400, f"the inputs hold different numbers of rows: {sorted(rows)}")

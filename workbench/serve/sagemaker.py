@@ -30,7 +30,7 @@ import orjson
 
 from workbench.ml.encoding import Target
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import CSV, JSON, NPY, SENT, Offer, RequestError, content_type, text_of
+from workbench.serve.media import CSV, JSON, NPY, SENT, Offer, RequestError, columns_missing, content_type, text_of
 from workbench.serve.outputs import Scored
 
 
@@ -71,12 +71,7 @@ def check_records(records: Sequence[Any], names: Sequence[str]) -> None:
                     f"record {i} holds none of the model's columns ({_listed(names)}); it holds {shown}",
                 )
             absent = [name for name in names if name not in record]
-            raise RequestError(
-                400,
-                f"record {i} lacks column {absent[0]!r}"
-                + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
-                + "; send null for a gap",
-            )
+            raise columns_missing(absent, f"record {i} lacks column {{column}}", "send null for a gap")
 
 
 def check_values(records: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
@@ -176,12 +171,7 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
         raise RequestError(400, f"column {twice[0]!r} appears twice in the CSV header")
     absent = [name for name in names if name not in columns]
     if absent:
-        raise RequestError(
-            400,
-            f"the CSV header lacks column {absent[0]!r}"
-            + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
-            + "; leave a field empty for a gap",
-        )
+        raise columns_missing(absent, "the CSV header lacks column {column}", "leave a field empty for a gap")
     records = []
     for line, row in rows[1:]:
         if len(row) != len(columns):
