@@ -105,7 +105,12 @@ class RowEncoder:
             rows = list(map(self._values_of, records))
         except (KeyError, TypeError):  # a column missing, or a record that is not an object
             return None
-        if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        return self.plain_values(rows)
+
+    def plain_values(self, rows: Sequence[Sequence[Any]]) -> np.ndarray | None:
+        """Rows of values in training column order (each as long as the columns) as one matrix, on
+        the same terms as :meth:`plain`."""
+        if not self.numeric or not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
             return None
         try:
             values = np.array(rows, dtype=np.float64)

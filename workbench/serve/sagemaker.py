@@ -136,6 +136,9 @@ def json_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
 
 def values_input(rows: Sequence[Sequence[Any]], encoder: RowEncoder) -> np.ndarray:
     """Model input from lists of values in training column order."""
+    x = encoder.plain_values(rows)
+    if x is not None:
+        return x
     names = encoder.names
     return records_input([dict(zip(names, row, strict=True)) for row in rows], encoder)
 
