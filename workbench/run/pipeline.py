@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.config.parameters import Parameters, project_root
 from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
-from workbench.run.kernel import KERNEL_NAME, ensure_kernel
+from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
 from workbench.storage import open_store
 from workbench.storage.base import Store
 from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
@@ -159,36 +159,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class WarmKernel:
-    """A step's kernel, started while the previous step still runs, its heavy imports done.
-
-    Kernel start (about 2.5 s) and importing torch or mxnet then overlap earlier work instead of
-    adding to the run's wall time. Only modules are imported: the notebook's namespace is empty.
-    The kernel's own stderr (library banners, transport warnings) goes to ``log_path``.
-    """
-
-    def __init__(self, step: StepSpec, cwd: Path, log_path: Path) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        preload = f"import importlib as _i\nfor _m in {list(step.preload)!r}: _i.import_module(_m)\ndel _i, _m"
-        self.log_path = log_path
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in shutdown()
-        # The async manager, as nbclient would make: with a blocking one, nbclient blocks its
-        # event loop waiting for replies and never notices a kernel that died.
-        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
-        run_sync(self.km.start_kernel)(
-            cwd=str(cwd), stderr=self.log, extra_arguments=[f"--IPKernelApp.exec_lines={preload}"]
-        )
-
-    def shutdown(self) -> None:
-        from jupyter_core.utils import run_sync
-
-        if self.km.has_kernel:
-            run_sync(self.km.shutdown_kernel)(now=True)
-        self.log.close()
-
-
 def execute_step(
     step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path, kernel: WarmKernel
 ) -> Exception | None:
@@ -199,6 +169,7 @@ def execute_step(
     from papermill.exceptions import PapermillExecutionError
 
     try:
+        kernel.ready()
         papermill.execute_notebook(
             str(folder / step.notebook),
             str(output),
@@ -209,7 +180,7 @@ def execute_step(
             request_save_on_cell_execute=True,  # a kernel that dies still leaves its notebook so far
             km=kernel.km,
         )
-    except (PapermillExecutionError, DeadKernelError, CellTimeoutError) as exc:
+    except (KernelStartError, PapermillExecutionError, DeadKernelError, CellTimeoutError) as exc:
         return exc
     return None
 
@@ -221,6 +192,8 @@ def error_line(step: StepSpec, failure: Exception) -> str:
 
     if isinstance(failure, PapermillExecutionError):
         return f"{failure.ename}: {failure.evalue}"
+    if isinstance(failure, KernelStartError):
+        return f"KernelStartError: {failure}; see {kernel_log(step.name).path} in the run folder"
     if isinstance(failure, DeadKernelError):
         return f"DeadKernelError: the kernel died (killed, or out of memory?); see {kernel_log(step.name).path} in the run folder"
     return f"{type(failure).__name__}: {str(failure).strip().splitlines()[0]}"
@@ -247,7 +220,7 @@ def run_pipeline(
         scratch = Path(tmp)
 
         def warm(step: StepSpec) -> WarmKernel:
-            kernel = WarmKernel(step, folder, scratch / kernel_log(step.name).file)
+            kernel = WarmKernel(step.name, step.preload, folder, scratch / kernel_log(step.name).file)
             stack.callback(kernel.shutdown)
             return kernel
 

@@ -1,0 +1,97 @@
+"""A step's kernel: its transport, a kernel that dies as it starts, and the run that cannot get one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from jupyter_core.utils import run_sync
+from support.cli import ROOT, SMALL
+
+from workbench.run.kernel import KernelStartError, WarmKernel
+from workbench.tracking.tracker import Tracker
+
+DIES_ONCE = """\
+import os, pathlib
+mark = pathlib.Path(__file__).with_suffix(".died")
+if not mark.exists():
+    mark.touch()
+    os._exit(3)
+"""
+DIES_ALWAYS = "import os\nos._exit(3)\n"
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    (tmp_path / "dies_once.py").write_text(DIES_ONCE)
+    (tmp_path / "dies_always.py").write_text(DIES_ALWAYS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "scratch").mkdir()
+    return tmp_path
+
+
+def test_a_kernel_listens_on_unix_sockets_in_the_scratch_folder(scratch):
+    """No TCP ports: a port picked free can be taken by another process before the kernel binds it."""
+    kernel = WarmKernel("prepare", ("json",), scratch, scratch / "scratch" / "prepare.kernel.log")
+    try:
+        kernel.ready()
+        info = kernel.km.get_connection_info()
+        assert info["transport"] == "ipc"
+        assert info["ip"].startswith(str(scratch / "scratch"))
+        assert os.path.exists(f"{info['ip']}-{info['shell_port']}")
+    finally:
+        kernel.shutdown()
+    assert "over TCP" not in (scratch / "scratch" / "prepare.kernel.log").read_text()
+
+
+def test_a_kernel_that_dies_as_it_starts_is_started_once_more(scratch):
+    log = scratch / "scratch" / "train.kernel.log"
+    kernel = WarmKernel("train", ("dies_once",), scratch, log)
+    try:
+        kernel.ready()
+        assert run_sync(kernel.km.is_alive)()
+    finally:
+        kernel.shutdown()
+    assert (scratch / "dies_once.died").exists()
+    assert "[workbench] the kernel died as it started; starting it once more" in log.read_text()
+
+
+def test_a_kernel_that_dies_at_every_start_is_a_kernel_start_error(scratch):
+    kernel = WarmKernel("train", ("dies_always",), scratch, scratch / "scratch" / "train.kernel.log")
+    try:
+        with pytest.raises(KernelStartError) as caught:
+            kernel.ready()
+    finally:
+        kernel.shutdown()
+    assert str(caught.value) == "the train kernel died as it started, twice"
+
+
+@pytest.mark.e2e
+def test_a_run_that_gets_no_kernel_fails_its_step_in_one_line_and_keeps_the_kernel_log(place, tmp_path):
+    """Every kernel of this run exits as its interpreter starts (a broken environment, say)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        'import os, sys\nif "JPY_PARENT_PID" in os.environ:\n'
+        '    print("no kernel here: broken site", file=sys.stderr, flush=True)\n    os._exit(7)\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JPY_PARENT_PID"}
+    env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "run", *place.sets(*SMALL)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: step prepare failed: KernelStartError: the prepare kernel died as it started, twice "
+        "(it said: no kernel here: broken site); see logs/prepare.kernel.log in the run folder"
+    )
+    [run] = Tracker(place.db).list_runs()
+    steps = Tracker(place.db).get_run(run["id"])["steps"]
+    assert [s["status"] for s in steps] == ["failed", "pending", "pending", "pending"]
+    kept = (place.store / "runs" / run["id"] / "logs" / "prepare.kernel.log").read_text()
+    assert kept.count("no kernel here: broken site") == 2
