@@ -39,14 +39,18 @@ RUN apt-get update \
     && python3.11 -m venv /opt/venv
 
 WORKDIR /app
-COPY requirements.lock ./
+COPY requirements.lock pyproject.toml ./
 # The build of the locked torch version from TORCH_INDEX first (CUDA by default); the lock's
-# `torch==2.13.0` accepts it, so the second install keeps it.
+# `torch==2.13.0` accepts it, so the second install keeps it. Then what the package needs when it
+# runs (pyproject's dependencies and the postgres extra) at the lock's pins; the lock's test, lint,
+# notebook-editing and benchmark tools stay out of the image.
 RUN grep '^torch==' requirements.lock > /tmp/torch.txt \
     && pip install --requirement /tmp/torch.txt --index-url "${TORCH_INDEX}" \
-    && pip install --requirement requirements.lock
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/runtime.txt \
+    && pip install --constraint requirements.lock --requirement /tmp/runtime.txt
 
-COPY pyproject.toml README.md ./
+COPY README.md ./
 COPY workbench ./workbench
 COPY notebooks ./notebooks
 COPY parameters ./parameters
