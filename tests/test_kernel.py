@@ -21,12 +21,14 @@ if not mark.exists():
     os._exit(3)
 """
 DIES_ALWAYS = "import os\nos._exit(3)\n"
+HANGS = "import time\ntime.sleep(600)\n"
 
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
     (tmp_path / "dies_once.py").write_text(DIES_ONCE)
     (tmp_path / "dies_always.py").write_text(DIES_ALWAYS)
+    (tmp_path / "hangs.py").write_text(HANGS)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     (tmp_path / "scratch").mkdir()
     return tmp_path
@@ -66,6 +68,17 @@ def test_a_kernel_that_dies_at_every_start_is_a_kernel_start_error(scratch):
     finally:
         kernel.shutdown()
     assert str(caught.value) == "the train kernel died as it started, twice"
+
+
+def test_a_kernel_that_never_answers_is_not_waited_for_forever(scratch):
+    kernel = WarmKernel("export", ("hangs",), scratch, scratch / "scratch" / "export.kernel.log")
+    try:
+        with pytest.raises(KernelStartError) as caught:
+            kernel.ready(timeout=3)
+    finally:
+        kernel.shutdown()
+    assert str(caught.value) == "the export kernel did not answer within 3 s"
+    assert "starting it once more" not in (scratch / "scratch" / "export.kernel.log").read_text()
 
 
 @pytest.mark.e2e

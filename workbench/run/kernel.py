@@ -81,8 +81,8 @@ class WarmKernel:
             try:
                 run_sync(self._answer)(timeout)
                 return
-            except RuntimeError as exc:
-                died = "died" in str(exc)
+            except RuntimeError as exc:  # jupyter_client's word for both: the kernel died, or is silent
+                died = not run_sync(self.km.is_alive)()
                 run_sync(self.km.shutdown_kernel)(now=True)
                 if not died or attempt == 2:
                     what = "died as it started, twice" if died else f"did not answer within {timeout:g} s"
