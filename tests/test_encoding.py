@@ -12,7 +12,7 @@ import pytest
 from palmerpenguins import load_penguins
 
 from workbench.errors import DataError
-from workbench.ml.encoding import Encoding, EncodingFitter, category_key, fit_encoding, fit_target
+from workbench.ml.encoding import GAP_WORDS, Encoding, EncodingFitter, category_key, fit_encoding, fit_target
 from workbench.storage.sources import iter_source
 
 
@@ -410,6 +410,35 @@ def test_blank_text_is_a_gap_in_categories_and_dates():
     assert "day:missing" in encoding.features and "kind=<missing>" in encoding.features
     x = encoding.apply(frame)
     assert x[:, encoding.features.index("day:missing")].tolist() == [1, 0, 1, 0]
+
+
+def test_words_for_a_gap_are_the_gaps_of_arrows_csv_reader():
+    """Batch scoring reads CSV with Arrow; a server request or a pandas frame holding the same text
+    (R's NA, numpy's nan, a database's NULL) gets the same numbers, and other text is still refused."""
+    import pyarrow.csv as pa_csv
+
+    assert set(GAP_WORDS) == set(pa_csv.ConvertOptions().null_values)
+    frame = pd.DataFrame({"x": [1.0, 2.0, np.nan, 4.0], "flag": [True, False, None, True], "y": [0, 1, 0, 1]})
+    encoding = fit_encoding([frame], target="y")
+    words = pd.DataFrame({"x": ["1", " NA ", "nan", "NULL"], "flag": ["true", "N/A", "", "#N/A"]})
+    gaps = pd.DataFrame({"x": [1.0, np.nan, np.nan, np.nan], "flag": [True, None, None, None]})
+    assert np.array_equal(encoding.apply(words), encoding.apply(gaps))
+    with pytest.raises(DataError, match=r"^column 'x': 'None' is not a number$"):
+        encoding.apply(pd.DataFrame({"x": ["None"], "flag": [True]}))
+
+
+def test_dates_beyond_pandas_nanoseconds_are_read_as_arrow_reads_them():
+    """9999-12-31 ("no end date") and 1600-01-01 lie outside pandas' nanosecond years (1677 to 2262)."""
+    frame = pd.DataFrame({"day": ["2024-03-01", "2020-07-04 10:30", "2019-12-31", None], "y": [0, 1, 0, 1]})
+    encoding = fit_encoding([frame], target="y")
+    far = ["9999-12-31", "1600-01-01 10:30", "2024-03-01T00:00:00"]
+    as_text = encoding.apply(pd.DataFrame({"day": far}))
+    as_dates = encoding.apply(pa.table({"day": pa.array(far).cast(pa.timestamp("s"))}))
+    assert np.array_equal(as_text, as_dates)
+    year = encoding.features.index("day:year")
+    assert as_text[0, year] > as_text[2, year] > as_text[1, year]
+    with pytest.raises(DataError, match=r"^column 'day': '9999-12-32' does not parse as a date$"):
+        encoding.apply(pd.DataFrame({"day": ["9999-12-32"]}))
 
 
 def _numbers_table(rows: int, seed: int, huge: int = 1000) -> pa.Table:

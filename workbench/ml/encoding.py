@@ -21,6 +21,7 @@ input with numpy and pandas alone, so the SageMaker handler can carry a copy of 
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import re
@@ -47,6 +48,30 @@ MIN_IMAGE_SIDE = 8  # 4 or 16 features are more often a table than a 2x2 or 4x4 
 DATE_PARTS = ("year", "month", "weekday", "yearday", "hour")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
 NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
+# Text a number or boolean column holds for a gap: the words Arrow's CSV reader (batch scoring) takes
+# for null, so a CSV written by R (NA), numpy (nan) or a database export (NULL) scores the same in
+# every place that predicts (a test keeps this equal to pyarrow's list).
+GAP_WORDS = frozenset(
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
 
 
 def _shown(value: Any, width: int = 40) -> str:
@@ -536,11 +561,41 @@ def fit_target(chunks: Iterable[pa.Table | pd.DataFrame], name: str, task: str =
 
 
 def _to_datetime(series: pd.Series) -> pd.Series:
-    """Dates parsed from text (ISO 8601); what does not parse is NaT."""
+    """Dates parsed from text (ISO 8601); what does not parse is NaT.
+
+    pandas parses text to nanoseconds, which reach only the years 1677 to 2262; Arrow's CSV reader
+    (batch scoring) takes any year, and ``9999-12-31`` is a common "no end date". Those dates are
+    parsed again at second resolution, so every reader of a table sees the same dates.
+    """
     try:
-        return pd.to_datetime(series, errors="coerce", format="ISO8601")
+        parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
     except (TypeError, ValueError):  # pandas < 2 has no format="ISO8601"
-        return pd.to_datetime(series, errors="coerce")
+        parsed = pd.to_datetime(series, errors="coerce")
+    lost = parsed.isna().to_numpy() & _present(series)
+    if not lost.any():
+        return parsed
+    wide = np.array([_iso_seconds(v) for v in series[lost]], dtype="datetime64[s]")
+    if np.isnat(wide).all():
+        return parsed
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # the wall-clock time, as the date parts read it
+        parsed = parsed.dt.tz_localize(None)
+    seconds = parsed.to_numpy(dtype="datetime64[s]")
+    seconds[lost] = wide
+    return pd.Series(seconds, index=series.index, name=series.name)
+
+
+def _iso_seconds(value: Any) -> np.datetime64:
+    """An ISO date or date and time of any year from 1 to 9999, its wall-clock time; NaT if it is none."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return np.datetime64("NaT")
+    if isinstance(value, datetime.datetime):
+        return np.datetime64(value.replace(tzinfo=None), "s")
+    if isinstance(value, datetime.date):
+        return np.datetime64(value, "s")
+    return np.datetime64("NaT")
 
 
 def _present(series: pd.Series) -> np.ndarray:
@@ -590,6 +645,11 @@ def _records(data: Any, names: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _gap_words(series: pd.Series) -> np.ndarray:
+    """Which rows hold a word for a gap (``NA``, ``NaN``, ``null``, ...) in a column of numbers or booleans."""
+    return series.map(lambda v: isinstance(v, str) and v.strip() in GAP_WORDS).to_numpy(dtype=bool)
+
+
 def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
     if pd.api.types.is_bool_dtype(series.dtype) or (
@@ -600,6 +660,7 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
         else:  # pandas' nullable Int64, boolean, ...: their NA becomes NaN
             x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
+        series = series.where(~_gap_words(series), None)
         if boolean:
             words = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
             converted = series.map(lambda v: words.get(str(v).strip().lower(), np.nan) if category_key(v) else np.nan)

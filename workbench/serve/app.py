@@ -32,11 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workbench.serve.batching import BackendFailed, Batcher
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import RequestError, negotiate
+from workbench.serve.media import RequestError, negotiate, shown
 from workbench.serve.metrics import Metrics
 from workbench.serve.model import ServedModel
 from workbench.serve.open_inference import (
     HEADER_LENGTH,
+    VERSION,
     check_outputs,
     infer_answer,
     infer_input,
@@ -48,6 +49,10 @@ from workbench.serve.sagemaker import invocation_answer, invocation_input
 
 log = logging.getLogger("workbench.serve")
 
+# While the server stops, a kept-alive connection is closed under the client: the 503 tells it not
+# to send the next request on this one (uvicorn closes the connection after the answer).
+CLOSE = {"Connection": "close"}
+STOPPING = RequestError(503, "the server is stopping; send the request to another instance", CLOSE)
 RETRY_AFTER = "1"  # seconds; HTTP takes whole seconds, and a full queue drains in well under one
 JSON_TYPE = b"application/json"
 
@@ -70,6 +75,38 @@ async def _send_error(send: Send, exc: RequestError) -> int:
     headers = [(b"content-type", JSON_TYPE)]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     return await _send(send, exc.status, orjson.dumps({"error": exc.message}), headers)
+
+
+CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}  # RFC 9110: x-gzip is gzip
+
+
+def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """A gzip or deflate body inflated, refused once it passes ``limit`` bytes (a small body may
+    inflate a thousandfold). Every gzip member is read, as ``cat a.gz b.gz`` makes them; a stream
+    cut short, or bytes after it, are the client's mistake, not rows to guess at."""
+    parts, size, rest = [], 0, body
+    while True:
+        inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
+        try:
+            part = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise RequestError(400, f"the body is not valid {coding} ({exc})") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise RequestError(
+                413,
+                f"the body inflates to more than serve.max_body_mb ({limit / 2**20:g} MiB); send fewer rows per request",
+            )
+        if not inflater.eof:
+            raise RequestError(400, f"the body's {coding} stream is cut short; send it whole")
+        parts.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if coding != "gzip" or not rest.startswith(b"\x1f\x8b"):
+            raise RequestError(
+                400, f"the body has {len(rest):,} bytes after its {coding} stream; send the stream alone"
+            )
 
 
 class ClientGone(Exception):
@@ -128,16 +165,9 @@ class Service:
         coding = headers.get("content-encoding", "identity").strip().lower()
         if coding in ("", "identity"):
             return body
-        if coding not in ("gzip", "deflate"):
+        if coding not in CODINGS:
             raise RequestError(415, f"Content-Encoding {coding!r} is not served; send gzip, deflate or identity")
-        inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
-        try:
-            body = inflater.decompress(body, self.max_body + 1)
-        except zlib.error as exc:
-            raise RequestError(400, f"the body is not valid {coding} ({exc})") from None
-        if len(body) > self.max_body or inflater.unconsumed_tail:
-            raise RequestError(413, self._too_large(len(body)) + " once decompressed")
-        return body
+        return inflate(body, CODINGS[coding], self.max_body)
 
     def _too_large(self, size: int) -> str:
         return (
@@ -157,9 +187,7 @@ class Service:
         """Admission, body, encoding in this request's task, the batched backend call, the answer;
         the status sent (0 when the client left before its body came)."""
         if self.draining:
-            return await _send_error(
-                send, RequestError(503, "the server is stopping; send the request to another instance")
-            )
+            return await _send_error(send, STOPPING)
         if self.inflight >= self.max_queue:
             self.metrics.rejected.inc()
             message = f"{self.inflight} requests are waiting (serve.max_queue); retry after {RETRY_AFTER} s"
@@ -202,7 +230,9 @@ class Service:
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
     async def ping(self, scope: Scope, receive: Receive, send: Send) -> int:
-        return await _send(send, 503 if self.draining else 200, b"", [])
+        if self.draining:
+            return await _send(send, 503, b"", [(b"connection", b"close")])
+        return await _send(send, 200, b"", [])
 
     async def invocations(self, scope: Scope, receive: Receive, send: Send) -> int:
         target = self.model.target
@@ -218,9 +248,13 @@ class Service:
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------
 
-    def _known(self, asked: str) -> None:
+    def _known(self, params: dict[str, str]) -> None:
+        """The path names this server's model, and its one version where it names a version."""
+        asked, version = params["name"], params.get("version", VERSION)
         if asked != self.name:
-            raise RequestError(404, f"no model {asked!r} here; this server serves {self.name!r}")
+            raise RequestError(404, f"no model {shown(asked)} here; this server serves {self.name!r}")
+        if version != VERSION:
+            raise RequestError(404, f"model {self.name!r} has no version {shown(version)}; it has {VERSION!r}")
 
     async def server_metadata(self, request: Request) -> Response:
         from workbench import __version__
@@ -232,29 +266,32 @@ class Service:
         return Response(b'{"live":true}', media_type="application/json")
 
     async def ready(self, request: Request) -> Response:
-        body = b'{"ready":false}' if self.draining else b'{"ready":true}'
-        return Response(body, 503 if self.draining else 200, media_type="application/json")
+        if self.draining:
+            return Response(b'{"ready":false}', 503, CLOSE, media_type="application/json")
+        return Response(b'{"ready":true}', media_type="application/json")
 
     async def model_metadata(self, request: Request) -> Response:
         try:
-            self._known(request.path_params["name"])
+            self._known(request.path_params)
         except RequestError as exc:
             return error_response(exc.status, exc.message)
         return Response(self.metadata, media_type="application/json")
 
     async def model_ready(self, request: Request) -> Response:
         try:
-            self._known(request.path_params["name"])
+            self._known(request.path_params)
         except RequestError as exc:
             return error_response(exc.status, exc.message)
         body = orjson.dumps({"name": self.name, "ready": not self.draining})
-        return Response(body, 503 if self.draining else 200, media_type="application/json")
+        if self.draining:
+            return Response(body, 503, CLOSE, media_type="application/json")
+        return Response(body, media_type="application/json")
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> int:
         target = self.model.target
 
         def prepare(headers: dict[str, str]) -> None:
-            self._known(scope["path_params"]["name"])
+            self._known(scope["path_params"])
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
             request = parse_infer(body, headers.get(HEADER_LENGTH))
@@ -326,7 +363,8 @@ class _Measured:
 Handler = Callable[[Scope, Receive, Send], Awaitable[int]]
 
 INFER_PREFIX, INFER_SUFFIX = "/v2/models/", "/infer"
-INFER_ROUTE = INFER_PREFIX + "{name}" + INFER_SUFFIX
+MODEL_PATHS = ("{name}", "{name}/versions/{version}")  # the protocol's optional version segment
+INFER_ROUTES = tuple(INFER_PREFIX + model + INFER_SUFFIX for model in MODEL_PATHS)
 
 
 class _Front:
@@ -349,10 +387,13 @@ class _Front:
             if path == "/invocations":
                 return path, self.service.invocations
             if path.startswith(INFER_PREFIX) and path.endswith(INFER_SUFFIX):
-                name = path[len(INFER_PREFIX) : -len(INFER_SUFFIX)]
-                if name and "/" not in name:
-                    scope["path_params"] = {"name": name}
-                    return INFER_ROUTE, self.service.infer
+                parts = path[len(INFER_PREFIX) : -len(INFER_SUFFIX)].split("/")
+                if len(parts) == 1 and parts[0]:
+                    scope["path_params"] = {"name": parts[0]}
+                    return INFER_ROUTES[0], self.service.infer
+                if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+                    scope["path_params"] = {"name": parts[0], "version": parts[2]}
+                    return INFER_ROUTES[1], self.service.infer
         elif method == "GET" and path == "/ping":
             return path, self.service.ping
         return None
@@ -431,14 +472,14 @@ def create_app(service: Service) -> ASGIApp:
         ("/v2", s.server_metadata),
         ("/v2/health/live", s.live),
         ("/v2/health/ready", s.ready),
-        ("/v2/models/{name}", s.model_metadata),
-        ("/v2/models/{name}/ready", s.model_ready),
+        *((f"/v2/models/{model}", s.model_metadata) for model in MODEL_PATHS),
+        *((f"/v2/models/{model}/ready", s.model_ready) for model in MODEL_PATHS),
         ("/metrics", s.prometheus),
     ]
     # the front answers these three; through Starlette they meet only a wrong method (405)
     routes = [
         Route("/invocations", _Asgi(s.invocations), methods=["POST"]),
-        Route(INFER_ROUTE, _Asgi(s.infer), methods=["POST"]),
+        *(Route(route, _Asgi(s.infer), methods=["POST"]) for route in INFER_ROUTES),
         Route("/ping", _Asgi(s.ping), methods=["GET"]),
     ]
     routes += [Route(path, endpoint, methods=["GET"]) for path, endpoint in get]

@@ -38,6 +38,12 @@ class RequestError(WorkbenchError):
         self.headers = headers or {}
 
 
+def shown(value: object, width: int = 40) -> str:
+    """A client's value in a message, cut short: an error must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def columns_missing(absent: list[str], said: str, hint: str) -> RequestError:
     """A 400 naming the first of the ``absent`` columns in ``said`` (at its ``{column}``) and counting
     the others: the one name a client needs to mend the request, without a list of hundreds."""

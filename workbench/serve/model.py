@@ -162,7 +162,7 @@ def _locate(spec: str, store_uri: str, db: str, backend: str) -> tuple[Encoding,
         if spec == "latest":
             from workbench.tracking.tracker import Tracker, display_url
 
-            found = Tracker(db).latest_with_artifacts(ONNX_MODEL.path, ENCODING.path)
+            found = Tracker(db, create=False).latest_with_artifacts(ONNX_MODEL.path, ENCODING.path)
             if found is None:
                 raise TrackingError(
                     f"{KEY} 'latest': no run in db {display_url(db)!r} has exported a model yet; run "

@@ -7,7 +7,8 @@ column order. The answer holds ``predicted`` (``BYTES`` class names, or ``FP64``
 classifier, ``probabilities`` (``FP32 [n, classes]``). Triton's binary tensor extension works both
 ways: the JSON header's length in ``Inference-Header-Content-Length``, each binary tensor's size in
 its ``binary_data_size`` parameter, ``binary_data`` (per output) or ``binary_data_output`` (per
-request) asking for binary outputs. An empty ``BYTES`` element, NaN and infinity are gaps.
+request) asking for binary outputs. null, an empty ``BYTES`` element, NaN and infinity are gaps;
+a value its datatype cannot hold (300 as ``UINT8``, 3.5 as ``INT64``) is refused, never wrapped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import orjson
 
 from workbench.ml.encoding import Encoding, Target
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import RequestError, columns_missing
+from workbench.serve.media import RequestError, columns_missing, shown
 from workbench.serve.outputs import Scored
 from workbench.serve.sagemaker import parse_json
 
@@ -99,14 +100,60 @@ def _bytes_elements(blob: bytes, name: str) -> list[bytes]:
     return out
 
 
+def _parameters(spec: dict[str, Any], what: str) -> dict[str, Any]:
+    """An input's, output's or request's ``parameters``: an object, or absent."""
+    parameters = spec.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise RequestError(400, f"{what}: parameters must be an object, got {shown(parameters)}")
+    return parameters
+
+
+_JSON_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
+def _numbers(data: list[Any], datatype: str, name: str) -> np.ndarray:
+    """JSON tensor data as ``datatype``, refusing what the type cannot hold rather than wrapping it
+    (300 as UINT8 is not 44, 3.5 as INT64 is not 3). null, NaN and infinity are gaps: a column
+    holding one comes as float64 with NaN there."""
+    dtype = DTYPES[datatype]
+    if not set(map(type, data)) <= _JSON_NUMBERS:
+        odd = next(v for v in data if type(v) not in _JSON_NUMBERS)
+        raise RequestError(400, f"input {name!r} is {datatype}, but holds {shown(odd)}; send numbers")
+    try:
+        x = np.array([np.nan if v is None else v for v in data] if None in data else data, dtype=np.float64)
+    except OverflowError:
+        raise RequestError(400, f"input {name!r} holds an integer beyond {datatype}'s range") from None
+    finite = np.isfinite(x)
+    if dtype.kind == "f":
+        narrow = x.astype(dtype)
+        beyond = finite & ~np.isfinite(narrow)
+        if beyond.any():
+            raise RequestError(400, f"input {name!r}: {x[beyond][0]:g} is beyond {datatype}'s range; send FP64")
+        return narrow
+    if dtype.kind == "b":
+        wrong, want = finite & (x != 0) & (x != 1), "true or false"
+    else:
+        info = np.iinfo(dtype)  # max + 1 is exact as a float, max is not (2**63 - 1)
+        wrong = finite & ((x != np.round(x)) | (x < info.min) | (x >= float(info.max) + 1))
+        want = f"whole numbers from {info.min} to {info.max}"
+    if wrong.any():
+        odd = data[int(np.flatnonzero(wrong)[0])]
+        raise RequestError(400, f"input {name!r} is {datatype}, but holds {shown(odd)}; send {want}")
+    return x if not finite.all() else x.astype(dtype)
+
+
 def _text(element: Any, name: str) -> str | None:
+    if element is None:  # null in JSON, a gap as an empty element is
+        return None
     if isinstance(element, bytes):
         try:
             element = element.decode("utf-8")
         except UnicodeDecodeError:
             raise RequestError(400, f"input {name!r}: a BYTES element is not UTF-8 text") from None
     if not isinstance(element, str):
-        raise RequestError(400, f"input {name!r} is BYTES, but holds {element!r}; send text")
+        raise RequestError(400, f"input {name!r} is BYTES, but holds {shown(element)}; send text")
     return element if element.strip() else None
 
 
@@ -127,11 +174,13 @@ def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
         raise RequestError(400, "an input has no name")
     datatype, shape = spec.get("datatype"), spec.get("shape")
     if datatype != "BYTES" and datatype not in DTYPES:
-        raise RequestError(400, f"input {name!r}: datatype {datatype!r} is not served; use BYTES, {', '.join(DTYPES)}")
+        raise RequestError(
+            400, f"input {name!r}: datatype {shown(datatype)} is not served; use BYTES, {', '.join(DTYPES)}"
+        )
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise RequestError(400, f"input {name!r}: shape must be a list of sizes, got {shape!r}")
+        raise RequestError(400, f"input {name!r}: shape must be a list of sizes, got {shown(shape)}")
     count = math.prod(shape)
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(spec, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or at + size > len(binary):
             raise RequestError(400, f"input {name!r}: binary_data_size {size!r} runs past the end of the body")
@@ -148,19 +197,7 @@ def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
             elements = np.frombuffer(blob, dtype=dtype.newbyteorder("<"))
     elif "data" in spec:
         data = _flat(spec["data"])
-        if datatype == "BYTES":
-            elements = data
-        else:
-            if any(isinstance(v, str) for v in data):
-                shown = next(v for v in data if isinstance(v, str))
-                raise RequestError(400, f"input {name!r} is {datatype}, but holds {shown!r}; send numbers")
-            dtype = DTYPES[datatype]
-            try:  # a null in a float tensor is a gap, as NaN is
-                elements = np.array(
-                    [np.nan if v is None else v for v in data] if dtype.kind == "f" else data, dtype=dtype
-                )
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise RequestError(400, f"input {name!r}: its data is not {datatype} ({exc})") from None
+        elements = data if datatype == "BYTES" else _numbers(data, datatype, name)
     else:
         raise RequestError(400, f"input {name!r} has neither data nor binary_data_size")
     if len(elements) != count:
@@ -194,8 +231,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         tensors.append(tensor)
     if at != len(binary):
         raise RequestError(400, f"the body has {len(binary) - at} bytes beyond the inputs' binary_data_size")
-    parameters = payload.get("parameters") or {}
-    binary_all = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    binary_all = bool(_parameters(payload, "the request").get("binary_data_output", False))
     wanted = payload.get("outputs")
     outputs = None
     if wanted is not None:
@@ -203,7 +239,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
         ):
             raise RequestError(400, 'outputs must be a list of {"name": ...}')
-        outputs = [(o["name"], bool((o.get("parameters") or {}).get("binary_data", binary_all))) for o in wanted]
+        outputs = [
+            (o["name"], bool(_parameters(o, f"output {o['name']!r}").get("binary_data", binary_all))) for o in wanted
+        ]
     request_id = payload.get("id")
     return InferRequest(request_id if isinstance(request_id, str) else None, tensors, outputs, binary_all)
 
@@ -222,7 +260,7 @@ def infer_input(request: InferRequest, encoder: RowEncoder) -> np.ndarray:
         if tensor.name not in known:
             raise RequestError(
                 400,
-                f"input {tensor.name!r} is not a column of the model; send one input per column "
+                f"input {shown(tensor.name)} is not a column of the model; send one input per column "
                 f"({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})"
                 + (" or one 2-D input of all columns" if encoder.numeric else ""),
             )

@@ -22,6 +22,7 @@ import csv
 import functools
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,6 +160,14 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
         raise RequestError(400, "the request body is empty; send rows")
     first = [cell.strip() for cell in rows[0][1]]
     has_header = header == "present" or (header != "absent" and bool(set(first) & set(names)))
+    if not has_header and header != "absent":
+        folded = {name.casefold(): name for name in names}
+        close = [(cell, folded[cell.casefold()]) for cell in first if cell.casefold() in folded]
+        if 2 * len(close) >= len(first):  # a header meant for these columns, not a row of values
+            cell, name = close[0]
+            raise RequestError(
+                400, f"the CSV header names {cell!r}, and the model's column is {name!r}; column names match exactly"
+            )
     if not has_header:
         for line, row in rows:
             if len(row) != len(names):
@@ -189,6 +198,23 @@ def _cells(row: list[str]) -> list[str | None]:
     return [cell if cell.strip() else None for cell in row]
 
 
+def _npy_sized(body: bytes) -> None:
+    """The array the .npy header announces is the one the body holds, checked before numpy allocates
+    it: a header of a few bytes may claim terabytes."""
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO(body)
+    version = npy.read_magic(buffer)
+    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read(buffer)
+    if dtype.hasobject:
+        return  # np.load refuses it without pickles
+    announced = math.prod(shape) * dtype.itemsize
+    held = len(body) - buffer.tell()
+    if announced != held:
+        raise ValueError(f"its header announces {shape} of {dtype}, {announced:,} bytes, but {held:,} follow")
+
+
 def npy_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
     """Model input from a numeric .npy array: numbers only, so only for models taking numbers only."""
     if not encoder.numeric:
@@ -196,13 +222,14 @@ def npy_input(body: bytes, encoder: RowEncoder) -> np.ndarray:
         raise RequestError(
             415, f"{NPY} carries numbers, and column {word['name']!r} is a {word['type']}; send {JSON} or {CSV}"
         )
+    if body.startswith(b"PK\x03\x04"):
+        raise RequestError(400, "the body is an .npz archive; send one .npy array")
     try:
+        _npy_sized(body)
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         reason = (str(exc).splitlines() or ["unreadable"])[0]
         raise RequestError(400, f"the body is not a .npy array ({reason})") from None
-    if not isinstance(array, np.ndarray):
-        raise RequestError(400, "the body is an .npz archive; send one .npy array")
     if array.dtype.kind not in "biuf":
         raise RequestError(400, f"the .npy array holds {array.dtype}, not numbers")
     if array.ndim == 1:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime
 import functools
 import io
 import json
@@ -383,6 +384,27 @@ def npy_rows(body, columns):
 
 DATE_PARTS = ("year", "month", "weekday", "yearday", "hour")
 NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
+GAP_WORDS = frozenset(
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
 
 
 def _shown(value: Any, width: int = 40) -> str:
@@ -409,11 +431,36 @@ def category_key(value: Any) -> str | None:
 
 
 def _to_datetime(series: pd.Series) -> pd.Series:
-    """Dates parsed from text (ISO 8601); what does not parse is NaT."""
+    """Dates parsed from text (ISO 8601); what does not parse is NaT; years beyond pandas'
+    nanoseconds (1677 to 2262) at second resolution."""
     try:
-        return pd.to_datetime(series, errors="coerce", format="ISO8601")
+        parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
     except (TypeError, ValueError):  # pandas < 2 has no format="ISO8601"
-        return pd.to_datetime(series, errors="coerce")
+        parsed = pd.to_datetime(series, errors="coerce")
+    lost = parsed.isna().to_numpy() & _present(series)
+    if not lost.any():
+        return parsed
+    wide = np.array([_iso_seconds(v) for v in series[lost]], dtype="datetime64[s]")
+    if np.isnat(wide).all():
+        return parsed
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_localize(None)
+    seconds = parsed.to_numpy(dtype="datetime64[s]")
+    seconds[lost] = wide
+    return pd.Series(seconds, index=series.index, name=series.name)
+
+
+def _iso_seconds(value: Any) -> np.datetime64:
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return np.datetime64("NaT")
+    if isinstance(value, datetime.datetime):
+        return np.datetime64(value.replace(tzinfo=None), "s")
+    if isinstance(value, datetime.date):
+        return np.datetime64(value, "s")
+    return np.datetime64("NaT")
 
 
 def _present(series: pd.Series) -> np.ndarray:
@@ -470,6 +517,7 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     ):
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
+        series = series.where(~series.map(lambda v: isinstance(v, str) and v.strip() in GAP_WORDS).to_numpy(bool), None)
         if boolean:
             words = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
             converted = series.map(lambda v: words.get(str(v).strip().lower(), np.nan) if category_key(v) else np.nan)

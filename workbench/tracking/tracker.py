@@ -48,13 +48,19 @@ def new_run_id() -> str:
     return now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _resolve(url: str) -> str:
-    """Relative SQLite paths are taken from the project root, like the local store."""
+def _resolve(url: str, create: bool = True) -> str:
+    """Relative SQLite paths are taken from the project root, like the local store. A reader that
+    only looks a run up (``create=False``) must not leave an empty database where a path was mistyped."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database).expanduser()
         if not path.is_absolute():
             path = project_root() / path
+        if not create and not path.exists():
+            raise TrackingError(
+                f"db {display_url(url)!r}: no tracking database at {path}; check the db parameter "
+                "(`workbench run` creates it)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         parsed = parsed.set(database=str(path))
     return parsed.render_as_string(hide_password=False)
@@ -138,13 +144,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Tracker:
     """Reads and writes the tracking DB at ``url`` (a SQLAlchemy URL).
 
-    ``check=False`` skips the schema check: only `workbench db upgrade` wants that.
+    ``check=False`` skips the schema check: only `workbench db upgrade` wants that. ``create=False``
+    refuses a SQLite file that does not exist yet instead of creating it.
     """
 
-    def __init__(self, url: str, check: bool = True) -> None:
+    def __init__(self, url: str, check: bool = True, create: bool = True) -> None:
         self.url = url
         try:
-            self.engine: Engine = create_engine(_resolve(url))
+            self.engine: Engine = create_engine(_resolve(url, create))
         except (ArgumentError, ValueError) as exc:
             raise TrackingError(
                 f"db {display_url(url)!r} is not a valid SQLAlchemy URL ({exc}); e.g. sqlite:///artifacts/workbench.db"
