@@ -309,6 +309,18 @@ def test_the_task_is_detected_from_the_target(values, task, classes):
     assert target.missing == sum(v is None for v in values)
 
 
+def test_an_empty_text_target_in_a_csv_is_a_row_without_a_target(tmp_path):
+    """Arrow reads an empty CSV field in a text column as "", not null: no class named ""."""
+    frame = load_penguins()[["species", "bill_length_mm"]]
+    frame.loc[::10, "species"] = None
+    path = tmp_path / "penguins.csv"
+    frame.to_csv(path, index=False)
+    target = fit_target(iter_source(str(path), 100), "species")
+    assert target.classes == ["Adelie", "Chinstrap", "Gentoo"]
+    assert target.missing == frame.species.isna().sum() == 35
+    assert (target.encode(["", " ", "Gentoo"]) == [-1, -1, 2]).all()
+
+
 def test_an_explicit_task_wins_where_it_can():
     assert fit_target([pd.DataFrame({"t": list(range(30))})], "t", task="classification").classes == list(range(30))
     assert fit_target([pd.DataFrame({"t": [1, 2, 3] * 5})], "t", task="regression").task == "regression"

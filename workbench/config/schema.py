@@ -216,7 +216,7 @@ class DataParams(Section):
     target: Text = Field("label", description="column to predict: class labels (text, booleans, integers) or numbers")
     task: Annotated[Literal["auto", "classification", "regression"], BeforeValidator(_string)] = Field(
         "auto",
-        description="auto (text, booleans or at most 20 integer values classify; other numbers regress), "
+        description="auto (text, booleans or at most 20 distinct whole numbers classify; other numbers regress), "
         "classification or regression",
     )
     drop: Names = Field([], description="columns left out of the model: IDs, leaks, free text")

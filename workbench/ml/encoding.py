@@ -510,6 +510,9 @@ class TargetFitter:
             uniques, counts = np.unique(x, return_counts=True)
             pairs = zip(uniques.tolist(), counts.tolist(), strict=True)
         else:
+            if kind == CATEGORY:  # an empty CSV field is a row without a target, not a class named ""
+                blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+                values = pc.if_else(blank, pa.scalar(None, values.type), values)
             self.missing += values.null_count
             if self.overflow:
                 return
@@ -549,7 +552,7 @@ class TargetFitter:
 
 
 def fit_target(chunks: Iterable[pa.Table | pd.DataFrame], name: str, task: str = "auto", where: str = "") -> Target:
-    """The target's task (auto: text, booleans or at most 20 integer values classify; other numbers
+    """The target's task (auto: text, booleans or at most 20 distinct whole numbers classify; other numbers
     regress), its sorted classes and the count of rows without a target, for the caller to drop."""
     fitter = TargetFitter(name, task, where)
     for chunk in chunks:
