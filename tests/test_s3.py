@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from support.cli import ROOT, SMALL
+from support.cli import ROOT, SMALL, Place
 
 from workbench.config.schema import DataParams
 from workbench.errors import StoreError
@@ -71,6 +71,30 @@ def test_missing_bucket_and_key(s3_server, bucket):
         StoreError, match=rf"s3://{bucket}/runs/x/train/model\.pth not found; run the step that writes it first"
     ):
         open_store(f"s3://{bucket}").read_bytes("runs/x/train/model.pth")
+
+
+def test_an_upload_into_a_missing_bucket_is_one_line_and_checked_before_a_run(s3_server, tmp_path):
+    """upload_file wraps S3's answer in its own exception; the check before a run asks the bucket."""
+    (tmp_path / "notebook.ipynb").write_text("{}")
+    store = open_store("s3://no-such-bucket-y/runs")
+    with pytest.raises(
+        StoreError, match=r"^store s3://no-such-bucket-y/runs: bucket 'no-such-bucket-y' does not exist"
+    ):
+        store.put_file("r/prepare.ipynb", tmp_path / "notebook.ipynb")
+    with pytest.raises(StoreError, match=r"bucket 'no-such-bucket-y' does not exist; create it or fix the store URI$"):
+        store.check()
+    place = Place("s3://no-such-bucket-y/x", f"sqlite:///{tmp_path}/tracking.db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "run", *place.sets(*SMALL)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: store s3://no-such-bucket-y/x: bucket 'no-such-bucket-y' does not exist; create it or fix the store URI"
+    ], proc.stderr
+    assert Tracker(place.db).list_runs() == []  # nothing started, nothing recorded
 
 
 def test_no_credentials(s3_server, bucket, monkeypatch, tmp_path):

@@ -62,6 +62,17 @@ def test_unwritable_store_is_a_clear_error(tmp_path):
         LocalStore(blocker).write_bytes("a.txt", b"x")
 
 
+def test_a_store_that_cannot_take_files_is_named_before_a_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match=r"^cannot write to store .*/file: it is a file, not a folder; check"):
+        LocalStore(blocker).check()
+    with pytest.raises(StoreError, match=r"^cannot write to store /proc/nope: No such file or directory; check"):
+        LocalStore("/proc/nope").check()
+    LocalStore(tmp_path / "new" / "store").check()
+    assert (tmp_path / "new" / "store").is_dir()
+
+
 def test_scheme_registry(tmp_path):
     assert open_store(f"file://{tmp_path}").root == str(tmp_path)
     with pytest.raises(StoreError, match=r"store 'gs://bucket/x': unsupported scheme 'gs'"):

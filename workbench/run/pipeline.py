@@ -231,10 +231,11 @@ def run_pipeline(
             stack.enter_context(holding(tracker, resume, holder))
         else:
             planned = todo = select_steps(steps)
+        store = open_store(params["store"])
+        store.check()  # a missing bucket or an unwritable folder, before a run is recorded
         # One step ahead: the next kernel boots and imports while the current step runs.
         # Further ahead only adds contention on small machines.
         upcoming = warm(todo[0])
-        store = open_store(params["store"])
         if resume:
             run_id = resume
             tracker.reopen_run(run_id)

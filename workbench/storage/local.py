@@ -54,6 +54,18 @@ class LocalStore:
         self.path = path.resolve()
         self.root = str(self.path)
 
+    def check(self) -> None:
+        """The folder exists or can be made, and takes files: asked before a run starts."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as exc:
+            what = "it is a file, not a folder" if self.path.is_file() else exc.strerror
+            raise StoreError(
+                f"cannot write to store {self.root}: {what}; check the 'store' path and its permissions"
+            ) from exc
+
     def _file(self, key: str) -> Path:
         target = (self.path / key).resolve()
         if self.path not in target.parents:

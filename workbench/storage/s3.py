@@ -61,6 +61,7 @@ class S3Store:
     def errors(self, key: str = "", missing: str = "run the step that writes it first") -> Iterator[None]:
         """Turn botocore's exceptions into one line that says what to fix (``missing``: for a key
         that is not there)."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import (
             ClientError,
             ConnectTimeoutError,
@@ -72,6 +73,11 @@ class S3Store:
         where = self.uri(key) if key else self.root
         try:
             yield
+        except S3UploadFailedError as exc:  # upload_file wraps S3's answer: say it as for any other call
+            if isinstance(exc.__context__, ClientError):
+                with self.errors(key, missing):
+                    raise exc.__context__ from exc
+            raise StoreError(f"store {self.root}: uploading {where} failed ({exc})") from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreError(
                 f"store {self.root}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
@@ -99,6 +105,12 @@ class S3Store:
             raise StoreError(
                 f"store {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
             ) from exc
+
+    def check(self) -> None:
+        """The bucket exists and these credentials reach it: asked before a run starts, not after
+        its first step."""
+        with self.errors():
+            self.client.head_bucket(Bucket=self.bucket)
 
     def _check_bucket(self, where: str) -> None:
         """Raise when the bucket is missing, or when these credentials may not even ask (a 403 says
