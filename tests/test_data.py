@@ -93,6 +93,18 @@ def test_prepare_rejects_bad_tables(stage_ctx_factory, tmp_path, digits):
     assert not ctx.store.exists(ctx.key("train.parquet"))
 
 
+def test_a_date_that_does_not_parse_is_refused_in_whichever_split_it_lands(stage_ctx_factory, tmp_path, digits):
+    """The encoding is fitted on training rows only; a bad date among the validation or test rows is
+    refused by prepare all the same, not later by training or scoring."""
+    ctx = stage_ctx_factory("prepare", run_id="bad-date")
+    dated = digits.head(300).assign(when=pd.date_range("2024-01-01", periods=300).strftime("%Y-%m-%d"))
+    for row in range(1, 300, 30):
+        dated.assign(when=dated.when.where(dated.index != row, "2024-13-45")).to_csv(tmp_path / "d.csv", index=False)
+        with pytest.raises(DataError, match=r"^data.source .*d\.csv: column 'when' holds dates, but '2024-13-45'"):
+            prepare_data(ctx, DataParams(source=str(tmp_path / "d.csv")), seed=0)
+    assert not ctx.store.exists(ctx.key("train.parquet"))
+
+
 def test_gaps_are_imputed_and_rows_without_a_target_dropped(stage_ctx_factory, tmp_path, digits):
     holes = digits.head(300).astype({"p5": float, "label": float})
     holes.loc[3, "p5"] = np.nan

@@ -213,6 +213,20 @@ class EncodingFitter:
         for i, column in enumerate(self.columns):
             self._add_column(i, column, table.column(column.name))
 
+    def check(self, table: pa.Table) -> None:
+        """Rows the fit does not see (the validation and test splits) still hold dates written as
+        text: one that does not parse is refused here, as in training rows, not later by training or
+        scoring. Columns are checked once the training rows have typed them."""
+        import pyarrow as pa
+
+        for column in self.columns or []:
+            if column.text_dates and column.name in table.column_names:
+                values = table.column(column.name)
+                if pa.types.is_dictionary(values.type):
+                    values = values.cast(values.type.value_type)
+                if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                    self._parse_dates(column, values)
+
     def _start(self, names: list[str]) -> None:
         for role, listed in (("data.drop", self.drop), ("data.categorical", self.categorical)):
             unknown = [c for c in listed if c not in names]

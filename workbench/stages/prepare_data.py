@@ -162,6 +162,8 @@ def prepare_data(
                             target_moments.add(task.encode(part.column(target).to_pandas()).astype(np.float64)[:, None])
                         if sum(len(f) for f in sample) < SAMPLE_ROWS:  # a copy: a slice would pin the chunk
                             sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
+                    else:
+                        fitter.check(part)
                 split_rows.update(table.num_rows)
         for writer in writers.values():
             writer.close()
