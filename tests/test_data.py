@@ -219,17 +219,38 @@ def _latin1_header(tmp_path, digits) -> str:
     return str(tmp_path / "latin.csv")
 
 
+def _latin1_values(tmp_path, digits) -> str:
+    frame = digits.head(80).assign(city=["Zürich", "Köln"] * 40)
+    (tmp_path / "latin-values.csv").write_bytes(frame.to_csv(index=False).encode("latin-1"))
+    return str(tmp_path / "latin-values.csv")
+
+
+def _day_first_dates(tmp_path, digits) -> str:
+    frame = digits.head(200).assign(day=pd.date_range("2012-01-01", periods=200).strftime("%d/%m/%Y"))
+    frame.to_csv(tmp_path / "dates.csv", index=False)
+    return str(tmp_path / "dates.csv")
+
+
 BAD_SOURCES = {
     "duplicate columns": (_duplicate_header, r"duplicate column names \['p1', 'p8'\] in the header; rename them"),
     "non-UTF-8 header": (
         _latin1_header,
         r"the header is not UTF-8 \(byte 0xe9 at offset 6\); re-save the file as UTF-8",
     ),
+    "non-UTF-8 values": (
+        _latin1_values,
+        r"column 'city' holds text that is not UTF-8 \(b'Z\\xfcrich', byte 0xfc\); re-save the file as UTF-8$",
+    ),
+    "dates not ISO": (
+        _day_first_dates,
+        r"column 'day' holds dates written as '01/01/2012', not YYYY-MM-DD, so they read as text with a value per "
+        r"row; write them as YYYY-MM-DD \(ISO 8601\), or add the column to data.drop$",
+    ),
     "corrupt parquet": (_corrupt_parquet, r"cannot be read as Parquet \(.*\); is the file complete\?"),
     "identifier": (
         _with_ids,
         r"column 'account' looks like an identifier \(\d+ distinct values in \d+ rows\); add it to data.drop "
-        r"\(or to data.categorical to keep it\)",
+        r"\(or to data.categorical, with data.max_categories 140 or more, to keep it\)",
     ),
 }
 
@@ -253,7 +274,10 @@ def test_bad_sources_are_one_line_naming_the_file(stage_ctx_factory, tmp_path, d
             "duplicate columns",
             "duplicate column names ['p1', 'p8'] in the header; rename them so each column is unique",
         ),
-        ("identifier", "); add it to data.drop (or to data.categorical to keep it)"),
+        (
+            "identifier",
+            "); add it to data.drop (or to data.categorical, with data.max_categories 140 or more, to keep it)",
+        ),
     ],
 )
 def test_a_run_on_a_bad_source_ends_with_one_error_line(place, tmp_path, digits, case, expected):

@@ -160,7 +160,7 @@ def test_an_id_column_not_dropped_stops_prepare_in_one_line(place, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step prepare failed: DataError: data.source ")
     assert "column 'customer_id' looks like an identifier" in last and last.endswith(
-        "add it to data.drop (or to data.categorical to keep it)"
+        "add it to data.drop (or to data.categorical, with data.max_categories 560 or more, to keep it)"
     )
     assert not list(place.store.glob("runs/*/prepare/*.parquet"))
 

@@ -369,9 +369,17 @@ class EncodingFitter:
                 "data.categorical"
             )
         if not column.declared and present >= ID_MIN_ROWS and len(counts) > ID_SHARE * present:
+            written = _dates_written_otherwise(list(counts)[:20])
+            if written:
+                raise DataError(
+                    f"{self.where}column {column.name!r} holds dates written as {written!r}, not YYYY-MM-DD, so they "
+                    "read as text with a value per row; write them as YYYY-MM-DD (ISO 8601), or add the column to "
+                    "data.drop"
+                )
             raise DataError(
                 f"{self.where}column {column.name!r} looks like an identifier ({len(counts):,} distinct values in "
-                f"{present:,} rows); add it to data.drop (or to data.categorical to keep it)"
+                f"{present:,} rows); add it to data.drop (or to data.categorical, with data.max_categories "
+                f"{len(counts):,} or more, to keep it)"
             )
         top = sorted(counts, key=lambda k: (-counts[k], k))[: self.max_categories]
         return sorted(top)
@@ -575,6 +583,22 @@ def fit_target(chunks: Iterable[pa.Table | pd.DataFrame], name: str, task: str =
 
 
 # ---- applying: numpy and pandas only, so a standalone copy can run where the package cannot --------
+
+
+def _dates_written_otherwise(values: list[str]) -> str | None:
+    """The first of ``values`` when every one reads as a date in some other form (``01/02/2012``,
+    ``3 Jan 2012``), else None: such a column is dates, not an identifier."""
+    import warnings
+
+    sample = pd.Series([v for v in values if any(c.isdigit() for c in v)], dtype=object)
+    if len(sample) < len(values) or not len(sample):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it guesses a format per element
+        for dayfirst in (False, True):
+            if pd.to_datetime(sample, errors="coerce", format="mixed", dayfirst=dayfirst).notna().all():
+                return values[0]
+    return None
 
 
 def _to_datetime(series: pd.Series) -> pd.Series:

@@ -237,14 +237,35 @@ def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
         else:
             layout = csv_layout(path, key)
             stream = pa.input_stream(str(path), compression="detect")
-            yield from pa_csv.open_csv(
+            reader = pa_csv.open_csv(
                 stream,
                 read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK),
                 parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter),
                 convert_options=pa_csv.ConvertOptions(decimal_point=layout.decimal),
             )
+            for batch in reader:
+                _utf8(batch, key, path)
+                yield batch
     except (pa.ArrowInvalid, OSError) as exc:
         raise _unreadable(key, path, exc, fmt) from exc
+
+
+def _utf8(batch: pa.RecordBatch, key: str, path: Path) -> None:
+    """Arrow reads a CSV column holding bytes that are not UTF-8 as binary; say what the file needs
+    (saved as UTF-8), not what the column would need as a feature."""
+    import pyarrow as pa
+
+    for field in batch.schema:
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            for value in batch.column(field.name).to_pylist():
+                try:
+                    if value is not None:
+                        value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{key} {path}: column {field.name!r} holds text that is not UTF-8 "
+                        f"({value[:40]!r}, byte {value[exc.start]:#04x}); re-save the file as UTF-8"
+                    ) from None
 
 
 def _unique_parquet_columns(path: Path, key: str, **options: bool) -> pq.ParquetFile:
