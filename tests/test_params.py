@@ -106,6 +106,31 @@ def test_missing_and_malformed_files(tmp_path):
         load([write(tmp_path, "list.yaml", "- 1\n- 2\n")])
 
 
+def test_a_key_given_twice_and_a_section_given_a_value_are_refused(tmp_path):
+    """The last of two `epochs:` silently winning would hide which value a run took."""
+    with pytest.raises(ParameterError) as caught:
+        load([write(tmp_path, "twice.yaml", "train:\n  epochs: 3\n  lr: 0.01\n  epochs: 4\n")])
+    assert str(caught.value).endswith("twice.yaml line 4: 'epochs' is given twice in one section; keep one")
+    with pytest.raises(ParameterError) as caught:
+        load([write(tmp_path, "scalar.yaml", "train: 3\n")])
+    assert str(caught.value).endswith(
+        "train in " + str(tmp_path / "scalar.yaml") + " is a section, not a value (got 3); write its keys under it, "
+        "e.g. train: {epochs: ...}"
+    )
+    assert (
+        load([ROOT / "parameters" / "default.yaml", write(tmp_path, "empty.yaml", "data:\n")]).values
+        == load(root=ROOT).values
+    )  # a section with nothing under it sets nothing
+
+
+@pytest.mark.parametrize(
+    ("given", "names"),
+    [("data.drop=2024", ["2024"]), ("data.drop=a,2024", ["a", "2024"]), ("data.drop=[2024, a]", ["2024", "a"])],
+)
+def test_a_column_named_by_a_number_is_a_name(given, names):
+    assert load(sets=[given], root=ROOT)["data.drop"] == names
+
+
 def test_every_layer_file_in_the_repo_is_valid():
     for path in sorted((ROOT / "parameters").glob("*.yaml")):
         load([ROOT / "parameters" / "default.yaml", path])

@@ -70,13 +70,42 @@ def _flatten(tree: dict[str, Any], origin: str, prefix: str = "") -> dict[str, A
     flat: dict[str, Any] = {}
     for name, value in tree.items():
         key = f"{prefix}{name}"
+        section = any(k.startswith(f"{key}.") for k in SPEC)
         if key in SPEC:
             flat[key] = value
-        elif isinstance(value, dict) and any(k.startswith(key + ".") for k in SPEC):
+        elif section and isinstance(value, dict):
             flat.update(_flatten(value, origin, key + "."))
+        elif section and value is None:  # `train:` with nothing under it sets nothing
+            continue
+        elif section:
+            first = next(k for k in SPEC if k.startswith(f"{key}."))
+            raise ParameterError(
+                f"{key} in {origin} is a section, not a value (got {value!r}); write its keys under it, "
+                f"e.g. {key}: {{{first.removeprefix(key + '.')}: ...}}"
+            )
         else:
             raise unknown_key(key, origin)
     return flat
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: the last one silently winning would hide
+    which value a run took."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _Twice(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _Twice(yaml.YAMLError):
+    def __init__(self, key: Any, mark: yaml.Mark) -> None:
+        super().__init__(f"key {key!r} appears twice")
+        self.key, self.problem_mark = key, mark
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -99,7 +128,11 @@ def load_file(path: Path) -> dict[str, Any]:
             f"parameter file {path} is not a text file (binary, or not UTF-8); give -p a YAML parameter file"
         ) from exc
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml.load(text, Loader=_UniqueKeys) or {}  # a SafeLoader that refuses repeated keys
+    except _Twice as exc:
+        raise ParameterError(
+            f"parameter file {path} line {exc.problem_mark.line + 1}: {exc.key!r} is given twice in one section; keep one"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -126,7 +159,7 @@ def read_text(key: str, raw: str) -> Any:
     A string key keeps the text as typed; a source stays a path unless it is ``{url: ..., ...}``.
     """
     kind = SPEC[key].kind
-    if kind == "str":
+    if kind in ("str", "list"):  # a list's text is read by its own rule: 2024 is a column's name
         return raw
     try:
         if kind == "source":  # a path stays as typed; {url: ..., query: ...} becomes a mapping

@@ -93,6 +93,10 @@ def _names(value: Any) -> list[str]:
                 raise _refuse("expected a list of column names, e.g. [customer_id, signup_date]", value) from None
         else:
             value = [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, int) and not isinstance(value, bool):  # papermill's `-p drop 2024`
+        value = [value]
+    if isinstance(value, list):  # a header's 2024 is the name "2024", as YAML's [2024] means it
+        value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise _refuse("expected a list of column names, e.g. [customer_id, signup_date]", value)
     if len(set(value)) < len(value):
