@@ -14,6 +14,7 @@ import pytest
 
 from workbench.run.kernel import ensure_kernel
 from workbench.run.pipeline import STEPS
+from workbench.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [ROOT / "notebooks" / s.notebook for s in STEPS]
@@ -74,6 +75,28 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
     verdict = json.loads((tmp_path / "store/runs/plain/validate/parity.json").read_text())["verdict"]
     assert verdict == "PASS"
     assert (tmp_path / "store/runs/plain/score/predictions.parquet").is_file()
+
+    def again(stem: str, *extra: str) -> subprocess.CompletedProcess:
+        [path] = [p for p in NOTEBOOKS if p.stem == stem]
+        command = [str(BIN / "papermill"), str(path), str(tmp_path / f"again-{path.name}"), *common, *extra]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    # training once more in the same run: what export, validate and score made came from the old weights
+    assert again("02_train", "-p", "epochs", "3", "-p", "batch_size", "64", "-p", "device", "cpu").returncode == 0
+    run = Tracker(f"sqlite:///{tmp_path}/t.db").get_run("plain")
+    assert {s["name"]: s["status"] for s in run["steps"]} == {
+        "prepare": "finished",
+        "train": "finished",
+        "export": "stale",
+        "validate": "stale",
+        "score": "stale",
+    }
+    assert run["status"] == "stale"
+    refused = again("05_batch_score", *overrides["05_batch_score"])
+    assert refused.returncode == 1
+    assert "run plain was trained again after its export, so its model.onnx holds the earlier weights" in refused.stderr
+    assert again("03_export_onnx").returncode == 0
+    assert again("05_batch_score", *overrides["05_batch_score"]).returncode == 0
 
 
 def _nbval(target: Path) -> subprocess.CompletedProcess:

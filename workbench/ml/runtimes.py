@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
@@ -181,6 +182,23 @@ def load_torch(config: dict[str, Any], state: bytes) -> Predict:
 
 def _no_torch_files() -> tuple[dict[str, Any], bytes]:
     raise ModelError("the torch backend needs the trained model (model.pth, model_config.json), not only model.onnx")
+
+
+def weights_digest(state: bytes) -> str:
+    """The sha256 of a ``state_dict``'s bytes, as the export records the weights it exported."""
+    return hashlib.sha256(state).hexdigest()
+
+
+def check_exported_weights(export_info: dict[str, Any], state: bytes, run: str) -> None:
+    """A run trained again after its export (notebook 02 run once more) holds an ONNX file of the
+    earlier weights: the backends would answer differently, onnxruntime and MXNet with the old
+    model, torch with the new. Refuse both until the export has run again."""
+    recorded = export_info.get("model_sha256")
+    if recorded and recorded != weights_digest(state):
+        raise ModelError(
+            f"run {run} was trained again after its export, so its model.onnx holds the earlier weights; "
+            "run its export step (notebook 03) again"
+        )
 
 
 @dataclass(frozen=True)

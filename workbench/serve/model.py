@@ -20,13 +20,21 @@ import numpy as np
 
 from workbench.errors import DataError, ModelError, StoreError, TrackingError
 from workbench.ml.encoding import Encoding, Target
-from workbench.ml.runtimes import ModelFiles, Predict, load_backend, load_onnxruntime, one_line
+from workbench.ml.runtimes import (
+    ModelFiles,
+    Predict,
+    check_exported_weights,
+    load_backend,
+    load_onnxruntime,
+    one_line,
+)
 from workbench.storage import open_store
 from workbench.storage.base import Store
 from workbench.storage.catalog import (
     ARCHIVE_META,
     ARCHIVE_STATE,
     ENCODING,
+    EXPORT_INFO,
     MODEL_CONFIG,
     MODEL_STATE,
     ONNX_MODEL,
@@ -147,6 +155,8 @@ def _from_run(store: Store, folder: str, shown: str) -> tuple[Encoding, ModelFil
             f"{KEY} {shown!r}: no exported model ({ONNX_MODEL.path} and {ENCODING.path}) in {where}; "
             "`workbench runs` lists the runs"
         )
+    if store.exists(folder + EXPORT_INFO.path) and store.exists(folder + MODEL_STATE.path):
+        check_exported_weights(decode(EXPORT_INFO, read(EXPORT_INFO)), read(MODEL_STATE), shown)
     encoding = Encoding.from_json(decode(ENCODING, read(ENCODING)))
     files = ModelFiles(
         onnx=lambda: read(ONNX_MODEL),

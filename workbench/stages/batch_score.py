@@ -21,11 +21,12 @@ import pandas as pd
 
 from workbench.errors import DataError, TrackingError
 from workbench.ml.encoding import Encoding, Target
-from workbench.ml.runtimes import ModelFiles, Predict, load_backend, top_class
+from workbench.ml.runtimes import ModelFiles, Predict, check_exported_weights, load_backend, top_class
 from workbench.progress import progress as progress_bar
 from workbench.storage.catalog import (
     CLASSES_PLOT,
     ENCODING,
+    EXPORT_INFO,
     MODEL_CONFIG,
     MODEL_STATE,
     ONNX_MODEL,
@@ -61,6 +62,10 @@ class DataWarning(UserWarning):
 
 def predictor(ctx: StepContext, backend: str, model_run: str) -> Predict:
     """``backend`` from the runtimes' registry, loading the files of ``model_run`` it needs."""
+    if ctx.has_artifact(EXPORT_INFO, run=model_run):
+        check_exported_weights(
+            ctx.load_artifact(EXPORT_INFO, run=model_run), ctx.load(MODEL_STATE, run=model_run), model_run
+        )
     files = ModelFiles(
         onnx=lambda: ctx.load(ONNX_MODEL, run=model_run),
         torch=lambda: (ctx.load_artifact(MODEL_CONFIG, run=model_run), ctx.load(MODEL_STATE, run=model_run)),

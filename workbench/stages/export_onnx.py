@@ -18,7 +18,7 @@ from workbench.ml.dataset import load_split, prepared_encoding, prepared_target
 from workbench.ml.models import load_model
 from workbench.ml.onnx_export import INPUT, OUTPUT, check_mxnet_ops, summarize, to_onnx
 from workbench.ml.parity import BATCH_SIZES
-from workbench.ml.runtimes import load_onnxruntime, one_line
+from workbench.ml.runtimes import load_onnxruntime, one_line, weights_digest
 from workbench.storage.catalog import (
     EXPORT_INFO,
     MODEL_CONFIG,
@@ -102,6 +102,7 @@ def export_onnx(ctx: StepContext, params: ExportParams) -> ExportResult:
             "input": INPUT,
             "output": OUTPUT,
             "task": task.task,
+            "model_sha256": weights_digest(state_blob),  # which training this export holds
         },
     )
     ctx.save_artifact(REFERENCE_OUTPUTS, {"x": val.x, "logits": reference, "labels": val.y})

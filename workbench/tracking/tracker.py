@@ -283,7 +283,15 @@ class Tracker:
         """
         stamp = now()
         with self._transaction() as conn:
-            row = conn.execute(select(steps.c.started_at).where(steps.c.run_id == run_id, steps.c.name == name)).first()
+            row = conn.execute(
+                select(steps.c.started_at, steps.c.position).where(steps.c.run_id == run_id, steps.c.name == name)
+            ).first()
+            if row is not None and status == "running":  # what later steps made came from what this one made before
+                conn.execute(
+                    update(steps)
+                    .where(steps.c.run_id == run_id, steps.c.position > row[1], steps.c.status == "finished")
+                    .values(status="stale", error=f"{name} ran again after it; run this step again")
+                )
             if row is None:
                 position = conn.execute(select(func.count()).where(steps.c.run_id == run_id)).scalar()
                 conn.execute(
@@ -305,7 +313,7 @@ class Tracker:
                 )
             )
             states = set(conn.execute(select(steps.c.status).where(steps.c.run_id == run_id)).scalars())
-            overall = "failed" if "failed" in states else "running" if "running" in states else "finished"
+            overall = next((state for state in ("failed", "running", "stale") if state in states), "finished")
             failed = error if status == "failed" else None
             conn.execute(
                 update(runs)
