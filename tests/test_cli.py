@@ -10,6 +10,7 @@ from support.cli import ROOT, workbench
 
 from workbench.cli import build_parser, main
 from workbench.config.parameters import SCHEMA
+from workbench.tracking.tracker import Tracker
 
 
 def test_help_lists_every_parameter_key(capsys):
@@ -18,9 +19,25 @@ def test_help_lists_every_parameter_key(capsys):
     assert "runs" in text and "report" in text
 
 
-def test_runs_on_an_empty_db(place, capsys):
+def test_runs_on_an_empty_db_and_on_a_missing_one(place, capsys):
+    path = Path(place.db.removeprefix("sqlite:///"))
+    assert main(["runs", *place.sets()]) == 1  # a mistyped db path is named, not created empty
+    assert capsys.readouterr().err.strip() == (
+        f"error: db {place.db!r}: no tracking database at {path}; check the db parameter (`workbench run` creates it)"
+    )
+    assert not path.exists()
+    Tracker(place.db)
     assert main(["runs", *place.sets()]) == 0
     assert "no runs yet" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as caught:  # argparse's own exit
+        main(["runs", "--limit", "0", *place.sets()])
+    assert caught.value.code == 2
+    assert "argument --limit: must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_an_empty_step_list_is_refused(place, capsys):
+    assert main(["run", "--steps", "", *place.sets()]) == 2
+    assert capsys.readouterr().err.startswith("error: --steps '': unknown step (none); steps are")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +151,7 @@ def test_a_parameter_file_that_is_not_yaml_text_is_one_line(place, tmp_path, kin
 @pytest.mark.parametrize("args", [["runs"], ["runs", "--json"]])
 def test_a_reader_that_goes_away_early_is_no_traceback(place, args):
     """`workbench runs | head -1`: the pipe closes before everything is written."""
+    Tracker(place.db)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", *args, *place.sets()],
         cwd=ROOT,

@@ -23,6 +23,17 @@ def _keys_help() -> str:
     return "parameter keys (for YAML files and --set):\n" + "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    """A count of at least 1 (argparse says the option's name with the message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parameters(args: argparse.Namespace) -> Parameters:
     return load(args.params or (), args.set or ())
 
@@ -65,7 +76,7 @@ def _cmd_train_node(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from workbench.tracking.tracker import Tracker
 
-    tracker = Tracker(_parameters(args)["db"])
+    tracker = Tracker(_parameters(args)["db"], create=False)  # a mistyped db is named, not created empty
     if args.action == "show":
         run = tracker.get_run(args.run_id)
         if args.json:
@@ -104,7 +115,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from workbench.tracking.tracker import Tracker
 
     params = _parameters(args)
-    tracker = Tracker(params["db"])
+    tracker = Tracker(params["db"], create=False)
     run = tracker.get_run(args.run_id)
     # the run's own store, unless this command line names one (a store that was moved)
     uri = params["store"] if "store" in params.explicit else run["store"]
@@ -206,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")
-    runs.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    runs.add_argument("--limit", type=_positive, default=20, help="newest N runs (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON")
     runs.set_defaults(func=_cmd_runs, action=None)
     runs_sub = runs.add_subparsers(dest="action", metavar="show")
@@ -296,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a run (its message says which)
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ TRAINING = ("prepare", "train", "export", "validate")  # what `workbench run` do
 
 def select_steps(names: str | None) -> list[StepSpec]:
     """Steps named in a comma list (pipeline order is kept); the training pipeline by default."""
-    wanted = [n.strip() for n in (names or ",".join(TRAINING)).split(",") if n.strip()]
+    wanted = [n.strip() for n in (",".join(TRAINING) if names is None else names).split(",") if n.strip()]
     known = {s.name for s in STEPS}
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
@@ -106,7 +106,12 @@ def _reopen(tracker: Tracker, run_id: str, given: Parameters) -> tuple[Parameter
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a scheduler stopping the job, a closed terminal), handled like Ctrl-C."""
+    """SIGTERM or SIGHUP (a scheduler stopping the job, a closed terminal), handled like Ctrl-C;
+    ``signum`` gives the exit status a shell expects of it (128 + the signal)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 @contextlib.contextmanager
@@ -115,7 +120,7 @@ def stop_on_signals() -> Iterator[None]:
     so a stopped run is marked failed and interrupted, and stays resumable, instead of `running`."""
 
     def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        raise Interrupted(signal.Signals(signum).name, signum)
 
     saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -276,7 +281,10 @@ def run_pipeline(
             raise
         except KeyboardInterrupt as exc:
             failure = f"interrupted by {exc}" if isinstance(exc, Interrupted) else "interrupted"
-            raise Interrupted(f"run {run_id} {failure}; continue it with `workbench run --resume {run_id}`") from exc
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            raise Interrupted(
+                f"run {run_id} {failure}; continue it with `workbench run --resume {run_id}`", signum
+            ) from exc
         except Exception as exc:  # a bug: recorded as the run's failure, then raised with its traceback
             failure = f"{type(exc).__name__}: {exc}"
             raise
