@@ -180,7 +180,7 @@ def test_access_denied_names_the_object_and_loses_nothing(tmp_path, monkeypatch)
             StoreError, match=r"access denied to s3://locked/runs/a\.txt \(AccessDenied\); check the credentials"
         ):
             open_store("s3://locked").write_bytes("runs/a.txt", b"x")
-        with pytest.raises(DataError, match=r"data.source: store s3://locked: access denied to s3://locked/in/d.csv"):
+        with pytest.raises(DataError, match=r"^data.source s3://locked: access denied to s3://locked/in/d.csv"):
             read_source("s3://locked/in/d.csv")
 
         db = tmp_path / "tracking.db"
@@ -293,10 +293,12 @@ def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
     client.upload_file(str(tmp_path / "d.csv.gz"), bucket, "in/d.csv.gz")
     assert read_source(f"s3://{bucket}/in/d.parquet").equals(digits)
     assert sum(t.num_rows for t in iter_source(f"s3://{bucket}/in/d.csv.gz", 500)) == 1797
-    with pytest.raises(DataError, match=rf"data\.source: s3://{bucket}/in/nope\.csv not found; check data\.source"):
+    with pytest.raises(DataError, match=rf"^data\.source: s3://{bucket}/in/nope\.csv not found; check data\.source$"):
         read_source(f"s3://{bucket}/in/nope.csv")
     with pytest.raises(
-        DataError, match=r"data\.source: store s3://no-such-bucket-y: bucket 'no-such-bucket-y' does not exist"
+        DataError,
+        match=r"^data\.source s3://no-such-bucket-y: bucket 'no-such-bucket-y' does not exist; create it or fix the "
+        r"data\.source URI$",
     ):
         read_source("s3://no-such-bucket-y/x.csv")
     ctx = stage_ctx_factory("prepare", run_id="s3-no-target")

@@ -31,12 +31,15 @@ class S3Store:
 
     multipart_threshold = 64 * 2**20
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, role: str = "store") -> None:
+        """``role`` names the parameter the URI came from in every message (``data.source`` for a table)."""
+        self.role = role
         parsed = urlparse(uri)
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         if parsed.scheme != "s3" or not BUCKET.match(self.bucket) or ".." in self.bucket:
             raise StoreError(
-                f"store {uri!r} is not a valid S3 URI; use s3://bucket/prefix with a lowercase bucket name"
+                f"{role} {uri!r} is not a valid S3 URI; use s3://bucket/prefix, the bucket named by 3 to 63 "
+                "lowercase letters, digits, dots and hyphens"
             )
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self._client: Any = None
@@ -77,22 +80,22 @@ class S3Store:
             if isinstance(exc.__context__, ClientError):
                 with self.errors(key, missing):
                     raise exc.__context__ from exc
-            raise StoreError(f"store {self.root}: uploading {where} failed ({exc})") from exc
+            raise StoreError(f"{self.role} {self.root}: uploading {where} failed ({exc})") from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreError(
-                f"store {self.root}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
+                f"{self.role} {self.root}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or run with an instance role"
             ) from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             endpoint = self.client.meta.endpoint_url
             raise StoreError(
-                f"store {self.root}: cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL, the region and the network"
+                f"{self.role} {self.root}: cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL, the region and the network"
             ) from exc
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "NoSuchBucket":
                 raise StoreError(
-                    f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
+                    f"{self.role} {self.root}: bucket {self.bucket!r} does not exist; create it or fix the {self.role} URI"
                 ) from exc
             if code in ("NoSuchKey", "404", "NotFound"):
                 if code != "NoSuchKey":  # a HEAD's 404 does not say whether the key or the bucket is missing
@@ -100,10 +103,10 @@ class S3Store:
                 raise StoreError(f"{where} not found; {missing}") from exc
             if code in DENIED:
                 raise StoreError(
-                    f"store {self.root}: access denied to {where} ({code}); check the credentials and the bucket policy"
+                    f"{self.role} {self.root}: access denied to {where} ({code}); check the credentials and the bucket policy"
                 ) from exc
             raise StoreError(
-                f"store {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
+                f"{self.role} {self.root}: S3 refused {where} ({code}: {exc.response.get('Error', {}).get('Message', '')})"
             ) from exc
 
     def check(self) -> None:
@@ -123,11 +126,11 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise StoreError(
-                    f"store {self.root}: bucket {self.bucket!r} does not exist; create it or fix the store URI"
+                    f"{self.role} {self.root}: bucket {self.bucket!r} does not exist; create it or fix the {self.role} URI"
                 ) from exc
             if code in DENIED:
                 raise StoreError(
-                    f"store {self.root}: {where} not found, and access denied to bucket {self.bucket!r} ({code}) "
+                    f"{self.role} {self.root}: {where} not found, and access denied to bucket {self.bucket!r} ({code}) "
                     "so S3 cannot say more; check the credentials and the bucket policy (s3:ListBucket)"
                 ) from exc
             # anything else says nothing about the bucket: the caller reports the missing key

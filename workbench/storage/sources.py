@@ -102,7 +102,7 @@ def _download(uri: str, key: str = "data.source") -> Path:
 
     bucket, _, name = uri.removeprefix("s3://").partition("/")
     try:
-        store = S3Store(f"s3://{bucket}")
+        store = S3Store(f"s3://{bucket}", role=key)
     except StoreError as exc:
         raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from exc
     folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
@@ -112,7 +112,8 @@ def _download(uri: str, key: str = "data.source") -> Path:
         with store.errors(name, missing=f"check {key}"):
             store.client.download_file(bucket, name, str(target))
     except StoreError as exc:
-        raise DataError(f"{key}: {exc}") from exc
+        said = str(exc)
+        raise DataError(said if said.startswith(key) else f"{key}: {said}") from exc
     return target
 
 
