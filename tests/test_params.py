@@ -131,6 +131,16 @@ def test_a_column_named_by_a_number_is_a_name(given, names):
     assert load(sets=[given], root=ROOT)["data.drop"] == names
 
 
+def test_a_source_mapping_that_is_not_yaml_is_one_line():
+    with pytest.raises(ParameterError) as caught:
+        load(sets=['data.source={url: "sqlite:///x.db", table: iris'], root=ROOT)
+    assert str(caught.value).startswith("data.source '{url: \"sqlite:///x.db\", table: iris' is not a valid mapping (")
+    assert load(sets=["data.source={url: 'sqlite:///x.db', table: iris}"], root=ROOT)["data.source"] == {
+        "url": "sqlite:///x.db",
+        "table": "iris",
+    }
+
+
 def test_every_layer_file_in_the_repo_is_valid():
     for path in sorted((ROOT / "parameters").glob("*.yaml")):
         load([ROOT / "parameters" / "default.yaml", path])

@@ -161,10 +161,19 @@ def read_text(key: str, raw: str) -> Any:
     kind = SPEC[key].kind
     if kind in ("str", "list"):  # a list's text is read by its own rule: 2024 is a column's name
         return raw
+    if kind == "source":  # a path stays as typed; {url: ..., query: ...} becomes a mapping
+        if not raw.lstrip().startswith("{"):
+            return raw
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not YAML"
+            raise ParameterError(
+                f"{key} {raw!r} is not a valid mapping ({problem}); write {{url: SQLALCHEMY_URL, table: NAME}} "
+                "or {url: ..., query: SELECT ...}"
+            ) from exc
+        return value if isinstance(value, dict) else raw
     try:
-        if kind == "source":  # a path stays as typed; {url: ..., query: ...} becomes a mapping
-            value = yaml.safe_load(raw) if raw.lstrip().startswith("{") else raw
-            return value if isinstance(value, dict) else raw
         return yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return raw
