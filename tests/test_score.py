@@ -88,8 +88,11 @@ def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
         ParameterError, match=r"^score\.batch_size in ScoreParams\(batch_size=0, .*\): must be greater than 0, got 0$"
     ):
         score_batch(ctx, ScoreParams(batch_size=0, model_run="unit"), progress=False)
-    with pytest.raises(TrackingError, match=r"score\.model_run 'nope' has no exported model"):
+    with pytest.raises(TrackingError, match=r"^score\.model_run 'nope' is not a run in db .*; `workbench runs` lists"):
         score_batch(ctx, ScoreParams(batch_size=100, model_run="nope"), progress=False)
+    ctx.tracker.ensure_run("bare", ctx.store.root)  # a run that exported nothing
+    with pytest.raises(TrackingError, match=r"^score\.model_run 'bare' has no exported model"):
+        score_batch(ctx, ScoreParams(batch_size=100, model_run="bare"), progress=False)
     assert not ctx.store.exists(ctx.key("predictions.parquet"))
 
 

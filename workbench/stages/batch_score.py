@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from workbench.config.secrets import mask
 from workbench.errors import DataError, TrackingError
 from workbench.ml.encoding import Encoding, Target
 from workbench.ml.runtimes import ModelFiles, Predict, check_exported_weights, load_backend, top_class
@@ -223,6 +224,11 @@ def predictions_writer(path: Path, schema: pa.Schema, regression: bool) -> pq.Pa
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
     """``latest`` means the newest run that exported a model and still has its prepared inputs."""
     if model_run != "latest":
+        if not ctx.has_artifact(ONNX_MODEL, run=model_run) and not ctx.tracker.has_run(model_run):
+            raise TrackingError(
+                f"score.model_run {model_run!r} is not a run in db {mask(ctx.tracker.url)!r}; "
+                "`workbench runs` lists the runs"
+            )
         if not ctx.has_artifact(ONNX_MODEL, run=model_run):
             raise TrackingError(
                 f"score.model_run {model_run!r} has no exported model in {ctx.store.root}; `workbench runs` lists the runs"

@@ -415,6 +415,10 @@ class Tracker:
         )
 
     # reading ----------------------------------------------------------------------------------
+    def has_run(self, run_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is not None
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         """Everything known about one run, JSON-ready."""
         with self.engine.connect() as conn:
