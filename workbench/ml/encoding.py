@@ -51,27 +51,12 @@ NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
 # Text a number or boolean column holds for a gap: the words Arrow's CSV reader (batch scoring) takes
 # for null, so a CSV written by R (NA), numpy (nan) or a database export (NULL) scores the same in
 # every place that predicts (a test keeps this equal to pyarrow's list).
-GAP_WORDS = frozenset(
-    [
-        "",
-        "#N/A",
-        "#N/A N/A",
-        "#NA",
-        "-1.#IND",
-        "-1.#QNAN",
-        "-NaN",
-        "-nan",
-        "1.#IND",
-        "1.#QNAN",
-        "N/A",
-        "NA",
-        "NULL",
-        "NaN",
-        "n/a",
-        "nan",
-        "null",
-    ]
-)
+# fmt: off
+GAP_WORDS = frozenset([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null",
+])
+# fmt: on
 
 
 def _shown(value: Any, width: int = 40) -> str:

@@ -384,27 +384,12 @@ def npy_rows(body, columns):
 
 DATE_PARTS = ("year", "month", "weekday", "yearday", "hour")
 NUMERIC, BOOLEAN, CATEGORY, DATE = "numeric", "boolean", "category", "date"
-GAP_WORDS = frozenset(
-    [
-        "",
-        "#N/A",
-        "#N/A N/A",
-        "#NA",
-        "-1.#IND",
-        "-1.#QNAN",
-        "-NaN",
-        "-nan",
-        "1.#IND",
-        "1.#QNAN",
-        "N/A",
-        "NA",
-        "NULL",
-        "NaN",
-        "n/a",
-        "nan",
-        "null",
-    ]
-)
+# fmt: off
+GAP_WORDS = frozenset([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null",
+])
+# fmt: on
 
 
 def _shown(value: Any, width: int = 40) -> str:
