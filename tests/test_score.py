@@ -130,6 +130,30 @@ def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, 
         )
 
 
+def test_publishing_numbers_into_a_table_of_class_names_is_refused(trained, stage_ctx_factory, tmp_path):
+    """SQLite would take them (its columns hold anything): another model's table is named instead."""
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    with create_engine(url).begin() as conn:
+        conn.execute(
+            text(
+                "create table preds (run_id text, step text, backend text, row integer, predicted text, "
+                "confidence real, actual text)"
+            )
+        )
+        conn.execute(text("insert into preds values ('old', 'score', 'onnxruntime', 0, 'Adelie', 0.9, 'Adelie')"))
+    ctx = stage_ctx_factory("score", run_id="score-kinds")
+    with pytest.raises(
+        PublishError,
+        match=r"^publish\.table 'preds' at sqlite:///.*: column 'predicted' holds text, and these rows give numbers "
+        r"\(another model's table\?\); pick another table$",
+    ):
+        score_batch(
+            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+        )
+    with create_engine(url).connect() as conn:
+        assert conn.execute(text("select count(*) from preds")).scalar() == 1  # the old rows are kept
+
+
 def test_publishing_to_postgres_uses_copy_and_stays_idempotent(trained, stage_ctx_factory, postgres):
     url = postgres()
     for _ in range(2):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, Table, and_, create_engine, delete, inspect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -42,6 +43,7 @@ class Publisher:
     def __init__(self, url: str, table: str, run_id: str, step: str) -> None:
         self.url, self.table, self.run_id, self.step = url, table, run_id, step
         self.columns: list[str] | None = None
+        self.kinds: dict[str, str | None] = {}
         try:
             self.engine = _engine(url)
             with self.engine.begin() as conn:
@@ -54,6 +56,7 @@ class Publisher:
                             "it holds something else: pick another table"
                         )
                     self.columns = list(target.c.keys())
+                    self.kinds = {c.name: _sql_kind(c.type) for c in target.c}
                     conn.execute(delete(target).where(and_(target.c.run_id == run_id, target.c.step == step)))
         except ArgumentError as exc:
             raise PublishError(f"publish.url {display_url(url)!r} is not a valid SQLAlchemy URL ({exc})") from exc
@@ -70,6 +73,14 @@ class Publisher:
                 f"publish.table {self.table!r} at {display_url(self.url)} lacks columns {missing}; "
                 "its columns conflict with the results: pick another table"
             )
+        for name in frame.columns if self.kinds else ():  # SQLite would store text in a number column
+            held, given = self.kinds.get(name), _frame_kind(frame[name])
+            if held and given and held != given:
+                raise PublishError(
+                    f"publish.table {self.table!r} at {display_url(self.url)}: column {name!r} holds {held}, and "
+                    f"these rows give {given} (another model's table?); pick another table"
+                )
+        self.kinds = {}  # the first rows settle it for the rest
         try:
             if self.engine.dialect.name == "postgresql":
                 self._copy(frame)
@@ -107,6 +118,26 @@ class Publisher:
             ) from exc
         finally:
             raw.close()
+
+
+def _sql_kind(sql_type: Any) -> str | None:
+    """``numbers`` or ``text`` for a column's SQL type, None for anything else (dates, unknown types)."""
+    try:
+        python = sql_type.python_type
+    except NotImplementedError:
+        return None
+    if python is str:
+        return "text"
+    return "numbers" if python in (int, float, bool, Decimal) else None
+
+
+def _frame_kind(column: pd.Series) -> str | None:
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        return "numbers"
+    first = column.dropna()[:1].tolist()
+    return "text" if first and isinstance(first[0], str) else None
 
 
 def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
