@@ -48,6 +48,31 @@ def test_reference_outputs_are_saved(trained, stage_ctx_factory):
     assert ref["x"].shape == (269, 64) and ref["logits"].shape == (269, 10) and ref["labels"].shape == (269,)
 
 
+def test_outputs_too_large_for_float32_name_the_training_not_the_export(trained, stage_ctx_factory):
+    """A model whose logits reach 1e22 (training diverged) differs from its ONNX copy by float32
+    rounding alone: the message says to train again, not that the export is unfaithful."""
+    from workbench.config.schema import ExportParams
+    from workbench.stages.export_onnx import export_onnx
+
+    store = stage_ctx_factory("export").store
+    for key in store.list("runs/unit/prepare") + store.list("runs/unit/train"):
+        data = store.read_bytes(key)
+        if key.endswith("/model.pth"):
+            state = torch.load(io.BytesIO(data), weights_only=True)
+            last = [name for name in state if name.endswith(".weight")][-1]
+            state[last] = state[last] * 1e20
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            data = buffer.getvalue()
+        store.write_bytes(key.replace("runs/unit/", "runs/diverged/", 1), data)
+    with pytest.raises(
+        ModelError,
+        match=r"^PyTorch's outputs reach [0-9.e+]+, where float32 rounding alone .*"
+        r"the training diverged: try a lower train\.lr$",
+    ):
+        export_onnx(stage_ctx_factory("export", run_id="diverged"), ExportParams())
+
+
 def test_op_table_matches_mxnets_own():
     from mxnet.contrib.onnx.onnx2mx._import_helper import _convert_map
 
