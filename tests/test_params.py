@@ -131,6 +131,15 @@ def test_a_column_named_by_a_number_is_a_name(given, names):
     assert load(sets=[given], root=ROOT)["data.drop"] == names
 
 
+def test_a_monitor_the_task_cannot_give_is_refused_before_a_run():
+    with pytest.raises(ParameterError) as caught:
+        load(sets=["data.task=regression", "train.monitor=val_accuracy"], root=ROOT)
+    assert str(caught.value) == (
+        "train.monitor in --set train.monitor=val_accuracy: val_accuracy needs class labels, and data.task in "
+        "--set data.task=regression is regression; watch val_loss"
+    )
+
+
 def test_a_source_mapping_that_is_not_yaml_is_one_line():
     with pytest.raises(ParameterError) as caught:
         load(sets=['data.source={url: "sqlite:///x.db", table: iris'], root=ROOT)

@@ -594,9 +594,15 @@ def validate(values: dict[str, Any], origin: Callable[[str], str]) -> Params:
         section = SPEC[key].section
         (tree.setdefault(section, {}) if section else tree)[SPEC[key].name] = value
     try:
-        return Params.model_validate(tree)
+        params = Params.model_validate(tree)
     except ValidationError as exc:
         raise ParameterError(problem_line(exc, origin)) from exc
+    if params.data.task == "regression" and params.train.monitor == "val_accuracy":  # known before a run starts
+        raise ParameterError(
+            f"train.monitor in {origin('train.monitor')}: val_accuracy needs class labels, and data.task in "
+            f"{origin('data.task')} is regression; watch val_loss"
+        )
+    return params
 
 
 def flat(params: Params) -> dict[str, Any]:
