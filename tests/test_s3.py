@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from support.cli import ROOT, SMALL, Place
+from support.cli import ROOT, SMALL, sets
 
 from workbench.config.schema import DataParams
 from workbench.errors import StoreError
@@ -83,9 +83,9 @@ def test_an_upload_into_a_missing_bucket_is_one_line_and_checked_before_a_run(s3
         store.put_file("r/prepare.ipynb", tmp_path / "notebook.ipynb")
     with pytest.raises(StoreError, match=r"bucket 'no-such-bucket-y' does not exist; create it or fix the store URI$"):
         store.check()
-    place = Place("s3://no-such-bucket-y/x", f"sqlite:///{tmp_path}/tracking.db")
+    db = f"sqlite:///{tmp_path}/tracking.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "run", *place.sets(*SMALL)],
+        [sys.executable, "-m", "workbench", "run", *sets("store=s3://no-such-bucket-y/x", f"db={db}", *SMALL)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -94,7 +94,7 @@ def test_an_upload_into_a_missing_bucket_is_one_line_and_checked_before_a_run(s3
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "error: store s3://no-such-bucket-y/x: bucket 'no-such-bucket-y' does not exist; create it or fix the store URI"
     ], proc.stderr
-    assert Tracker(place.db).list_runs() == []  # nothing started, nothing recorded
+    assert Tracker(db).list_runs() == []  # nothing started, nothing recorded
 
 
 def test_no_credentials(s3_server, bucket, monkeypatch, tmp_path):
