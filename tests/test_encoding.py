@@ -432,8 +432,8 @@ def test_words_for_a_gap_are_the_gaps_of_arrows_csv_reader():
     assert set(GAP_WORDS) == set(pa_csv.ConvertOptions().null_values)
     frame = pd.DataFrame({"x": [1.0, 2.0, np.nan, 4.0], "flag": [True, False, None, True], "y": [0, 1, 0, 1]})
     encoding = fit_encoding([frame], target="y")
-    words = pd.DataFrame({"x": ["1", " NA ", "nan", "NULL"], "flag": ["true", "N/A", "", "#N/A"]})
-    gaps = pd.DataFrame({"x": [1.0, np.nan, np.nan, np.nan], "flag": [True, None, None, None]})
+    words = pd.DataFrame({"x": ["1", " NA ", "nan", "1e400"], "flag": ["true", "N/A", "", "#N/A"]})
+    gaps = pd.DataFrame({"x": [1.0, np.nan, np.nan, np.inf], "flag": [True, None, None, None]})
     assert np.array_equal(encoding.apply(words), encoding.apply(gaps))
     with pytest.raises(DataError, match=r"^column 'x': 'None' is not a number$"):
         encoding.apply(pd.DataFrame({"x": ["None"], "flag": [True]}))

@@ -131,6 +131,12 @@ def test_a_column_named_by_a_number_is_a_name(given, names):
     assert load(sets=[given], root=ROOT)["data.drop"] == names
 
 
+def test_a_section_set_as_a_value_names_its_keys():
+    with pytest.raises(ParameterError) as caught:
+        load(sets=["train=3"], root=ROOT)
+    assert str(caught.value) == "--set 'train=3': train is a section; set one of its keys, e.g. --set train.epochs=..."
+
+
 def test_a_monitor_the_task_cannot_give_is_refused_before_a_run():
     with pytest.raises(ParameterError) as caught:
         load(sets=["data.task=regression", "train.monitor=val_accuracy"], root=ROOT)

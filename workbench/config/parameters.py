@@ -149,6 +149,9 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ParameterError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     if key not in SPEC:
+        inside = [k for k in SPEC if k.startswith(f"{key}.")]
+        if inside:
+            raise ParameterError(f"--set {item!r}: {key} is a section; set one of its keys, e.g. --set {inside[0]}=...")
         raise unknown_key(key, f"--set {item}")
     return key, read_text(key, raw)
 

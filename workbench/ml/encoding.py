@@ -676,6 +676,16 @@ def _gap_words(series: pd.Series) -> np.ndarray:
     return series.map(lambda v: isinstance(v, str) and v.strip() in GAP_WORDS).to_numpy(dtype=bool)
 
 
+def _overflows(value: Any) -> bool:
+    """Text of a number beyond float64 (``1e400``), which pandas cannot convert and Python reads as infinity."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isinf(float(value))
+    except ValueError:
+        return False
+
+
 def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
     if pd.api.types.is_bool_dtype(series.dtype) or (
@@ -692,6 +702,9 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
             converted = series.map(lambda v: words.get(str(v).strip().lower(), np.nan) if category_key(v) else np.nan)
         else:
             converted = pd.to_numeric(series.astype(object), errors="coerce")
+            beyond = converted.isna().to_numpy() & series.map(_overflows).to_numpy(dtype=bool)  # 1e400: a gap
+            if beyond.any():
+                converted = converted.where(~beyond, np.inf)
         bad = converted.isna().to_numpy() & series.notna().to_numpy()
         if bad.any():
             what = "true or false" if boolean else "a number"

@@ -76,12 +76,11 @@ TRAINING = ("prepare", "train", "export", "validate")  # what `workbench run` do
 def select_steps(names: str | None) -> list[StepSpec]:
     """Steps named in a comma list (pipeline order is kept); the training pipeline by default."""
     wanted = [n.strip() for n in (",".join(TRAINING) if names is None else names).split(",") if n.strip()]
-    known = {s.name for s in STEPS}
+    known = [s.name for s in STEPS]
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise ParameterError(
-            f"--steps {names!r}: unknown step {', '.join(unknown) or '(none)'}; steps are {', '.join(known)}"
-        )
+        problem = f"unknown step {', '.join(unknown)}" if unknown else "names no step"
+        raise ParameterError(f"--steps {names!r}: {problem}; steps are {', '.join(known)}")
     return [s for s in STEPS if s.name in wanted]
 
 

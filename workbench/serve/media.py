@@ -152,6 +152,11 @@ def negotiate(accept: str | None, offers: tuple[Offer, ...] = OFFERS) -> Offer:
     return best
 
 
+def invalid_byte(exc: UnicodeDecodeError) -> str:
+    """Which byte does not decode, and where: ``byte 0xe9 at offset 246``."""
+    return f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+
+
 def text_of(body: bytes, charset: str | None) -> str:
     """The body as text in the charset the Content-Type names (UTF-8 when it names none)."""
     charset = charset or "utf-8"
@@ -160,5 +165,5 @@ def text_of(body: bytes, charset: str | None) -> str:
     except LookupError:
         raise RequestError(415, f"charset {charset!r} is unknown; send UTF-8") from None
     except UnicodeDecodeError as exc:
-        raise RequestError(400, f"the body is not {charset} text (byte {exc.start} is invalid)") from None
+        raise RequestError(400, f"the body is not {charset} text ({invalid_byte(exc)})") from None
     return text.lstrip("\ufeff")

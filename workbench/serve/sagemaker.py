@@ -31,7 +31,18 @@ import orjson
 
 from workbench.ml.encoding import Target
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import CSV, JSON, NPY, SENT, Offer, RequestError, columns_missing, content_type, text_of
+from workbench.serve.media import (
+    CSV,
+    JSON,
+    NPY,
+    SENT,
+    Offer,
+    RequestError,
+    columns_missing,
+    content_type,
+    invalid_byte,
+    text_of,
+)
 from workbench.serve.outputs import Scored
 
 
@@ -52,7 +63,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except UnicodeDecodeError as exc:
-        raise RequestError(400, f"the body is not UTF-8 JSON (byte {exc.start} is invalid)") from None
+        raise RequestError(400, f"the body is not UTF-8 JSON ({invalid_byte(exc)})") from None
     except (ValueError, RecursionError) as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
 

@@ -495,6 +495,16 @@ def _records(data: Any, names: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _overflows(value: Any) -> bool:
+    """Text of a number beyond float64 (``1e400``), which pandas cannot convert and Python reads as infinity."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isinf(float(value))
+    except ValueError:
+        return False
+
+
 def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
     if pd.api.types.is_bool_dtype(series.dtype) or (
@@ -508,6 +518,9 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
             converted = series.map(lambda v: words.get(str(v).strip().lower(), np.nan) if category_key(v) else np.nan)
         else:
             converted = pd.to_numeric(series.astype(object), errors="coerce")
+            beyond = converted.isna().to_numpy() & series.map(_overflows).to_numpy(dtype=bool)  # 1e400: a gap
+            if beyond.any():
+                converted = converted.where(~beyond, np.inf)
         bad = converted.isna().to_numpy() & series.notna().to_numpy()
         if bad.any():
             what = "true or false" if boolean else "a number"
