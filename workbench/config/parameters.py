@@ -66,22 +66,26 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
+def _inside(section: str) -> list[str]:
+    """The keys of ``section`` (none when it is not a section)."""
+    return [k for k in SPEC if k.startswith(f"{section}.")]
+
+
 def _flatten(tree: dict[str, Any], origin: str, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, value in tree.items():
         key = f"{prefix}{name}"
-        section = any(k.startswith(f"{key}.") for k in SPEC)
+        inside = _inside(key)
         if key in SPEC:
             flat[key] = value
-        elif section and isinstance(value, dict):
+        elif inside and isinstance(value, dict):
             flat.update(_flatten(value, origin, key + "."))
-        elif section and value is None:  # `train:` with nothing under it sets nothing
+        elif inside and value is None:  # `train:` with nothing under it sets nothing
             continue
-        elif section:
-            first = next(k for k in SPEC if k.startswith(f"{key}."))
+        elif inside:
             raise ParameterError(
                 f"{key} in {origin} is a section, not a value (got {value!r}); write its keys under it, "
-                f"e.g. {key}: {{{first.removeprefix(key + '.')}: ...}}"
+                f"e.g. {key}: {{{inside[0].removeprefix(key + '.')}: ...}}"
             )
         else:
             raise unknown_key(key, origin)
@@ -149,7 +153,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ParameterError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     if key not in SPEC:
-        inside = [k for k in SPEC if k.startswith(f"{key}.")]
+        inside = _inside(key)
         if inside:
             raise ParameterError(f"--set {item!r}: {key} is a section; set one of its keys, e.g. --set {inside[0]}=...")
         raise unknown_key(key, f"--set {item}")

@@ -9,6 +9,7 @@ cannot serve stops the start with one line instead of failing every request.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -146,6 +147,7 @@ def _from_archive(files: dict[str, bytes], spec: str, backend: str) -> tuple[Enc
 def _from_run(store: Store, folder: str, shown: str) -> tuple[Encoding, ModelFiles]:
     """A run's artifacts under ``folder`` of ``store`` (``runs/<id>/``, or ``""`` for the run's own folder)."""
 
+    @functools.cache  # model.pth is read for the export check and again by the torch backend
     def read(item: Artifact) -> bytes:
         return store.read_bytes(folder + item.path)
 

@@ -8,6 +8,7 @@ file written batch by batch, so memory depends on the batch size, not on the dat
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 import warnings
@@ -63,13 +64,12 @@ class DataWarning(UserWarning):
 
 def predictor(ctx: StepContext, backend: str, model_run: str) -> Predict:
     """``backend`` from the runtimes' registry, loading the files of ``model_run`` it needs."""
+    state = functools.cache(lambda: ctx.load(MODEL_STATE, run=model_run))  # read once, checked and loaded
     if ctx.has_artifact(EXPORT_INFO, run=model_run):
-        check_exported_weights(
-            ctx.load_artifact(EXPORT_INFO, run=model_run), ctx.load(MODEL_STATE, run=model_run), model_run
-        )
+        check_exported_weights(ctx.load_artifact(EXPORT_INFO, run=model_run), state(), model_run)
     files = ModelFiles(
         onnx=lambda: ctx.load(ONNX_MODEL, run=model_run),
-        torch=lambda: (ctx.load_artifact(MODEL_CONFIG, run=model_run), ctx.load(MODEL_STATE, run=model_run)),
+        torch=lambda: (ctx.load_artifact(MODEL_CONFIG, run=model_run), state()),
     )
     return load_backend(backend, files)
 
@@ -224,12 +224,12 @@ def predictions_writer(path: Path, schema: pa.Schema, regression: bool) -> pq.Pa
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
     """``latest`` means the newest run that exported a model and still has its prepared inputs."""
     if model_run != "latest":
-        if not ctx.has_artifact(ONNX_MODEL, run=model_run) and not ctx.tracker.has_run(model_run):
-            raise TrackingError(
-                f"score.model_run {model_run!r} is not a run in db {mask(ctx.tracker.url)!r}; "
-                "`workbench runs` lists the runs"
-            )
         if not ctx.has_artifact(ONNX_MODEL, run=model_run):
+            if not ctx.tracker.has_run(model_run):
+                raise TrackingError(
+                    f"score.model_run {model_run!r} is not a run in db {mask(ctx.tracker.url)!r}; "
+                    "`workbench runs` lists the runs"
+                )
             raise TrackingError(
                 f"score.model_run {model_run!r} has no exported model in {ctx.store.root}; `workbench runs` lists the runs"
             )

@@ -258,10 +258,9 @@ def _utf8(batch: pa.RecordBatch, key: str, path: Path) -> None:
 
     for field in batch.schema:
         if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            for value in batch.column(field.name).to_pylist():
+            for value in filter(None, batch.column(field.name).to_pylist()):
                 try:
-                    if value is not None:
-                        value.decode("utf-8")
+                    value.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(
                         f"{key} {path}: column {field.name!r} holds text that is not UTF-8 "
