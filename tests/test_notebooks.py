@@ -95,6 +95,19 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
     refused = again("05_batch_score", *overrides["05_batch_score"])
     assert refused.returncode == 1
     assert "run plain was trained again after its export, so its model.onnx holds the earlier weights" in refused.stderr
+    serve = subprocess.run(
+        [
+            str(BIN / "workbench"),
+            "serve",
+            *(f"--set={s}" for s in (f"store={tmp_path / 'store'}", f"db=sqlite:///{tmp_path}/t.db")),
+            *("--set=serve.model=plain", "--set=serve.port=0"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 1 and serve.stderr.strip().endswith("run its export step (notebook 03) again"), serve
     assert again("03_export_onnx").returncode == 0
     assert again("05_batch_score", *overrides["05_batch_score"]).returncode == 0
 
