@@ -209,6 +209,8 @@ def run_pipeline(
     resume: str | None = None,
     steps: str | None = None,
     run_id: str | None = None,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
@@ -245,7 +247,9 @@ def run_pipeline(
             tracker.reopen_run(run_id)
             say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(RunLayout(run_id).root)}")
         else:
-            run_id = tracker.create_run(store.root, params.values, params.origin, run_id=run_id, holder=holder)
+            run_id = tracker.create_run(
+                store.root, params.values, params.origin, run_id=run_id, holder=holder, name=name, tags=tags
+            )
             stack.enter_context(holding(tracker, run_id, holder))
             tracker.plan_steps(run_id, [s.name for s in planned])
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")

@@ -1,4 +1,4 @@
-"""The tracking tables: runs, their steps, parameters, metrics and artifacts."""
+"""The tracking tables: runs, their steps, parameters, metrics, artifacts, tags and file hashes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ runs = Table(
     Column("launcher", String(16)),  # "workbench" (workbench run) or "notebook" (JupyterLab, papermill)
     Column("holder", String(128)),  # host:pid:token of the process executing its steps, if any
     Column("heartbeat_at", DateTime(timezone=True)),
+    Column("name", String(128)),  # what people call the run (`workbench run --name`)
+    Column("note", Text),
 )
 
 
@@ -45,6 +47,9 @@ steps = Table(
     Column("duration_s", Float),
     Column("notebook", Text),
     Column("error", Text),
+    Column("cache_key", String(64), index=True),  # digest of everything that decides the step's result
+    Column("ingredients", Text),  # JSON: what went into cache_key, to say which one changed
+    Column("reused_from", String(64)),  # the run whose artifacts a reused step took
 )
 
 
@@ -81,4 +86,24 @@ artifacts = Table(
     Column("sha256", String(64), nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+run_tags = Table(
+    "run_tags",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+file_hashes = Table(  # a local data file's sha256, remembered by path, size and mtime
+    "file_hashes",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
 )

@@ -36,7 +36,7 @@ from workbench.config.parameters import project_root
 from workbench.config.secrets import mask as display_url  # the URL with any password masked
 from workbench.errors import TrackingError
 from workbench.storage.base import ArtifactInfo
-from workbench.tracking.tables import artifacts, metrics, params, runs, steps
+from workbench.tracking.tables import artifacts, metrics, params, run_tags, runs, steps
 
 
 def now() -> datetime:
@@ -240,8 +240,10 @@ class Tracker:
         origin: dict[str, str],
         run_id: str | None = None,
         holder: str | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
-        """A `workbench run`'s row and parameters; ``holder`` claims it from the start."""
+        """A `workbench run`'s row, parameters, name and tags; ``holder`` claims it from the start."""
         run_id = run_id or new_run_id()
         rows = [
             {"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()
@@ -256,8 +258,14 @@ class Tracker:
                 launcher="workbench",
                 holder=holder,
                 heartbeat_at=started if holder else None,
+                name=name,
             ),
             *([insert(params).values(rows)] if rows else []),
+            *(
+                [insert(run_tags).values([{"run_id": run_id, "key": k, "value": v} for k, v in tags.items()])]
+                if tags
+                else []
+            ),
         )
         return run_id
 
