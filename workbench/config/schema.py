@@ -436,6 +436,16 @@ class ServeParams(Section):
     ] = Field("workbench", description="the model's name on the v2 routes: /v2/models/<name>/infer")
 
 
+class UIParams(Section):
+    """workbench ui: a read-only web app over the tracking database and the runs' stores."""
+
+    section = "ui"
+    host: Text = Field(
+        "127.0.0.1", description="address to listen on: 0.0.0.0 lets other machines in (the app has no login)"
+    )
+    port: Int = Field(8090, ge=0, le=65535, description="TCP port (0: any free port, printed at start)")
+
+
 with warnings.catch_warnings():  # the section "validate" shadows BaseModel.validate, deprecated since pydantic 2
     warnings.filterwarnings("ignore", r'Field name "validate"', UserWarning)
 
@@ -455,6 +465,7 @@ with warnings.catch_warnings():  # the section "validate" shadows BaseModel.vali
         score: ScoreParams = ScoreParams()
         publish: PublishParams = PublishParams()
         serve: ServeParams = ServeParams()
+        ui: UIParams = UIParams()
 
 
 SECTIONS: dict[str, type[Section]] = {
