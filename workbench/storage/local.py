@@ -6,7 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from workbench.config.parameters import project_root
@@ -115,6 +115,20 @@ class LocalStore:
             return self._file(key).read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"artifact {self.uri(key)} not found; run the step that writes it first") from exc
+
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The file's bytes a chunk at a time (a download never holds a whole artifact in memory);
+        a missing file raises here, before the first chunk."""
+        try:
+            fh = open(self._file(key), "rb")  # noqa: SIM115 -- closed by the generator below
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise StoreError(f"artifact {self.uri(key)} not found; run the step that writes it first") from exc
+
+        def chunks() -> Iterator[bytes]:
+            with fh:
+                yield from iter(lambda: fh.read(chunk_size), b"")
+
+        return chunks()
 
     def exists(self, key: str) -> bool:
         return self._file(key).is_file()

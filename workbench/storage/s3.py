@@ -165,6 +165,20 @@ class S3Store:
         with self.errors(key):
             return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
 
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes a chunk at a time, as S3 sends them; a missing key raises here, before
+        the first chunk."""
+        with self.errors(key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+        return chunks()
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
