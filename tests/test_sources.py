@@ -14,7 +14,7 @@ from support.cli import workbench
 
 from workbench.config.parameters import load
 from workbench.config.schema import DataParams
-from workbench.errors import DataError
+from workbench.errors import DataError, ParameterError
 from workbench.ml.dataset import load_split
 from workbench.ml.splits import stratified_split
 from workbench.stages.prepare_data import prepare_data
@@ -89,9 +89,88 @@ def test_sql_errors_are_one_line(sqlite_url, tmp_path):
         with pytest.raises(DataError, match=message) as caught:
             read_source(source)
         assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
-    with pytest.raises(DataError, match=r"returns no rows; it must be a SELECT"):
+    with pytest.raises(DataError, match=r"^data.source: the query must be one read-only SELECT .*not DELETE"):
         read_source({"url": sqlite_url, "query": "DELETE FROM digits"})
-    assert len(read_source({"url": sqlite_url, "table": "digits"})) == 1797  # rolled back: nothing lost
+    assert len(read_source({"url": sqlite_url, "table": "digits"})) == 1797  # refused before it ran: nothing lost
+
+
+# what a user (or someone writing their parameters) might send in a source's query; none may write
+DESTRUCTIVE = [
+    ("DROP TABLE keep", r"not DROP"),
+    ("DELETE FROM keep", r"not DELETE"),
+    ("UPDATE keep SET a = 0", r"not UPDATE"),
+    ("SELECT 1; DROP TABLE keep", r"holds 2 statements"),
+    ("select a from keep;\n-- the rest\n drop table keep;", r"holds 2 statements"),
+    ("SELECT * INTO copied FROM keep", r"holds INTO"),
+    ("WITH gone AS (DELETE FROM keep RETURNING *) SELECT * FROM gone", r"holds DELETE"),
+]
+
+
+def _keep(url: str) -> None:
+    engine = create_engine(url)
+    pd.DataFrame({"a": [1, 2, 3]}).to_sql("keep", engine, index=False)
+    engine.dispose()
+
+
+def _kept(url: str) -> list[int]:
+    engine = create_engine(url)
+    try:
+        return sorted(pd.read_sql("SELECT a FROM keep", engine).a)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_a_source_query_never_writes(kind, tmp_path, request):
+    """Only one SELECT (or WITH ... SELECT) reaches the database, named before anything runs; the
+    table survives every attempt, through data.source and score.source alike."""
+    url = f"sqlite:///{tmp_path}/src.db" if kind == "sqlite" else request.getfixturevalue("postgres")()
+    _keep(url)
+    for key in ("data.source", "score.source"):
+        for query, problem in DESTRUCTIVE:
+            with pytest.raises(DataError, match=rf"^{key}: the query .*{problem}") as caught:
+                read_source({"url": url, "query": query}, key)
+            assert "\n" not in str(caught.value)
+            with pytest.raises(ParameterError, match=rf"^{key} in --set {key}=.*: the query .*{problem}"):
+                load(sets=[f"{key}={{url: '{url}', query: {json.dumps(query)}}}"])
+    assert _kept(url) == [1, 2, 3]
+    pivot = "WITH t AS (SELECT a, 'drop; delete' AS note FROM keep) SELECT a, note AS \"update\" FROM t -- ;"
+    assert read_source({"url": url, "query": pivot}).a.tolist() == [1, 2, 3]  # words in quotes are no SQL
+
+
+def test_a_sqlite_source_opens_read_only(tmp_path):
+    """Even a statement that slipped past the check cannot write: the file is opened with mode=ro,
+    and a file that does not exist is named instead of created empty."""
+    from sqlalchemy.exc import OperationalError
+
+    from workbench.storage.sources import _read_only_engine
+
+    url = f"sqlite:///{tmp_path}/src.db"
+    _keep(url)
+    engine = _read_only_engine(url, "data.source")
+    with engine.connect() as conn, pytest.raises(OperationalError, match="readonly database"):
+        conn.exec_driver_sql("DROP TABLE keep")
+    engine.dispose()
+    assert _kept(url) == [1, 2, 3]
+    missing = tmp_path / "nowhere.db"
+    with pytest.raises(DataError, match=rf"^data.source url .*: no SQLite database at {missing}; check the path$"):
+        read_source({"url": f"sqlite:///{missing}", "table": "keep"})
+    assert not missing.exists()
+
+
+def test_a_postgres_source_reads_in_a_read_only_transaction(postgres):
+    """A query that passes the check yet writes (nextval moves a sequence) is stopped by the server."""
+    url = postgres()
+    _keep(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE SEQUENCE ticket")
+    with pytest.raises(DataError, match=r"cannot execute nextval\(\) in a read-only transaction"):
+        read_source({"url": url, "query": "SELECT nextval('ticket') AS n, a FROM keep"})
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT last_value, is_called FROM ticket").one() == (1, False)
+    engine.dispose()
+    assert read_source({"url": url, "query": "SELECT a FROM keep ORDER BY a"}).a.tolist() == [1, 2, 3]
 
 
 def test_postgres_source_streams_through_a_server_side_cursor(stage_ctx_factory, postgres, digits):

@@ -26,7 +26,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from workbench.config.secrets import mask
+from workbench.config.secrets import holds_password, mask
+from workbench.config.sql import query_problem
 from workbench.errors import ParameterError
 
 
@@ -77,6 +78,8 @@ def _float(value: Any) -> float:
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise _refuse(f"expected a string, got {value!r}", shown=False)
+    if problem := password_problem(value):
+        raise _refuse(problem, value)
     return value
 
 
@@ -102,6 +105,8 @@ def _names(value: Any) -> list[str]:
     if len(set(value)) < len(value):
         twice = next(v for v in value if value.count(v) > 1)
         raise _refuse(f"names {twice!r} twice", value)
+    if problem := next(filter(None, map(password_problem, value)), None):
+        raise _refuse(problem, value)
     return list(value)
 
 
@@ -117,10 +122,14 @@ def _not_empty(value: str) -> str:
     return value
 
 
-def password_problem(url: str) -> str | None:
-    # parameters are written into executed notebooks and reports: secrets must come from elsewhere
-    if re.match(r"^[\w+]+://[^/@:]*:[^/@]*@", url):
-        return "must not hold a password (it would be written into notebooks and reports); use PGPASSWORD or ~/.pgpass"
+def password_problem(text: str) -> str | None:
+    """A URL with a password anywhere in a string value: parameters are written into executed
+    notebooks, reports and the tracking database, so secrets must come from elsewhere."""
+    if holds_password(text) or re.match(r"^[\w+]+://[^/@:]*:[^/@]*@", text):
+        return (
+            "must not hold a password (it would be written into notebooks and reports); leave it out of the URL "
+            "and use PGPASSWORD, ~/.pgpass or the AWS credential chain"
+        )
     return None
 
 
@@ -154,13 +163,14 @@ def _pattern(regex: str, problem: str) -> Callable[[str], str]:
 def source_problem(value: str | dict) -> str | None:
     """What is wrong with a data source value, if anything."""
     if isinstance(value, str):
-        return None if value.strip() else "must not be empty"
+        return password_problem(value) if value.strip() else "must not be empty"
     keys = set(value)
     if keys not in ({"url", "query"}, {"url", "table"}):
         return "a SQL source needs exactly the keys url and query, or url and table"
     if not all(isinstance(x, str) and x.strip() for x in value.values()):
         return "a SQL source's url, query and table must be non-empty strings"
-    return _db_url_problem(value["url"])
+    problem = _db_url_problem(value["url"]) or next(filter(None, map(password_problem, value.values())), None)
+    return problem or (query_problem(value["query"]) if "query" in value else None)
 
 
 def _source(value: Any) -> str | dict[str, str]:

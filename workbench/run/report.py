@@ -13,7 +13,7 @@ from workbench.errors import ReportError
 from workbench.ml.training.verdict import training_warnings
 from workbench.storage.base import Store
 from workbench.storage.catalog import FIGURES, KEY_RESULTS, NOTEBOOKS, REPORT_INDEX, RunLayout, notebook, report_page
-from workbench.tracking.tracker import Tracker, display_url
+from workbench.tracking.tracker import Tracker
 
 
 def _fmt(value: float) -> str:
@@ -78,7 +78,6 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
     warnings = [*unreadable]
     if metrics.get("near_chance") == 1.0:
         warnings.extend(training_warnings(metrics))
-    run["parameters"] = {k: display_url(v) if k == "db" else v for k, v in run["parameters"].items()}
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
     page = (
         Environment(autoescape=True)

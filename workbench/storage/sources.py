@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from workbench.config.parameters import project_root
 from workbench.config.schema import source_problem
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from sqlalchemy.engine import Engine
 
 Source = str | Mapping[str, str]
 BUNDLED = {"digits": "digits.csv.gz"}
@@ -325,6 +327,27 @@ def _sql_statement(source: Mapping[str, str]) -> Any:
     return select(literal_column("*")).select_from(table(name, schema=schema or None))
 
 
+def _read_only_engine(url: str, key: str) -> Engine:
+    """An engine on a source database that cannot write through it, whatever reaches it.
+
+    The query was checked to be one SELECT (``workbench.config.sql``); this is the second guard.
+    A SQLite file opens with ``mode=ro`` (and a missing one is named instead of created empty);
+    PostgreSQL runs the query in a ``READ ONLY`` transaction (see :func:`_sql_tables`).
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if parsed.query.get("uri") != "true":  # a plain path: name a missing file, then open it as a URI
+            path = Path(parsed.database).expanduser().absolute()
+            if not path.is_file():
+                raise DataError(f"{key} url {mask(url)!r}: no SQLite database at {path}; check the path")
+            parsed = parsed.set(database=f"file:{quote(str(path))}")
+        parsed = parsed.update_query_dict({"mode": "ro", "uri": "true"})
+    return create_engine(parsed)
+
+
 def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.Table]:
     """Rows of a query through a server-side cursor, ``rows`` at a time, as Arrow tables.
 
@@ -333,14 +356,13 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
     """
     import pandas as pd
     import pyarrow as pa
-    from sqlalchemy import create_engine
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
     url = source["url"]
     shown = mask(url)
     what = f"{key}.table" if "table" in source else f"the {key} query"
     try:
-        engine = create_engine(url)
+        engine = _read_only_engine(url, key)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise DataError(f"{key} url {shown!r} is not a usable SQLAlchemy URL ({exc})") from exc
     try:
@@ -353,6 +375,8 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
     try:
         with conn:
             try:
+                if engine.dialect.name == "postgresql":  # the transaction's first statement: nothing in it writes
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 result = conn.execution_options(stream_results=True, max_row_buffer=rows).execute(
                     _sql_statement(source)
                 )

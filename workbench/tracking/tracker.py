@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAl
 
 from workbench.config.parameters import project_root
 from workbench.config.secrets import mask as display_url  # the URL with any password masked
+from workbench.config.secrets import mask_value
 from workbench.errors import TrackingError
 from workbench.storage.base import ArtifactInfo
-from workbench.tracking.tables import artifacts, metrics, params, run_tags, runs, steps
+from workbench.tracking.tables import artifacts, file_hashes, metrics, params, run_tags, runs, steps
 
 
 def now() -> datetime:
@@ -246,7 +247,8 @@ class Tracker:
         """A `workbench run`'s row, parameters, name and tags; ``holder`` claims it from the start."""
         run_id = run_id or new_run_id()
         rows = [
-            {"run_id": run_id, "key": k, "value": json.dumps(v), "origin": origin.get(k, "")} for k, v in values.items()
+            {"run_id": run_id, "key": k, "value": json.dumps(mask_value(v)), "origin": display_url(origin.get(k, ""))}
+            for k, v in values.items()
         ]
         started = now()
         self._write(
@@ -469,11 +471,20 @@ class Tracker:
             "steps": [
                 {
                     k: (_iso(s[k]) if k.endswith("_at") else s[k])
-                    for k in ("name", "status", "started_at", "finished_at", "duration_s", "notebook", "error")
+                    for k in (
+                        "name",
+                        "status",
+                        "started_at",
+                        "finished_at",
+                        "duration_s",
+                        "notebook",
+                        "error",
+                        "reused_from",
+                    )
                 }
                 for s in step_rows
             ],
-            "parameters": {p["key"]: json.loads(p["value"]) for p in param_rows},
+            "parameters": {p["key"]: mask_value(json.loads(p["value"])) for p in param_rows},
             "metrics": final,
             "history": history,
             "artifacts": list(latest.values()),
@@ -520,6 +531,128 @@ class Tracker:
             }
             for r in rows
         ]
+
+    # reusing steps ------------------------------------------------------------------------------
+    def step_artifacts(self, run_id: str, names: Iterable[str]) -> list[dict[str, Any]]:
+        """The artifacts these steps of the run recorded, the latest record of each key."""
+        query = (
+            select(artifacts.c.step, artifacts.c.key, artifacts.c.uri, artifacts.c.sha256, artifacts.c.bytes)
+            .where(artifacts.c.run_id == run_id, artifacts.c.step.in_(list(names)))
+            .order_by(artifacts.c.id)
+        )
+        with self.engine.connect() as conn:
+            latest = {row["key"]: dict(row) for row in conn.execute(query).mappings()}
+        return list(latest.values())
+
+    def reuse_candidates(self, step: str, key: str, store: str, exclude: str) -> list[str]:
+        """Runs whose ``step`` finished with this key under ``workbench run`` in this store, newest
+        first. Notebook runs are never sources: their cells may have been edited or run out of order."""
+        query = (
+            select(steps.c.run_id)
+            .join(runs, runs.c.id == steps.c.run_id)
+            .where(
+                steps.c.name == step,
+                steps.c.cache_key == key,
+                steps.c.status == "finished",
+                runs.c.launcher == "workbench",
+                runs.c.store == store,
+                runs.c.id != exclude,
+            )
+            .order_by(steps.c.finished_at.desc())
+            .limit(5)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def last_keyed_step(self, step: str, exclude: str) -> tuple[str, dict[str, str]] | None:
+        """The newest finished ``step`` of a `workbench run` that recorded its key's ingredients:
+        what a step that cannot be reused is compared with, to say what changed."""
+        query = (
+            select(steps.c.run_id, steps.c.ingredients)
+            .join(runs, runs.c.id == steps.c.run_id)
+            .where(
+                steps.c.name == step,
+                steps.c.status == "finished",
+                steps.c.ingredients.isnot(None),
+                runs.c.launcher == "workbench",
+                runs.c.id != exclude,
+            )
+            .order_by(steps.c.finished_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def set_step_key(self, run_id: str, step: str, key: str, ingredients: dict[str, str]) -> None:
+        self._write(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.name == step)
+            .values(cache_key=key, ingredients=json.dumps(ingredients, sort_keys=True))
+        )
+
+    def record_reuse(
+        self, run_id: str, step: str, source: str, copies: list[ArtifactInfo], notebook: str | None, seconds: float
+    ) -> None:
+        """Mark ``step`` finished as reused from run ``source``, in one transaction: its copied
+        artifacts, and the source step's metrics and history. Until it commits, the step is not done
+        (an interruption leaves it to run again on resume)."""
+        stamp = now()
+        copied = select(metrics.c.key, metrics.c.value, metrics.c.epoch).where(
+            metrics.c.run_id == source, metrics.c.step == step
+        )
+        with self._transaction() as conn:
+            rows = [{"run_id": run_id, "step": step, **row} for row in conn.execute(copied).mappings()]
+            if rows:
+                conn.execute(insert(metrics).values(rows))
+            if copies:
+                conn.execute(
+                    insert(artifacts).values(
+                        [
+                            {
+                                "run_id": run_id,
+                                "step": step,
+                                "key": info.key,
+                                "uri": info.uri,
+                                "sha256": info.sha256,
+                                "bytes": info.bytes,
+                                "created_at": stamp,
+                            }
+                            for info in copies
+                        ]
+                    )
+                )
+            conn.execute(
+                update(steps)
+                .where(steps.c.run_id == run_id, steps.c.name == step)
+                .values(
+                    status="finished",
+                    started_at=stamp,
+                    finished_at=stamp,
+                    duration_s=seconds,
+                    notebook=notebook,
+                    error=None,
+                    reused_from=source,
+                )
+            )
+
+    def remembered_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """A local file's sha256 as last hashed here, if its size and modification time still match."""
+        query = select(file_hashes.c.sha256).where(
+            file_hashes.c.host == socket.gethostname(),
+            file_hashes.c.path == path,
+            file_hashes.c.bytes == size,
+            file_hashes.c.mtime_ns == mtime_ns,
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def remember_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        host = socket.gethostname()
+        self._write(
+            delete(file_hashes).where(file_hashes.c.host == host, file_hashes.c.path == path),
+            insert(file_hashes).values(host=host, path=path, bytes=size, mtime_ns=mtime_ns, sha256=sha256),
+        )
 
 
 def _as_utc(value: datetime) -> datetime:
