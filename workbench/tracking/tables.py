@@ -8,6 +8,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -33,6 +34,7 @@ runs = Table(
     Column("name", String(128)),  # what people call the run (`workbench run --name`)
     Column("note", Text),
 )
+Index("ix_runs_started_at", runs.c.started_at)  # the runs listing's default order
 
 
 steps = Table(
@@ -61,6 +63,7 @@ params = Table(
     Column("value", Text, nullable=False),
     Column("origin", Text, nullable=False),
 )
+Index("ix_params_key_run", params.c.key, params.c.run_id)  # one key of every run: filters and sorts
 
 
 metrics = Table(
@@ -73,6 +76,7 @@ metrics = Table(
     Column("value", Float, nullable=False),
     Column("epoch", Integer),
 )
+Index("ix_metrics_key_run", metrics.c.key, metrics.c.run_id, metrics.c.epoch)  # one key of every run
 
 
 artifacts = Table(
