@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
 from workbench.errors import ParameterError, WorkbenchError
+from workbench.storage.scratch import sweep
 
 
 def _keys_help() -> str:
@@ -44,6 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume and args.steps:
         raise ParameterError("--resume continues the steps the run planned; drop --steps")
+    if args.resume and args.rerun:
+        raise ParameterError("--rerun starts a new run that executes those steps; drop --resume, or --rerun")
     if not args.resume:  # a new run's folder is empty: a step must not need what no step of it writes
         names = [s.name for s in select_steps(args.steps)]
         if problem := steps_problem(names, [s.name for s in STEPS]):
@@ -59,7 +62,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # others join its train step, the run named after the job
         return _cmd_train_node(argparse.Namespace(**vars(args), run_id=run_id, wait=3600.0))
     with stop_on_signals():
-        result = run_pipeline(params, resume=args.resume, steps=args.steps, run_id=run_id)
+        result = run_pipeline(
+            params, resume=args.resume, steps=args.steps, run_id=run_id, reuse=args.reuse, rerun=args.rerun
+        )
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
     return 0
@@ -170,6 +175,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(params.model.serve, params["store"], params["db"])
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from workbench.ui.server import serve_ui
+
+    params = _parameters(args)
+    return serve_ui(params.model.ui, params["db"])
+
+
 def _cmd_kernel(args: argparse.Namespace) -> int:
     from workbench.run.kernel import KERNEL_NAME, ensure_kernel
 
@@ -214,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", metavar="NAMES", help="comma list of steps: prepare,train,export,validate (default) or score"
     )
     run.add_argument("--resume", metavar="RUN_ID", help="continue an unfinished run from its first unfinished step")
+    run.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="run every step, even those whose inputs, parameters and code match a finished step of an earlier run",
+    )
+    run.add_argument(
+        "--rerun",
+        metavar="STEPS",
+        help="comma list of steps to run even when they could be reused, and every step after them",
+    )
     run.set_defaults(func=_cmd_run)
 
     runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")
@@ -270,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    ui = sub.add_parser(
+        "ui",
+        parents=[layers],
+        help="a web page over the runs: the runs table, a run, runs compared (read-only)",
+        description="Serve a read-only web app over the tracking database (db) on ui.host:ui.port until Ctrl-C: "
+        "runs filtered, sorted and paged, each run's report and artifacts, runs compared, and JSON under /api/runs.",
+    )
+    ui.set_defaults(func=_cmd_ui)
+
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)
     return parser
@@ -290,6 +322,7 @@ def _report_error(exc: WorkbenchError, args: argparse.Namespace | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
+    sweep()  # scratch left by workbench processes that were killed (kill -9): their S3 copies, kernel keys
     try:
         args = build_parser().parse_args(argv)  # --help writes too
         code = args.func(args)

@@ -20,9 +20,11 @@ from typing import Any
 from workbench.config.parameters import Parameters, project_root
 from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
 from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
+from workbench.run.reuse import Reuse, check_rerun
 from workbench.storage import open_store
 from workbench.storage.base import Store
-from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
+from workbench.storage.catalog import NOTEBOOKS, RunLayout, artifact, kernel_log, notebook
+from workbench.storage.scratch import root as scratch_root
 from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
 
 
@@ -34,6 +36,16 @@ class StepSpec:
     shared: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()  # further sections, injected as <section>_<key>
+
+    def keyed(self, params: Parameters) -> dict[str, Any]:
+        """The parameters this step reads, by their dotted keys: what its reuse key holds of them
+        (``store``, ``db`` and ``run_id`` say where, not what)."""
+        sections = (self.section, *self.extra)
+        return {
+            key: value
+            for key, value in params.values.items()
+            if key in self.shared or key.partition(".")[0] in sections
+        }
 
     def parameters(self, params: Parameters, run_id: str, store_root: str) -> dict[str, Any]:
         """What papermill injects: the run's coordinates plus this step's section, unprefixed."""
@@ -211,6 +223,8 @@ def run_pipeline(
     run_id: str | None = None,
     name: str | None = None,
     tags: dict[str, str] | None = None,
+    reuse: bool = True,
+    rerun: str | None = None,
 ) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
@@ -218,11 +232,15 @@ def run_pipeline(
     ``resume``, an unfinished run continues with its own parameters from its first unfinished
     step (training from its last checkpoint). One process at a time executes a run: the claim
     lives in the tracking DB, so it holds across machines sharing a PostgreSQL database.
+
+    A step whose key matches a finished step of an earlier run is reused from it instead of
+    executed (:mod:`workbench.run.reuse`), unless ``reuse`` is off or ``rerun`` names it or an
+    earlier step; a line says for each step which it is, and why.
     """
     folder = notebooks_dir()
     ensure_kernel()
     holder = new_holder()
-    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root()) as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)
 
         def warm(step: StepSpec) -> WarmKernel:
@@ -239,9 +257,10 @@ def run_pipeline(
             planned = todo = select_steps(steps)
         store = open_store(params["store"])
         store.check()  # a missing bucket or an unwritable folder, before a run is recorded
-        # One step ahead: the next kernel boots and imports while the current step runs.
-        # Further ahead only adds contention on small machines.
-        upcoming = warm(todo[0])
+        forced = check_rerun(rerun, tuple(s.name for s in planned))
+        # One step ahead: the next kernel boots and imports while the current step runs (further
+        # ahead only adds contention on small machines); a step that is reused needs none.
+        upcoming: WarmKernel | None = None
         if resume:
             run_id = resume
             tracker.reopen_run(run_id)
@@ -255,11 +274,24 @@ def run_pipeline(
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")
         failure: str | None = "interrupted"  # what the run row says if we leave by an unforeseen exit
         running: tuple[str, float] | None = None
+        reuser = Reuse(tracker, store, run_id, folder, enabled=reuse, rerun=forced, resolve_model=_model_run(tracker))
         try:
             for i, step in enumerate(todo):
-                kernel, upcoming = upcoming, (warm(todo[i + 1]) if i + 1 < len(todo) else None)
                 number = planned.index(step) + 1
+                publishes = params["publish.url"] if "publish" in step.extra else ""
+                decision = reuser.decide(step.name, step.notebook, step.keyed(params), publishes)
+                if decision.source:
+                    if upcoming:  # started in case this step had to run
+                        upcoming.shutdown()
+                        upcoming = None
+                    took = reuser.apply(decision)
+                    say(f"[{number}/{len(planned)}] {decision.line} in {took:.1f} s")
+                    continue
+                say(f"[{number}/{len(planned)}] {decision.line}")
+                kernel = upcoming or warm(step)
+                upcoming = warm(todo[i + 1]) if i + 1 < len(todo) else None
                 key = RunLayout(run_id).key(notebook(step.name))
+                reuser.record(decision)
                 tracker.start_step(run_id, step.name, store.uri(key))
                 say(f"[{number}/{len(planned)}] {step.name:<9} {step.notebook} ...")
                 running = step.name, time.perf_counter()
@@ -297,6 +329,17 @@ def run_pipeline(
             tracker.finish_run(run_id, "failed" if failure else "finished", failure)
             report = _report(run_id, tracker, store, failure, say)
     return RunResult(run_id, "finished", report)
+
+
+def _model_run(tracker: Tracker) -> Callable[[str], str | None]:
+    """How the score step will resolve ``score.model_run``, for its key: ``latest`` to a run id."""
+
+    def resolve(spec: str) -> str | None:
+        if spec == "latest":
+            return tracker.latest_with_artifacts(artifact("onnx_model").path, artifact("encoding").path)
+        return spec if tracker.has_run(spec) else None
+
+    return resolve
 
 
 def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, say: Callable[[str], None]) -> str:

@@ -22,6 +22,18 @@ class ArtifactInfo:
     bytes: int
 
 
+@dataclass(frozen=True)
+class ObjectStat:
+    """What a store says of a stored object without reading it: its size, the sha256 it declares
+    (S3 objects carry the digest written with them; a local file declares none and is hashed),
+    and a local file's modification time, which keys a remembered hash."""
+
+    bytes: int
+    sha256: str | None = None
+    mtime_ns: int | None = None
+    path: Path | None = None  # a local file's path
+
+
 class Store(Protocol):
     """What a pipeline step needs from wherever artifacts live. Keys use ``/`` separators."""
 
@@ -35,6 +47,10 @@ class Store(Protocol):
     def stream(self, key: str, chunk_size: int = ...) -> Iterator[bytes]: ...  # opened at once, read lazily
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def stat(self, key: str) -> ObjectStat | None: ...  # None: no such object
+    # a copy inside the store without moving the bytes through this process where the store
+    # allows (a hard link, a server-side copy); ``sha256`` is the source's verified digest
+    def copy(self, source: str, key: str, sha256: str) -> ArtifactInfo: ...
 
 
 def hash_file(path: Path) -> str:

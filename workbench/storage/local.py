@@ -11,7 +11,7 @@ from pathlib import Path
 
 from workbench.config.parameters import project_root
 from workbench.errors import StoreError
-from workbench.storage.base import ArtifactInfo, hash_file
+from workbench.storage.base import ArtifactInfo, ObjectStat, hash_file
 
 
 def _current_umask() -> int:
@@ -140,3 +140,40 @@ class LocalStore:
         return sorted(
             p.relative_to(self.path).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".part")
         )
+
+    def stat(self, key: str) -> ObjectStat | None:
+        path = self._file(key)
+        try:
+            info = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectStat(info.st_size, None, info.st_mtime_ns, path) if path.is_file() else None
+
+    def copy(self, source: str, key: str, sha256: str) -> ArtifactInfo:
+        """A hard link where the file system allows it (artifacts are never changed in place: a
+        rewrite replaces the file), else a copy; either appears under ``key`` at once and whole."""
+        origin = self._file(source)
+
+        def fill(tmp: Path) -> None:
+            tmp.unlink()
+            try:
+                os.link(origin, tmp)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(origin, tmp)
+
+        target = self._file(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+            try:
+                fill(Path(tmp))
+                size = os.path.getsize(tmp)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError as exc:
+            advice = _WRITE_ADVICE.get(exc.errno, "check the disk behind the 'store' folder")
+            raise StoreError(f"cannot copy {origin} to {target}: {exc.strerror or exc}; {advice}") from exc
+        return ArtifactInfo(key, str(target), sha256, size)

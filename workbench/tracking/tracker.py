@@ -271,6 +271,36 @@ class Tracker:
         )
         return run_id
 
+    def record_parameters(self, run_id: str, values: dict[str, Any], origin: dict[str, str]) -> None:
+        """Record (or replace) some of a run's parameters: a notebook run records each notebook's own
+        as it starts, so running one again with other values keeps the values it last ran with."""
+        if not values:
+            return
+        rows = [
+            {"run_id": run_id, "key": k, "value": json.dumps(mask_value(v)), "origin": display_url(origin.get(k, ""))}
+            for k, v in values.items()
+        ]
+        self._write(
+            delete(params).where(params.c.run_id == run_id, params.c.key.in_(list(values))), insert(params).values(rows)
+        )
+
+    def _known(self, run_id: str) -> None:
+        if not self.has_run(run_id):
+            raise TrackingError(f"no run {run_id!r} in db {display_url(self.url)!r}; `workbench runs` lists the runs")
+
+    def tag_run(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag of a run (a tag it already has takes the new value)."""
+        self._known(run_id)
+        self._write(
+            delete(run_tags).where(run_tags.c.run_id == run_id, run_tags.c.key == key),
+            insert(run_tags).values(run_id=run_id, key=key, value=value),
+        )
+
+    def note_run(self, run_id: str, note: str) -> None:
+        """Set a run's note: free text on what it tried and what came of it."""
+        self._known(run_id)
+        self._write(update(runs).where(runs.c.id == run_id).values(note=note))
+
     def ensure_run(self, run_id: str, store: str) -> bool:
         """A notebook run by hand (JupyterLab, plain papermill, a scheduler) gets a run row on first use.
 
@@ -443,6 +473,9 @@ class Tracker:
             param_rows = (
                 conn.execute(select(params).where(params.c.run_id == run_id).order_by(params.c.key)).mappings().all()
             )
+            tag_rows = conn.execute(
+                select(run_tags.c.key, run_tags.c.value).where(run_tags.c.run_id == run_id).order_by(run_tags.c.key)
+            ).all()
             metric_rows = (
                 conn.execute(select(metrics).where(metrics.c.run_id == run_id).order_by(metrics.c.id)).mappings().all()
             )
@@ -461,6 +494,9 @@ class Tracker:
             latest[a["key"]] = {k: a[k] for k in ("step", "key", "uri", "sha256", "bytes")}
         return {
             "id": run["id"],
+            "name": run["name"],
+            "tags": dict(tag_rows),
+            "note": run["note"],
             "status": run["status"],
             "store": run["store"],
             "launcher": run["launcher"],
@@ -485,6 +521,7 @@ class Tracker:
                 for s in step_rows
             ],
             "parameters": {p["key"]: mask_value(json.loads(p["value"])) for p in param_rows},
+            "origins": {p["key"]: p["origin"] for p in param_rows},  # a file, --set, notebook or papermill
             "metrics": final,
             "history": history,
             "artifacts": list(latest.values()),

@@ -1,0 +1,90 @@
+"""What stands for a table's content without reading it all: the data part of a step's reuse key.
+
+A local file is its sha256, remembered by path, size and modification time so a large file is
+hashed once, not on every run. An S3 object is its ETag with its VersionId or LastModified, from
+one HEAD (nothing downloaded). A SQL source has no fingerprint of its own: its rows may change at
+any time, so a step reading it is never reused, unless the user names a query whose answer stands
+for the data (``fingerprint: SELECT max(updated_at), count(*) FROM sales``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from workbench.errors import DataError, StoreError
+from workbench.storage.base import hash_file
+
+
+class HashMemo(Protocol):
+    """Where a local file's sha256 is remembered between runs (the tracking database)."""
+
+    def remembered_hash(self, path: str, size: int, mtime_ns: int) -> str | None: ...
+    def remember_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """``value`` stands for the data; None when nothing does, and ``why`` says so."""
+
+    value: str | None
+    why: str = ""
+
+
+def file_sha256(path: Path, memo: HashMemo | None = None) -> str:
+    """The file's sha256, hashed only when its size or modification time differs from the last time."""
+    info = path.stat()
+    key = str(path.resolve())
+    if memo is not None and (known := memo.remembered_hash(key, info.st_size, info.st_mtime_ns)):
+        return known
+    digest = hash_file(path)
+    if memo is not None:
+        memo.remember_hash(key, info.st_size, info.st_mtime_ns, digest)
+    return digest
+
+
+def _s3(uri: str, key: str) -> str:
+    from workbench.storage.s3 import S3Store
+
+    bucket, _, name = uri.removeprefix("s3://").partition("/")
+    try:
+        store = S3Store(f"s3://{bucket}", role=key)
+    except StoreError as exc:
+        raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from exc
+    try:
+        with store.errors(name, missing=f"check {key}"):
+            head = store.client.head_object(Bucket=bucket, Key=name)
+    except StoreError as exc:
+        said = str(exc)
+        raise DataError(said if said.startswith(key) else f"{key}: {said}") from exc
+    version = head.get("VersionId") or head["LastModified"].isoformat()
+    return f"etag {head['ETag'].strip(chr(34))} {version} {head['ContentLength']} bytes"
+
+
+def fingerprint(
+    source: str | Mapping[str, str],
+    key: str,
+    memo: HashMemo | None = None,
+    query: Callable[[Mapping[str, str], str], str] | None = None,
+) -> Fingerprint:
+    """The fingerprint of a data source parameter (``key`` names it in messages).
+
+    ``query`` answers a SQL source's fingerprint query as text (it runs read-only, like the source).
+    """
+    if isinstance(source, Mapping):
+        if "fingerprint" not in source:
+            return Fingerprint(None, f"{key} is a SQL source without a fingerprint query")
+        if query is None:
+            return Fingerprint(None, f"{key}: fingerprint queries cannot be answered here")
+        answer = query(source, key)
+        return Fingerprint("query " + hashlib.sha256(answer.encode()).hexdigest())
+    if source.startswith("s3://"):
+        return Fingerprint(_s3(source, key))
+    if "://" in source:
+        return Fingerprint(None, f"{key} has a scheme without fingerprints")
+    from workbench.storage.sources import _locate  # the file a path names, as the step will read it
+
+    return Fingerprint("sha256 " + file_sha256(_locate(source, key)[0], memo))
