@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from torch import nn
 from workbench.errors import DataError
 from workbench.ml.encoding import Encoding, Target
 from workbench.ml.training.objective import CLASSES, Objective
+from workbench.storage import scratch
 from workbench.storage.catalog import SPLIT_ARTIFACTS
 
 if TYPE_CHECKING:
@@ -108,14 +108,9 @@ def split_file(ctx: StepContext, name: str) -> Path:
         if not path.is_file():
             store.read_bytes(key)  # raises the store's own "not found" error
         return path
-    folder = Path(tempfile.mkdtemp(prefix="workbench-split-"))
-    path = folder / item.file
+    path = scratch.make("split") / item.file
     with store.errors(key):
         store.client.download_file(store.bucket, store._full(key), str(path))
-    import atexit
-    import shutil
-
-    atexit.register(shutil.rmtree, folder, True)
     return path
 
 

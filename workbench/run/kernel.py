@@ -6,9 +6,12 @@ means the same thing in JupyterLab, under plain papermill and under ``workbench 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from workbench.storage.scratch import ENV as SCRATCH_ENV
 
 if TYPE_CHECKING:
     from jupyter_client.manager import AsyncKernelManager
@@ -66,9 +69,14 @@ class WarmKernel:
         transport = {"transport": "ipc", "ip": ipc} if sys.platform != "win32" and len(ipc) + 6 <= IPC_PATH_MAX else {}
         # The async manager, as nbclient would make: with a blocking one, nbclient blocks its
         # event loop waiting for replies and never notices a kernel that died.
-        km = AsyncKernelManager(kernel_name=KERNEL_NAME, **transport)
+        # the connection file holds the kernel's HMAC key: in the run's scratch, gone with it
+        connection = str(self.log_path.parent / f"{self.name}-kernel.json")
+        km = AsyncKernelManager(kernel_name=KERNEL_NAME, connection_file=connection, **transport)
         run_sync(km.start_kernel)(
-            cwd=str(self.cwd), stderr=self.log, extra_arguments=[f"--IPKernelApp.exec_lines={self.preload}"]
+            cwd=str(self.cwd),
+            env={**os.environ, SCRATCH_ENV: str(self.log_path.parent)},  # the kernel's scratch goes with the run's
+            stderr=self.log,
+            extra_arguments=[f"--IPKernelApp.exec_lines={self.preload}"],
         )
         return km
 

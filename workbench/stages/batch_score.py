@@ -25,6 +25,7 @@ from workbench.errors import DataError, TrackingError
 from workbench.ml.encoding import Encoding, Target
 from workbench.ml.runtimes import ModelFiles, Predict, check_exported_weights, load_backend, top_class
 from workbench.progress import progress as progress_bar
+from workbench.storage import scratch
 from workbench.storage.catalog import (
     CLASSES_PLOT,
     ENCODING,
@@ -367,7 +368,7 @@ def score_batch(
     unscored = Unscored()
     started = time.perf_counter()
     bar = progress_bar(total=count_rows(source, SOURCE_KEY), unit="row", desc="scoring", enabled=progress)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="score-", dir=scratch.root()) as tmp:
         path = Path(tmp) / PREDICTIONS.file
         writer = None
         try:

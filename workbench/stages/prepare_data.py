@@ -30,6 +30,7 @@ from workbench.ml.splits import (
     split_plan,
 )
 from workbench.progress import progress as progress_bar
+from workbench.storage import scratch
 from workbench.storage.catalog import ENCODING, SCHEMA, SPLIT_ARTIFACTS, suffix
 from workbench.storage.sources import CHUNK_ROWS, count_rows, describe, is_parquet, iter_source
 
@@ -100,7 +101,7 @@ def prepare_data(
         where=where,
     )
     labels = TargetFitter(target, params.task, where)
-    with tempfile.TemporaryDirectory(prefix="workbench-prepare-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="prepare-", dir=scratch.root()) as tmp:
         folder = Path(tmp)
         spool = None
         ranges: Ranges | None = None

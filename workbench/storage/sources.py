@@ -8,12 +8,10 @@ memory follows the chunk size, not the size of the source.
 
 from __future__ import annotations
 
-import atexit
 import csv
 import functools
+import json
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from workbench.config.parameters import project_root
 from workbench.config.schema import source_problem
 from workbench.config.secrets import mask
 from workbench.errors import DataError, StoreError
+from workbench.storage import scratch
 from workbench.storage.catalog import suffix
 
 if TYPE_CHECKING:
@@ -99,7 +98,8 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
 
 @functools.lru_cache(maxsize=8)
 def _download(uri: str, key: str = "data.source") -> Path:
-    """An S3 object streamed to a local temporary file (disk, not memory, holds it), once per process."""
+    """An S3 object streamed to a local file in this process's scratch (disk, not memory, holds it), once
+    per process."""
     from workbench.storage.s3 import S3Store
 
     bucket, _, name = uri.removeprefix("s3://").partition("/")
@@ -107,9 +107,7 @@ def _download(uri: str, key: str = "data.source") -> Path:
         store = S3Store(f"s3://{bucket}", role=key)
     except StoreError as exc:
         raise DataError(f"{key} {uri!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from exc
-    folder = Path(tempfile.mkdtemp(prefix="workbench-source-"))
-    atexit.register(shutil.rmtree, folder, True)
-    target = folder / Path(name).name
+    target = scratch.make("source") / Path(name).name
     try:
         with store.errors(name, missing=f"check {key}"):
             store.client.download_file(bucket, name, str(target))
@@ -403,6 +401,30 @@ def _sql_tables(source: Mapping[str, str], rows: int, key: str) -> Iterator[pa.T
         engine.dispose()
     if schema is None:
         raise DataError(f"{key}: {describe(source)} returned no rows")
+
+
+def fingerprint_answer(source: Mapping[str, str], key: str = "data.source") -> str:
+    """The answer of a SQL source's ``fingerprint`` query as text (``max(updated_at), count(*)``):
+    it stands for the data when deciding whether a step that reads it can be reused. It runs
+    read-only, like the source's own query."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    where = f"{key}.fingerprint"
+    try:
+        engine = _read_only_engine(source["url"], key)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise DataError(f"{key} url {mask(source['url'])!r} is not a usable SQLAlchemy URL ({exc})") from exc
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            rows = conn.execute(text(source["fingerprint"])).all()
+    except SQLAlchemyError as exc:
+        raise DataError(f"{where} {_short(source['fingerprint'])} failed ({_first_line(exc)}); fix the query") from exc
+    finally:
+        engine.dispose()
+    return json.dumps([[str(value) for value in row] for row in rows])
 
 
 def _conform(chunk: pa.Table, schema: pa.Schema, key: str) -> pa.Table:
