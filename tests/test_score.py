@@ -17,6 +17,8 @@ from workbench.stages.batch_score import DataWarning, score_batch
 from workbench.storage.publish import PublishError
 from workbench.storage.sources import read_source
 
+DIGITS = "bundled:digits"  # the whole bundled table, 1,797 rows (not the default: the model run's test split)
+
 
 @pytest.fixture(scope="module")
 def scored(trained, stage_ctx_factory):
@@ -24,7 +26,9 @@ def scored(trained, stage_ctx_factory):
     frames = {}
     for backend in ("onnxruntime", "mxnet", "torch"):
         ctx = stage_ctx_factory("score", run_id=f"score-{backend}")
-        result = score_batch(ctx, ScoreParams(backend=backend, batch_size=500, model_run="unit"), progress=False)
+        result = score_batch(
+            ctx, ScoreParams(source=DIGITS, backend=backend, batch_size=500, model_run="unit"), progress=False
+        )
         frames[backend] = (result, pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet"))))
     return frames
 
@@ -101,11 +105,17 @@ def test_publishing_appends_once_per_run(trained, stage_ctx_factory, tmp_path):
     for _ in range(2):  # a rerun replaces its own rows instead of duplicating them
         ctx = stage_ctx_factory("score", run_id="score-publish")
         score_batch(
-            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+            ctx,
+            ScoreParams(source=DIGITS, batch_size=700, model_run="unit"),
+            PublishParams(url=url, table="preds"),
+            progress=False,
         )
     other = stage_ctx_factory("score", run_id="score-publish-2")
     score_batch(
-        other, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+        other,
+        ScoreParams(source=DIGITS, batch_size=700, model_run="unit"),
+        PublishParams(url=url, table="preds"),
+        progress=False,
     )
     with create_engine(url).connect() as conn:
         counts = dict(conn.execute(text("select run_id, count(*) from preds group by run_id")).all())
@@ -126,7 +136,10 @@ def test_publishing_into_a_foreign_table_is_refused(trained, stage_ctx_factory, 
         match=r"publish\.table 'preds' at sqlite:///.* has no run_id or step column; it holds something else",
     ):
         score_batch(
-            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+            ctx,
+            ScoreParams(source=DIGITS, batch_size=700, model_run="unit"),
+            PublishParams(url=url, table="preds"),
+            progress=False,
         )
 
 
@@ -148,7 +161,10 @@ def test_publishing_numbers_into_a_table_of_class_names_is_refused(trained, stag
         r"\(another model's table\?\); pick another table$",
     ):
         score_batch(
-            ctx, ScoreParams(batch_size=700, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+            ctx,
+            ScoreParams(source=DIGITS, batch_size=700, model_run="unit"),
+            PublishParams(url=url, table="preds"),
+            progress=False,
         )
     with create_engine(url).connect() as conn:
         assert conn.execute(text("select count(*) from preds")).scalar() == 1  # the old rows are kept
@@ -159,7 +175,10 @@ def test_publishing_to_postgres_uses_copy_and_stays_idempotent(trained, stage_ct
     for _ in range(2):
         ctx = stage_ctx_factory("score", run_id="score-pg")
         score_batch(
-            ctx, ScoreParams(batch_size=500, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+            ctx,
+            ScoreParams(source=DIGITS, batch_size=500, model_run="unit"),
+            PublishParams(url=url, table="preds"),
+            progress=False,
         )
     with create_engine(url).connect() as conn:
         assert conn.execute(
@@ -184,7 +203,10 @@ def test_a_publish_table_with_conflicting_columns_is_named(trained, stage_ctx_fa
         match=r"publish\.table 'preds' at postgresql\+psycopg://postgres@.* lacks columns \['backend', 'row', 'predicted', 'confidence', 'actual'\]",
     ):
         score_batch(
-            ctx, ScoreParams(batch_size=500, model_run="unit"), PublishParams(url=url, table="preds"), progress=False
+            ctx,
+            ScoreParams(source=DIGITS, batch_size=500, model_run="unit"),
+            PublishParams(url=url, table="preds"),
+            progress=False,
         )
 
 
@@ -279,7 +301,7 @@ def test_blocks_of_batches_score_as_the_model_does_batch_by_batch(trained, stage
     ctx = stage_ctx_factory("score", run_id="score-blocks")
     batch = 97
     assert block_rows(batch, model_inputs(ctx, "unit")) > 1797  # one block of 19 batches
-    result = score_batch(ctx, ScoreParams(batch_size=batch, model_run="unit"), progress=False)
+    result = score_batch(ctx, ScoreParams(source=DIGITS, batch_size=batch, model_run="unit"), progress=False)
     frame = pd.read_parquet(ctx.store.local_path(ctx.key("predictions.parquet")))
 
     digits = read_source("bundled:digits")
@@ -312,3 +334,26 @@ def test_blocks_stay_whole_batches_within_their_memory_bound():
     wide = block_rows(512, inputs(2000))
     assert wide % 512 == 0 and wide >= 512 and wide * (4 * 2002 + 8 * 2000) <= BLOCK_BYTES
     assert block_rows(100_000, inputs(64)) == 100_000 and block_rows(4096, inputs(20_000)) == 4096
+
+
+def test_the_default_scores_the_model_runs_held_out_test_split(trained, stage_ctx_factory):
+    ctx = stage_ctx_factory("score", run_id="score-default")
+    result = score_batch(ctx, ScoreParams(batch_size=100, model_run="unit"), progress=False)
+    test_rows = len(pd.read_parquet(ctx.store.local_path(ctx.key("test.parquet", step="prepare", run="unit"))))
+    assert result.metrics["rows_scored"] == test_rows == 269
+    assert result.measured_on.startswith("the model run's test split: rows kept from training and tuning")
+    assert result.summary.loc["measured on", "value"] == result.measured_on
+    assert result.summary.loc["source", "value"] == "split:test of run unit"
+    assert ctx.load_json("model.json", "score")["measured_on"] == result.measured_on
+
+
+def test_scoring_says_when_its_accuracy_is_not_a_quality_measure(scored, trained, stage_ctx_factory):
+    whole = scored["onnxruntime"][0]  # the bundled table the model run was prepared from
+    assert "its training rows are among these, so not a quality measure" in whole.measured_on
+    ctx = stage_ctx_factory("score", run_id="score-train")
+    on_train = score_batch(ctx, ScoreParams(source="split:train", batch_size=500, model_run="unit"), progress=False)
+    assert on_train.metrics["rows_scored"] == 1259 and on_train.measured_on.endswith("not a quality measure")
+    with pytest.raises(
+        DataError, match=r"^score.source 'split:tset': no split 'tset'; use split:test, split:val, split:train$"
+    ):
+        score_batch(ctx, ScoreParams(source="split:tset", batch_size=500, model_run="unit"), progress=False)

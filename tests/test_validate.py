@@ -50,7 +50,7 @@ def test_validation_publishes_metrics_and_every_backends_rows(trained, stage_ctx
         parity = validate_model(ctx, ValidateParams(), PublishParams(url=url, table="results"))
     score_batch(
         stage_ctx_factory("score"),
-        ScoreParams(backend="torch", batch_size=900, model_run="unit"),
+        ScoreParams(source="bundled:digits", backend="torch", batch_size=900, model_run="unit"),
         PublishParams(url=url, table="results"),
         progress=False,
     )
@@ -188,3 +188,64 @@ def test_an_onnxruntime_export_is_judged_on_onnxruntime_alone(trained, stage_ctx
     parity = validate_model(stage_ctx_factory("validate", run_id="ort-only"), ValidateParams())
     assert parity.verdict == "PASS" and set(parity.stats) == {"pytorch", "onnxruntime"}
     assert set(parity.accuracies) == {"pytorch", "onnxruntime"} and min(parity.accuracies.values()) > 0.5
+
+
+def test_the_test_split_is_scored_with_the_shipped_model_beside_gradient_boosting_and_chance(
+    trained, stage_ctx_factory
+):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from workbench.ml.dataset import load_split
+    from workbench.ml.runtimes import load_onnxruntime
+    from workbench.stages.validate_mxnet import evaluate_test
+    from workbench.storage.catalog import CONFUSION, PER_CLASS, TEST_PLOT, TEST_SCORE
+
+    ctx = stage_ctx_factory("validate")
+    held_out = evaluate_test(ctx)
+    assert held_out.rows == 269
+    test, train = load_split(ctx, "test"), load_split(ctx, "train")
+    # the model that ships: model.onnx in onnxruntime, on the test rows
+    outputs = load_onnxruntime(ctx.load("model.onnx", step="export"))(test.x)
+    metrics = ctx.tracker.get_run("unit")["metrics"]
+    assert metrics["test_accuracy"] == pytest.approx(accuracy_score(test.y, outputs.argmax(1)))
+    boosting = HistGradientBoostingClassifier(random_state=0).fit(train.x, train.y)
+    assert metrics["baseline_test_accuracy"] == pytest.approx(accuracy_score(test.y, boosting.predict(test.x)))
+    assert metrics["baseline_test_roc_auc"] == pytest.approx(
+        roc_auc_score(test.y, boosting.predict_proba(test.x), multi_class="ovr")
+    )
+    assert metrics["chance_test_accuracy"] == pytest.approx(np.mean(test.y == np.bincount(train.y).argmax()))
+    assert metrics["chance_test_roc_auc"] == 0.5 and metrics["loses_to_baseline"] == float(held_out.loses)
+    names = {"accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc"}
+    assert {k.removeprefix("test_") for k in metrics if k.startswith("test_")} == names
+    assert list(held_out.table.columns) == ["model (onnxruntime)", "gradient boosting", "chance"]
+    line = held_out.comparison.line
+    assert (
+        line.startswith(f"test accuracy {metrics['test_accuracy']:.3f}; gradient boosting ") and "; chance 0.1" in line
+    )
+    summary = ctx.load_artifact(TEST_SCORE)
+    assert summary["comparison"] == line and summary["rows"] == 269
+    per_class = ctx.load_artifact(PER_CLASS)
+    assert per_class["class"].tolist() == list(range(10)) and per_class.support.sum() == 269
+    confusion = ctx.load_artifact(CONFUSION).set_index("actual")
+    assert confusion.to_numpy().sum() == 269 and np.trace(confusion.to_numpy()) == round(metrics["test_accuracy"] * 269)
+    assert ctx.load(TEST_PLOT).startswith(b"\x89PNG")
+    assert line in held_out._repr_html_() and line in repr(held_out)
+
+
+def test_a_run_without_test_rows_says_so_instead_of_failing(stage_ctx_factory):
+    from workbench.config.schema import DataParams
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.stages.validate_mxnet import evaluate_test
+    from workbench.storage.catalog import TEST_SCORE
+
+    prepared = prepare_data(
+        stage_ctx_factory("prepare", run_id="no-test"), DataParams(test_fraction=0), seed=0, progress=False
+    )
+    assert prepared.counts.set_index("split").rows["test"] == 0
+    ctx = stage_ctx_factory("validate", run_id="no-test")
+    held_out = evaluate_test(ctx)
+    assert held_out.rows == 0 and held_out.comparison is None and not held_out.loses
+    assert "held out no test rows (data.test_fraction is 0)" in repr(held_out)
+    assert ctx.load_artifact(TEST_SCORE)["metrics"] == {}
+    assert not [k for k in ctx.tracker.get_run("no-test")["metrics"] if "test_" in k and k != "rows_test"]

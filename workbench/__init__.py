@@ -33,6 +33,7 @@ _EXPORTS = {
     "export_onnx": "workbench.stages.export_onnx",
     "validate_model": "workbench.stages.validate_mxnet",
     "plot_parity": "workbench.stages.validate_mxnet",
+    "evaluate_test": "workbench.stages.validate_mxnet",
     "score_batch": "workbench.stages.batch_score",
     "plot_predictions": "workbench.stages.batch_score",
     "load_parameters": "workbench.config.parameters",

@@ -242,7 +242,11 @@ class DataParams(Section):
     )
     val_fraction: Float = Field(0.15, gt=0, lt=1, description="share of rows held out for validation")
     test_fraction: Float = Field(
-        0.15, gt=0, lt=1, description="share of rows held out for the final test; with val_fraction below 0.9"
+        0.15,
+        ge=0,
+        lt=1,
+        description="share of rows held out for the final test (0: none, and no test metrics); "
+        "with val_fraction below 0.9",
     )
 
     @field_validator("test_fraction")
@@ -391,9 +395,10 @@ class ScoreParams(Section):
 
     section = "score"
     source: Source = Field(
-        "bundled:digits",
-        description="table to score, shaped like the training data: a CSV/CSV.gz/Parquet path or s3:// URI, "
-        "bundled:digits, or {url: ..., query: ...} / {url: ..., table: ...}",
+        "split:test",
+        description="table to score: split:test (the model run's held-out test rows), split:val or split:train, "
+        "or a table shaped like the training data: a CSV/CSV.gz/Parquet path or s3:// URI, bundled:digits, "
+        "or {url: ..., query: ...} / {url: ..., table: ...}",
     )
     backend: Annotated[Literal["onnxruntime", "mxnet", "torch"], BeforeValidator(_string)] = Field(
         "onnxruntime", description="onnxruntime, mxnet or torch"
@@ -537,6 +542,8 @@ def constraint(info: FieldInfo) -> str:
         return f"greater than {b['gt']} and at most {b['le']}"
     if "gt" in b:
         return f"greater than {b['gt']}"
+    if "ge" in b and "lt" in b:
+        return f"{b['ge']} or more, below {b['lt']}"
     if "ge" in b:
         return f"{b['ge']} or more"
     return ""

@@ -83,7 +83,7 @@ def split_plan(class_rows: list[int], val_fraction: float, test_fraction: float,
     for n in class_rows:
         order = rng.permutation(n)
         n_val = max(1, round(n * val_fraction))
-        n_test = max(1, round(n * test_fraction))
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0  # 0: no test split at all
         plan = np.zeros(n, dtype=np.uint8)
         plan[order[:n_val]] = 1
         plan[order[n_val : n_val + n_test]] = 2

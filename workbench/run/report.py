@@ -10,10 +10,13 @@ from collections.abc import Callable
 from importlib import resources
 
 from workbench.errors import ReportError
+from workbench.ml.evaluation import comparison
 from workbench.ml.training.verdict import training_warnings
 from workbench.storage.base import Store
 from workbench.storage.catalog import FIGURES, KEY_RESULTS, NOTEBOOKS, REPORT_INDEX, RunLayout, notebook, report_page
 from workbench.tracking.tracker import Tracker
+
+NO_TEST_ROWS = "no score: the prepare step held out no test rows (data.test_fraction 0)"
 
 
 def _fmt(value: float) -> str:
@@ -78,10 +81,21 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
     warnings = [*unreadable]
     if metrics.get("near_chance") == 1.0:
         warnings.extend(training_warnings(metrics))
+    held_out = comparison(metrics)  # "test ROC AUC 0.81; gradient boosting 0.84; chance 0.50"
+    if held_out and held_out.warning:
+        warnings.append(held_out.warning)
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
     page = (
         Environment(autoescape=True)
         .from_string(template)
-        .render(run=run, verdict=verdict, cards=cards, plots=plots, warnings=warnings, fmt=_fmt)
+        .render(
+            run=run,
+            verdict=verdict,
+            cards=cards,
+            test_line=held_out.line if held_out else NO_TEST_ROWS if metrics.get("rows_test") == 0 else None,
+            plots=plots,
+            warnings=warnings,
+            fmt=_fmt,
+        )
     )
     return store.write_bytes(layout.key(REPORT_INDEX), page.encode()).uri

@@ -34,9 +34,11 @@ from workbench.storage.catalog import (
     MODEL_STATE,
     ONNX_MODEL,
     PREDICTIONS,
+    SCHEMA,
     SCORE_INFO,
+    SPLIT_ARTIFACTS,
 )
-from workbench.storage.sources import count_rows, describe, iter_source
+from workbench.storage.sources import Source, count_rows, describe, iter_source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,6 +50,16 @@ if TYPE_CHECKING:
 
 
 SOURCE_KEY = "score.source"
+SPLIT_SOURCE = (
+    "split:"  # score.source naming a split of the model run: split:test (the default), split:val, split:train
+)
+
+# What a score on each split of the model run means, said beside the accuracy it gives.
+MEASURED_ON = {
+    "test": "the model run's test split: rows kept from training and tuning, so a quality measure",
+    "val": "the model run's validation split: it chose the epoch, so the score is optimistic",
+    "train": "the model run's training rows: not a quality measure",
+}
 
 
 SHOWN_ROWS = 5  # unscored rows named in the warning; the rest are counted
@@ -121,6 +133,41 @@ def model_inputs(ctx: StepContext, model_run: str) -> ModelInputs:
     if encoding.target is None:
         raise DataError(f"run {model_run}'s encoding has no target; run its prepare step again")
     return ModelInputs(encoding, encoding.target)
+
+
+@dataclass(frozen=True)
+class ScoredSource:
+    """The table to read, how messages show it, and what a score over its labelled rows measures."""
+
+    source: Source
+    shown: str
+    measured_on: str
+    split: str | None = None  # a split of the model run
+
+
+def scored_source(ctx: StepContext, source: Source, model_run: str) -> ScoredSource:
+    """``split:NAME`` is the model run's prepared split; any other source is read as it is, and its
+    score is said to include training rows when it is the table the model run trained on."""
+    if isinstance(source, str) and source.startswith(SPLIT_SOURCE):
+        name = source.removeprefix(SPLIT_SOURCE)
+        if name not in SPLIT_ARTIFACTS:
+            raise DataError(
+                f"{SOURCE_KEY} {source!r}: no split {name!r}; use {', '.join(SPLIT_SOURCE + s for s in MEASURED_ON)}"
+            )
+        uri = ctx.store.uri(ctx.key(SPLIT_ARTIFACTS[name], run=model_run))
+        return ScoredSource(uri, f"{source} of run {model_run}", MEASURED_ON[name], name)
+    shown = describe(source)
+    trained_on = (
+        ctx.load_artifact(SCHEMA, run=model_run).get("source") if ctx.has_artifact(SCHEMA, run=model_run) else None
+    )
+    if shown == trained_on:
+        return ScoredSource(
+            source,
+            shown,
+            "the model run's own data.source: its training rows are among these, so not a quality measure "
+            f"(score.source {SPLIT_SOURCE}test scores the held-out rows)",
+        )
+    return ScoredSource(source, shown, f"the labelled rows of {shown}")
 
 
 @dataclass
@@ -249,6 +296,7 @@ class ScoreResult:
     metrics: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # also raised as DataWarning, so a notebook shows them
     regression: bool = False
+    measured_on: str = ""  # what the accuracy (or RMSE) over labelled rows measures
 
     @property
     def accuracy(self) -> float | None:
@@ -347,15 +395,18 @@ def score_batch(
     with ``publish.url``, publish the predictions and metrics too.
 
     The source is a raw table with the training columns in any order (others ignored, the target
-    optional): the model run's fitted encoding turns it into model input, as in training.
+    optional): the model run's fitted encoding turns it into model input, as in training. ``split:NAME``
+    names a split the model run's prepare step wrote; ``split:test``, the default, holds rows the model
+    never trained or tuned on, so its accuracy is a quality measure (``measured_on`` says so).
     ``rows_scored`` counts the rows that got a prediction, ``rows_unscored`` those that could not
     (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` (or ``score_rmse``,
     ``score_mae`` and ``score_r2`` for a number) is logged only where some scored row has a label.
     """
     source, backend, batch_size = params.source, params.backend, params.batch_size
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
-    shown = describe(source)
     model_run = resolve_model_run(ctx, params.model_run)
+    scored = scored_source(ctx, source, model_run)
+    source, shown = scored.source, scored.shown
     inputs = model_inputs(ctx, model_run)
     predict = predictor(ctx, backend, model_run)
     publisher = None
@@ -387,6 +438,11 @@ def score_batch(
             bar.close()
             if writer:
                 writer.close()
+        if not rows and scored.split == "test":
+            raise DataError(
+                f"{SOURCE_KEY} {params.source}: run {model_run} held out no test rows (data.test_fraction 0); "
+                "give score.source a table to score"
+            )
         if not rows:
             raise DataError(f"{SOURCE_KEY} {shown}: no rows to score")
         seconds = time.perf_counter() - started
@@ -403,7 +459,10 @@ def score_batch(
         warnings.warn(warning, DataWarning, stacklevel=2)
     if publish_url:
         publish_metrics(publish_url, publish_table, ctx.run_id, ctx.step, metrics)
-    ctx.save_artifact(SCORE_INFO, {"model_run": model_run, "backend": backend, "source": shown})
+    measured_on = scored.measured_on if tally.labelled else "n/a (unlabelled)"
+    ctx.save_artifact(
+        SCORE_INFO, {"model_run": model_run, "backend": backend, "source": shown, "measured_on": measured_on}
+    )
     if inputs.target.regression:
         quality = ("RMSE (where labelled)", f"{metrics['score_rmse']:.4g}" if tally.labelled else "n/a (unlabelled)")
     else:
@@ -421,12 +480,22 @@ def score_batch(
                 f"{unscored.count:,}" + (" (see the warning)" if unscored.count else ""),
                 f"{rows / seconds:,.0f}",
                 quality[1],
+                measured_on,
             ]
         },
-        index=["model run", "backend", "source", "rows", "rows not scored", "rows per second", quality[0]],
+        index=[
+            "model run",
+            "backend",
+            "source",
+            "rows",
+            "rows not scored",
+            "rows per second",
+            quality[0],
+            "measured on",
+        ],
     )
     result = ScoreResult(
-        summary, preview, tally.frame(), metrics, [warning] if warning else [], inputs.target.regression
+        summary, preview, tally.frame(), metrics, [warning] if warning else [], inputs.target.regression, measured_on
     )
     ctx.save_artifact(CLASSES_PLOT, plot_predictions(result))
     return result

@@ -189,6 +189,7 @@ def prepare_data(
             "dropped": list(params.drop),
             "rows_without_target": task.missing,
             "source": shown,
+            "seed": seed,  # the split's; validation fits its gradient-boosting baseline with it too
         },
     )
     split_counts = {name: int(sum((plan == i).sum() for plan in plans)) for i, name in enumerate(SPLITS)}

@@ -146,6 +146,42 @@ PARITY_PLOT = Artifact(
     "parity_plot", "validate", "parity.png", "png", "each backend's logits against PyTorch's", "Backends vs PyTorch"
 )
 
+# What the held-out test split says of the exported model, beside the baselines (written by validate).
+WITH_TEST_ROWS = "the prepare step wrote test rows (data.test_fraction above 0)"
+CLASSES_WITH_TEST_ROWS = "classification, and the prepare step wrote test rows"
+TEST_SCORE = Artifact(
+    "test_score",
+    "validate",
+    "test.json",
+    "json",
+    "the exported model's test-split metrics beside gradient boosting's and chance's, and how it compares",
+)
+PER_CLASS = Artifact(
+    "per_class",
+    "validate",
+    "per_class.csv",
+    "csv",
+    "test split: precision, recall, F1 and support per class",
+    when=CLASSES_WITH_TEST_ROWS,
+)
+CONFUSION = Artifact(
+    "confusion",
+    "validate",
+    "confusion.csv",
+    "csv",
+    "test split: confusion matrix, a row per actual class, a column per predicted class",
+    when=CLASSES_WITH_TEST_ROWS,
+)
+TEST_PLOT = Artifact(
+    "test_plot",
+    "validate",
+    "test.png",
+    "png",
+    "test split: the confusion matrix (classes), or predicted against actual and residuals (a number)",
+    "Test predictions",
+    when=WITH_TEST_ROWS,
+)
+
 PREDICTIONS = Artifact(
     "predictions", "score", "predictions.parquet", "parquet", "predicted class and confidence per row"
 )
@@ -206,6 +242,10 @@ _STEP_ARTIFACTS = (
     SAGEMAKER_ARCHIVE,
     PARITY,
     PARITY_PLOT,
+    TEST_SCORE,
+    PER_CLASS,
+    CONFUSION,
+    TEST_PLOT,
     PREDICTIONS,
     SCORE_INFO,
     CLASSES_PLOT,
@@ -341,6 +381,10 @@ KEY_RESULTS = (
     KeyResult("validation accuracy", "val_accuracy", ".2%"),
     KeyResult("validation RMSE", "val_rmse", ".4g"),
     KeyResult("validation R²", "val_r2", ".3f"),
+    KeyResult("test accuracy", "test_accuracy", ".2%"),
+    KeyResult("test ROC AUC", "test_roc_auc", ".3f"),
+    KeyResult("test RMSE", "test_rmse", ".4g"),
+    KeyResult("test R²", "test_r2", ".3f"),
     KeyResult("MXNet accuracy", "mxnet_accuracy", ".2%"),
     KeyResult("MXNet max abs error", "mxnet_max_abs_err", ".2e"),
     KeyResult("onnxruntime max abs error", "onnxruntime_max_abs_err", ".2e"),

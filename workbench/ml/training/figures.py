@@ -1,5 +1,6 @@
-"""How well the trained model fits the validation split, drawn: predicted against actual with the
-residuals for a number, the confusion matrix for classes. Looked at rather than read."""
+"""How well the trained model fits a split (validation in training, test after export), drawn:
+predicted against actual with the residuals for a number, the confusion matrix for classes. Looked
+at rather than read."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ MAX_POINTS = 5_000  # a scatter of more points hides more than it shows
 MAX_CLASSES_DRAWN = 30
 
 
-def plot_fit(outputs: np.ndarray, labels: np.ndarray, target: Target) -> Figure:
-    """``outputs``: the model's validation outputs; ``labels``: class indices or the standardised number."""
+def plot_fit(outputs: np.ndarray, labels: np.ndarray, target: Target, split: str = "validation") -> Figure:
+    """``outputs``: the model's outputs on ``split``; ``labels``: class indices or the standardised number."""
     import matplotlib.pyplot as plt
 
     if target.regression:
@@ -28,7 +29,7 @@ def plot_fit(outputs: np.ndarray, labels: np.ndarray, target: Target) -> Figure:
         fit.scatter(actual, predicted, s=6, alpha=0.5)
         low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
         fit.plot([low, high], [low, high], color="grey", lw=0.8)
-        fit.set(title=f"{target.name}: predicted vs actual", xlabel="actual", ylabel="predicted")
+        fit.set(title=f"{target.name} ({split}): predicted vs actual", xlabel="actual", ylabel="predicted")
         spread.scatter(predicted, residual, s=6, alpha=0.5)
         spread.axhline(0, color="grey", lw=0.8)
         spread.set(title="residuals", xlabel="predicted", ylabel="actual - predicted")
@@ -57,7 +58,7 @@ def plot_fit(outputs: np.ndarray, labels: np.ndarray, target: Target) -> Figure:
                     fontsize=8,
                     color="white" if count > matrix.max() / 2 else "black",
                 )
-        ax.set(title=f"{target.name}: validation confusion matrix", xlabel="predicted", ylabel="actual")
+        ax.set(title=f"{target.name}: {split} confusion matrix", xlabel="predicted", ylabel="actual")
     fig.tight_layout()
     plt.close(fig)
     return fig
