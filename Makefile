@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LAB_ARGS ?=  # extra JupyterLab options for `make lab`, e.g. --no-browser --port=8899
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup demo test lint lab lock clean postgres
+.PHONY: setup demo test lint lab lock clean postgres chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/workbench run
 
-test: setup lint postgres
+test: setup lint postgres chromium
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
 
 # The tests start their own throwaway PostgreSQL server; they need its binaries.
@@ -28,6 +28,12 @@ postgres:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  { echo "the tests need PostgreSQL's server binaries: install the postgresql package" >&2; exit 1; }
+
+# The web app's browser tests drive Debian's chromium through Playwright; no browser is downloaded.
+chromium:
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "the browser tests need Debian's chromium: install the chromium package" >&2; exit 1; }
 
 lint: setup
 	$(BIN)/ruff check workbench tests benchmarks

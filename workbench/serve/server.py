@@ -51,12 +51,13 @@ class WorkerSpec:
     threads: int
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so a port in use is one line before anything starts."""
+def bind(host: str, port: int, section: str = "serve") -> socket.socket:
+    """The listening socket, bound here so a port in use is one line before anything starts;
+    ``section`` names the parameters the address came from (``serve``, ``ui``)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ParameterError(f"serve.host {host!r} is not an address of this machine ({exc.strerror})") from exc
+        raise ParameterError(f"{section}.host {host!r} is not an address of this machine ({exc.strerror})") from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse a port in TIME_WAIT
@@ -66,9 +67,11 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno in (98, 48):  # EADDRINUSE on Linux, macOS
             raise ParameterError(
-                f"serve.port {port} on {host} is in use by another program; stop it or choose another serve.port"
+                f"{section}.port {port} on {host} is in use by another program; stop it or choose another {section}.port"
             ) from exc
-        raise ParameterError(f"serve.host {host!r} / serve.port {port}: cannot listen there ({exc.strerror})") from exc
+        raise ParameterError(
+            f"{section}.host {host!r} / {section}.port {port}: cannot listen there ({exc.strerror})"
+        ) from exc
     sock.set_inheritable(True)
     return sock
 
