@@ -82,7 +82,7 @@ def test_unlabelled_rows_score_on_every_backend(small_run: Run, unlabelled: Path
     assert metrics["rows_scored"] == 1797 and metrics["rows_unscored"] == 0 and "score_accuracy" not in metrics
     folder = small_run.place.store / "runs" / run_id
     assert checked_output(folder / "05_batch_score.ipynb") == (
-        "rows scored: 1797\nrows not scored: 0\nbetter than chance where labelled: True\n"
+        "rows scored: 1797\nrows not scored: 0\nbetter than chance where labelled: True\nmeasured on: n/a (unlabelled)\n"
     )
     assert "actual" not in pq.read_schema(folder / "score/predictions.parquet").names
 

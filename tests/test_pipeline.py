@@ -230,8 +230,13 @@ def test_scoring_runs_as_its_own_pipeline_on_an_earlier_model(small_run):
     run_id = result.stdout.split()[1]
     assert "[1/1] score" in result.stderr
     run = Tracker(small_run.place.db).get_run(run_id)
-    assert [s["name"] for s in run["steps"]] == ["score"] and run["metrics"]["rows_scored"] == 1797
+    # the model run's test split by default: rows it never trained on, and said to be so
+    assert [s["name"] for s in run["steps"]] == ["score"] and run["metrics"]["rows_scored"] == 269
     folder = small_run.place.store / "runs" / run_id
+    info = json.loads((folder / "score" / "model.json").read_text())
+    assert info["source"] == f"split:test of run {small_run.run_id}" and info["measured_on"].startswith(
+        "the model run's test split"
+    )
     assert (folder / "score" / "predictions.parquet").is_file() and (folder / "05_batch_score.ipynb").is_file()
     assert 'src="../score/classes.png"' in (folder / "report" / "index.html").read_text()
 

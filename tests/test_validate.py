@@ -249,3 +249,63 @@ def test_a_run_without_test_rows_says_so_instead_of_failing(stage_ctx_factory):
     assert "held out no test rows (data.test_fraction is 0)" in repr(held_out)
     assert ctx.load_artifact(TEST_SCORE)["metrics"] == {}
     assert not [k for k in ctx.tracker.get_run("no-test")["metrics"] if "test_" in k and k != "rows_test"]
+
+
+def test_a_digits_run_shows_its_test_score_and_baselines(small_run):
+    import json
+
+    from support.cli import checked_output, workbench
+
+    shown = workbench("runs", "show", small_run.run_id, "--json", *small_run.place.sets())
+    metrics = json.loads(shown.stdout)["metrics"]
+    names = {"accuracy", "balanced_accuracy", "f1_macro", "log_loss", "roc_auc"}
+    for prefix in ("test_", "baseline_test_", "chance_test_"):
+        assert {k.removeprefix(prefix) for k in metrics if k.startswith(prefix)} == names, prefix
+    assert metrics["test_accuracy"] > 0.85 and metrics["baseline_test_accuracy"] > 0.9
+    assert metrics["chance_test_accuracy"] < 0.15 and metrics["chance_test_roc_auc"] == 0.5
+    assert checked_output(small_run.folder / "04_validate_mxnet.ipynb").endswith(
+        f"test rows: 269\nloses to gradient boosting: {bool(metrics['loses_to_baseline'])}\n"
+    )
+    index = (small_run.folder / "report" / "index.html").read_text()
+    assert f"test accuracy {metrics['test_accuracy']:.3f}; gradient boosting " in index
+
+
+@pytest.mark.e2e
+def test_a_regression_on_diabetes_has_a_test_score_beside_gradient_boosting(stage_ctx_factory, tmp_path):
+    """scikit-learn's diabetes table (442 rows, a number to predict) through every stage in-process."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.metrics import mean_absolute_percentage_error, mean_squared_error, r2_score
+
+    from workbench.config.schema import DataParams, ExportParams, TrainParams
+    from workbench.ml.encoding import Encoding
+    from workbench.ml.runtimes import load_onnxruntime
+    from workbench.stages.export_onnx import export_onnx
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.stages.train import train_model
+    from workbench.stages.validate_mxnet import evaluate_test
+    from workbench.storage.catalog import ENCODING, ONNX_MODEL, TEST_SPLIT, TRAIN_SPLIT
+
+    path = tmp_path / "diabetes.csv"
+    load_diabetes(as_frame=True).frame.to_csv(path, index=False)
+    run = "diabetes"
+    prepare_data(
+        stage_ctx_factory("prepare", run), DataParams(source=str(path), target="target"), seed=5, progress=False
+    )
+    train_model(stage_ctx_factory("train", run), TrainParams(epochs=40, batch_size=32, device="cpu"), seed=5)
+    export_onnx(stage_ctx_factory("export", run), ExportParams())
+    ctx = stage_ctx_factory("validate", run)
+    held_out = evaluate_test(ctx)
+
+    encoding = Encoding.from_json(ctx.load_artifact(ENCODING))
+    test, train = ctx.load_artifact(TEST_SPLIT), ctx.load_artifact(TRAIN_SPLIT)
+    predicted = encoding.target.predicted(load_onnxruntime(ctx.load(ONNX_MODEL))(encoding.apply(test)))
+    metrics = ctx.tracker.get_run(run)["metrics"]
+    assert metrics["test_rmse"] == pytest.approx(np.sqrt(mean_squared_error(test.target, predicted)))
+    assert metrics["test_r2"] == pytest.approx(r2_score(test.target, predicted)) and metrics["test_r2"] > 0.2
+    assert metrics["test_mape"] == pytest.approx(mean_absolute_percentage_error(test.target, predicted))
+    boosting = HistGradientBoostingRegressor(random_state=5).fit(encoding.apply(train), train.target)
+    assert metrics["baseline_test_r2"] == pytest.approx(r2_score(test.target, boosting.predict(encoding.apply(test))))
+    assert metrics["chance_test_rmse"] == pytest.approx(np.sqrt(np.mean((test.target - train.target.mean()) ** 2)))
+    assert held_out.comparison.line.startswith(f"test R² {metrics['test_r2']:.3f}; gradient boosting ")
+    assert held_out.per_class is None and ctx.has_artifact("test_plot") and not ctx.has_artifact("per_class")
