@@ -12,9 +12,13 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
 from workbench.errors import ParameterError, WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.tracking.tracker import Tracker
 from workbench.storage.scratch import sweep
 
 
@@ -42,11 +46,18 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 def _cmd_run(args: argparse.Namespace) -> int:
     from workbench.config.parameters import sagemaker_hosts
     from workbench.run.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
+    from workbench.tracking import labels
+    from workbench.tracking.labels import run_name
 
     if args.resume and args.steps:
         raise ParameterError("--resume continues the steps the run planned; drop --steps")
     if args.resume and args.rerun:
         raise ParameterError("--rerun starts a new run that executes those steps; drop --resume, or --rerun")
+    name, tags = run_name(args.name) if args.name is not None else None, labels.tags(args.tag)
+    if args.resume and (name or tags):
+        raise ParameterError(
+            "--name and --tag label a new run; drop them with --resume (`workbench runs tag` labels a run)"
+        )
     if not args.resume:  # a new run's folder is empty: a step must not need what no step of it writes
         names = [s.name for s in select_steps(args.steps)]
         if problem := steps_problem(names, [s.name for s in STEPS]):
@@ -63,7 +74,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _cmd_train_node(argparse.Namespace(**vars(args), run_id=run_id, wait=3600.0))
     with stop_on_signals():
         result = run_pipeline(
-            params, resume=args.resume, steps=args.steps, run_id=run_id, reuse=args.reuse, rerun=args.rerun
+            params,
+            resume=args.resume,
+            steps=args.steps,
+            run_id=run_id,
+            name=name,
+            tags=tags,
+            reuse=args.reuse,
+            rerun=args.rerun,
         )
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
@@ -78,37 +96,104 @@ def _cmd_train_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_runs(args: argparse.Namespace) -> int:
+def _tracker(args: argparse.Namespace) -> Tracker:
     from workbench.tracking.tracker import Tracker
 
-    tracker = Tracker(_parameters(args)["db"], create=False)  # a mistyped db is named, not created empty
-    if args.action == "show":
-        run = tracker.get_run(args.run_id)
-        if args.json:
-            print(json.dumps(run, indent=2))
-        else:
-            print(f"run {run['id']}  {run['status']}  started {run['started_at']}  {run['duration_s'] or '-'} s")
-            for step in run["steps"]:
-                print(
-                    f"  {step['name']:<9} {step['status']:<9} {step['duration_s'] or 0:>6.1f} s  {step['error'] or ''}"
-                )
-            for key, value in sorted(run["metrics"].items()):
-                print(f"  {key:<28} {value:.6g}")
-        return 0
-    runs = tracker.list_runs(args.limit)
+    return Tracker(_parameters(args)["db"], create=False)  # a mistyped db is named, not created empty
+
+
+def _keys(text: str | None) -> tuple[str, ...]:
+    return tuple(k.strip() for k in (text or "").split(",") if k.strip())
+
+
+DEFAULT_COLUMNS = ("val_accuracy", "parity_pass")
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from workbench.tracking.labels import tags
+    from workbench.tracking.queries import RunQuery, find_runs, parameters_and_metrics, parse_condition, unrecorded
+    from workbench.tracking.terminal import runs_table
+
+    chosen = _keys(args.columns)
+    query = RunQuery(
+        where=tuple(parse_condition(text) for text in args.where or ()),
+        tags=tuple(tags(args.tag).items()),
+        sort=args.sort,
+        columns=chosen or DEFAULT_COLUMNS,
+        limit=args.limit,
+    )
+    tracker = _tracker(args)
+    asked = {
+        **{c.key: f"--where {c}" for c in query.where},
+        args.sort.removeprefix("-"): f"--sort {args.sort}",
+        **{key: f"--columns {args.columns}" for key in chosen},
+    }
+    if missing := unrecorded(tracker, list(asked)):
+        raise ParameterError(
+            f"{asked[missing[0]]}: no run records {missing[0]!r}; `workbench runs show RUN` lists a run's "
+            "parameters and metrics"
+        )
+    page = find_runs(tracker, query)
     if args.json:
-        print(json.dumps(runs, indent=2))
-        return 0
-    if not runs:
+        details = parameters_and_metrics(tracker, [r.id for r in page.rows])
+        rows = [
+            {
+                "id": r.id,
+                "name": r.name,
+                "status": r.status,
+                "launcher": r.launcher,
+                "started_at": r.started_at,
+                "duration_s": r.duration_s,
+                "tags": r.tags,
+                **details[r.id],
+            }
+            for r in page.rows
+        ]
+        print(json.dumps(rows, indent=2))
+    elif page.rows:
+        print(runs_table(page, query))
+    elif query.where or query.tags:
+        print("no runs match; `workbench runs` without --where and --tag lists them all")
+    else:
         print("no runs yet; start one with `workbench run`")
-        return 0
-    print(f"{'run':<23} {'status':<11} {'started':<25} {'seconds':>8}  {'val acc':>7}  parity")
-    for r in runs:
-        m = r["metrics"]
-        acc = f"{m['val_accuracy']:.3f}" if "val_accuracy" in m else "-"
-        parity = {1.0: "PASS", 0.0: "FAIL"}.get(m.get("parity_pass"), "-")
-        seconds = f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-"
-        print(f"{r['id']:<23} {r['status']:<11} {r['started_at']:<25} {seconds:>8}  {acc:>7}  {parity}")
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from workbench.tracking.terminal import run_text
+
+    run = _tracker(args).get_run(args.run_id)
+    print(json.dumps(run, indent=2) if args.json else run_text(run))
+    return 0
+
+
+def _cmd_runs_tag(args: argparse.Namespace) -> int:
+    from workbench.tracking.labels import tags
+
+    given = tags(args.pairs)
+    tracker = _tracker(args)
+    for key, value in given.items():
+        tracker.tag_run(args.run_id, key, value)
+    print(f"run {args.run_id} tagged " + " ".join(f"{k}={v}" for k, v in given.items()))
+    return 0
+
+
+def _cmd_runs_note(args: argparse.Namespace) -> int:
+    _tracker(args).note_run(args.run_id, args.text)
+    print(f"run {args.run_id}: note {'saved' if args.text.strip() else 'cleared'}")
+    return 0
+
+
+def _cmd_runs_compare(args: argparse.Namespace) -> int:
+    from workbench.tracking.queries import compare_runs
+    from workbench.tracking.terminal import comparison_text
+
+    seen = compare_runs(_tracker(args), args.run_ids, all_params=args.all)
+    print(comparison_text(seen))
+    if args.html:
+        from workbench.run.compare_report import write_comparison
+
+        print(f"\npage {write_comparison(seen, args.html)}")
     return 0
 
 
@@ -226,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", metavar="NAMES", help="comma list of steps: prepare,train,export,validate (default) or score"
     )
     run.add_argument("--resume", metavar="RUN_ID", help="continue an unfinished run from its first unfinished step")
+    run.add_argument("--name", help="what to call the run; every listing shows it")
+    run.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="label the run, e.g. --tag team=vision (repeatable)"
+    )
     run.add_argument(
         "--no-reuse",
         dest="reuse",
@@ -239,14 +328,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    runs = sub.add_parser("runs", parents=[layers], help="list runs, or `runs show RUN_ID`")
-    runs.add_argument("--limit", type=_positive, default=20, help="newest N runs (default 20)")
-    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs = sub.add_parser(
+        "runs",
+        parents=[layers],
+        help="list runs (filtered, sorted, chosen columns), or show, tag, note or compare runs",
+        description="List runs, newest first: id, status, start, seconds, the chosen columns, name and tags. "
+        "A KEY is a parameter (train.lr), a final metric (val_accuracy, test_roc_auc) or a run field "
+        "(status, name, launcher, started_at, duration_s).",
+    )
+    runs.add_argument(
+        "--columns",
+        metavar="KEYS",
+        help=f"comma list of parameter and metric keys to show, e.g. train.lr,val_accuracy (default {','.join(DEFAULT_COLUMNS)})",
+    )
+    runs.add_argument(
+        "--sort", metavar="KEY", default="-started_at", help="sort by KEY, -KEY for descending (default -started_at)"
+    )
+    runs.add_argument(
+        "--where",
+        action="append",
+        metavar="COND",
+        help="keep runs where KEY OP VALUE holds, OP one of = != > >= < <=, e.g. 'train.model=mlp' or "
+        "'test_accuracy>0.9' (repeatable: all must hold)",
+    )
+    runs.add_argument("--tag", action="append", metavar="KEY=VALUE", help="keep runs with this tag (repeatable)")
+    runs.add_argument("--limit", type=_positive, default=20, help="at most N runs (default 20)")
+    runs.add_argument("--json", action="store_true", help="print JSON, with every parameter and metric of each run")
     runs.set_defaults(func=_cmd_runs, action=None)
-    runs_sub = runs.add_subparsers(dest="action", metavar="show")
+    runs_sub = runs.add_subparsers(dest="action", metavar="show|tag|note|compare")
     show = runs_sub.add_parser("show", parents=[layers], help="status, parameters, metrics and artifacts of one run")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_cmd_runs_show)
+    tag = runs_sub.add_parser("tag", parents=[layers], help="set tags of a run: runs tag RUN_ID team=vision ...")
+    tag.add_argument("run_id")
+    tag.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    tag.set_defaults(func=_cmd_runs_tag)
+    note = runs_sub.add_parser("note", parents=[layers], help='set the note of a run: runs note RUN_ID "text"')
+    note.add_argument("run_id")
+    note.add_argument("text", help="what the run tried and what came of it ('' clears it)")
+    note.set_defaults(func=_cmd_runs_note)
+    compare = runs_sub.add_parser(
+        "compare",
+        parents=[layers],
+        help="runs side by side: parameters that differ, metrics with the best marked, step times and reuse",
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two runs or more")
+    compare.add_argument("--all", action="store_true", help="every parameter, not only those that differ")
+    compare.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the comparison as one self-contained page, with learning curves and figures",
+    )
+    compare.set_defaults(func=_cmd_runs_compare)
 
     report = sub.add_parser("report", parents=[layers], help="re-render a run's HTML report")
     report.add_argument("run_id")
@@ -320,11 +454,22 @@ def _report_error(exc: WorkbenchError, args: argparse.Namespace | None) -> None:
     print(f"error: {exc}", file=sys.stderr)
 
 
+def _descending(argv: Sequence[str]) -> list[str]:
+    """``--sort -KEY`` as ``--sort=-KEY``: argparse takes a value that starts with ``-`` for an option."""
+    out: list[str] = []
+    for item in argv:
+        if out and out[-1] == "--sort" and item.startswith("-") and item != "--":
+            out[-1] = f"--sort={item}"
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
     sweep()  # scratch left by workbench processes that were killed (kill -9): their S3 copies, kernel keys
     try:
-        args = build_parser().parse_args(argv)  # --help writes too
+        args = build_parser().parse_args(_descending(sys.argv[1:] if argv is None else argv))  # --help writes too
         code = args.func(args)
         sys.stdout.flush()  # a reader gone early (`| head`) shows here, not in a traceback at exit
         return code

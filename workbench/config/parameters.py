@@ -52,6 +52,18 @@ class Parameters:
         return out
 
 
+def changed_from_defaults(values: Mapping[str, Any]) -> set[str]:
+    """The keys of recorded parameter ``values`` that differ from the schema's defaults: what a run
+    chose, as opposed to what it inherited. A key this version does not know has no default, so
+    it counts as chosen."""
+    return {
+        key
+        for key, value in values.items()
+        if key not in SPEC
+        or json.dumps(value, sort_keys=True, default=str) != json.dumps(SPEC[key].default, sort_keys=True, default=str)
+    }
+
+
 def project_root(start: Path | None = None) -> Path:
     """The nearest folder at or above ``start`` holding ``parameters/default.yaml``.
 

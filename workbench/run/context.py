@@ -107,17 +107,27 @@ class StepContext:
         self.tracker.log_metrics(self.run_id, self.step, values, epoch)
 
 
-def step_context(step: str, run_id: str, store: str, db: str) -> StepContext:
+def step_context(
+    step: str,
+    run_id: str,
+    store: str,
+    db: str,
+    parameters: dict[str, Any] | None = None,
+    origin: dict[str, str] | None = None,
+) -> StepContext:
     """Open the store and tracking DB for one step of ``run_id``.
 
     A run id the DB has not seen (a notebook opened in JupyterLab, run by plain papermill or by a
     scheduler's papermill operator) is created on the spot, and such a run's step status and
-    duration follow the notebook's cells, so it is listed like a `workbench run`.
+    duration follow the notebook's cells, so it is listed like a `workbench run`; it records the
+    step's ``parameters`` (by dotted key, with their ``origin``), which `workbench run` recorded
+    for its own runs before any step.
     """
     artifact_store = open_store(store)
     tracker = Tracker(db)
     interactive = tracker.ensure_run(run_id, artifact_store.root)
     if interactive:
+        tracker.record_parameters(run_id, parameters or {}, origin or {})
         tracker.notebook_step(run_id, step, "running")
         _follow_cells(tracker, run_id, step)
     return StepContext(run_id, step, artifact_store, tracker, interactive)

@@ -9,6 +9,7 @@ one line, naming ``train.schedule`` and the notebook parameter.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.config.docs import default_yaml, readme_with_table
 from workbench.config.parameters import checked, project_root, read_text
-from workbench.config.schema import SPEC, Params
+from workbench.config.schema import SPEC, Params, flat
 from workbench.errors import ParameterError, WorkbenchError
 from workbench.run.pipeline import STEPS, StepSpec
 
@@ -72,11 +73,36 @@ def notebook_parameters(step: str, namespace: Mapping[str, Any]) -> Params:
     return checked(values, origin).model
 
 
+INJECTED = "# Parameters\n"  # how papermill's Python translator opens the cell it injects
+
+
+def injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """The names papermill gave this kernel (``papermill -p``, a scheduler's papermill operator).
+
+    papermill adds an ``injected-parameters`` cell after the parameters cell, opened by its
+    translator's ``# Parameters`` line; a kernel sees no cell tags, but IPython keeps the source of
+    every cell it ran in ``In``. Outside papermill (JupyterLab, a plain interpreter) there is none.
+    """
+    history = namespace.get("In")
+    for source in reversed(history if isinstance(history, list) else []):
+        if isinstance(source, str) and source.startswith(INJECTED):
+            try:
+                body = ast.parse(source).body
+            except SyntaxError:
+                return set()
+            return {
+                t.id for node in body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+            }
+    return set()
+
+
 def open_step(step: str, namespace: Mapping[str, Any]) -> tuple[StepContext, Params]:
     """Validate a step notebook's parameters, then open its context: ``ctx, params = wb.open_step("train", globals())``.
 
     Nothing is recorded for a notebook whose parameters are wrong, as ``workbench run`` creates
-    no run for a bad ``--set``.
+    no run for a bad ``--set``. A run started from a notebook records the notebook's validated
+    parameters, each with its origin: ``papermill`` for an injected value, ``notebook`` for the
+    parameters cell's own.
     """
     from workbench.run.context import step_context
 
@@ -84,7 +110,13 @@ def open_step(step: str, namespace: Mapping[str, Any]) -> tuple[StepContext, Par
     run_id = namespace.get("run_id", RUN_ID[0])
     if not isinstance(run_id, str) or not run_id.strip():
         raise ParameterError(f"run_id in notebook parameter run_id={run_id!r}: expected a run id, e.g. 'dev'")
-    return step_context(step, run_id=run_id, store=params.store, db=params.db), params
+    names = notebook_names(_step(step))
+    injected = injected_names(namespace)
+    values = flat(params)
+    recorded = {key: values[key] for key in names.values()}
+    origin = {key: "papermill" if name in injected else "notebook" for name, key in names.items()}
+    ctx = step_context(step, run_id=run_id, store=params.store, db=params.db, parameters=recorded, origin=origin)
+    return ctx, params
 
 
 @dataclass(frozen=True)

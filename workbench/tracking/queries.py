@@ -399,6 +399,7 @@ class RunRef:
     status: str
     started_at: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    store: str = ""  # where its artifacts live, as recorded
 
     @property
     def label(self) -> str:
@@ -487,7 +488,12 @@ def compare_runs(tracker: Tracker, run_ids: list[str], all_params: bool = False)
         ).all()
     position = {run_id: i for i, run_id in enumerate(ids)}
     n = len(ids)
-    refs = [RunRef(i, found[i]["name"], found[i]["status"], _iso(found[i]["started_at"]), tags.get(i, {})) for i in ids]
+    refs = [
+        RunRef(
+            i, found[i]["name"], found[i]["status"], _iso(found[i]["started_at"]), tags.get(i, {}), found[i]["store"]
+        )
+        for i in ids
+    ]
 
     table: dict[str, list[Any]] = {}
     has: dict[str, list[bool]] = {}
