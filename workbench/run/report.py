@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import resources
 
+from workbench.config.parameters import changed_from_defaults
 from workbench.errors import ReportError
 from workbench.ml.evaluation import comparison
 from workbench.ml.training.verdict import training_warnings
@@ -96,6 +97,7 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
             plots=plots,
             warnings=warnings,
             fmt=_fmt,
+            changed=changed_from_defaults(run["parameters"]),  # listed first and marked
         )
     )
     return store.write_bytes(layout.key(REPORT_INDEX), page.encode()).uri

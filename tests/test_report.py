@@ -1,0 +1,31 @@
+"""The run report's index page, rendered from a tracking DB and a store without running a pipeline."""
+
+from __future__ import annotations
+
+import re
+
+from workbench.run.report import render_report
+from workbench.storage import open_store
+from workbench.tracking.tracker import Tracker
+
+
+def test_parameters_changed_from_their_defaults_come_first_and_are_marked(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    store = open_store(str(tmp_path / "store"))
+    values = {"train.lr": 0.01, "train.epochs": 30, "data.target": "<b>churned</b>", "seed": 0}
+    origin = {"train.lr": "--set train.lr=0.01", "data.target": "churn.yaml", "train.epochs": "defaults"}
+    run_id = tracker.create_run(store.root, values, origin)
+    tracker.finish_run(run_id, "finished")
+
+    render_report(run_id, tracker, store)
+    page = (tmp_path / "store" / "runs" / run_id / "report" / "index.html").read_text()
+    table = page[page.index("<h2>Parameters") :]
+    rows = re.findall(r"<tr( class=\"changed\")?><td><code>([^<]+)</code>", table)
+    assert [(bool(marked), key) for marked, key in rows] == [
+        (True, "data.target"),
+        (True, "train.lr"),
+        (False, "seed"),
+        (False, "train.epochs"),
+    ]
+    assert "2 changed from the default" in table and "--set train.lr=0.01" in table
+    assert "&lt;b&gt;churned&lt;/b&gt;" in table  # a value is text, never markup
