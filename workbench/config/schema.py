@@ -164,12 +164,14 @@ def source_problem(value: str | dict) -> str | None:
     """What is wrong with a data source value, if anything."""
     if isinstance(value, str):
         return password_problem(value) if value.strip() else "must not be empty"
-    keys = set(value)
+    keys = set(value) - {"fingerprint"}  # optional: a query whose answer stands for the data (step reuse)
     if keys not in ({"url", "query"}, {"url", "table"}):
-        return "a SQL source needs exactly the keys url and query, or url and table"
+        return "a SQL source needs exactly the keys url and query, or url and table (and optionally fingerprint)"
     if not all(isinstance(x, str) and x.strip() for x in value.values()):
-        return "a SQL source's url, query and table must be non-empty strings"
+        return "a SQL source's url, query, table and fingerprint must be non-empty strings"
     problem = _db_url_problem(value["url"]) or next(filter(None, map(password_problem, value.values())), None)
+    if not problem and "fingerprint" in value and (wrong := query_problem(value["fingerprint"])):
+        problem = f"its fingerprint: {wrong}"
     return problem or (query_problem(value["query"]) if "query" in value else None)
 
 
@@ -540,10 +542,10 @@ def constraint(info: FieldInfo) -> str:
         return f"between {b['gt']} and {b['lt']} (exclusive)"
     if "gt" in b and "le" in b:
         return f"greater than {b['gt']} and at most {b['le']}"
-    if "gt" in b:
-        return f"greater than {b['gt']}"
     if "ge" in b and "lt" in b:
         return f"{b['ge']} or more, below {b['lt']}"
+    if "gt" in b:
+        return f"greater than {b['gt']}"
     if "ge" in b:
         return f"{b['ge']} or more"
     return ""

@@ -23,8 +23,9 @@ from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensu
 from workbench.run.reuse import Reuse, check_rerun
 from workbench.storage import open_store
 from workbench.storage.base import Store
-from workbench.storage.catalog import NOTEBOOKS, RunLayout, artifact, kernel_log, notebook
+from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
 from workbench.storage.scratch import root as scratch_root
+from workbench.storage.sources import fingerprint_answer
 from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
 
 
@@ -274,7 +275,16 @@ def run_pipeline(
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")
         failure: str | None = "interrupted"  # what the run row says if we leave by an unforeseen exit
         running: tuple[str, float] | None = None
-        reuser = Reuse(tracker, store, run_id, folder, enabled=reuse, rerun=forced, resolve_model=_model_run(tracker))
+        reuser = Reuse(
+            tracker,
+            store,
+            run_id,
+            folder,
+            reuse,
+            forced,
+            resolve_model=_model_run(tracker, run_id),
+            query=fingerprint_answer,
+        )
         try:
             for i, step in enumerate(todo):
                 number = planned.index(step) + 1
@@ -331,12 +341,12 @@ def run_pipeline(
     return RunResult(run_id, "finished", report)
 
 
-def _model_run(tracker: Tracker) -> Callable[[str], str | None]:
+def _model_run(tracker: Tracker, run_id: str) -> Callable[[str], str | None]:
     """How the score step will resolve ``score.model_run``, for its key: ``latest`` to a run id."""
 
     def resolve(spec: str) -> str | None:
         if spec == "latest":
-            return tracker.latest_with_artifacts(artifact("onnx_model").path, artifact("encoding").path)
+            return tracker.latest_model(own=run_id)
         return spec if tracker.has_run(spec) else None
 
     return resolve

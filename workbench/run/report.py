@@ -14,7 +14,16 @@ from workbench.errors import ReportError
 from workbench.ml.evaluation import comparison
 from workbench.ml.training.verdict import training_warnings
 from workbench.storage.base import Store
-from workbench.storage.catalog import FIGURES, KEY_RESULTS, NOTEBOOKS, REPORT_INDEX, RunLayout, notebook, report_page
+from workbench.storage.catalog import (
+    FIGURES,
+    KEY_RESULTS,
+    NOTEBOOKS,
+    REPORT_INDEX,
+    Artifact,
+    RunLayout,
+    notebook,
+    report_page,
+)
 from workbench.tracking.tracker import Tracker
 
 NO_TEST_ROWS = "no score: the prepare step held out no test rows (data.test_fraction 0)"
@@ -40,6 +49,16 @@ def _notebook_html(source: bytes, uri: str) -> str:
     return body
 
 
+def _copy_page(store: Store, source: str, layout: RunLayout, page: Artifact) -> bool:
+    """A reused step's page copied from the run it came from (its executed notebook is the same
+    file), which spares rendering it again; False when that run has no such page."""
+    origin = RunLayout(source).key(page)
+    if not store.exists(origin):
+        return False
+    store.write_bytes(layout.key(page), store.read_bytes(origin))
+    return True
+
+
 def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[str], None] | None = None) -> str:
     """(Re)write the run's report from the store and the DB; returns the index URI.
 
@@ -60,6 +79,10 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
         key = layout.key(executed)
         if key in present:
             step["ipynb"] = f"../{executed.path}"
+            html = report_page(step["name"])
+            if step.get("reused_from") and _copy_page(store, step["reused_from"], layout, html):
+                step["html"] = html.file  # the same notebook's page, as its run rendered it
+                continue
             try:
                 page = _notebook_html(store.read_bytes(key), store.uri(key))
             except ReportError as exc:  # the index still links the raw notebook and says why
@@ -67,7 +90,6 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
                 if warn:
                     warn(str(exc))
                 continue
-            html = report_page(step["name"])
             store.write_bytes(layout.key(html), page.encode())
             step["html"] = html.file
     for artifact in run["artifacts"]:

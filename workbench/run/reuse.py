@@ -45,11 +45,9 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@functools.cache
-def package_sources(root: Path | None = None) -> dict[str, str]:
-    """``workbench/<file>`` -> sha256 of every ``.py`` file and template of the installed package
+def package_sources(root: Path) -> dict[str, str]:
+    """``workbench/<file>`` -> sha256 of every ``.py`` file and template of the package at ``root``
     (the code a step's notebook calls is as much the step as its cells are)."""
-    root = root or Path(__file__).resolve().parents[1]
     files = sorted(
         p
         for p in root.rglob("*")
@@ -58,6 +56,12 @@ def package_sources(root: Path | None = None) -> dict[str, str]:
         and (p.suffix == ".py" or "templates" in p.relative_to(root).parts)
     )
     return {f"{root.name}/{p.relative_to(root).as_posix()}": _digest(p.read_bytes()) for p in files}
+
+
+@functools.cache
+def installed_sources() -> dict[str, str]:
+    """The sources of the package this process runs, which its step kernels import too: read once."""
+    return package_sources(Path(__file__).resolve().parents[1])
 
 
 def _user_package(spec: str, folder: Path) -> dict[str, str]:
@@ -161,7 +165,7 @@ class Reuse:
     def ingredients(self, step: str, notebook_file: str, params: Mapping[str, Any]) -> dict[str, str]:
         """Everything that decides ``step``'s result, by name (see the module's docstring)."""
         found = {"notebook": notebook_cells(self.notebooks / notebook_file)}
-        found |= {f"code:{name}": digest for name, digest in package_sources().items()}
+        found |= {f"code:{name}": digest for name, digest in installed_sources().items()}
         found |= {f"param:{key}": _text(value) for key, value in params.items()}
         found |= {f"lib:{name}": version for name, version in library_versions().items()}
         model = params.get("train.model")
@@ -171,8 +175,12 @@ class Reuse:
                 found |= {f"model code:{name}": d for name, d in _user_package(str(model), self.notebooks).items()}
         if step in TABLES:
             key = TABLES[step]
-            data = fingerprint(params[key], key, self.memo, self.query)
-            found[f"data:{key}"] = data.value if data.value is not None else f"none: {data.why}"
+            source = params[key]
+            if isinstance(source, str) and source.startswith("split:"):  # the model run's split: one of its inputs
+                found[f"data:{key}"] = source
+            else:
+                data = fingerprint(source, key, self.memo, self.query)
+                found[f"data:{key}"] = data.value if data.value is not None else f"none: {data.why}"
         if step == "score":
             spec = str(params.get("score.model_run", "latest"))
             model_run = self.resolve_model(spec) if self.resolve_model else spec
