@@ -163,3 +163,24 @@ def test_a_reader_that_goes_away_early_is_no_traceback(place, args):
     proc.stdout.close()  # the only reader: every write from now on is EPIPE
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--name", ""], "error: --name '': a run's name cannot be empty; e.g. --name lr-sweep"),
+        (["--name", "  "], "error: --name '  ': a run's name cannot be empty; e.g. --name lr-sweep"),
+        (["--name", "a\nb"], "error: --name 'a\\nb': a name is one line of printable text"),
+        (["--tag", "novalue"], "error: --tag 'novalue': expected KEY=VALUE, e.g. --tag team=vision"),
+        (["--tag", "=x"], "error: --tag '=x': expected KEY=VALUE, e.g. --tag team=vision"),
+        (["--tag", "a=1", "--tag", "a=2"], "error: --tag 'a=2': tag a is given twice ('1' and '2'); keep one"),
+        (
+            ["--resume", "x", "--name", "y"],
+            "error: --name and --tag label a new run; drop them with --resume (`workbench runs tag` labels a run)",
+        ),
+    ],
+)
+def test_run_names_and_tags_are_checked_before_any_run(place, capsys, args, line):
+    assert main(["run", *args, *place.sets()]) == 2
+    assert capsys.readouterr().err.strip() == line
+    assert not Path(place.db.removeprefix("sqlite:///")).exists()  # no run, not even a database

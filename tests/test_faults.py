@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -208,7 +209,9 @@ def test_plain_papermill_runs_are_tracked_like_workbench_runs(tmp_path):
     common = ["-p", "store", str(tmp_path / "store"), "-p", "db", db]
     papermill = str(Path(sys.executable).parent / "papermill")
     notebook = str(ROOT / "notebooks" / "01_prepare_data.ipynb")
-    ok = subprocess.run([papermill, notebook, str(tmp_path / "ok.ipynb"), "-p", "run_id", "nightly", *common])
+    ok = subprocess.run(
+        [papermill, notebook, str(tmp_path / "ok.ipynb"), "-p", "run_id", "nightly", "-p", "seed", "5", *common]
+    )
     assert ok.returncode == 0
     bad = subprocess.run(
         [
@@ -235,6 +238,13 @@ def test_plain_papermill_runs_are_tracked_like_workbench_runs(tmp_path):
     listed = workbench("runs", f"--set=db={db}")
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("nightly"))
     assert row[1] == "finished" and float(row[3]) > 0  # status and seconds, as for `workbench run`
+    # its parameters, as the notebook validated them: injected by papermill, or the parameters cell's
+    shown = json.loads(workbench("runs", "show", "nightly", "--json", f"--set=db={db}").stdout)
+    assert shown["parameters"]["seed"] == 5 and shown["origins"]["seed"] == "papermill"
+    assert shown["parameters"]["data.val_fraction"] == 0.15 and shown["origins"]["data.val_fraction"] == "notebook"
+    assert shown["parameters"]["store"] == str(tmp_path / "store") and shown["origins"]["store"] == "papermill"
+    text = workbench("runs", "show", "nightly", f"--set=db={db}").stdout
+    assert any(line.split()[:3] == ["*", "seed", "5"] and line.endswith("(papermill)") for line in text.splitlines())
 
 
 def test_a_corrupt_tracking_database_is_one_line(tmp_path):

@@ -141,3 +141,35 @@ def test_nbval_catches_a_tampered_output(tmp_path):
     nbformat.write(nb, bad)
     result = _nbval(bad)
     assert result.returncode == 1 and "1258" in result.stdout
+
+
+def test_a_notebook_run_records_its_parameters_with_their_origin(tmp_path):
+    """JupyterLab and plain papermill runs record each notebook's validated parameters: values papermill
+    injected (its `# Parameters` cell, in the kernel's input history) as papermill, the rest as notebook."""
+    from workbench.run.notebooks import injected_names, open_step
+
+    db = f"sqlite:///{tmp_path}/t.db"
+    injected = f"# Parameters\nrun_id = 'nightly'\nepochs = 5\nlr = 1e-3\ndb = {db!r}\n"
+    namespace = {
+        "In": ["", "run_id = 'dev'\nepochs = 30\nlr = 0.002", injected],  # parameters cell, then papermill's
+        "run_id": "nightly",
+        "store": str(tmp_path / "store"),
+        "db": db,
+        "epochs": 5,
+        "lr": "1e-3",  # papermill -p passes what it cannot read as a number as text
+        "schedule": "constant",  # changed in the parameters cell itself
+    }
+    assert injected_names(namespace) == {"run_id", "epochs", "lr", "db"}
+    open_step("train", namespace)
+    run = Tracker(db).get_run("nightly")
+    assert run["parameters"]["train.epochs"] == 5 and run["parameters"]["train.lr"] == 0.001
+    assert run["parameters"]["train.schedule"] == "constant" and run["parameters"]["train.batch_size"] == 32
+    assert run["origins"]["train.epochs"] == run["origins"]["train.lr"] == run["origins"]["db"] == "papermill"
+    assert run["origins"]["train.schedule"] == run["origins"]["seed"] == run["origins"]["store"] == "notebook"
+    assert set(run["parameters"]) == {"store", "db", "seed"} | {k for k in run["parameters"] if k.startswith("train.")}
+
+    namespace |= {"In": ["", "epochs = 7"], "epochs": 7}  # run again in JupyterLab with another value
+    open_step("train", namespace)
+    again = Tracker(db).get_run("nightly")
+    assert again["parameters"]["train.epochs"] == 7 and again["origins"]["train.epochs"] == "notebook"
+    assert injected_names({"In": ["x = 1"]}) == set() and injected_names({}) == set()
