@@ -38,6 +38,7 @@ def curves_svg(metric: str, curves: list[list[tuple[int, float]]]) -> str:
     ``curve-<n>``, n the run's place), as inline SVG; the page's legend names the runs, so no name a
     user chose is inside the drawing."""
     from matplotlib.figure import Figure as Chart
+    from matplotlib.ticker import MaxNLocator
 
     chart = Chart(figsize=(5.2, 3.2))
     ax = chart.subplots()
@@ -47,6 +48,7 @@ def curves_svg(metric: str, curves: list[list[tuple[int, float]]]) -> str:
             (line,) = ax.plot(epochs, values, color=color(i), lw=1.6, marker="o" if len(points) < 3 else None, ms=3)
             line.set_gid(f"curve-{i}")
     ax.set(title=metric, xlabel="epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     chart.tight_layout()
     buf = io.StringIO()
