@@ -32,6 +32,12 @@ from support.cli import ROOT
             marks=pytest.mark.e2e,
         ),
         pytest.param(
+            "ui_load.py",
+            ["--runs", "200", "--repeat", "1", "--backends", "sqlite"],
+            "compare 20 runs",
+            marks=pytest.mark.e2e,
+        ),
+        pytest.param(
             "serve_load.py", ["--seconds", "0.3", "--clients", "1,4"], "bound on this machine", marks=pytest.mark.e2e
         ),
     ],

@@ -113,6 +113,10 @@ SPECS = [
         {"train.lr": 0.001, "train.model": "cnn", "train.width": 128, "seed": 0},
         {"val_accuracy": 0.97, "val_loss": 0.12},
         tags={"team": "tabular"},
+        files={
+            "validate/per_class.csv": b"class,precision,recall,f1,support\ncat,0.9,0.95,0.9243243243,20\ndog,0.96,0.91,0.934,22\n",
+            "validate/confusion.csv": b"class,cat,dog\ncat,19,1\ndog,2,20\n",
+        },
     ),
     Spec(
         HOSTILE,
@@ -120,6 +124,7 @@ SPECS = [
         {"val_accuracy": 0.50, "val_loss": 2.0, "<b>bold</b>_accuracy": 0.5},
         status="failed",
         tags={"<i>k</i>": HOSTILE},
+        files={"validate/per_class.csv": f"class,precision\n{HOSTILE},0.5\n".encode()},
     ),
 ]
 
@@ -271,6 +276,15 @@ def test_run_page_shows_steps_metrics_curves_parameters_and_artifacts(runs):
     assert f'href="/runs/{run_id}/files/train/model.pth"' in text
     assert f'<img src="/runs/{run_id}/files/train/fit.png"' in text
     assert re.search(r"<td class=\"mono\">train\.width</td><td class=\"mono\">64</td>", text)
+
+
+def test_run_page_shows_the_test_splits_per_class_table_and_confusion_matrix(runs):
+    text = runs.client().get(f"/runs/{runs.ids['lr-0.001']}").text
+    per_class = re.search(r'<table class="csv" id="per_class">(.*?)</table>', text, re.DOTALL).group(1)
+    assert re.findall(r"<th>(.*?)</th>", per_class) == ["class", "precision", "recall", "f1", "support", "cat", "dog"]
+    assert '<td class="num">0.924324</td><td class="num">20</td>' in per_class
+    confusion = re.search(r'<table class="csv" id="confusion">(.*?)</table>', text, re.DOTALL).group(1)
+    assert '<th>dog</th><td class="num">2</td><td class="num">20</td>' in confusion
 
 
 def test_api_run_is_the_runs_record_as_json(runs):

@@ -9,6 +9,8 @@ shows it above an empty table; the API as ``{"error": ...}``); an unknown run or
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from starlette.routing import Route
 
 from workbench.config.secrets import mask
 from workbench.errors import ParameterError, StoreError, TrackingError, WorkbenchError
-from workbench.storage.catalog import RunLayout
+from workbench.storage.catalog import CONFUSION, PER_CLASS, RunLayout
 from workbench.tracking.queries import (
     Comparison,
     Condition,
@@ -47,6 +49,7 @@ PAGE_SIZES = range(1, 501)  # a page is what a person reads; scripts page throug
 # metrics shown when no columns are chosen, those the page's runs hold
 DEFAULT_COLUMNS = ("test_accuracy", "val_accuracy", "test_rmse", "val_rmse", "val_loss")
 MAX_AXES = 6  # parameters drawn by default in parallel coordinates
+MAX_TABLE_BYTES = 1 << 20  # a per-class table or confusion matrix larger than this is a download only
 
 # the app's own pages run no script and load nothing from elsewhere; a run's report opens in a
 # sandboxed frame from this origin
@@ -69,6 +72,18 @@ def show(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)):
         return mask(json.dumps(value))
     return mask(str(value))
+
+
+def _number(text: str) -> Any:
+    """A CSV cell as the number it spells (shown to 6 digits), else as its text."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _masked(value: Any) -> Any:
@@ -261,9 +276,30 @@ class UI:
             curves=curves,
             artifacts=artifacts,
             figures=figures,
+            tables=self._tables(run_id, run["store"], run["artifacts"]),
             report=report,
             origins=run.get("origins") or {},
         )
+
+    def _tables(
+        self, run_id: str, store: str, recorded: list[dict[str, Any]]
+    ) -> list[tuple[str, str, list[list[str]]]]:
+        """The test split's per-class table and confusion matrix, when the run recorded them: (name,
+        title, rows with the header first). Class labels are the data's own text: the page escapes them."""
+        from workbench.storage import open_store
+
+        wanted = {RunLayout(run_id).key(a): a for a in (PER_CLASS, CONFUSION)}
+        found = []
+        for a in recorded:
+            if a["key"] in wanted and a["bytes"] <= MAX_TABLE_BYTES:
+                try:
+                    text = open_store(store).read_bytes(a["key"]).decode("utf-8", errors="replace")
+                except StoreError:
+                    continue
+                rows = [[show(_number(cell)) for cell in row] for row in csv.reader(io.StringIO(text))]
+                entry = wanted[a["key"]]
+                found.append((entry.name, entry.description[:1].upper() + entry.description[1:], rows))
+        return found
 
     def _run(self, run_id: str) -> dict[str, Any]:
         """Everything the run page and ``/api/runs/<id>`` show: the tracker's record of the run with
