@@ -101,6 +101,7 @@ def test_runs_side_by_side_mark_the_best(db):
     assert next(line for line in lines if line.startswith("val_accuracy")).split() == ["val_accuracy", "0.91*", "0.85"]
     assert next(line for line in lines if line.startswith("val_loss")).split() == ["val_loss", "0.3*", "0.45"]
     assert next(line for line in lines if line.startswith("parity_pass")).split() == ["parity_pass", "PASS", "PASS"]
+    assert text.index("val_accuracy") < text.index("val_loss") < text.index("parity_pass")  # scores first
     assert next(line for line in lines if line.startswith("train ")).split() == ["train", "12.5", "s", "12.5", "s"]
 
 

@@ -434,7 +434,7 @@ class Figure:
 class Comparison:
     runs: list[RunRef]
     params: dict[str, list[Any]]  # key -> value per run (None where a run lacks it); only differing unless all
-    metrics: dict[str, MetricLine]  # final metrics, key -> values per run and the best
+    metrics: dict[str, MetricLine]  # final metrics, scores first: key -> values per run and the best
     steps: dict[str, list[StepCell | None]]  # step name (pipeline order) -> per run
     histories: dict[str, list[list[tuple[int, float]]]]  # per-epoch metric -> per run (epoch, value) pairs
     figures: dict[str, list[Figure | None]]  # catalog figure title -> per run, for the ones any run recorded
@@ -514,7 +514,8 @@ def compare_runs(tracker: Tracker, run_ids: list[str], all_params: bool = False)
     for curves in histories.values():
         for points in curves:  # a retrained epoch keeps its latest value
             points[:] = sorted(dict(points).items())
-    lines = {key: MetricLine(values, better(key), _best(values, better(key))) for key, values in sorted(finals.items())}
+    scores_first = sorted(finals, key=lambda key: (better(key) is None, key))  # then counts, sizes, seconds
+    lines = {key: MetricLine(finals[key], better(key), _best(finals[key], better(key))) for key in scores_first}
 
     step_table: dict[str, list[StepCell | None]] = {}
     for run_id, name, status, duration_s, reused_from in step_rows:
