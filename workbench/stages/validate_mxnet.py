@@ -147,7 +147,7 @@ SHOWN = {"model": "model (onnxruntime)", "baseline": BASELINE_NAMES["baseline"],
 
 
 @dataclass
-class TestScore:
+class HeldOutScore:
     """The exported model, gradient boosting and chance on the same test rows; or why there are none."""
 
     rows: int
@@ -239,7 +239,7 @@ def _numbers(table: pa.Table, target: Target) -> np.ndarray:
     return pd.to_numeric(table.column(target.name).to_pandas(), errors="coerce").to_numpy(np.float64)
 
 
-def evaluate_test(ctx: StepContext) -> TestScore:
+def evaluate_test(ctx: StepContext) -> HeldOutScore:
     """Score the test split with the exported ONNX model in onnxruntime, and the two baselines; record
     the ``test_*``, ``baseline_test_*`` and ``chance_test_*`` metrics, ``loses_to_baseline``,
     ``test.json``, the figure and (classes) the per-class table and confusion matrix.
@@ -253,7 +253,7 @@ def evaluate_test(ctx: StepContext) -> TestScore:
     assert target is not None, "prepare writes the target into the encoding"
     test = _table(ctx, TEST_SPLIT)
     if not test.num_rows:
-        score = TestScore(
+        score = HeldOutScore(
             0,
             reason="the prepare step held out no test rows (data.test_fraction is 0), so the model has no test "
             "score; set data.test_fraction above 0 for one",
@@ -283,7 +283,7 @@ def evaluate_test(ctx: StepContext) -> TestScore:
             "baseline": evaluate_classes(labels, fitted.boosting(x_test), classes),
             "chance": evaluate_classes(labels, fitted.chance(x_test), classes),
         }
-    score = TestScore(test.num_rows, evaluations, plot_fit(outputs, labels, target, split="test"))
+    score = HeldOutScore(test.num_rows, evaluations, plot_fit(outputs, labels, target, split="test"))
     ctx.log_metrics(score.metrics | {"loses_to_baseline": float(score.loses)})
     ctx.save_artifact(TEST_SCORE, score.summary())
     if score.per_class is not None and score.confusion is not None:
