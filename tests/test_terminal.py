@@ -105,6 +105,14 @@ def test_runs_side_by_side_mark_the_best(db):
     assert next(line for line in lines if line.startswith("train ")).split() == ["train", "12.5", "s", "12.5", "s"]
 
 
+def test_compare_all_shows_every_parameter(db, capsys):
+    assert main(["runs", "compare", "slow", "fast", "--set", f"db={db}"]) == 0
+    assert "train.epochs" not in capsys.readouterr().out
+    assert main(["runs", "compare", "slow", "fast", "--all", "--set", f"db={db}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "parameters" in lines and ["train.epochs", "30", "30"] in [line.split() for line in lines]
+
+
 def test_runs_lists_filters_sorts_and_prints_json(db, capsys):
     assert main(["runs", "--set", f"db={db}", "--columns", "train.lr", "--sort", "-train.lr"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]
