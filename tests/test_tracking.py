@@ -212,8 +212,8 @@ def test_an_older_schema_is_not_upgraded_behind_the_users_back(fresh_url, versio
         match=rf"is at schema {was}, this workbench needs {schema_head()}; back it up, then run `workbench db upgrade`",
     ):
         Tracker(fresh_url)
-    assert Tracker(fresh_url, check=False).upgrade() == schema_head() == "0004"
-    assert Tracker(fresh_url, check=False).upgrade() == "0004"  # idempotent
+    assert Tracker(fresh_url, check=False).upgrade() == schema_head() == "0005"
+    assert Tracker(fresh_url, check=False).upgrade() == "0005"  # idempotent
     assert Tracker(fresh_url).ensure_run("dev", "/s") is True  # an old hand-started run stays one
     assert Tracker(fresh_url).get_run("dev")["launcher"] == "notebook"
 

@@ -111,3 +111,26 @@ file_hashes = Table(  # a local data file's sha256, remembered by path, size and
     Column("mtime_ns", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
 )
+
+
+aliases = Table(  # where each alias (champion, staging, ...) points now
+    "aliases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False),
+    Column("moved_at", DateTime(timezone=True), nullable=False),
+)
+
+
+alias_moves = Table(  # every move and removal of an alias: the record of who shipped what, and why
+    "alias_moves",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, index=True),
+    Column("run_id", String(64)),  # None: the alias was removed
+    Column("previous", String(64)),
+    Column("moved_at", DateTime(timezone=True), nullable=False),
+    Column("moved_by", String(255), nullable=False),  # user@host
+    Column("reason", Text),
+    Column("comparison", Text),  # JSON: the gate's figures, for a promotion
+)
