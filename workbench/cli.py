@@ -160,9 +160,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from workbench.tracking.aliases import is_alias, resolve
     from workbench.tracking.terminal import run_text
 
-    run = _tracker(args).get_run(args.run_id)
+    tracker = _tracker(args)
+    run = tracker.get_run(resolve(tracker, args.run_id, "RUN_ID") if is_alias(args.run_id) else args.run_id)
     print(json.dumps(run, indent=2) if args.json else run_text(run))
     return 0
 
@@ -274,6 +276,57 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from workbench.tracking.aliases import models
+    from workbench.tracking.terminal import models_table
+
+    found = models(_tracker(args), args.limit)
+    if args.json:
+        print(json.dumps([vars(m) for m in found], indent=2))
+    elif not found:
+        print("no run has exported a model yet; start one with `workbench run`")
+    else:
+        print(models_table(found))
+    return 0
+
+
+def _cmd_alias_set(args: argparse.Namespace) -> int:
+    from workbench.run.gate import resolve_run
+    from workbench.tracking.aliases import set_alias
+
+    tracker = _tracker(args)
+    moved = set_alias(tracker, args.name, resolve_run(tracker, args.run_id, "RUN_ID"), args.reason)
+    print(f"@{moved.name} -> {moved.run_id}" + (f" (was {moved.previous})" if moved.previous else ""))
+    return 0
+
+
+def _cmd_alias_rm(args: argparse.Namespace) -> int:
+    from workbench.tracking.aliases import remove_alias
+
+    moved = remove_alias(_tracker(args), args.name, args.reason)
+    print(f"@{moved.name} removed (was {moved.previous})")
+    return 0
+
+
+def _cmd_models_history(args: argparse.Namespace) -> int:
+    from workbench.tracking.aliases import history
+    from workbench.tracking.terminal import moves_table
+
+    moves = history(_tracker(args), args.name)
+    print(json.dumps([vars(m) for m in moves], indent=2) if args.json else moves_table(moves))
+    return 0
+
+
+def _cmd_models_promote(args: argparse.Namespace) -> int:
+    from workbench.run.gate import promote, resolve_run
+
+    tracker = _tracker(args)
+    candidate = resolve_run(tracker, args.run_id, "RUN_ID")
+    outcome = promote(tracker, candidate, args.alias, args.require, args.better_than, args.metric, args.reason)
+    print(outcome.line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     layers = argparse.ArgumentParser(add_help=False)
     layers.add_argument(
@@ -381,6 +434,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the comparison as one self-contained page, with learning curves and figures",
     )
     compare.set_defaults(func=_cmd_runs_compare)
+
+    models = sub.add_parser(
+        "models",
+        parents=[layers],
+        help="exported models and their aliases (@champion): list, alias set|rm, history, promote",
+        description="Runs with an exported model, and aliases: one name (@champion) for the model that "
+        "ships, moved on purpose. score.model_run, serve.model and `runs show` take @NAME.",
+    )
+    models.add_argument("--limit", type=_positive, default=20, help="newest N models (default 20)")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(func=_cmd_models, action=None)
+    models_sub = models.add_subparsers(dest="action", metavar="list|alias|history|promote")
+    listing = models_sub.add_parser("list", parents=[layers], help="runs with an exported model: metrics, aliases")
+    listing.add_argument("--limit", type=_positive, default=20, help="newest N models (default 20)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_cmd_models)
+    alias = models_sub.add_parser("alias", help="point an alias at a run (set) or remove it (rm)")
+    alias_sub = alias.add_subparsers(dest="alias_action", required=True, metavar="set|rm")
+    alias_set = alias_sub.add_parser(
+        "set", parents=[layers], help="alias set NAME RUN: RUN's export finished and its parity passed"
+    )
+    alias_set.add_argument("name", help="the alias, e.g. champion")
+    alias_set.add_argument("run_id", metavar="RUN", help="a run id, @another-alias or latest")
+    alias_set.add_argument("--reason", help="why (kept in `models history`)")
+    alias_set.set_defaults(func=_cmd_alias_set)
+    alias_rm = alias_sub.add_parser("rm", parents=[layers], help="alias rm NAME: remove it (kept in history)")
+    alias_rm.add_argument("name")
+    alias_rm.add_argument("--reason", help="why (kept in `models history`)")
+    alias_rm.set_defaults(func=_cmd_alias_rm)
+    moves = models_sub.add_parser("history", parents=[layers], help="every move of an alias: run, who, when, why")
+    moves.add_argument("name")
+    moves.add_argument("--json", action="store_true", help="print JSON")
+    moves.set_defaults(func=_cmd_models_history)
+    gate = models_sub.add_parser(
+        "promote",
+        parents=[layers],
+        help="move an alias to RUN only when the conditions hold (exit 1 with the figures otherwise)",
+        description="Move --alias to RUN when every --require holds on RUN's recorded metrics and, with "
+        "--better-than, when RUN beats that alias's model on --metric, both models scoring RUN's test split.",
+    )
+    gate.add_argument("run_id", metavar="RUN", help="a run id, @alias or latest")
+    gate.add_argument("--alias", required=True, help="the alias to move, e.g. champion")
+    gate.add_argument(
+        "--require", action="append", metavar="COND", help="e.g. 'test_roc_auc>=0.80' (repeatable: all must hold)"
+    )
+    gate.add_argument("--better-than", metavar="ALIAS", help="beat this alias's model on the same rows")
+    gate.add_argument("--metric", help="what --better-than compares, e.g. test_roc_auc or test_rmse")
+    gate.add_argument("--reason", help="why (kept in `models history`)")
+    gate.set_defaults(func=_cmd_models_promote)
 
     report = sub.add_parser("report", parents=[layers], help="re-render a run's HTML report")
     report.add_argument("run_id")

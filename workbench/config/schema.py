@@ -406,7 +406,11 @@ class ScoreParams(Section):
         "onnxruntime", description="onnxruntime, mxnet or torch"
     )
     batch_size: Int = Field(1024, gt=0, description="rows per scoring batch (memory grows with it, not with the data)")
-    model_run: Text = Field("latest", description="run whose model scores: a run id, or latest (newest exported model)")
+    model_run: Text = Field(
+        "latest",
+        description="run whose model scores: a run id, @NAME (the run an alias names, e.g. @champion), or latest "
+        "(this run's model, else the newest that passed validation)",
+    )
 
 
 class PublishParams(Section):
@@ -427,8 +431,16 @@ class ServeParams(Section):
     section = "serve"
     model: Text = Field(
         "latest",
-        description="what to serve: latest (newest run with an exported model in store/db), a run id, a run's "
-        "folder, or a SageMaker model.tar.gz or its unpacked folder (/opt/ml/model); paths or s3:// URIs",
+        description="what to serve: latest (newest run with an exported model in store/db), a run id, @NAME (the run "
+        "an alias names, followed as it moves), a run's folder, or a SageMaker model.tar.gz or its unpacked folder "
+        "(/opt/ml/model); paths or s3:// URIs",
+    )
+    reload_s: Float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="with serve.model=@NAME: seconds between checks of the alias; when it has moved, the new model is "
+        "loaded beside the old one and swapped in between two backend calls (0: never)",
     )
     backend: Annotated[Literal["onnxruntime", "mxnet", "torch"], BeforeValidator(_string)] = Field(
         "onnxruntime",

@@ -39,6 +39,7 @@ from workbench.storage.catalog import (
     SPLIT_ARTIFACTS,
 )
 from workbench.storage.sources import Source, count_rows, describe, iter_source
+from workbench.tracking.aliases import is_alias, resolve
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -270,7 +271,12 @@ def predictions_writer(path: Path, schema: pa.Schema, regression: bool) -> pq.Pa
 
 
 def resolve_model_run(ctx: StepContext, model_run: str) -> str:
-    """``latest`` means the newest run that exported a model and still has its prepared inputs."""
+    """``latest`` means this run's own model when it exported one, else the newest run whose export
+    finished and whose parity verdict passed (neither stale since), with its prepared inputs. A run
+    named by id is scored whatever its verdict, with a warning under the cell when its model is not
+    vouched for (failed, stale or never validated). ``@NAME`` is the run an alias names."""
+    if is_alias(model_run):
+        model_run = resolve(ctx.tracker, model_run, "score.model_run")
     if model_run != "latest":
         if not ctx.has_artifact(ONNX_MODEL, run=model_run):
             if not ctx.tracker.has_run(model_run):
@@ -281,10 +287,20 @@ def resolve_model_run(ctx: StepContext, model_run: str) -> str:
             raise TrackingError(
                 f"score.model_run {model_run!r} has no exported model in {ctx.store.root}; `workbench runs` lists the runs"
             )
+        doubt = ctx.tracker.model_doubts([model_run])[model_run]
+        if doubt:
+            warnings.warn(
+                f"score.model_run {model_run}: {doubt}; scored because it is named (latest skips such a model)",
+                DataWarning,
+                stacklevel=3,
+            )
         return model_run
-    found = ctx.tracker.latest_with_artifacts(ONNX_MODEL.path, ENCODING.path)
+    found = ctx.tracker.latest_model(own=ctx.run_id)
     if found is None:
-        raise TrackingError("score.model_run 'latest': no run has exported a model yet; run `workbench run` first")
+        raise TrackingError(
+            "score.model_run 'latest': no run has an exported model that passed validation; run `workbench run` "
+            "with every step, or name a run with score.model_run=RUN_ID (scored with a warning)"
+        )
     return found
 
 

@@ -1,4 +1,4 @@
-"""Runs as text for a terminal: the runs table, one run, and runs side by side.
+"""Runs as text for a terminal: the runs table, one run, runs side by side, models and alias moves.
 
 Plain aligned columns that survive ``| less``, ``| grep`` and a narrow window: a run's first four
 columns (id, status, start, seconds) never hold spaces, so ``awk '{print $1}'`` gets the ids.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.config.parameters import changed_from_defaults
 from workbench.tracking.queries import Comparison, RunPage, RunQuery
+
+if TYPE_CHECKING:
+    from workbench.tracking.aliases import ModelRow, Move
 
 WIDEST = 40  # a longer value (a SQL source, a path) is cut, with … saying so
 CHANGED = "*"  # marks a parameter that differs from its default, and the best value of a metric
@@ -96,29 +99,25 @@ def run_text(run: dict[str, Any]) -> str:
     parameters = run["parameters"]
     changed = changed_from_defaults(parameters)
     origins = run.get("origins", {})
-    lines += ["", f"parameters ({CHANGED} differs from the default)"]
-    if not parameters:
-        lines.append("  none recorded")
+    lines += ["", f"parameters ({CHANGED} differs from the default; where each value came from)"]
     ordered = sorted(parameters, key=lambda k: (k not in changed, k))
-    width = max((len(k) for k in parameters), default=0)
-    for key in ordered:
-        mark = CHANGED if key in changed else " "
-        origin = origins.get(key) or ""
-        lines.append(f"{mark} {key:<{width}}  {show(parameters[key])}{'  (' + origin + ')' if origin else ''}")
+    rows = [[CHANGED if k in changed else "", k, show(parameters[k]), origins.get(k) or ""] for k in ordered]
+    lines.append(_body(rows, "none recorded"))
     lines += ["", "metrics"]
-    if not run["metrics"]:
-        lines.append("  none recorded")
-    width = max((len(k) for k in run["metrics"]), default=0)
-    for key, value in sorted(run["metrics"].items()):
-        lines.append(f"  {key:<{width}}  {_cell(key, value)}")
-    lines += ["", "artifacts"]
-    if not run["artifacts"]:
-        lines.append("  none recorded")
+    lines.append(_body([["", k, _cell(k, v)] for k, v in sorted(run["metrics"].items())], "none recorded"))
     prefix = f"runs/{run['id']}/"
-    width = max((len(a["key"].removeprefix(prefix)) for a in run["artifacts"]), default=0)
-    for a in run["artifacts"]:
-        lines.append(f"  {a['key'].removeprefix(prefix):<{width}}  {a['bytes']:>12,} B  {a['uri']}")
+    where = next((a["uri"].removesuffix(a["key"].removeprefix(prefix)) for a in run["artifacts"]), "")
+    lines += ["", f"artifacts (in {where})" if where else "artifacts"]
+    rows = [["", a["key"].removeprefix(prefix), f"{a['bytes']:,} B", a["sha256"][:12]] for a in run["artifacts"]]
+    lines.append(_body(rows, "none recorded", right=[False, False, True]))
     return "\n".join(lines)
+
+
+def _body(rows: list[list[str]], empty: str, right: Sequence[bool] = ()) -> str:
+    """Rows under a section title, without a header; a line saying ``empty`` when there are none."""
+    if not rows:
+        return f"  {empty}"
+    return "\n".join(table([""] * len(rows[0]), rows, right).splitlines()[1:])
 
 
 def comparison_text(seen: Comparison) -> str:
@@ -154,3 +153,35 @@ def comparison_text(seen: Comparison) -> str:
         rows.append(row)
     blocks.append("steps (seconds, or the run a step was reused from)" + ("\n" + table(head, rows) if rows else ""))
     return "\n\n".join(blocks)
+
+
+def models_table(found: list[ModelRow]) -> str:
+    """Exported models, newest first: run, name, aliases, key test metrics, and why ``latest``
+    would pass over one."""
+    keys = sorted({k for m in found for k in m.metrics})
+    rows = [
+        [
+            m.id,
+            m.name or "",
+            " ".join(f"@{a}" for a in m.aliases),
+            *[_cell(k, m.metrics[k]) if k in m.metrics else "-" for k in keys],
+            m.doubt or "vouched for",
+        ]
+        for m in found
+    ]
+    return table(["run", "name", "aliases", *keys, "model"], rows, [False, False, False, *[True] * len(keys)])
+
+
+def moves_table(moves: list[Move]) -> str:
+    """Every move of an alias, oldest first: when, who, from which run to which, and why."""
+    rows = [
+        [
+            m.moved_at or "",
+            m.moved_by,
+            m.previous or "-",
+            m.run_id or "(removed)",
+            m.reason or "",
+        ]
+        for m in moves
+    ]
+    return table(["when", "who", "from", "to", "why"], rows)
