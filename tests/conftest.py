@@ -76,15 +76,22 @@ def stage_ctx_factory(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def trained(stage_ctx_factory):
-    """prepare + train (3 epochs) + export once for the unit tests of later stages."""
-    from workbench.config.schema import DataParams, ExportParams, TrainParams
+    """prepare + train (3 epochs) + export + validate once for the unit tests of later stages; each
+    step then stands finished, as its notebook's cells would leave it, so the model is one that
+    `latest` picks and that scores without a warning."""
+    from workbench.config.schema import DataParams, ExportParams, TrainParams, ValidateParams
     from workbench.stages.export_onnx import export_onnx
     from workbench.stages.prepare_data import prepare_data
     from workbench.stages.train import train_model
+    from workbench.stages.validate_mxnet import validate_model
 
     prepare_data(stage_ctx_factory("prepare"), DataParams(), seed=0)
     train = train_model(stage_ctx_factory("train"), TrainParams(epochs=3, batch_size=64, device="cpu"), seed=0)
     exported = export_onnx(stage_ctx_factory("export"), ExportParams())
+    ctx = stage_ctx_factory("validate")
+    validate_model(ctx, ValidateParams()).check()
+    for step in ("prepare", "train", "export", "validate"):
+        ctx.tracker.notebook_step("unit", step, "finished")
     return train, exported
 
 

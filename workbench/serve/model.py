@@ -61,6 +61,7 @@ class ServedModel:
     source: str  # shown at start: "run <id>" or the archive's path
     resolved: str  # serve.model with latest resolved to its run id: what another worker loads
     note: str = ""  # how the backend got the model, when not as stored (an archive exported at start)
+    warning: str = ""  # why a run named by id is not vouched for (failed, stale or never validated)
 
     @property
     def target(self) -> Target:
@@ -167,33 +168,48 @@ def _from_run(store: Store, folder: str, shown: str) -> tuple[Encoding, ModelFil
     return encoding, files
 
 
-def _locate(spec: str, store_uri: str, db: str, backend: str) -> tuple[Encoding, ModelFiles, str, str, str]:
-    """The encoding and model files ``spec`` names, where they are, ``spec`` resolved, and how the
-    files reach the backend."""
-    if not _is_location(spec):
-        if spec == "latest":
-            from workbench.tracking.tracker import Tracker, display_url
+def _run_id(spec: str, db: str) -> tuple[str, str]:
+    """The run ``latest`` or a run id names, and why its model is not vouched for ("" when it is).
 
-            found = Tracker(db, create=False).latest_with_artifacts(ONNX_MODEL.path, ENCODING.path)
-            if found is None:
-                raise TrackingError(
-                    f"{KEY} 'latest': no run in db {display_url(db)!r} has exported a model yet; run "
-                    "`workbench run` first, or set serve.model to a run id, a run folder or a model.tar.gz"
-                )
-            spec = found
+    ``latest`` is the newest run whose export finished and whose parity verdict passed; a run named
+    by id is served whatever its verdict, with a warning."""
+    from workbench.tracking.tracker import Tracker, display_url
+
+    if spec != "latest":
+        try:
+            tracker = Tracker(db, create=False)
+        except TrackingError as exc:  # the store alone can serve a run; its verdict lives in the db
+            return spec, f"its parity verdict cannot be read ({exc})"
+        return spec, (tracker.model_doubts([spec])[spec] or "") if tracker.has_run(spec) else ""
+    found = Tracker(db, create=False).latest_model()
+    if found is None:
+        raise TrackingError(
+            f"{KEY} 'latest': no run in db {display_url(db)!r} has an exported model that passed validation; run "
+            "`workbench run` with every step, or set serve.model to a run id (served with a warning), a run "
+            "folder or a model.tar.gz"
+        )
+    return found, ""
+
+
+def _locate(spec: str, store_uri: str, db: str, backend: str) -> tuple[Encoding, ModelFiles, str, str, str, str]:
+    """The encoding and model files ``spec`` names, where they are, ``spec`` resolved, how the
+    files reach the backend, and why a run's model is not vouched for."""
+    if not _is_location(spec):
+        spec, doubt = _run_id(spec, db)
         encoding, files = _from_run(open_store(store_uri), RunLayout(spec).root + "/", spec)
-        return encoding, files, f"run {spec}", spec, ""
+        warning = f"{KEY} {spec}: {doubt}; served because it is named (latest skips such a model)" if doubt else ""
+        return encoding, files, f"run {spec}", spec, "", warning
     store, name = _split_uri(spec)
     if name:
         encoding, files, note = _from_archive(_archive_files(store.read_bytes(name), spec), spec, backend)
-        return encoding, files, spec, spec, note
+        return encoding, files, spec, spec, note, ""
     if store.exists(ARCHIVE_META):  # an unpacked archive, as SageMaker mounts it
         files_read = {n: store.read_bytes(n) for n in (ARCHIVE_STATE, ARCHIVE_META) if store.exists(n)}
         encoding, files, note = _from_archive(files_read, spec, backend)
-        return encoding, files, spec, spec, note
+        return encoding, files, spec, spec, note, ""
     if store.exists(ENCODING.path):  # a run's folder: <store>/runs/<id>
         encoding, files = _from_run(store, "", spec)
-        return encoding, files, spec, spec, ""
+        return encoding, files, spec, spec, "", ""
     raise ModelError(
         f"{KEY} {spec!r} holds neither {ARCHIVE_META} (an unpacked model.tar.gz) nor {ENCODING.path} (a run's folder)"
     )
@@ -218,7 +234,7 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
     The trial run catches a model whose outputs do not fit its target (a wrong archive, a renamed
     file) at start rather than on every request.
     """
-    encoding, files, source, resolved, note = _locate(spec, store, db, backend)
+    encoding, files, source, resolved, note, warning = _locate(spec, store, db, backend)
     if encoding.target is None:
         raise DataError(f"{KEY} {spec!r}: the encoding has no target; run the prepare step again")
     if backend == "torch":
@@ -236,4 +252,4 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
             f"{KEY} {spec!r}: the model answers shape {list(outputs.shape[1:])} per row but its "
             f"{encoding.target.task} target {encoding.target.name!r} needs {width}"
         )
-    return ServedModel(encoding, predict, backend, source, resolved, note)
+    return ServedModel(encoding, predict, backend, source, resolved, note, warning)

@@ -205,6 +205,8 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
         f"on http://{shown}:{port}" + (f"; {model.note}" if model.note else ""),
         flush=True,
     )
+    if model.warning:
+        print(f"warning: {model.warning}", file=sys.stderr, flush=True)
     spec = WorkerSpec(
         model=model.resolved,
         backend=settings.backend,

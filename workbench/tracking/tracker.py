@@ -37,6 +37,7 @@ from workbench.config.secrets import mask as display_url  # the URL with any pas
 from workbench.config.secrets import mask_value
 from workbench.errors import TrackingError
 from workbench.storage.base import ArtifactInfo
+from workbench.storage.catalog import ENCODING, ONNX_MODEL
 from workbench.tracking.tables import artifacts, file_hashes, metrics, params, run_tags, runs, steps
 
 
@@ -527,9 +528,14 @@ class Tracker:
             "artifacts": list(latest.values()),
         }
 
-    def latest_with_artifacts(self, *suffixes: str) -> str | None:
+    def latest_with_artifacts(self, *suffixes: str, validated: bool = False) -> str | None:
         """The newest run that recorded artifacts with every one of these key suffixes (newest by
-        the first suffix's record): a model is usable only with the inputs it was trained on."""
+        the first suffix's record): a model is usable only with the inputs it was trained on.
+
+        ``validated``: only a run whose model :meth:`model_doubts` has nothing against (what
+        ``latest`` means for scoring and serving): a model that failed validation is never picked
+        because it happens to be the newest.
+        """
         first, *rest = suffixes
         newest = func.max(artifacts.c.id)
         query = select(artifacts.c.run_id).where(artifacts.c.key.endswith("/" + first))
@@ -537,9 +543,52 @@ class Tracker:
             query = query.where(
                 artifacts.c.run_id.in_(select(artifacts.c.run_id).where(artifacts.c.key.endswith("/" + suffix)))
             )
-        query = query.group_by(artifacts.c.run_id).order_by(newest.desc()).limit(1)
+        query = query.group_by(artifacts.c.run_id).order_by(newest.desc())
         with self.engine.connect() as conn:
-            return conn.execute(query).scalar()
+            if not validated:
+                return conn.execute(query.limit(1)).scalar()
+            candidates = list(conn.execute(query).scalars())
+        doubts = self.model_doubts(candidates)
+        return next((run_id for run_id in candidates if doubts[run_id] is None), None)
+
+    def latest_model(self, own: str | None = None) -> str | None:
+        """The run ``latest`` names for scoring and serving: ``own`` (the run asking) when it exported
+        a model itself, so a run scores what it trained; else the newest run whose export finished
+        and whose parity verdict passed, neither stale since (see :meth:`model_doubts`)."""
+        suffixes = (ONNX_MODEL.path, ENCODING.path)
+        if own is not None:
+            with self.engine.connect() as conn:
+                keys = list(conn.execute(select(artifacts.c.key).where(artifacts.c.run_id == own)).scalars())
+            if all(any(key.endswith("/" + suffix) for key in keys) for suffix in suffixes):
+                return own
+        return self.latest_with_artifacts(*suffixes, validated=True)
+
+    def model_doubts(self, run_ids: list[str]) -> dict[str, str | None]:
+        """For each run, why its exported model is not vouched for, or None when it is: its export
+        finished and its parity verdict passed, and neither has gone stale since (train ran again)."""
+        found: dict[str, dict[str, tuple[str, str | None]]] = {run_id: {} for run_id in run_ids}
+        verdict: dict[str, float] = {}
+        last = (
+            select(func.max(metrics.c.id))
+            .where(
+                metrics.c.run_id.in_(run_ids),
+                metrics.c.step == "validate",
+                metrics.c.key == "parity_pass",
+                metrics.c.epoch.is_(None),
+            )
+            .group_by(metrics.c.run_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(steps.c.run_id, steps.c.name, steps.c.status, steps.c.error).where(
+                    steps.c.run_id.in_(run_ids), steps.c.name.in_(("export", "validate"))
+                )
+            )
+            for run_id, name, status, error in rows:
+                found[run_id][name] = (status, error)
+            for run_id, value in conn.execute(select(metrics.c.run_id, metrics.c.value).where(metrics.c.id.in_(last))):
+                verdict[run_id] = value
+        return {run_id: _doubt(found[run_id], verdict.get(run_id)) for run_id in run_ids}
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first, with each run's final metrics."""
@@ -690,6 +739,27 @@ class Tracker:
             delete(file_hashes).where(file_hashes.c.host == host, file_hashes.c.path == path),
             insert(file_hashes).values(host=host, path=path, bytes=size, mtime_ns=mtime_ns, sha256=sha256),
         )
+
+
+def _doubt(steps_found: dict[str, tuple[str, str | None]], parity_pass: float | None) -> str | None:
+    """What stands against a run's model, from its export and validate steps and its last verdict."""
+    export, export_error = steps_found.get("export", ("missing", None))
+    validate, validate_error = steps_found.get("validate", ("missing", None))
+    if export == "stale":
+        return f"its export is stale ({export_error})"
+    if export != "finished":
+        return f"its export step is {export}"
+    if validate == "stale":
+        return f"its parity verdict is stale ({validate_error})"
+    if validate == "missing":
+        return "it has no parity verdict (its validate step never ran)"
+    if parity_pass == 0:
+        return "it failed validation (parity FAIL)"
+    if validate == "failed":
+        return f"its validate step failed ({validate_error})"
+    if validate != "finished" or parity_pass is None:
+        return f"its validate step is {validate}, with no parity verdict"
+    return None
 
 
 def _as_utc(value: datetime) -> datetime:
