@@ -431,7 +431,7 @@ class ServeParams(Section):
     section = "serve"
     model: Text = Field(
         "latest",
-        description="what to serve: latest (newest run with an exported model in store/db), a run id, @NAME (the run "
+        description="what to serve: latest (newest run in store/db whose exported model passed validation), a run id, @NAME (the run "
         "an alias names, followed as it moves), a run's folder, or a SageMaker model.tar.gz or its unpacked folder "
         "(/opt/ml/model); paths or s3:// URIs",
     )
