@@ -78,13 +78,15 @@ def test_outside_a_project_says_where_to_run(tmp_path):
 
 
 def test_db_upgrade_is_the_one_explicit_step(tmp_path):
+    from alembic import command
     from sqlalchemy import create_engine
 
-    from workbench.tracking.tables import metadata
-    from workbench.tracking.tracker import schema_head
+    from workbench.tracking.tracker import _alembic_config, schema_head
 
     url = f"sqlite:///{tmp_path}/old.db"
-    metadata.create_all(create_engine(url))  # tables without a schema version
+    with create_engine(url).begin() as conn:  # the first release's tables, made before migrations existed
+        command.upgrade(_alembic_config(conn), "0001")
+        conn.exec_driver_sql("DROP TABLE alembic_version")
     refused = workbench("runs", "--set", f"db={url}")
     assert refused.code == 1 and refused.stderr.count("\n") == 1
     assert (
