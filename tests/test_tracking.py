@@ -225,3 +225,66 @@ def test_postgres_is_a_full_tracking_db(postgres):
     assert run["artifacts"][0]["bytes"] == 7 and run["steps"][0]["duration_s"] == 1.0
     assert Tracker(url).latest_with_artifacts("train/model.pth") == run_id
     assert Tracker(url).latest_with_artifacts("train/model.pth", "export/model.onnx") is None
+
+
+def _foreign_database(url: str, version: str | None = None) -> None:
+    """Another application's database: its own `runs` table, and maybe its own Alembic version."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE runs (id INTEGER PRIMARY KEY, miles REAL)")
+        conn.exec_driver_sql("INSERT INTO runs VALUES (1, 5.5)")
+        if version:
+            conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{version}')")
+    engine.dispose()
+
+
+def _contents(url: str) -> dict[str, list[tuple]]:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = {name: conn.exec_driver_sql(f"SELECT * FROM {name}").all() for name in inspect(conn).get_table_names()}
+    engine.dispose()
+    return found
+
+
+@pytest.mark.parametrize("version", [None, "ae1027a6acf"], ids=["unversioned", "another-alembic"])
+def test_a_database_of_another_application_is_refused_and_left_alone(fresh_url, version):
+    """`workbench db upgrade` (and every other command) on a database holding tables that are not
+    workbench's: one line, and the database exactly as it was (no alembic_version, no WAL)."""
+    from support.cli import workbench
+
+    _foreign_database(fresh_url, version)
+    before = _contents(fresh_url)
+    for command in (["db", "upgrade"], ["runs"]):
+        result = workbench(*command, f"--set=db={fresh_url}")
+        assert result.code == 1 and result.stderr.count("\n") == 1, result.stderr
+        if version:
+            assert f"is at schema '{version}', which no workbench migration knows" in result.stderr
+        else:
+            assert "holds tables that are not workbench's (runs); nothing was changed" in result.stderr
+    assert _contents(fresh_url) == before
+    if fresh_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(fresh_url.removeprefix("sqlite:///")) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_database_from_before_migrations_is_still_upgraded(tmp_path):
+    """The first schema's tables with no version are workbench's own: stamped, then upgraded."""
+    from sqlalchemy import create_engine
+
+    from workbench.tracking.tracker import FIRST_SCHEMA, schema_head
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for name, columns in FIRST_SCHEMA.items():
+            conn.exec_driver_sql(f"CREATE TABLE {name} ({', '.join(sorted(columns))})")
+    engine.dispose()
+    assert Tracker(url, check=False).upgrade() == schema_head()
+    assert Tracker(url).list_runs() == []

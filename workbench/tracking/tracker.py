@@ -112,6 +112,25 @@ def schema_head() -> str:
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision of the migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(rev.revision for rev in ScriptDirectory.from_config(_alembic_config(None)).walk_revisions())
+
+
+# The tables of the first schema (migration 0001) and their columns: a database holding exactly
+# these, with no version, was made by a workbench from before migrations existed.
+FIRST_SCHEMA = {
+    "runs": {"id", "status", "started_at", "finished_at", "store", "error"},
+    "steps": {"run_id", "name", "position", "status", "started_at", "finished_at", "duration_s", "notebook", "error"},
+    "params": {"run_id", "key", "value", "origin"},
+    "metrics": {"id", "run_id", "step", "key", "value", "epoch"},
+    "artifacts": {"id", "run_id", "step", "key", "uri", "sha256", "bytes", "created_at"},
+}
+
+
 def _revision(connection: Any) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -162,9 +181,11 @@ class Tracker:
             raise TrackingError(
                 f"db {display_url(url)!r} needs the driver {exc.name!r}; install it or pick another URL"
             ) from exc
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
+            self._refuse_foreign()  # before the SQLite pragmas (WAL): a database not ours stays as it was
+            if self.engine.dialect.name == "sqlite":
+                self.engine.dispose()  # the connections made from now on get the pragmas
+                event.listen(self.engine, "connect", _sqlite_pragmas)
             if check:
                 self._check_schema()
             else:
@@ -180,6 +201,37 @@ class Tracker:
             ) from exc
 
     # schema -----------------------------------------------------------------------------------
+    def _refuse_foreign(self) -> None:
+        """Refuse a database that holds another application's tables, before anything is written.
+
+        A database with no workbench schema version may be empty (created here), or hold the
+        tables of a workbench from before migrations (stamped and upgraded); anything else there
+        (an unrelated ``runs`` table, another application's Alembic version) is not ours to change.
+        """
+        with self.engine.connect() as conn:
+            revision = _revision(conn)
+            inspector = inspect(conn)
+            names = set(inspector.get_table_names()) - {"alembic_version"}
+            if revision is None:
+                foreign = sorted(
+                    name
+                    for name in names
+                    if name not in FIRST_SCHEMA
+                    or not FIRST_SCHEMA[name] <= {c["name"] for c in inspector.get_columns(name)}
+                )
+        shown = display_url(self.url)
+        if revision is not None and revision not in known_revisions():
+            raise TrackingError(
+                f"db {shown!r} is at schema {revision!r}, which no workbench migration knows (another application's, "
+                "or a newer workbench's); point db at a database of its own"
+            )
+        if revision is None and foreign:
+            listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise TrackingError(
+                f"db {shown!r} holds tables that are not workbench's ({listed}); nothing was changed: point db at "
+                "a database of its own, or an empty one"
+            )
+
     def _check_schema(self) -> None:
         """A new, empty database is created at the current schema; an older one is never upgraded
         behind the user's back (that can lock or break a shared production database)."""
