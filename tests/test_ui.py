@@ -146,6 +146,12 @@ def recorded(db: str, store: str) -> Recorded:
     for spec in SPECS:
         files = {k: (figure if k.endswith(".png") else v) for k, v in spec.files.items()}
         ids[spec.name] = record(tracker, store, Spec(**{**spec.__dict__, "files": files}))
+    # the second run took its prepare step from the first; the first has a report, and so has the
+    # hostile run, one that holds its name as markup
+    tracker.record_reuse(ids["lr-0.01"], "prepare", ids["lr-0.1"], [], None, 0.2)
+    for name, body in (("lr-0.1", "<img src='../train/fit.png' alt='fit'>"), (HOSTILE, HOSTILE)):
+        report = f"<html><body><h1>report of {name if name != HOSTILE else 'it'}</h1>{body}</body></html>"
+        open_store(store).write_bytes(f"runs/{ids[name]}/report/index.html", report.encode())
     return Recorded(tracker, store, ids)
 
 
@@ -276,6 +282,30 @@ def test_run_page_shows_steps_metrics_curves_parameters_and_artifacts(runs):
     assert f'href="/runs/{run_id}/files/train/model.pth"' in text
     assert f'<img src="/runs/{run_id}/files/train/fit.png"' in text
     assert re.search(r"<td class=\"mono\">train\.width</td><td class=\"mono\">64</td>", text)
+
+
+def test_run_page_shows_its_report_sandboxed_and_the_run_a_step_was_reused_from(runs):
+    first, second = runs.ids["lr-0.1"], runs.ids["lr-0.01"]
+    client = runs.client()
+    page = client.get(f"/runs/{first}").text
+    link = f"/runs/{first}/files/report/index.html"
+    assert f'<iframe class="report" src="{link}" sandbox' in page and f'href="{link}" id="report-link"' in page
+    report = client.get(link)
+    assert report.headers["content-type"] == "text/html; charset=utf-8"
+    assert report.headers["content-security-policy"] == "sandbox" and "report of lr-0.1" in report.text
+    assert client.get(f"/runs/{first}/files/train/fit.png").status_code == 200  # the report's relative figure
+    reused = re.search(r"<tr><td>prepare</td>(.*?)</tr>", client.get(f"/runs/{second}").text, re.DOTALL).group(1)
+    assert f'<a href="/runs/{first}">{first}</a>' in reused
+    assert "report-link" not in client.get(f"/runs/{second}").text  # no report written: no link
+    compared = client.get(f"/compare?runs={first},{second}").text
+    steps = re.search(r'<table id="steps">(.*?)</table>', compared, re.DOTALL).group(1)
+    assert f'reused from <a class="mono" href="/runs/{first}">{first}</a>' in steps
+
+
+def test_pages_allow_no_script(runs):
+    for path in ("/", f"/runs/{runs.ids['lr-0.1']}", f"/compare?runs={runs.ids['lr-0.1']},{runs.ids['lr-0.01']}"):
+        policy = runs.client().get(path).headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src" not in policy, path
 
 
 def test_run_page_shows_the_test_splits_per_class_table_and_confusion_matrix(runs):
@@ -595,12 +625,16 @@ def test_browser_runs_table_sorts_and_filters(browser, live):
 def test_browser_hostile_run_name_renders_as_text(browser, live):
     page = browser.page
     hostile = live.runs.ids[HOSTILE]
-    for path in ("/", f"/runs/{hostile}", f"/compare?runs={hostile},{live.runs.ids['lr-0.1']}"):
+    for path in ("/", f"/compare?runs={hostile},{live.runs.ids['lr-0.1']}", f"/runs/{hostile}"):
         page.goto(live.url + path)
         assert page.evaluate("window.__xss") is None, path
         assert page.locator("script").count() == 0, path
         assert HOSTILE in page.locator("body").inner_text(), path
-    assert browser.problems == []
+    # its report holds the markup as it is: it opens in a sandbox, where its script and handler do not run
+    assert page.frame_locator("iframe.report").locator("h1").inner_text() == "report of it"
+    assert page.frames[1].evaluate("window.__xss") is None
+    blocked = [p for p in browser.problems if "Blocked script execution" in p and "sandboxed" in p]
+    assert blocked and all(p in blocked or "/report/x" in p or "404 (Not Found)" in p for p in browser.problems)
 
 
 @pytest.mark.e2e
@@ -640,3 +674,4 @@ def test_browser_run_page_and_its_download(browser, live):
     assert Path(download.value.path()).read_bytes() == b"weights" * 1000
     # a download leaves the page: chromium reports its navigation as aborted, nothing else went wrong
     assert [p for p in browser.problems if not p.startswith("failed: ") or "model.pth" not in p] == []
+    assert page.frame_locator("iframe.report").locator("img").evaluate("i => i.naturalWidth") > 0

@@ -259,10 +259,14 @@ class UI:
             run = self._run(run_id)
         except TrackingError as exc:
             return self._page("base.html.j2", 404, problem=str(exc))
-        history = run["history"]
+        label = run["name"] or run_id
         curves = [
-            Markup(charts.line_chart(key, [charts.Series(run_id, run["label"], charts.color(0), points)]))
-            for key, points in sorted(history.items())
+            Markup(
+                charts.line_chart(
+                    key, [charts.Series(run_id, label, charts.color(0), [(p["epoch"], p["value"]) for p in points])]
+                )
+            )
+            for key, points in sorted(run["history"].items())
         ]
         artifacts = []
         for a in run["artifacts"]:
@@ -278,7 +282,7 @@ class UI:
             figures=figures,
             tables=self._tables(run_id, run["store"], run["artifacts"]),
             report=report,
-            origins=run.get("origins") or {},
+            origins=run["origins"],
         )
 
     def _tables(
@@ -302,19 +306,9 @@ class UI:
         return found
 
     def _run(self, run_id: str) -> dict[str, Any]:
-        """Everything the run page and ``/api/runs/<id>`` show: the tracker's record of the run with
-        its name and tags, histories as (epoch, value) pairs, and passwords masked."""
-        run = self.tracker.get_run(run_id)
-        row = find_runs(self.tracker, RunQuery(where=(Condition("id", "=", run_id),), limit=1)).rows
-        if row:
-            run.setdefault("name", row[0].name)
-            run.setdefault("tags", row[0].tags)
-        run["history"] = {
-            key: [(p["epoch"], p["value"]) for p in points] for key, points in (run.get("history") or {}).items()
-        }
-        run = _masked(run)
-        run["label"] = run.get("name") or run_id
-        return run
+        """The tracker's record of the run (what ``workbench runs show --json`` prints), passwords
+        masked and values JSON can carry (a diverged loss's NaN becomes null)."""
+        return _masked(self.tracker.get_run(run_id))
 
     def _file_link(self, key: str) -> str | None:
         """The app's URL of a store key under ``runs/<id>/`` (served from that run's recorded store)."""
@@ -427,12 +421,9 @@ class UI:
 
     def api_run(self, request: Request) -> Response:
         try:
-            run = self._run(request.path_params["run_id"])
+            return JSONResponse(self._run(request.path_params["run_id"]))
         except TrackingError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
-        run.pop("label")
-        run["history"] = {key: [{"epoch": e, "value": v} for e, v in points] for key, points in run["history"].items()}
-        return JSONResponse(run)
 
     @staticmethod
     def stylesheet(_request: Request) -> Response:
