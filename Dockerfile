@@ -54,7 +54,7 @@ COPY README.md ./
 COPY workbench ./workbench
 COPY notebooks ./notebooks
 COPY parameters ./parameters
-COPY deploy/entrypoint.sh ./deploy/entrypoint.sh
+COPY deploy/entrypoint.sh deploy/nightly.sh ./deploy/
 RUN pip install --no-deps --no-build-isolation . \
     && workbench kernel \
     && useradd --create-home --uid 1000 workbench \

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The image's entry point. `docker run IMAGE` runs the pipeline (CMD is `run`); any arguments other
-# than `serve` go to the `workbench` command unchanged.
+# The image's entry point. `docker run IMAGE` runs the pipeline (CMD is `run`); `nightly` runs
+# deploy/nightly.sh (train, promote, score); any other arguments than `serve` go to the `workbench`
+# command unchanged.
 #
 # `serve` is how SageMaker starts a hosting container (`docker run IMAGE serve`): it expects the
 # server on 0.0.0.0:8080 and unpacks the endpoint's model.tar.gz into /opt/ml/model. So `serve`
@@ -25,6 +26,11 @@ if [ "${1:-}" = "serve" ]; then
         set -- --set "serve.model=$model" "$@"
     fi
     set -- serve --set serve.host=0.0.0.0 --set "serve.port=$port" "$@"
+fi
+
+if [ "${1:-}" = "nightly" ]; then  # the nightly refresh: train, promote through the gate, score
+    shift
+    exec /bin/sh "$(dirname "$0")/nightly.sh" "$@"
 fi
 
 exec workbench "$@"

@@ -107,6 +107,43 @@ def test_the_image_runs_the_pipeline_by_default(entry):
     assert 'CMD ["run"]' in DOCKERFILE.read_text()
 
 
+def test_nightly_trains_promotes_through_the_gate_and_scores_with_the_champion(tmp_path):
+    """deploy/nightly.sh through the entry point, with a stand-in `workbench` that logs each call,
+    says `run r1 finished` for a run and exits as told for the promotion."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    fake = bin_dir / "workbench"
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        'if [ "$1" = run ]; then echo "run r1 finished"; fi\n'
+        'if [ "$1" = models ]; then exit "${PROMOTE_EXIT:-0}"; fi\n'
+    )
+    fake.chmod(0o755)
+
+    def nightly(**env: str) -> subprocess.CompletedProcess:
+        log.unlink(missing_ok=True)
+        return subprocess.run(
+            ["/bin/sh", str(ROOT / "deploy" / "entrypoint.sh"), "nightly", "-p", "prod.yaml"],
+            capture_output=True,
+            text=True,
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        )
+
+    done = nightly(NIGHTLY_REQUIRE="test_roc_auc>=0.8", PUBLISH_URL="postgresql+psycopg://u@h/db")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "run -p prod.yaml",
+        "models promote r1 --alias champion --better-than champion --metric test_accuracy "
+        "--require test_roc_auc>=0.8 --reason nightly refresh -p prod.yaml",
+        "run --steps score --set score.model_run=@champion -p prod.yaml --set publish.url=postgresql+psycopg://u@h/db",
+    ]
+    held = nightly(PROMOTE_EXIT="1")  # the gate kept the champion: scoring goes on with it
+    assert held.returncode == 0 and log.read_text().splitlines()[-1].startswith("run --steps score")
+    broken = nightly(PROMOTE_EXIT="2")  # a usage error stops the chain
+    assert broken.returncode == 2 and len(log.read_text().splitlines()) == 2
+
+
 def test_serve_binds_port_8080_on_every_interface(entry):
     assert entry("serve") == ["serve", "--set", "serve.host=0.0.0.0", "--set", "serve.port=8080"]
 
@@ -133,7 +170,7 @@ def test_arguments_after_serve_come_last_and_win(entry):
 def test_the_entry_point_is_the_script():
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["/bin/sh", "/app/deploy/entrypoint.sh"]' in text
-    assert "COPY deploy/entrypoint.sh ./deploy/entrypoint.sh" in text
+    assert "COPY deploy/entrypoint.sh deploy/nightly.sh ./deploy/" in text
     assert "EXPOSE 8080" in text
 
 

@@ -1,0 +1,37 @@
+#!/bin/sh
+# The nightly refresh, one command for cron, Airflow and an ECS scheduled task:
+#
+#   deploy/nightly.sh -p parameters/prod.yaml [--set KEY=VALUE ...]
+#
+# 1. `workbench run` trains, reusing every step whose inputs did not change;
+# 2. `workbench models promote` moves @champion to that run only if it beats the current champion
+#    on the same rows (NIGHTLY_METRIC, default test_accuracy) and meets NIGHTLY_REQUIRE if set
+#    (e.g. 'test_roc_auc>=0.80'); a gate that holds the champion back exits 1, which is no failure;
+# 3. `workbench run --steps score` scores score.source with @champion, publishing to PUBLISH_URL when
+#    set (the database's password comes from PGPASSWORD or ~/.pgpass, never from a parameter).
+# The options given (-p, --set) go to every command. Exits non-zero on any other error.
+set -eu
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+workbench run "$@" >"$out" || status=$?
+cat "$out"
+[ "$status" -eq 0 ] || exit "$status"
+run=$(awk '$1 == "run" && NF > 1 { print $2; exit }' "$out")
+[ -n "$run" ] || { echo "nightly: workbench run printed no run id" >&2; exit 1; }
+
+status=0
+if [ -n "${NIGHTLY_REQUIRE:-}" ]; then
+    workbench models promote "$run" --alias champion --better-than champion \
+        --metric "${NIGHTLY_METRIC:-test_accuracy}" --require "$NIGHTLY_REQUIRE" --reason "nightly refresh" "$@" || status=$?
+else
+    workbench models promote "$run" --alias champion --better-than champion \
+        --metric "${NIGHTLY_METRIC:-test_accuracy}" --reason "nightly refresh" "$@" || status=$?
+fi
+[ "$status" -le 1 ] || exit "$status"  # 1: the champion stays; 2 and more: a real error
+
+if [ -n "${PUBLISH_URL:-}" ]; then
+    set -- "$@" --set "publish.url=$PUBLISH_URL"
+fi
+workbench run --steps score --set score.model_run=@champion "$@"
