@@ -309,3 +309,28 @@ def test_a_regression_on_diabetes_has_a_test_score_beside_gradient_boosting(stag
     assert metrics["chance_test_rmse"] == pytest.approx(np.sqrt(np.mean((test.target - train.target.mean()) ** 2)))
     assert held_out.comparison.line.startswith(f"test R² {metrics['test_r2']:.3f}; gradient boosting ")
     assert held_out.per_class is None and ctx.has_artifact("test_plot") and not ctx.has_artifact("per_class")
+
+
+@pytest.mark.e2e
+def test_a_run_without_a_test_split_finishes_and_says_so(place):
+    from support.cli import FEW, checked_output, run_id_of, workbench
+
+    result = workbench("run", *place.sets(*FEW, "data.test_fraction=0"))
+    assert result.code == 0, result.stderr[-2000:]
+    run_id = run_id_of(result.stdout)
+    folder = place.store / "runs" / run_id
+    assert checked_output(folder / "04_validate_mxnet.ipynb").endswith(
+        "test rows: 0\nloses to gradient boosting: False\n"
+    )
+    assert "No test score" in (folder / "report" / "04_validate_mxnet.html").read_text()
+    assert "no score: the prepare step held out no test rows" in (folder / "report" / "index.html").read_text()
+    scored = workbench("run", "--steps", "score", *place.sets(f"score.model_run={run_id}"))
+    assert scored.code == 1
+    assert (
+        scored.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"score.source split:test: run {run_id} held out no test rows (data.test_fraction 0); "
+            "give score.source a table to score"
+        )
+    )
