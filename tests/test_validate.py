@@ -334,3 +334,24 @@ def test_a_run_without_a_test_split_finishes_and_says_so(place):
             "give score.source a table to score"
         )
     )
+
+
+def test_the_report_says_how_the_model_compares_and_flags_a_loss_to_gradient_boosting(tmp_path):
+    from pathlib import Path
+
+    from workbench.run.report import render_report
+    from workbench.storage import open_store
+    from workbench.tracking.tracker import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    store = open_store(str(tmp_path / "store"))
+    run_id = tracker.create_run(store.root, {}, {})
+    tracker.log_metrics(run_id, "prepare", {"classes": 2.0, "rows_test": 120.0})
+    scores = {"test_roc_auc": 0.81, "baseline_test_roc_auc": 0.843, "chance_test_roc_auc": 0.5}
+    tracker.log_metrics(run_id, "validate", scores)
+    index = Path(render_report(run_id, tracker, store)).read_text()
+    assert "On the test split: <b>test ROC AUC 0.810; gradient boosting 0.843; chance 0.500</b>" in index
+    assert "Warnings" in index and "the model loses to gradient boosting on the test split: ROC AUC 0.810" in index
+    tracker.log_metrics(run_id, "validate", {"test_roc_auc": 0.85})
+    index = Path(render_report(run_id, tracker, store)).read_text()
+    assert "test ROC AUC 0.850; gradient boosting 0.843" in index and "Warnings" not in index
