@@ -15,7 +15,6 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from support.cli import ROOT, Place, copy_run, run_id_of, workbench
+from support.server import Server, serving
 from support.tables import churn, penguins
 
 from workbench.errors import DataError
@@ -39,7 +39,6 @@ from workbench.storage.sources import read_source
 from workbench.tracking.tracker import Tracker
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
-START_TIMEOUT = 60
 
 
 # ---- helpers: pipelines, servers, requests -------------------------------------------------------------
@@ -107,74 +106,6 @@ def _pipeline(tmp: Path, table: pd.DataFrame, *settings: str) -> Pipeline:
             stderr=subprocess.STDOUT,
         )
     return Pipeline(place, table, proc, log)
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    line: str  # what it printed at start
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def post(self, path: str, body: bytes | str, content_type: str | None = JSON, **headers: str) -> httpx.Response:
-        if content_type:
-            headers["content-type"] = content_type
-        return httpx.post(self.url + path, content=body, headers=headers, timeout=60)
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics, by name and labels."""
-        text = httpx.get(self.url + "/metrics", timeout=30).text
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return samples
-
-
-def _start(place: Place, log: Path, *settings: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "workbench", "serve", *place.sets("serve.port=0", *settings)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=open(log, "w"),  # the child writes to it for as long as it runs
-        text=True,
-    )
-
-
-@contextmanager
-def serving(place: Place, log: Path, *settings: str) -> Iterator[Server]:
-    """`workbench serve` on a free port, ready (``/ping`` answers 200) when yielded; SIGTERM after."""
-    proc = _start(place, log, *settings)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r" on (http://\S+?)(;|$)", line.strip())
-        assert found, f"no 'serving ... on URL' line; stdout {line!r}, log:\n{log.read_text()[-3000:]}"
-        server = Server(found.group(1), proc, log, line)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(server.url + "/ping", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /ping in time"
-            time.sleep(0.05)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _classes(answer: dict[str, Any]) -> np.ndarray:
@@ -625,7 +556,7 @@ BAD = [
     ("v2 shape and data", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": [0] * 64}]}), JSON, {}, 400, r"^input 'x': shape \[2, 64\] holds 128 elements, but 64 came$"),
     ("v2 no rows", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [0, 64], "datatype": "FP32", "data": []}]}), JSON, {}, 400, r"^the request holds no rows$"),
     ("v2 unknown output", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}], "outputs": [{"name": "logits"}]}), JSON, {}, 400, r"^output 'logits' is not served; ask for 'predicted' or 'probabilities'$"),
-    ("v2 unknown version", "/v2/models/workbench/versions/2/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}), JSON, {}, 404, r"^model 'workbench' has no version '2'; it has '1'$"),
+    ("v2 unknown version", "/v2/models/workbench/versions/2/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}), JSON, {}, 404, r"^model 'workbench' has no version '2'; it has '[0-9a-z-]+' \(its run id\)$"),
     ("v2 beyond UINT8", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "UINT8", "data": [300] * 64}]}), JSON, {}, 400, r"^input 'x' is UINT8, but holds 300; send whole numbers from 0 to 255$"),
     ("v2 fraction as INT64", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "INT64", "data": [3.7] * 64}]}), JSON, {}, 400, r"^input 'x' is INT64, but holds 3.7; send whole numbers"),
     ("v2 beyond FP32", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [1e39] * 64}]}), JSON, {}, 400, r"^input 'x': 1e\+39 is beyond FP32's range; send FP64$"),
@@ -756,7 +687,7 @@ def test_start_errors_are_one_line_before_anything_listens(digits, tmp_path):
     mistyped = Place(tmp_path / "empty", f"sqlite:///{tmp_path}/typo/tracking.db")
     cases = {
         "missing run": (digits.place, ["serve.model=nope"], 1, r"^error: serve\.model 'nope': no exported model"),
-        "no run yet": (empty, [], 1, r"^error: serve\.model 'latest': no run in db .* has exported a model yet"),
+        "no run yet": (empty, [], 1, r"^error: serve\.model 'latest': no run in db .* has an exported model that passed validation"),
         "no db": (mistyped, [], 1, r"^error: db .*: no tracking database at .*/typo/tracking\.db; check the db parameter"),
         "missing file": (digits.place, [f"serve.model={tmp_path}/model.tar.gz"], 1, r"^error: serve\.model .*: no such file or folder"),
         "port in use": (digits.place, [f"serve.model={digits.run_id}", f"serve.port={port}"], 2, rf"^error: serve\.port {port} on 127\.0\.0\.1 is in use"),

@@ -12,13 +12,14 @@ the rest of the answer. Starlette serves the other routes, and wrong methods on 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,8 +114,23 @@ class ClientGone(Exception):
     """The client closed the connection before its body arrived: nobody to answer."""
 
 
+class Loaded:
+    """A model ready to answer: its encoder, its batcher and its v2 metadata.
+
+    A request takes the one serving when it is admitted and keeps it to its answer, so a model
+    swapped in meanwhile (see :meth:`Service.swap`) never meets rows encoded for another."""
+
+    def __init__(self, model: ServedModel, name: str, batcher: Batcher) -> None:
+        self.model = model
+        self.target = model.target
+        self.encoder = RowEncoder(model.encoding)
+        self.batcher = batcher
+        self.metadata = orjson.dumps(model_metadata(name, model.encoding, model.backend, model.version))
+
+
 class Service:
-    """One model behind the routes: its encoder, batcher, metrics and the admission state."""
+    """The model behind the routes (swapped when the alias it came from moves), the metrics and the
+    admission state."""
 
     def __init__(
         self,
@@ -126,17 +142,50 @@ class Service:
         max_queue: int,
         max_body_mb: float,
     ) -> None:
-        self.model = model
         self.name = name
-        self.encoder = RowEncoder(model.encoding)
         self.metrics = Metrics()
         self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.max_body = int(max_body_mb * 2**20)
-        self.batcher: Batcher | None = None
         self.draining = False
         self.inflight = 0
-        self.metadata = orjson.dumps(model_metadata(name, model.encoding, model.backend))
+        self.live = self._loaded(model)
+        self._retiring: set[asyncio.Task[None]] = set()  # swapped-out batchers answering what they hold
+
+    @property
+    def model(self) -> ServedModel:
+        return self.live.model
+
+    def _loaded(self, model: ServedModel) -> Loaded:
+        score = scorer(model.predict, model.target)
+        batcher = Batcher(score, self.max_batch, self.max_delay, self.metrics, Scored.join, on_batch=self.gauges)
+        return Loaded(model, self.name, batcher)
+
+    def start(self) -> None:
+        """Start the batcher (on the event loop the app runs on)."""
+        self.live.batcher.start()
+        self.metrics.model_info.labels(self.live.model.resolved).set(1)
+
+    def swap(self, model: ServedModel) -> None:
+        """Serve ``model`` from the next request admitted on; the requests admitted before are
+        answered by the model they were admitted to, whose batcher then stops. One assignment on
+        the event loop, so each request sees one model or the other, whole."""
+        loaded = self._loaded(model)
+        loaded.batcher.start()
+        old, self.live = self.live, loaded
+        self.metrics.model_info.labels(old.model.resolved).set(0)
+        self.metrics.model_info.labels(model.resolved).set(1)
+        # a task of its own: cancelling whoever swapped (a stopping server) must not cut these answers
+        task = asyncio.get_running_loop().create_task(old.batcher.close(), name="retiring batcher")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        """Answer every request admitted, on whichever model it was admitted to, then stop the batchers."""
+        self.drain()
+        await self.live.batcher.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
 
     def drain(self) -> None:
         """Stop taking requests (readiness false, new requests 503); admitted ones are still answered."""
@@ -180,6 +229,7 @@ class Service:
         scope: Scope,
         receive: Receive,
         send: Send,
+        live: Loaded,
         encode: Callable[[bytes, dict[str, str]], tuple[np.ndarray, Any]],
         answer: Callable[[Scored, Any], tuple[bytes, list[tuple[bytes, bytes]]]],
         prepare: Callable[[dict[str, str]], None] | None = None,
@@ -192,8 +242,7 @@ class Service:
             self.metrics.rejected.inc()
             message = f"{self.inflight} requests are waiting (serve.max_queue); retry after {RETRY_AFTER} s"
             return await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
-        batcher = self.batcher
-        assert batcher is not None
+        batcher = live.batcher
         self.inflight += 1
         batcher.arrived()
         submitted = False
@@ -224,8 +273,7 @@ class Service:
         """The gauges set to now: at every backend call and every scrape, not per request (with
         several workers each writes its own, and a scrape sums them)."""
         self.metrics.inflight.set(self.inflight)
-        if self.batcher is not None:
-            self.metrics.queue_rows.set(self.batcher.queued_rows)
+        self.metrics.queue_rows.set(self.live.batcher.queued_rows)
 
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
@@ -235,26 +283,29 @@ class Service:
         return await _send(send, 200, b"", [])
 
     async def invocations(self, scope: Scope, receive: Receive, send: Send) -> int:
-        target = self.model.target
+        live = self.live
+        target = live.target
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
             offer = _negotiate(headers.get("accept"))  # a 406 before the rows are encoded
-            return invocation_input(body, headers.get("content-type"), self.encoder), offer
+            return invocation_input(body, headers.get("content-type"), live.encoder), offer
 
         def answer(scored: Scored, offer: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             return invocation_answer(scored, target, offer), [(b"content-type", offer[2].encode())]
 
-        return await self._predict(scope, receive, send, encode, answer)
+        return await self._predict(scope, receive, send, live, encode, answer)
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------
 
-    def _known(self, params: dict[str, str]) -> None:
-        """The path names this server's model, and its one version where it names a version."""
+    def _known(self, params: dict[str, str], live: Loaded) -> None:
+        """The path names this server's model, and where it names a version, the one serving: its
+        run id, or ``1`` as before versions were runs (a client asking for ``1`` gets whichever serves)."""
         asked, version = params["name"], params.get("version", VERSION)
         if asked != self.name:
             raise RequestError(404, f"no model {shown(asked)} here; this server serves {self.name!r}")
-        if version != VERSION:
-            raise RequestError(404, f"model {self.name!r} has no version {shown(version)}; it has {VERSION!r}")
+        if version != VERSION and version != live.model.version:
+            has = f"{live.model.version!r} (its run id)" if live.model.run else repr(VERSION)
+            raise RequestError(404, f"model {self.name!r} has no version {shown(version)}; it has {has}")
 
     async def server_metadata(self, request: Request) -> Response:
         from workbench import __version__
@@ -271,15 +322,16 @@ class Service:
         return Response(b'{"ready":true}', media_type="application/json")
 
     async def model_metadata(self, request: Request) -> Response:
+        live = self.live
         try:
-            self._known(request.path_params)
+            self._known(request.path_params, live)
         except RequestError as exc:
             return error_response(exc.status, exc.message)
-        return Response(self.metadata, media_type="application/json")
+        return Response(live.metadata, media_type="application/json")
 
     async def model_ready(self, request: Request) -> Response:
         try:
-            self._known(request.path_params)
+            self._known(request.path_params, self.live)
         except RequestError as exc:
             return error_response(exc.status, exc.message)
         body = orjson.dumps({"name": self.name, "ready": not self.draining})
@@ -288,21 +340,22 @@ class Service:
         return Response(body, media_type="application/json")
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> int:
-        target = self.model.target
+        live = self.live
+        target = live.target
 
         def prepare(headers: dict[str, str]) -> None:
-            self._known(scope["path_params"])
+            self._known(scope["path_params"], live)
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
             request = parse_infer(body, headers.get(HEADER_LENGTH))
             check_outputs(request, target)
-            return infer_input(request, self.encoder), request
+            return infer_input(request, live.encoder), request
 
         def answer(scored: Scored, request: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-            body, headers = infer_answer(request, scored, target, self.name)
+            body, headers = infer_answer(request, scored, target, self.name, live.model.version)
             return body, [(k.encode(), v.encode()) for k, v in headers.items()]
 
-        return await self._predict(scope, receive, send, encode, answer, prepare)
+        return await self._predict(scope, receive, send, live, encode, answer, prepare)
 
     # ---- metrics -----------------------------------------------------------------------------------
 
@@ -447,25 +500,26 @@ class _Asgi:
         await self.handler(scope, receive, send)
 
 
-def create_app(service: Service) -> ASGIApp:
-    """The ASGI app of ``service``; its lifespan starts the batcher and, at shutdown, drains it."""
+def create_app(service: Service, background: Sequence[Callable[[], Awaitable[None]]] = ()) -> ASGIApp:
+    """The ASGI app of ``service``; its lifespan starts the batcher and the ``background`` tasks
+    (following an alias) and, at shutdown, cancels those and drains the batcher."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        score = scorer(service.model.predict, service.model.target)
-        service.batcher = Batcher(
-            score, service.max_batch, service.max_delay, service.metrics, Scored.join, on_batch=service.gauges
-        )
-        service.batcher.start()
+        service.start()
         # what was loaded (pandas, onnxruntime, the model) lives until exit: keep it out of the
         # collector's full passes, which would otherwise walk it all every few thousand requests
         gc.collect()
         gc.freeze()
+        tasks = [asyncio.get_running_loop().create_task(job()) for job in background]
         try:
             yield
         finally:
             service.drain()
-            await service.batcher.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await service.close()
 
     s = service
     get: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [

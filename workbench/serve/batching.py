@@ -96,7 +96,9 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def close(self) -> None:
-        """Answer everything queued, then stop: a request admitted before shutdown gets its answer."""
+        """Answer everything queued and every request still arriving (admitted, its body being read),
+        then stop: a request admitted before shutdown, or before its model was swapped out, gets its
+        answer."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
@@ -192,7 +194,7 @@ class Batcher:
         while True:
             if call is None:
                 if not self._queue:
-                    if self._closing:
+                    if self._closing and not self.arriving:
                         return
                     self._wake.clear()
                     await self._wake.wait()

@@ -56,6 +56,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.model_info = Gauge(
+            "workbench_serve_model_info",
+            "1 for the run being served (its id, or the model's path when not a run's), 0 for one served before",
+            ["run"],
+            registry=r,
+            multiprocess_mode="livemax",  # workers following an alias may serve two runs for a moment
+        )
+        self.reloads = Counter(
+            "workbench_serve_reloads",
+            "models loaded because the alias in serve.model moved, by outcome: ok (swapped in) or failed (kept the old)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self.reloads.labels(outcome)
         self.rejected = Counter(
             "workbench_serve_rejected", "prediction requests refused with 429 because the queue was full", registry=r
         )

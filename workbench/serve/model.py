@@ -1,9 +1,9 @@
 """The model a server answers with: found from ``serve.model``, loaded into a backend, checked once.
 
-``serve.model`` names a run (``latest``, or a run id, read from ``store`` and ``db`` like batch
-scoring reads ``score.model_run``), a run's folder (``<store>/runs/<id>``), or a SageMaker
-``model.tar.gz`` or its unpacked folder (what SageMaker mounts at ``/opt/ml/model``), each a local
-path or an ``s3://`` URI. Everything is read and loaded before the server listens, so a model that
+``serve.model`` names a run (``latest``, a run id, or ``@NAME``, the run an alias names, read from
+``store`` and ``db`` like batch scoring reads ``score.model_run``), a run's folder
+(``<store>/runs/<id>``), or a SageMaker ``model.tar.gz`` or its unpacked folder (what SageMaker
+mounts at ``/opt/ml/model``), each a local path or an ``s3://`` URI. Everything is read and loaded before the server listens, so a model that
 cannot serve stops the start with one line instead of failing every request.
 """
 
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,7 +31,7 @@ from workbench.ml.runtimes import (
     one_line,
 )
 from workbench.storage import open_store
-from workbench.storage.base import Store
+from workbench.storage.base import Store, verified
 from workbench.storage.catalog import (
     ARCHIVE_META,
     ARCHIVE_STATE,
@@ -48,6 +49,7 @@ from workbench.storage.catalog import (
 
 KEY = "serve.model"
 ARCHIVE = suffix(SAGEMAKER_ARCHIVE.format)  # what a SageMaker model archive's name ends with
+DEFAULT_VERSION = "1"  # the v2 version of a model that is not a run's (and what older clients ask for)
 ARCHIVE_OPSET = 17  # an archive's model exported for onnxruntime at start; MXNet takes 12 at most
 
 
@@ -59,9 +61,15 @@ class ServedModel:
     predict: Predict
     backend: str
     source: str  # shown at start: "run <id>" or the archive's path
-    resolved: str  # serve.model with latest resolved to its run id: what another worker loads
+    resolved: str  # serve.model with latest or @NAME resolved to its run id: what another worker loads
     note: str = ""  # how the backend got the model, when not as stored (an archive exported at start)
     warning: str = ""  # why a run named by id is not vouched for (failed, stale or never validated)
+    run: str = ""  # the run whose model this is ("" for an archive or a folder): the v2 version
+
+    @property
+    def version(self) -> str:
+        """The model's version on the v2 routes: its run id, or ``1`` for a model not read from a run."""
+        return self.run or DEFAULT_VERSION
 
     @property
     def target(self) -> Target:
@@ -145,12 +153,19 @@ def _from_archive(files: dict[str, bytes], spec: str, backend: str) -> tuple[Enc
     return encoding, ModelFiles(onnx=onnx_bytes, torch=lambda: (config, state)), note
 
 
-def _from_run(store: Store, folder: str, shown: str) -> tuple[Encoding, ModelFiles]:
-    """A run's artifacts under ``folder`` of ``store`` (``runs/<id>/``, or ``""`` for the run's own folder)."""
+def _from_run(
+    store: Store, folder: str, shown: str, recorded: Callable[[str], str | None] | None = None
+) -> tuple[Encoding, ModelFiles]:
+    """A run's artifacts under ``folder`` of ``store`` (``runs/<id>/``, or ``""`` for the run's own folder);
+    with ``recorded`` (an artifact key's sha256 in the tracking db), a model file that is not the
+    one the run wrote is refused."""
 
     @functools.cache  # model.pth is read for the export check and again by the torch backend
     def read(item: Artifact) -> bytes:
-        return store.read_bytes(folder + item.path)
+        data = store.read_bytes(folder + item.path)
+        if recorded is None or item not in (ONNX_MODEL, MODEL_STATE):
+            return data
+        return verified(data, recorded(folder + item.path), store.uri(folder + item.path))
 
     if not store.exists(folder + ONNX_MODEL.path) or not store.exists(folder + ENCODING.path):
         where = f"{store.root}/{folder}".rstrip("/")
@@ -169,12 +184,18 @@ def _from_run(store: Store, folder: str, shown: str) -> tuple[Encoding, ModelFil
 
 
 def _run_id(spec: str, db: str) -> tuple[str, str]:
-    """The run ``latest`` or a run id names, and why its model is not vouched for ("" when it is).
+    """The run ``latest``, ``@NAME`` or a run id names, and why its model is not vouched for ("" when it is).
 
     ``latest`` is the newest run whose export finished and whose parity verdict passed; a run named
-    by id is served whatever its verdict, with a warning."""
+    by id is served whatever its verdict, with a warning; so is the run an alias names (an alias is
+    set only on a vouched-for model, but its parity may have gone stale since)."""
+    from workbench.tracking.aliases import is_alias, resolve
     from workbench.tracking.tracker import Tracker, display_url
 
+    if is_alias(spec):
+        tracker = Tracker(db, create=False)
+        spec = resolve(tracker, spec, key=KEY)
+        return spec, tracker.model_doubts([spec])[spec] or ""
     if spec != "latest":
         try:
             tracker = Tracker(db, create=False)
@@ -191,12 +212,22 @@ def _run_id(spec: str, db: str) -> tuple[str, str]:
     return found, ""
 
 
+def _recorded(db: str) -> Callable[[str], str | None]:
+    """The sha256 the tracking db recorded for an artifact key; None for every key when there is no db."""
+    from workbench.tracking.tracker import Tracker
+
+    try:
+        return Tracker(db, create=False).recorded_sha256
+    except TrackingError:  # the store alone can serve a run
+        return lambda key: None
+
+
 def _locate(spec: str, store_uri: str, db: str, backend: str) -> tuple[Encoding, ModelFiles, str, str, str, str]:
     """The encoding and model files ``spec`` names, where they are, ``spec`` resolved, how the
     files reach the backend, and why a run's model is not vouched for."""
     if not _is_location(spec):
         spec, doubt = _run_id(spec, db)
-        encoding, files = _from_run(open_store(store_uri), RunLayout(spec).root + "/", spec)
+        encoding, files = _from_run(open_store(store_uri), RunLayout(spec).root + "/", spec, _recorded(db))
         warning = f"{KEY} {spec}: {doubt}; served because it is named (latest skips such a model)" if doubt else ""
         return encoding, files, f"run {spec}", spec, "", warning
     store, name = _split_uri(spec)
@@ -252,4 +283,5 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
             f"{KEY} {spec!r}: the model answers shape {list(outputs.shape[1:])} per row but its "
             f"{encoding.target.task} target {encoding.target.name!r} needs {width}"
         )
-    return ServedModel(encoding, predict, backend, source, resolved, note, warning)
+    run = "" if _is_location(spec) else resolved
+    return ServedModel(encoding, predict, backend, source, resolved, note, warning, run)

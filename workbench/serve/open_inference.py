@@ -48,8 +48,9 @@ DTYPES: dict[str, np.dtype] = {
 COLUMN_TYPES = {"numeric": "FP64", "boolean": "BOOL", "category": "BYTES", "date": "BYTES"}
 
 
-def model_metadata(name: str, encoding: Encoding, backend: str) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: the inputs one per training column, and the outputs."""
+def model_metadata(name: str, encoding: Encoding, backend: str, version: str = VERSION) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: the inputs one per training column, the outputs, and the version
+    serving (a run id)."""
     target = encoding.target
     assert target is not None
     inputs = [
@@ -60,7 +61,7 @@ def model_metadata(name: str, encoding: Encoding, backend: str) -> dict[str, Any
         outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(target.classes or [])]})
     return {
         "name": name,
-        "versions": [VERSION],
+        "versions": [version],
         "platform": f"workbench_{backend}",
         "inputs": inputs,
         "outputs": outputs,
@@ -326,7 +327,7 @@ def check_outputs(request: InferRequest, target: Target) -> None:
 
 
 def infer_answer(
-    request: InferRequest, scored: Scored, target: Target, model_name: str
+    request: InferRequest, scored: Scored, target: Target, model_name: str, version: str = VERSION
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON then binary tensors when asked for (the outputs
     asked for were checked by :func:`check_outputs`)."""
@@ -359,7 +360,7 @@ def infer_answer(
         else:
             tensor["data"] = data if datatype == "BYTES" else data.reshape(-1)
         tensors.append(tensor)
-    answer: dict[str, Any] = {"model_name": model_name, "model_version": VERSION, "outputs": tensors}
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": tensors}
     if request.id is not None:
         answer["id"] = request.id
     head = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)

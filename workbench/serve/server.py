@@ -4,7 +4,8 @@ The model is loaded and the port bound before anything listens, so a missing mod
 use or a bad value ends the command with one line and a non-zero exit, never a half-started server.
 SIGTERM (how SageMaker, ECS and Kubernetes stop a container) and Ctrl-C make readiness false,
 refuse new requests with 503, answer every admitted request, and exit 0. With ``serve.workers`` > 1
-the port is shared by that many processes, each with its own model and batcher.
+the port is shared by that many processes, each with its own model and batcher. With
+``serve.model=@NAME`` each of them follows the alias (see :mod:`workbench.serve.follow`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -28,6 +30,7 @@ from workbench.serve.metrics import MULTIPROCESS_DIR
 if TYPE_CHECKING:
     from workbench.config.schema import ServeParams
     from workbench.serve.app import Service
+    from workbench.serve.model import ServedModel
 
 log = logging.getLogger("workbench.serve")
 
@@ -39,7 +42,7 @@ STARTING = 30.0  # seconds: a worker dying sooner after its start is not restart
 class WorkerSpec:
     """What a worker process needs to load the same model (picklable: spawned processes get a copy)."""
 
-    model: str  # resolved: a run id for ``latest``, so every worker serves the same run
+    model: str  # resolved: a run id for ``latest`` or ``@NAME``, so every worker starts with the same run
     backend: str
     store: str
     db: str
@@ -49,6 +52,8 @@ class WorkerSpec:
     max_queue: int
     max_body_mb: float
     threads: int
+    follow: str = ""  # the alias in serve.model (``@NAME``), followed by each worker; "" for any other model
+    reload_s: float = 0.0
 
 
 def bind(host: str, port: int, section: str = "serve") -> socket.socket:
@@ -103,7 +108,20 @@ def _service(spec: WorkerSpec, model: object | None = None) -> Service:
     )
 
 
-def _run(service: Service, sock: socket.socket) -> bool:
+def _background(service: Service, spec: WorkerSpec) -> list[Callable[[], Awaitable[None]]]:
+    """What runs beside the routes: following the alias, when serve.model names one and reload_s is set."""
+    if not spec.follow or not spec.reload_s:
+        return []
+    from workbench.serve.follow import Follower
+    from workbench.serve.model import load_model
+
+    def load(run_id: str) -> ServedModel:
+        return load_model(run_id, spec.backend, spec.store, spec.db, spec.threads)
+
+    return [Follower(service, spec.follow, spec.reload_s, spec.db, load).run]
+
+
+def _run(service: Service, sock: socket.socket, spec: WorkerSpec) -> bool:
     """Serve on ``sock`` until a signal, then drain; whether the server started at all."""
     import uvicorn
 
@@ -115,7 +133,7 @@ def _run(service: Service, sock: socket.socket) -> bool:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, _background(service, spec)),
         log_config=None,
         access_log=False,  # one line per request would cost more than answering it; errors are logged
         lifespan="on",
@@ -136,7 +154,7 @@ def _worker(spec: WorkerSpec, sock: socket.socket) -> None:
     _logging()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stopped while loading the model: nothing to drain yet
         signal.signal(sig, lambda *_: sys.exit(0))
-    if not _run(_service(spec), sock):
+    if not _run(_service(spec), sock, spec):
         sys.exit(1)
 
 
@@ -193,6 +211,7 @@ def _supervise(spec: WorkerSpec, sock: socket.socket, workers: int) -> int:
 def serve(settings: ServeParams, store: str, db: str) -> int:
     """Load the model, bind the port, serve; 0 after a requested stop with every answer sent."""
     from workbench.serve.model import backend_threads, load_model
+    from workbench.tracking.aliases import is_alias
 
     _logging()
     threads = backend_threads(settings.workers)
@@ -200,9 +219,14 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    follow = settings.model.strip() if is_alias(settings.model.strip()) else ""
+    notes = [model.note] if model.note else []
+    if follow:
+        every = f"following {follow} every {settings.reload_s:g} s"
+        notes.append(every if settings.reload_s else f"not following {follow} (serve.reload_s=0)")
     print(
         f"serving {model.source} ({model.target.task}, {len(model.encoding.inputs)} columns) with {model.backend} "
-        f"on http://{shown}:{port}" + (f"; {model.note}" if model.note else ""),
+        f"on http://{shown}:{port}" + "".join(f"; {note}" for note in notes),
         flush=True,
     )
     if model.warning:
@@ -218,11 +242,13 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
         max_queue=settings.max_queue,
         max_body_mb=settings.max_body_mb,
         threads=threads,
+        follow=follow,
+        reload_s=settings.reload_s,
     )
     if settings.workers > 1:
         del model  # each worker loads its own
         return _supervise(spec, sock, settings.workers)
-    if not _run(_service(spec, model), sock):
+    if not _run(_service(spec, model), sock, spec):
         return 1
     log.info("stopped")
     return 0

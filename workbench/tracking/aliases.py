@@ -81,6 +81,17 @@ def resolve(tracker: Tracker, spec: str, key: str = "model") -> str:
     return known[name]
 
 
+def pointing(tracker: Tracker, spec: str, key: str = "model") -> tuple[str, str | None]:
+    """The run ``@NAME`` points at and when it was set there: a server following the alias tries a
+    model that failed to load again once the alias is set again, to the same run or another."""
+    name = alias_name(spec, key)
+    with tracker.engine.connect() as conn:
+        row = conn.execute(select(aliases.c.run_id, aliases.c.moved_at).where(aliases.c.name == name)).first()
+    if row is None:
+        return resolve(tracker, spec, key), None  # the one line listing the aliases there are
+    return row.run_id, _iso(row.moved_at)
+
+
 def _exported(tracker: Tracker, run_id: str) -> str | None:
     """Why ``run_id``'s model may not carry an alias, or None when it may."""
     if not tracker.has_run(run_id):
