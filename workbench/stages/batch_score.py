@@ -26,6 +26,7 @@ from workbench.ml.encoding import Encoding, Target
 from workbench.ml.runtimes import ModelFiles, Predict, check_exported_weights, load_backend, top_class
 from workbench.progress import progress as progress_bar
 from workbench.storage import scratch
+from workbench.storage.base import verified
 from workbench.storage.catalog import (
     CLASSES_PLOT,
     ENCODING,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
     from workbench.config.schema import PublishParams, ScoreParams
     from workbench.run.context import StepContext
+    from workbench.storage.catalog import Artifact
 
 
 SOURCE_KEY = "score.source"
@@ -77,12 +79,18 @@ class DataWarning(UserWarning):
 
 
 def predictor(ctx: StepContext, backend: str, model_run: str) -> Predict:
-    """``backend`` from the runtimes' registry, loading the files of ``model_run`` it needs."""
-    state = functools.cache(lambda: ctx.load(MODEL_STATE, run=model_run))  # read once, checked and loaded
+    """``backend`` from the runtimes' registry, loading the files of ``model_run`` it needs, each
+    refused unless it is the file the run recorded (its sha256)."""
+
+    def load(item: Artifact) -> bytes:
+        key = ctx.key(item, run=model_run)
+        return verified(ctx.load(item, run=model_run), ctx.tracker.recorded_sha256(key), ctx.store.uri(key))
+
+    state = functools.cache(lambda: load(MODEL_STATE))  # read once, checked and loaded
     if ctx.has_artifact(EXPORT_INFO, run=model_run):
         check_exported_weights(ctx.load_artifact(EXPORT_INFO, run=model_run), state(), model_run)
     files = ModelFiles(
-        onnx=lambda: ctx.load(ONNX_MODEL, run=model_run),
+        onnx=lambda: load(ONNX_MODEL),
         torch=lambda: (ctx.load_artifact(MODEL_CONFIG, run=model_run), state()),
     )
     return load_backend(backend, files)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from workbench.errors import StoreError
+
 
 @dataclass(frozen=True)
 class ArtifactInfo:
@@ -20,6 +22,20 @@ class ArtifactInfo:
     uri: str
     sha256: str
     bytes: int
+
+
+def verified(data: bytes, recorded: str | None, uri: str) -> bytes:
+    """``data`` as read back, refused unless its sha256 is the one recorded when it was written: a
+    model file changed or replaced after its run (by hand, by another tool) is never scored or
+    served as the run's. ``recorded`` None (nothing recorded) lets it pass."""
+    if recorded is not None:
+        found = hashlib.sha256(data).hexdigest()
+        if found != recorded:
+            raise StoreError(
+                f"{uri}: its sha256 {found[:12]}... is not the {recorded[:12]}... recorded when the run wrote it, "
+                "so it was changed or replaced since; run that step again, or restore the file"
+            )
+    return data
 
 
 @dataclass(frozen=True)

@@ -580,6 +580,13 @@ class Tracker:
             "artifacts": list(latest.values()),
         }
 
+    def recorded_sha256(self, key: str) -> str | None:
+        """The sha256 recorded for the artifact ``key`` (``runs/<id>/<step>/<file>``) when it was
+        last written, or None when none was recorded."""
+        query = select(artifacts.c.sha256).where(artifacts.c.key == key).order_by(artifacts.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
     def latest_with_artifacts(self, *suffixes: str, validated: bool = False) -> str | None:
         """The newest run that recorded artifacts with every one of these key suffixes (newest by
         the first suffix's record): a model is usable only with the inputs it was trained on.
