@@ -656,7 +656,12 @@ def test_browser_compare_page_draws_its_curves(browser, live, tmp_path):
             assert box and box["width"] > 100  # drawn across the epochs, not a point
     assert page.locator("#parallel polyline.run-line").count() == 3
     assert page.locator("#legend [data-run]").count() == 3
-    assert _broken_images(page) == 0 and page.locator(".figures img").count() == 2
+    figures = page.locator(".figures img")
+    assert figures.count() == 2
+    for i in range(2):  # loaded lazily: scrolled to, each decodes to a picture
+        figures.nth(i).scroll_into_view_if_needed()
+        assert figures.nth(i).evaluate("i => i.decode().then(() => i.naturalWidth)") > 0
+    assert _broken_images(page) == 0
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert browser.problems == []

@@ -352,7 +352,9 @@ class UI:
         everything = {key: _masked(values) for key, values in comparison.params.items()}
         differing = {k: v for k, v in everything.items() if len({json.dumps(x, sort_keys=True) for x in v}) > 1}
         params = list((everything if show_all else differing).items())
-        metrics = [(key, line.values, set(line.best)) for key, line in comparison.metrics.items()]
+        rows = [(key, line.values, set(line.best), line.better) for key, line in comparison.metrics.items()]
+        metrics = [row[:3] for row in rows if row[3] is not None]  # scores: one way is better
+        others = [row[:3] for row in rows if row[3] is None]
         curves = [
             Markup(
                 charts.line_chart(
@@ -369,10 +371,10 @@ class UI:
                 (m for m in DEFAULT_COLUMNS if m in comparison.metrics), metric_keys[0] if metric_keys else ""
             )
         axes = [a for a in _listed(request, "axes") if a in everything] or list(differing)[:MAX_AXES]
-        lines = [charts.Axis(key, everything[key]) for key in axes]
+        scales = [charts.Axis(key, everything[key]) for key in axes]
         if metric:
-            lines.append(charts.Axis(metric, comparison.metrics[metric].values))
-        parallel = charts.parallel_coordinates(lines, [(r["id"], r["label"], r["color"]) for r in refs])
+            scales.append(charts.Axis(metric, comparison.metrics[metric].values))
+        parallel = charts.parallel_coordinates(scales, [(r["id"], r["label"], r["color"]) for r in refs])
         figures = [
             (title, [(r, self._file_link(f.key) if f else None) for r, f in zip(refs, per_run, strict=True)])
             for title, per_run in comparison.figures.items()
@@ -383,6 +385,7 @@ class UI:
             "show_all": show_all,
             "toggle_all": _link(request, all=None if show_all else "1"),
             "metrics": metrics,
+            "others": others,
             "steps": list(comparison.steps.items()),
             "curves": curves,
             "parallel": Markup(parallel),
@@ -391,7 +394,6 @@ class UI:
             "metric_keys": metric_keys,
             "param_keys": list(everything),
             "figures": figures,
-            "figures_title": "Figures",
         }
 
     def file(self, request: Request) -> Response:

@@ -41,8 +41,23 @@ def _tick(value: float) -> str:
     if value == 0:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.2e}"
+        return f"{value:.1e}"
     return f"{value:.4g}"
+
+
+def nice_ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """Round values (1, 2, 2.5 or 5 times a power of ten) from below ``low`` to above ``high``, about
+    ``count`` of them: the axis is drawn from the first to the last. ``whole``: integers only (epochs)."""
+    if low == high:
+        pad = abs(low) * 0.05 or 1.0
+        low, high = low - pad, high + pad
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    if whole:
+        step = max(1.0, round(step))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
 
 def _finite(value: Any) -> bool:
@@ -81,8 +96,9 @@ def line_chart(title: str, series: Sequence[Series], width: int = 460, height: i
         return head + f'<text x="{left}" y="{top + plot_h / 2:.0f}">no values</text></svg>'
     xs = [x for s in drawn for x, y in s.points if _finite(y)]
     ys = [y for s in drawn for _, y in s.points if _finite(y)]
-    x0, x1 = _span(xs)
-    y0, y1 = _span(ys)
+    x_ticks = nice_ticks(min(xs), max(xs), 6, whole=True)
+    y_ticks = nice_ticks(min(ys), max(ys))
+    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * plot_w
@@ -91,16 +107,14 @@ def line_chart(title: str, series: Sequence[Series], width: int = 460, height: i
         return top + (1 - (y - y0) / (y1 - y0)) * plot_h
 
     parts = [head, f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>']
-    for i in range(5):  # y grid and ticks
-        value = y0 + (y1 - y0) * i / 4
+    for value in y_ticks:
         y = py(value)
         parts.append(f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{_num(y)}" y2="{_num(y)}"/>')
         parts.append(f'<text class="tick" x="{left - 4}" y="{_num(y + 4)}" text-anchor="end">{_tick(value)}</text>')
-    for value in sorted({round(x0), round(x1), round((x0 + x1) / 2)}):  # a few epochs along x
-        if x0 <= value <= x1:
-            parts.append(
-                f'<text class="tick" x="{_num(px(value))}" y="{top + plot_h + 14}" text-anchor="middle">{value}</text>'
-            )
+    for value in x_ticks:
+        parts.append(
+            f'<text class="tick" x="{_num(px(value))}" y="{top + plot_h + 14}" text-anchor="middle">{value:g}</text>'
+        )
     parts.append(f'<text class="axis" x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">epoch</text>')
     for s in drawn:
         shown = [(px(x), py(y)) for x, y in s.points if _finite(y)]
@@ -113,6 +127,9 @@ def line_chart(title: str, series: Sequence[Series], width: int = 460, height: i
             parts.append(f'<circle cx="{_num(shown[0][0])}" cy="{_num(shown[0][1])}" r="3" fill="{s.color}"/>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+MAX_LABELS = 6  # values written beside a numeric axis
 
 
 @dataclass(frozen=True)
@@ -130,22 +147,39 @@ class Axis:
     def categories(self) -> list[str]:
         return sorted({_category(v) for v in self.values if v is not None})
 
+    @property
+    def log(self) -> bool:
+        """Positive numbers spread over two orders of magnitude or more (a learning rate) are
+        placed by their logarithm, so 1e-4, 1e-3 and 1e-2 stand evenly apart."""
+        present = [v for v in self.values if v is not None]
+        return self.numeric and min(present) > 0 and max(present) / min(present) >= 100
+
+    @property
+    def title(self) -> str:
+        return f"{self.key} (log)" if self.log else self.key
+
+    def _scale(self, value: float) -> float:
+        return math.log10(value) if self.log else value
+
     def position(self, index: int) -> float | None:
         """The run's place on the axis, 0 (bottom) to 1 (top), or None without a value."""
         value = self.values[index]
         if value is None:
             return None
         if self.numeric:
-            low, high = _span([v for v in self.values if v is not None])
-            return (value - low) / (high - low)
+            low, high = _span([self._scale(v) for v in self.values if v is not None])
+            return (self._scale(value) - low) / (high - low)
         labels = self.categories()
         return 0.5 if len(labels) == 1 else labels.index(_category(value)) / (len(labels) - 1)
 
     def labels(self) -> list[tuple[float, str]]:
-        """(position, text) of the ticks written beside the axis."""
+        """(position, text) of the ticks written beside the axis: each value a run holds."""
         if self.numeric:
-            low, high = _span([v for v in self.values if v is not None])
-            return [(0.0, _tick(low)), (1.0, _tick(high))]
+            present = sorted({v for v in self.values if v is not None})
+            low, high = _span([self._scale(v) for v in present])
+            if len(present) > MAX_LABELS:  # evenly chosen among them, the lowest and highest kept
+                present = [present[round(i * (len(present) - 1) / (MAX_LABELS - 1))] for i in range(MAX_LABELS)]
+            return [((self._scale(v) - low) / (high - low), _tick(v)) for v in present]
         labels = self.categories()
         if len(labels) == 1:
             return [(0.5, labels[0])]
@@ -179,7 +213,9 @@ def parallel_coordinates(axes: Sequence[Axis], runs: Sequence[tuple[str, str, st
             f'<line class="axis-line" data-key="{escape(axis.key)}" x1="{_num(x)}" x2="{_num(x)}" y1="{top}" '
             f'y2="{top + plot_h}"/>'
         )
-        parts.append(f'<text class="axis" x="{_num(x)}" y="{top - 12}" text-anchor="middle">{escape(axis.key)}</text>')
+        parts.append(
+            f'<text class="axis" x="{_num(x)}" y="{top - 12}" text-anchor="middle">{escape(axis.title)}</text>'
+        )
         for position, text in axis.labels():
             y = top + (1 - position) * plot_h
             parts.append(f'<text class="tick" x="{_num(x + 5)}" y="{_num(y + 4)}">{escape(text[:24])}</text>')
