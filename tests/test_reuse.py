@@ -259,6 +259,13 @@ def test_a_changed_learning_rate_reuses_prepare_only(project, first):
     assert "prepare reused from" in result.stderr
     assert "train runs: train.lr 0.002 -> 0.01 since" in result.stderr
     assert "export runs: train/" in result.stderr and "validate runs: " in result.stderr
+    run_id = result.stdout.split()[1]
+    shown = workbench("runs", "show", run_id, *place.sets(), cwd=project, env={"PYTHONPATH": str(project)})
+    train = next(line for line in shown.stdout.splitlines() if line.strip().startswith("train "))
+    assert "runs: train.lr 0.002 -> 0.01 since" in train
+    assert "reused from" in next(line for line in shown.stdout.splitlines() if line.strip().startswith("prepare "))
+    report = (place.store / "runs" / run_id / "report" / "index.html").read_text()
+    assert "train runs: train.lr 0.002 -&gt; 0.01 since" in report
 
 
 @pytest.mark.e2e

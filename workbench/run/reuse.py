@@ -287,14 +287,14 @@ class Reuse:
                 ) from exc
         executed = target.key(notebook(decision.step))
         uri = next((c.uri for c in copies if c.key == executed), None)
-        self.tracker.set_step_key(self.run_id, decision.step, decision.key, decision.ingredients)
+        self.tracker.set_step_key(self.run_id, decision.step, decision.key, decision.ingredients, decision.line)
         seconds = time.perf_counter() - began
         self.tracker.record_reuse(self.run_id, decision.step, decision.source, copies, uri, seconds)
         return seconds
 
     def record(self, decision: Decision) -> None:
         """The key of a step that runs, recorded as it starts, so a later run can reuse it."""
-        self.tracker.set_step_key(self.run_id, decision.step, decision.key, decision.ingredients)
+        self.tracker.set_step_key(self.run_id, decision.step, decision.key, decision.ingredients, decision.line)
 
 
 def _short(value: str, width: int = 24) -> str:

@@ -52,6 +52,7 @@ steps = Table(
     Column("cache_key", String(64), index=True),  # digest of everything that decides the step's result
     Column("ingredients", Text),  # JSON: what went into cache_key, to say which one changed
     Column("reused_from", String(64)),  # the run whose artifacts a reused step took
+    Column("reuse_note", Text),  # why the step ran or was reused: "train.lr 0.002 -> 0.01 since ..."
 )
 
 
@@ -76,7 +77,14 @@ metrics = Table(
     Column("value", Float, nullable=False),
     Column("epoch", Integer),
 )
-Index("ix_metrics_key_run", metrics.c.key, metrics.c.run_id, metrics.c.epoch)  # one key of every run
+Index(  # one final metric of every run, its latest record last
+    "ix_metrics_final",
+    metrics.c.key,
+    metrics.c.run_id,
+    metrics.c.id,
+    sqlite_where=metrics.c.epoch.is_(None),
+    postgresql_where=metrics.c.epoch.is_(None),
+)
 
 
 artifacts = Table(

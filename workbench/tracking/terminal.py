@@ -94,8 +94,8 @@ def run_text(run: dict[str, Any]) -> str:
     lines += ["", "steps"]
     for step in run["steps"]:
         took = "-" if step["duration_s"] is None else f"{step['duration_s']:.1f} s"
-        reused = f"reused from {step['reused_from']}" if step.get("reused_from") else ""
-        lines.append(f"  {step['name']:<9} {step['status']:<9} {took:>9}  {reused or step['error'] or ''}".rstrip())
+        why = (step.get("reuse_note") or "").removeprefix(f"{step['name']} ")  # "runs: train.lr 0.002 -> 0.01 ..."
+        lines.append(f"  {step['name']:<9} {step['status']:<9} {took:>9}  {step['error'] or why}".rstrip())
     parameters = run["parameters"]
     changed = changed_from_defaults(parameters)
     origins = run.get("origins", {})

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     create_engine,
@@ -29,7 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 
 from workbench.config.parameters import project_root
@@ -65,7 +66,25 @@ def _resolve(url: str, create: bool = True) -> str:
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         parsed = parsed.set(database=str(path))
+        if not create and not _writable(path):
+            parsed = _read_only(parsed, path)
     return parsed.render_as_string(hide_password=False)
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write the file and, for its WAL and shared-memory files, its folder."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only(parsed: URL, path: Path) -> URL:
+    """A database file a reader cannot write (a read-only file or folder, a snapshot someone shared)
+    opened read-only. With no write-ahead log beside it, nothing can change it while it is read, so
+    it opens ``immutable``: SQLite then needs no shared-memory file, which the folder cannot take."""
+    wal = path.with_name(path.name + "-wal")
+    options = {"mode": "ro", "uri": "true"}
+    if not (wal.exists() and wal.stat().st_size):
+        options["immutable"] = "1"
+    return parsed.set(database=f"file:{quote(str(path))}").update_query_dict(options)
 
 
 # A process executing a run's steps refreshes its heartbeat this often; a holder silent for
@@ -183,7 +202,7 @@ class Tracker:
             ) from exc
         try:
             self._refuse_foreign()  # before the SQLite pragmas (WAL): a database not ours stays as it was
-            if self.engine.dialect.name == "sqlite":
+            if self.engine.dialect.name == "sqlite" and self.engine.url.query.get("mode") != "ro":
                 self.engine.dispose()  # the connections made from now on get the pragmas
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             if check:
@@ -569,6 +588,7 @@ class Tracker:
                         "notebook",
                         "error",
                         "reused_from",
+                        "reuse_note",
                     )
                 }
                 for s in step_rows
@@ -729,11 +749,12 @@ class Tracker:
             row = conn.execute(query).first()
         return (row[0], json.loads(row[1])) if row else None
 
-    def set_step_key(self, run_id: str, step: str, key: str, ingredients: dict[str, str]) -> None:
+    def set_step_key(self, run_id: str, step: str, key: str, ingredients: dict[str, str], note: str) -> None:
+        """A step's reuse key, what went into it, and the line saying why it runs or was reused."""
         self._write(
             update(steps)
             .where(steps.c.run_id == run_id, steps.c.name == step)
-            .values(cache_key=key, ingredients=json.dumps(ingredients, sort_keys=True))
+            .values(cache_key=key, ingredients=json.dumps(ingredients, sort_keys=True), reuse_note=note)
         )
 
     def record_reuse(
