@@ -208,3 +208,15 @@ def test_plain_papermill_refuses_a_bad_parameter_in_one_line(tmp_path):
     line = "ParameterError: train.schedule in notebook parameter schedule='cosin': must be 'cosine' or 'constant', got 'cosin'"
     assert proc.returncode == 1 and line in proc.stderr
     assert not (tmp_path / "s" / "runs" / "bad").exists()  # refused before anything was recorded
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", "/abs", ".hidden", "x" * 65, "", 7])
+def test_a_run_id_that_is_not_a_plain_name_is_refused_before_anything_is_recorded(run_id, tmp_path):
+    """A run id names a folder under the store's runs/: papermill's `-p run_id ../escape` is refused
+    by the notebook's first cell, and neither the store nor the db is touched."""
+    from workbench.run.notebooks import open_step
+
+    namespace = {"run_id": run_id, "store": str(tmp_path / "store"), "db": f"sqlite:///{tmp_path}/t.db"}
+    with pytest.raises(ParameterError, match=r"^run_id in notebook parameter run_id=.*: expected a run id, a plain name"):
+        open_step("prepare", namespace)
+    assert list(tmp_path.iterdir()) == []

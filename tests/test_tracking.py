@@ -288,3 +288,55 @@ def test_a_database_from_before_migrations_is_still_upgraded(tmp_path):
     engine.dispose()
     assert Tracker(url, check=False).upgrade() == schema_head()
     assert Tracker(url).list_runs() == []
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a file and its folder read-only as this user can: chmod, or for root (whom modes do not
+    stop) the immutable attribute. Undone after the test, so the folder can be removed."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+
+    frozen: list[str] = []
+
+    def freeze(path) -> None:
+        folder = path.parent
+        if os.geteuid() != 0:
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP)
+            folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+            frozen.append(str(folder))
+            return
+        chattr = shutil.which("chattr")
+        if not chattr or subprocess.run([chattr, "+i", str(path), str(folder)], capture_output=True).returncode:
+            pytest.skip("root without chattr +i cannot make a file read-only here")
+        frozen.extend([str(path), str(folder)])
+
+    yield freeze
+    if os.geteuid() == 0:
+        if frozen:
+            subprocess.run(["chattr", "-i", *frozen], check=True)
+    else:
+        for folder in frozen:
+            os.chmod(folder, 0o755)
+
+
+def test_reading_commands_read_a_read_only_database(tmp_path, read_only):
+    """`runs` and `runs show` on a database file nobody may write (a shared snapshot)."""
+    from support.cli import workbench
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    db = folder / "tracking.db"
+    tracker = Tracker(f"sqlite:///{db}")
+    run_id = tracker.create_run("/s", {"train.epochs": 3}, {})
+    tracker.engine.dispose()  # the last connection checkpoints and removes the WAL files
+    assert sorted(p.name for p in folder.iterdir()) == ["tracking.db", "tracking.db.migrate.lock"]
+    before = db.read_bytes()
+    read_only(db)
+    listed = workbench("runs", f"--set=db=sqlite:///{db}")
+    assert listed.code == 0 and run_id in listed.stdout, listed.stderr
+    shown = workbench("runs", "show", run_id, "--json", f"--set=db=sqlite:///{db}")
+    assert shown.code == 0 and '"train.epochs": 3' in shown.stdout, shown.stderr
+    assert db.read_bytes() == before

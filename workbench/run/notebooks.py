@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from workbench.run.context import StepContext
 
 RUN_ID = ("dev", "`workbench run` injects the pipeline's run id")
+# a run id names a folder under runs/ and a key in the tracking db: no path separators, no ../
+PLAIN_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def notebook_names(step: StepSpec) -> dict[str, str]:
@@ -108,8 +111,11 @@ def open_step(step: str, namespace: Mapping[str, Any]) -> tuple[StepContext, Par
 
     params = notebook_parameters(step, namespace)
     run_id = namespace.get("run_id", RUN_ID[0])
-    if not isinstance(run_id, str) or not run_id.strip():
-        raise ParameterError(f"run_id in notebook parameter run_id={run_id!r}: expected a run id, e.g. 'dev'")
+    if not isinstance(run_id, str) or not PLAIN_RUN_ID.fullmatch(run_id):
+        raise ParameterError(
+            f"run_id in notebook parameter run_id={run_id!r}: expected a run id, a plain name of letters, digits, "
+            "'.', '_' and '-' (at most 64), e.g. 'dev'; it names the run's folder under the store's runs/"
+        )
     names = notebook_names(_step(step))
     injected = injected_names(namespace)
     values = flat(params)
