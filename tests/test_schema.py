@@ -217,6 +217,8 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused_before_anything_is_recorde
     from workbench.run.notebooks import open_step
 
     namespace = {"run_id": run_id, "store": str(tmp_path / "store"), "db": f"sqlite:///{tmp_path}/t.db"}
-    with pytest.raises(ParameterError, match=r"^run_id in notebook parameter run_id=.*: expected a run id, a plain name"):
+    with pytest.raises(
+        ParameterError, match=r"^run_id in notebook parameter run_id=.*: expected a run id, a plain name"
+    ):
         open_step("prepare", namespace)
     assert list(tmp_path.iterdir()) == []
