@@ -29,7 +29,8 @@ from starlette.routing import Route
 
 from workbench.config.secrets import mask
 from workbench.errors import ParameterError, StoreError, TrackingError, WorkbenchError
-from workbench.storage.catalog import CONFUSION, PER_CLASS, RunLayout
+from workbench.storage import open_store
+from workbench.storage.catalog import CONFUSION, PER_CLASS, REPORT_INDEX, RunLayout
 from workbench.tracking.queries import (
     Comparison,
     Condition,
@@ -38,13 +39,14 @@ from workbench.tracking.queries import (
     compare_runs,
     find_runs,
     kind_of,
+    parameters_and_metrics,
     parse_condition,
 )
 from workbench.tracking.tracker import Tracker
 from workbench.ui import charts
 from workbench.ui.files import open_file
 
-STATUSES = ("finished", "failed", "running", "incomplete", "stale", "interrupted", "interactive")
+STATUSES = ("finished", "failed", "running", "incomplete", "stale")
 PAGE_SIZES = range(1, 501)  # a page is what a person reads; scripts page through with offset
 # metrics shown when no columns are chosen, those the page's runs hold
 DEFAULT_COLUMNS = ("test_accuracy", "val_accuracy", "test_rmse", "val_rmse", "val_loss")
@@ -205,7 +207,13 @@ class UI:
         columns = list(chosen) or [c for c in DEFAULT_COLUMNS if any(r.values.get(c) is not None for r in page.rows)]
         keys = self._keys(page)
         sort_key = query.sort.removeprefix("-")
-        fixed = [("id", "run"), ("name", "name"), ("status", "status"), ("started_at", "started"), ("duration_s", "s")]
+        fixed = [
+            ("id", "run"),
+            ("name", "name"),
+            ("status", "status"),
+            ("started_at", "started"),
+            ("duration_s", "seconds"),
+        ]
         sort_links, arrows = {}, {}
         for key in [k for k, _ in fixed] + columns:
             descending_first = key in ("started_at", "duration_s") or kind_of(key) == "metric"
@@ -245,9 +253,7 @@ class UI:
         )
 
     def _keys(self, page: RunPage) -> list[str]:
-        """Parameter and metric keys of the page's runs, offered while typing a filter or a column."""
-        from workbench.tracking.queries import parameters_and_metrics
-
+        """Parameter and metric keys of the page's first runs, offered while typing a filter or a column."""
         known: set[str] = set()
         for values in parameters_and_metrics(self.tracker, [r.id for r in page.rows[:5]]).values():
             known |= set(values["parameters"]) | set(values["metrics"])
@@ -290,8 +296,6 @@ class UI:
     ) -> list[tuple[str, str, list[list[str]]]]:
         """The test split's per-class table and confusion matrix, when the run recorded them: (name,
         title, rows with the header first). Class labels are the data's own text: the page escapes them."""
-        from workbench.storage import open_store
-
         wanted = {RunLayout(run_id).key(a): a for a in (PER_CLASS, CONFUSION)}
         found = []
         for a in recorded:
@@ -319,9 +323,6 @@ class UI:
         return f"/runs/{quote(run_id, safe='')}/files/{quote(rest)}"
 
     def _report_link(self, run_id: str, store: str) -> str | None:
-        from workbench.storage import open_store
-        from workbench.storage.catalog import REPORT_INDEX
-
         key = RunLayout(run_id).key(REPORT_INDEX)
         try:
             found = open_store(store).exists(key)
