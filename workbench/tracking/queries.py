@@ -366,7 +366,8 @@ def unrecorded(tracker: Tracker, keys: list[str]) -> list[str]:
             if kind == "param":
                 hit = conn.execute(select(literal(1)).where(params.c.key == key).limit(1)).first()
             elif kind == "metric":
-                hit = conn.execute(select(literal(1)).where(metrics.c.key == key).limit(1)).first()
+                final = and_(metrics.c.key == key, metrics.c.epoch.is_(None))
+                hit = conn.execute(select(literal(1)).where(final).limit(1)).first()
             else:
                 continue
             if hit is None:
