@@ -119,6 +119,7 @@ def test_metrics_and_run_fields_filter(tracker):
     assert ids(tracker, where=where("name=broken")) == ["r4"]
     assert ids(tracker, where=where("duration_s>=30")) == ["r4", "r1"]
     assert ids(tracker, where=where("started_at>=2026-12-01T02:00")) == ["r4", "r3"]
+    assert ids(tracker, where=where("started_at>=2026-12-01T04:00+02:00")) == ["r4", "r3"]  # 02:00 UTC
 
 
 def test_tags_and_text_narrow_the_runs(tracker):

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import Float, and_, case, cast, exists, func, literal, not_, or_, select
@@ -95,8 +95,10 @@ def parse_condition(text: str) -> Condition:
 
 
 def _time(value: str, text: str) -> datetime:
+    """A time as typed, in UTC as the tracker writes them (a time without an offset is UTC)."""
     try:
-        return datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise ParameterError(
             f"condition {text!r}: {value!r} is no time; write it as 2026-12-04 or 2026-12-04T10:30"
