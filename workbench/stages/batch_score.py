@@ -53,9 +53,8 @@ if TYPE_CHECKING:
 
 
 SOURCE_KEY = "score.source"
-SPLIT_SOURCE = (
-    "split:"  # score.source naming a split of the model run: split:test (the default), split:val, split:train
-)
+# score.source naming a split of the model run: split:test (the default), split:val, split:train
+SPLIT_SOURCE = "split:"
 
 # What a score on each split of the model run means, said beside the accuracy it gives.
 MEASURED_ON = {
