@@ -196,8 +196,8 @@ def test_default_yaml_is_plain_yaml():
     "raw, key, expected",
     [
         ("1e-3", "train.lr", 1e-3),
-        ("1e6", "train.lr", 1e6),
-        ("1.0e6", "train.lr", 1e6),
+        ("1e6", "validate.rtol", 1e6),
+        ("1.0e6", "validate.rtol", 1e6),
         ("1E-3", "validate.atol", 1e-3),
         ("-2.5e-4", "train.clip_grad_norm", None),  # a number, then refused as negative
         ("1e2", "train.epochs", 100),
@@ -209,7 +209,7 @@ def test_exponent_numbers_are_numbers_on_set_and_in_files(tmp_path, raw, key, ex
     path = write(tmp_path, "exp.yaml", f"{section}:\n  {leaf}: {raw}\n")
     for kwargs in ({"sets": [f"{key}={raw}"], "root": ROOT}, {"files": [path]}):
         if expected is None:
-            with pytest.raises(ParameterError, match=r"must be 0 or more, got -0.00025"):
+            with pytest.raises(ParameterError, match=r"must be between 0 and 1000000, got -0.00025"):
                 load(**kwargs)
             continue
         value = load(**kwargs)[key]
@@ -301,3 +301,28 @@ def test_steps_of_a_new_run_need_their_inputs():
         "(e.g. --steps prepare,train,export,validate,score)"
     )
     assert steps_problem(["prepare", "export"], order).startswith("export needs train's outputs")
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.max_memory_gb=1e300", "between 0 and 1048576"),  # was an OverflowError inside the train step
+        ("train.epochs=1e26", "greater than 0 and at most 100000"),
+        ("data.max_categories=1e30", "greater than 0 and at most 10000"),
+        ("score.batch_size=1e24", "greater than 0 and at most 10000000"),
+        ("serve.max_body_mb=1e12", "greater than 0 and at most 4096"),
+    ],
+)
+def test_numbers_beyond_any_sane_value_are_refused_before_a_run(item, message):
+    key = item.split("=")[0]
+    with pytest.raises(ParameterError, match=rf"^{key} in --set {key}=\S+: must be {message}, got ") as err:
+        load(sets=[item])
+    assert "\n" not in str(err.value)
+
+
+def test_every_number_in_the_schema_has_an_upper_bound():
+    from workbench.config.schema import _FIELDS, KEYS, _bounds
+
+    numbers = [k.key for k in KEYS if k.kind in ("int", "float")]
+    unbounded = [key for key in numbers if not {"le", "lt"} & set(_bounds(_FIELDS[key]))]
+    assert numbers and unbounded == []

@@ -130,7 +130,8 @@ def test_notebook_parameters_read_text_as_yaml_and_default_what_is_missing():
 
 def test_a_model_built_by_hand_refuses_in_one_line():
     with pytest.raises(
-        ParameterError, match=r"^train.epochs in TrainParams\(epochs=0\): must be greater than 0, got 0$"
+        ParameterError,
+        match=r"^train.epochs in TrainParams\(epochs=0\): must be greater than 0 and at most 100000, got 0$",
     ):
         TrainParams(epochs=0)
     with pytest.raises(

@@ -240,7 +240,10 @@ class DataParams(Section):
         [], description="columns one-hot encoded as categories even when numeric (store numbers, codes)"
     )
     max_categories: Int = Field(
-        50, gt=0, description="one-hot columns kept per category column (most frequent), plus missing and other"
+        50,
+        gt=0,
+        le=10_000,
+        description="one-hot columns kept per category column (most frequent), plus missing and other",
     )
     val_fraction: Float = Field(0.15, gt=0, lt=1, description="share of rows held out for validation")
     test_fraction: Float = Field(
@@ -268,19 +271,22 @@ class Optimisation(Section):
     """The train keys that shape the optimisation: a checkpoint resumes only under the same values."""
 
     section = "train"
-    epochs: Int = Field(30, gt=0, description="passes over the training split")
-    batch_size: Int = Field(32, gt=0, description="samples per optimisation step")
-    lr: Float = Field(0.002, gt=0, description="Adam learning rate")
+    epochs: Int = Field(30, gt=0, le=100_000, description="passes over the training split")
+    batch_size: Int = Field(32, gt=0, le=1_048_576, description="samples per optimisation step")
+    lr: Float = Field(0.002, gt=0, le=10, description="Adam learning rate")
     schedule: Annotated[Literal["cosine", "constant"], BeforeValidator(_string)] = Field(
         "cosine", description="learning-rate schedule: cosine (decay to zero) or constant"
     )
     patience: Int = Field(
-        0, ge=0, description="early stopping: stop after this many epochs without a better train.monitor (0: never)"
+        0,
+        ge=0,
+        le=100_000,
+        description="early stopping: stop after this many epochs without a better train.monitor (0: never)",
     )
     monitor: Annotated[Literal["val_loss", "val_accuracy"], BeforeValidator(_string)] = Field(
         "val_loss", description="what early stopping watches: val_loss or val_accuracy; the best epoch is kept"
     )
-    clip_grad_norm: Float = Field(0.0, ge=0, description="clip gradients to this L2 norm (0: off)")
+    clip_grad_norm: Float = Field(0.0, ge=0, le=1_000_000, description="clip gradients to this L2 norm (0: off)")
 
 
 class TrainParams(Optimisation):
@@ -294,10 +300,13 @@ class TrainParams(Optimisation):
         description="auto (cnn for 8x8 images such as the digits, else mlp), cnn, mlp, or your own nn.Module as "
         "package.module:Class (called with in_features and num_classes, 1 for regression)",
     )
-    width: Int = Field(128, gt=0, description="mlp: units per hidden layer")
-    depth: Int = Field(2, gt=0, description="mlp: hidden layers")
+    width: Int = Field(128, gt=0, le=65_536, description="mlp: units per hidden layer")
+    depth: Int = Field(2, gt=0, le=1_000, description="mlp: hidden layers")
     processes: Int = Field(
-        1, gt=0, description="training processes; more than 1: torchrun + DistributedDataParallel (rank 0 writes)"
+        1,
+        gt=0,
+        le=1024,
+        description="training processes; more than 1: torchrun + DistributedDataParallel (rank 0 writes)",
     )
     device: Annotated[
         Str, AfterValidator(_pattern(r"auto|cpu|cuda(:\d+)?", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"))
@@ -308,11 +317,15 @@ class TrainParams(Optimisation):
     max_memory_gb: Float = Field(
         0.0,
         ge=0,
+        le=1_048_576,
         description="GiB the splits may take loaded whole, else they stream from Parquet (0: half the free host "
         "and GPU memory)",
     )
     shuffle_buffer: Int = Field(
-        65_536, gt=0, description="rows shuffled together when a split streams (row-group order is shuffled too)"
+        65_536,
+        gt=0,
+        le=100_000_000,
+        description="rows shuffled together when a split streams (row-group order is shuffled too)",
     )
     compile: Annotated[Literal["off", "on"], BeforeValidator(_string)] = Field(
         "off",
@@ -322,6 +335,7 @@ class TrainParams(Optimisation):
     nodes: Int = Field(
         1,
         gt=0,
+        le=1024,
         description="machines training together, each running train.processes workers (see train.rdzv_endpoint)",
     )
     rdzv_endpoint: Str = Field(
@@ -367,7 +381,9 @@ class ExportParams(Section):
         description="mxnet (opset 12 at most, ops MXNet 1.9 imports) or onnxruntime (newer opsets, skips MXNet)",
     )
     opset: Int = Field(12, ge=7, le=20, description="ONNX opset; at most 12 when export.target is mxnet")
-    ort_atol: Float = Field(1e-4, ge=0, description="max absolute difference allowed between onnxruntime and PyTorch")
+    ort_atol: Float = Field(
+        1e-4, ge=0, le=1_000_000, description="max absolute difference allowed between onnxruntime and PyTorch"
+    )
     sagemaker: Bool = Field(
         False, description="also write a SageMaker PyTorch model.tar.gz (model.pth + code/inference.py)"
     )
@@ -387,8 +403,12 @@ class ValidateParams(Section):
     """The validate step (notebook 04): parity tolerances."""
 
     section = "validate"
-    atol: Float = Field(1e-4, ge=0, description="absolute tolerance, MXNet and onnxruntime vs PyTorch logits")
-    rtol: Float = Field(1e-3, ge=0, description="relative tolerance, MXNet and onnxruntime vs PyTorch logits")
+    atol: Float = Field(
+        1e-4, ge=0, le=1_000_000, description="absolute tolerance, MXNet and onnxruntime vs PyTorch logits"
+    )
+    rtol: Float = Field(
+        1e-3, ge=0, le=1_000_000, description="relative tolerance, MXNet and onnxruntime vs PyTorch logits"
+    )
     min_agreement: Float = Field(0.999, gt=0, le=1, description="share of rows whose predicted class must agree")
 
 
@@ -405,7 +425,9 @@ class ScoreParams(Section):
     backend: Annotated[Literal["onnxruntime", "mxnet", "torch"], BeforeValidator(_string)] = Field(
         "onnxruntime", description="onnxruntime, mxnet or torch"
     )
-    batch_size: Int = Field(1024, gt=0, description="rows per scoring batch (memory grows with it, not with the data)")
+    batch_size: Int = Field(
+        1024, gt=0, le=10_000_000, description="rows per scoring batch (memory grows with it, not with the data)"
+    )
     model_run: Text = Field(
         "latest",
         description="run whose model scores: a run id, @NAME (the run an alias names, e.g. @champion), or latest "
@@ -451,15 +473,24 @@ class ServeParams(Section):
     port: Int = Field(
         8080, ge=0, le=65535, description="TCP port (SageMaker: 8080; 0: any free port, printed at start)"
     )
-    workers: Int = Field(1, gt=0, description="server processes sharing the port, each with its own model and batcher")
-    max_batch: Int = Field(1024, gt=0, description="rows per backend call: concurrent requests are merged up to this")
+    workers: Int = Field(
+        1, gt=0, le=1024, description="server processes sharing the port, each with its own model and batcher"
+    )
+    max_batch: Int = Field(
+        1024, gt=0, le=1_048_576, description="rows per backend call: concurrent requests are merged up to this"
+    )
     max_delay_ms: Float = Field(
-        2.0, ge=0, description="how long a batch may wait for requests still arriving, in milliseconds"
+        2.0, ge=0, le=60_000, description="how long a batch may wait for requests still arriving, in milliseconds"
     )
     max_queue: Int = Field(
-        128, gt=0, description="prediction requests in the server at once per worker; more are answered 429"
+        128,
+        gt=0,
+        le=1_000_000,
+        description="prediction requests in the server at once per worker; more are answered 429",
     )
-    max_body_mb: Float = Field(16.0, gt=0, description="largest request body in MiB; larger ones are answered 413")
+    max_body_mb: Float = Field(
+        16.0, gt=0, le=4096, description="largest request body in MiB; larger ones are answered 413"
+    )
     name: Annotated[
         Str, AfterValidator(_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "must be letters, digits, '_', '.' or '-'"))
     ] = Field("workbench", description="the model's name on the v2 routes: /v2/models/<name>/infer")
