@@ -155,8 +155,16 @@ def recorded(db: str, store: str) -> Recorded:
     return Recorded(tracker, store, ids)
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The recorded runs, shared by the tests that only read them."""
+    tmp = tmp_path_factory.mktemp("ui")
+    return recorded(f"sqlite:///{tmp}/tracking.db", str(tmp / "store"))
+
+
 @pytest.fixture
-def runs(tmp_path: Path) -> Recorded:
+def own_runs(tmp_path: Path) -> Recorded:
+    """The same runs for a test that adds to them or to their store."""
     return recorded(f"sqlite:///{tmp_path}/tracking.db", str(tmp_path / "store"))
 
 
@@ -361,16 +369,16 @@ def test_a_path_that_leaves_the_runs_folder_is_refused(runs, path):
     assert b"SQLite" not in answer.content and b"root:" not in answer.content
 
 
-def test_a_file_is_served_only_from_its_runs_recorded_store(runs, tmp_path):
+def test_a_file_is_served_only_from_its_runs_recorded_store(own_runs, tmp_path):
     """Another run's folder in another store, or a link out of the store, is no file of this run."""
-    run_id = runs.ids["lr-0.01"]
+    run_id = own_runs.ids["lr-0.01"]
     elsewhere = open_store(str(tmp_path / "other"))
     elsewhere.write_bytes(f"runs/{run_id}/train/secret.txt", b"not this run's store")
-    assert runs.client().get(f"/runs/{run_id}/files/train/secret.txt").status_code == 404
-    link = Path(runs.store) / "runs" / run_id / "train" / "outside.txt"
+    assert own_runs.client().get(f"/runs/{run_id}/files/train/secret.txt").status_code == 404
+    link = Path(own_runs.store) / "runs" / run_id / "train" / "outside.txt"
     (tmp_path / "outside.txt").write_text("outside the store")
     link.symlink_to(tmp_path / "outside.txt")
-    assert runs.client().get(f"/runs/{run_id}/files/train/outside.txt").status_code == 404
+    assert own_runs.client().get(f"/runs/{run_id}/files/train/outside.txt").status_code == 404
 
 
 @pytest.mark.parametrize("raw", ["../../tracking.db", "../../../../../../etc/passwd", "train/../../../tracking.db"])
@@ -443,11 +451,11 @@ def test_names_tags_keys_and_values_are_escaped_everywhere(runs):
     assert names(pages["filter"]) == [HOSTILE]  # found by its name's exact text
 
 
-def test_passwords_in_urls_are_masked(runs):
+def test_passwords_in_urls_are_masked(own_runs):
     """A run's error can quote a database URL with its password (parameters are masked when recorded)."""
-    failed = record(runs.tracker, runs.store, Spec("unreachable", {"train.lr": 0.5}, {}, status="failed"))
-    runs.tracker.finish_run(failed, "failed", error="cannot reach postgresql://analyst:hunter2@db/sales")
-    client = runs.client()
+    failed = record(own_runs.tracker, own_runs.store, Spec("unreachable", {"train.lr": 0.5}, {}, status="failed"))
+    own_runs.tracker.finish_run(failed, "failed", error="cannot reach postgresql://analyst:hunter2@db/sales")
+    client = own_runs.client()
     for path in (f"/runs/{failed}", f"/api/runs/{failed}"):
         text = client.get(path).text
         assert "hunter2" not in text and "analyst:***@db" in text, path
