@@ -13,6 +13,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from workbench.errors import StoreError
 from workbench.storage import open_store
@@ -52,16 +53,10 @@ def open_file(run_id: str, store_uri: str, path: str) -> Download:
     name = path.rsplit("/", 1)[-1]
     disposition = "inline" if media_type.startswith(INLINE) else "attachment"
     headers = {
-        "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quote(name)}",
+        "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name, safe='')}",
         "Content-Security-Policy": "sandbox",  # a page of the run's may show, never script this app
         "X-Content-Type-Options": "nosniff",
     }
     if media_type.startswith("text/"):
         media_type += "; charset=utf-8"
     return Download(chunks, media_type, headers)
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
