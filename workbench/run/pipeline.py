@@ -20,6 +20,7 @@ from typing import Any
 from workbench.config.parameters import Parameters, project_root
 from workbench.errors import ParameterError, ReportError, StepFailed, TrackingError, WorkbenchError
 from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
+from workbench.run.preflight import check_before_run
 from workbench.run.reuse import Reuse, check_rerun
 from workbench.storage import open_store
 from workbench.storage.base import Store
@@ -265,6 +266,7 @@ def run_pipeline(
                 resolve_alias(tracker, params["score.model_run"], "score.model_run")
             except TrackingError as exc:
                 raise ParameterError(str(exc)) from exc
+        check_before_run(params, [s.name for s in todo], tracker, store, resume)  # a missing GPU, no model run
         forced = check_rerun(rerun, tuple(s.name for s in planned))
         # One step ahead: the next kernel boots and imports while the current step runs (further
         # ahead only adds contention on small machines); a step that is reused needs none.

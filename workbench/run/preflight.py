@@ -1,0 +1,50 @@
+"""What can be known wrong before a run starts, refused then (exit 2, no run) rather than minutes in.
+
+The schema checks each value alone; these checks need the machine or the tracking database: a
+CUDA device the machine does not have, and a model run for scoring that does not resolve. Both
+used to surface only once the step ran, after the earlier steps had spent their time.
+"""
+
+from __future__ import annotations
+
+from workbench.config.parameters import Parameters
+from workbench.config.secrets import mask
+from workbench.errors import ModelError, ParameterError
+from workbench.storage.base import Store
+from workbench.storage.catalog import ONNX_MODEL, RunLayout
+from workbench.tracking.aliases import is_alias
+from workbench.tracking.tracker import Tracker
+
+
+def check_before_run(
+    params: Parameters, steps: list[str], tracker: Tracker, store: Store, run_id: str | None = None
+) -> None:
+    """Refuse, in one ParameterError line naming the key and where it came from, what ``steps``
+    would fail on: ``train.device`` naming CUDA where none is visible, and a ``score.model_run``
+    that names no run with a model (``latest`` where no model passed validation and the run,
+    ``run_id`` when resumed, exports none)."""
+    if "train" in steps and str(params["train.device"]).startswith("cuda"):
+        from workbench.ml.training.device import choose_device  # imports torch: only for a CUDA device
+
+        try:
+            choose_device(params["train.device"])
+        except ModelError as exc:
+            raise ParameterError(f"{_where(params, 'train.device')}: {str(exc).split(': ', 1)[1]}") from exc
+    if "score" in steps:
+        spec = str(params["score.model_run"])
+        if spec == "latest":
+            if "export" not in steps and tracker.latest_model(own=run_id) is None:
+                raise ParameterError(
+                    f"{_where(params, 'score.model_run')}: 'latest' names no run, since no run in db "
+                    f"{mask(tracker.url)!r} has an exported model that passed validation; run every step first, "
+                    "or name a run"
+                )
+        elif not is_alias(spec) and not tracker.has_run(spec) and not store.exists(RunLayout(spec).key(ONNX_MODEL)):
+            raise ParameterError(
+                f"{_where(params, 'score.model_run')}: {spec!r} is not a run in db {mask(tracker.url)!r}; "
+                "`workbench runs` lists the runs"
+            )
+
+
+def _where(params: Parameters, key: str) -> str:
+    return f"{key} in {params.origin.get(key, 'defaults')}"
