@@ -117,7 +117,7 @@ def test_nightly_trains_promotes_through_the_gate_and_scores_with_the_champion(t
     fake.write_text(
         f'#!/bin/sh\necho "$*" >> {log}\n'
         'if [ "$1" = run ]; then echo "run r1 finished"; fi\n'
-        'if [ "$1" = models ]; then exit "${PROMOTE_EXIT:-0}"; fi\n'
+        'if [ "$1" = models ] && [ -n "$PROMOTE_EXIT" ]; then echo "error: ${PROMOTE_SAYS:-}" >&2; exit "$PROMOTE_EXIT"; fi\n'
     )
     fake.chmod(0o755)
 
@@ -135,13 +135,16 @@ def test_nightly_trains_promotes_through_the_gate_and_scores_with_the_champion(t
     assert log.read_text().splitlines() == [
         "run -p prod.yaml",
         "models promote r1 --alias champion --better-than champion --metric test_accuracy "
-        "--require test_roc_auc>=0.8 --reason nightly refresh -p prod.yaml",
+        "--require test_roc_auc>=0.8 -p prod.yaml --reason nightly refresh",
         "run --steps score --set score.model_run=@champion -p prod.yaml --set publish.url=postgresql+psycopg://u@h/db",
     ]
-    held = nightly(PROMOTE_EXIT="1")  # the gate kept the champion: scoring goes on with it
+    # the gate kept the champion: scoring goes on with it
+    held = nightly(PROMOTE_EXIT="1", PROMOTE_SAYS="run r1 not promoted to @champion: test_accuracy 0.9 is not above")
     assert held.returncode == 0 and log.read_text().splitlines()[-1].startswith("run --steps score")
-    broken = nightly(PROMOTE_EXIT="2")  # a usage error stops the chain
-    assert broken.returncode == 2 and len(log.read_text().splitlines()) == 2
+    assert "not promoted to @champion" in held.stderr
+    for code, says in (("1", "db 'sqlite:///x.db' is unreachable"), ("2", "--metric 'x': not a score")):
+        broken = nightly(PROMOTE_EXIT=code, PROMOTE_SAYS=says)  # any other error stops the chain
+        assert broken.returncode == int(code) and len(log.read_text().splitlines()) == 2
 
 
 def test_serve_binds_port_8080_on_every_interface(entry):
