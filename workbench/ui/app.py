@@ -36,6 +36,7 @@ from workbench.tracking.queries import (
     Condition,
     RunPage,
     RunQuery,
+    better,
     compare_runs,
     find_runs,
     kind_of,
@@ -106,6 +107,7 @@ def _templates() -> Environment:
     env = Environment(loader=PackageLoader("workbench.ui", "templates"), autoescape=True, trim_blocks=True)
     env.filters["show"] = show
     env.filters["urlpart"] = lambda text: quote(str(text), safe="")
+    env.filters["when"] = lambda iso: iso[:16].replace("T", " ") + " UTC" if iso else ""  # stored in UTC
     return env
 
 
@@ -286,6 +288,8 @@ class UI:
             curves=curves,
             artifacts=artifacts,
             figures=figures,
+            scores=[(k, v) for k, v in sorted(run["metrics"].items()) if better(k) is not None],
+            others=[(k, v) for k, v in sorted(run["metrics"].items()) if better(k) is None],
             tables=self._tables(run_id, run["store"], run["artifacts"]),
             report=report,
             origins=run["origins"],
