@@ -253,12 +253,12 @@ def test_each_worker_follows_the_alias(runs, tmp_path):
 
 
 @pytest.mark.e2e
-def test_an_alias_that_does_not_exist_is_one_line_before_anything_listens(runs, tmp_path):
-    place = _private(runs, tmp_path)
-    set_alias(Tracker(place.db), "champion", runs.first)
+def test_an_alias_that_does_not_exist_is_one_line_before_anything_listens(private_run):
+    place = private_run.place
+    set_alias(Tracker(place.db), "champion", private_run.run_id)
     cases = {
         "no such alias": (["serve.model=@nope"], 1, r"^error: serve\.model '@nope': no alias 'nope' in db .*; aliases: @champion$"),
-        "bad interval": (["serve.model=@champion", "serve.reload_s=-1"], 2, r"^error: serve\.reload_s in --set serve\.reload_s=-1: must be greater than or equal to 0"),
+        "bad interval": (["serve.model=@champion", "serve.reload_s=-1"], 2, r"^error: serve\.reload_s in --set serve\.reload_s=-1: must be between 0 and 86400, got -1\.0$"),
     }  # fmt: skip
     for name, (settings, code, message) in cases.items():
         proc = subprocess.run(

@@ -45,7 +45,10 @@ class Follower:
         """Check every ``every`` seconds until cancelled (the server stopping)."""
         while True:
             await asyncio.sleep(self.every)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # a bug: its traceback in the log, and the model serving goes on
+                log.exception("following %s failed; still serving run %s", self.alias, self.service.model.resolved)
 
     def _pointing(self) -> tuple[str, str | None]:
         from workbench.tracking.aliases import pointing
