@@ -500,6 +500,24 @@ def test_people_on_one_postgresql_database_see_the_same(postgres, tmp_path):
     assert theirs.get(f"/compare?runs={ids}").text.count('<polyline class="curve"') == 4
 
 
+def test_a_database_gone_away_is_one_line_503(postgres, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    url = postgres()
+    tracker = Tracker(url)
+    record(tracker, str(tmp_path / "store"), Spec("only", {"train.lr": 0.1}, {"val_accuracy": 0.9}))
+    client = TestClient(create_app(tracker))
+    assert client.get("/api/runs").json()["total"] == 1
+    admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+    admin.dispose()
+    for path in ("/", "/api/runs", "/compare?runs=a,b"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and answer.text.count("\n") == 1, path
+        assert answer.text.startswith(f"db '{url}' failed to answer (") and "try again" in answer.text
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -407,7 +408,7 @@ class UI:
             store = self.tracker.get_run(run_id)["store"]
             download = open_file(run_id, store, path)
         except (TrackingError, StoreError) as exc:
-            return Response(f"{mask(str(exc))}\n", status_code=404, media_type="text/plain; charset=utf-8")
+            return _line(str(exc), 404)
         return StreamingResponse(download.chunks, media_type=download.media_type, headers=download.headers)
 
     # JSON -----------------------------------------------------------------------------------------
@@ -437,29 +438,37 @@ class UI:
         return Response(_stylesheet(), media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """A user-caused error a handler did not expect is still one line, never a traceback page."""
+def _guarded(handler: Callable[[Request], Response], db: str) -> Callable[[Request], Response]:
+    """A user-caused error a handler did not expect is still one line, never a traceback page; so is
+    a database that went away (a server restarting, a dropped connection): 503, try again."""
 
     def endpoint(request: Request) -> Response:
         try:
             return handler(request)
         except WorkbenchError as exc:
-            return Response(f"{mask(str(exc))}\n", status_code=400, media_type="text/plain; charset=utf-8")
+            return _line(str(exc), 400)
+        except OperationalError as exc:
+            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            return _line(f"db {db!r} failed to answer ({reason}); try again in a moment", 503)
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+def _line(text: str, status: int) -> Response:
+    return Response(f"{mask(text)}\n", status_code=status, media_type="text/plain; charset=utf-8")
 
 
 def create_app(tracker: Tracker) -> Starlette:
     """The web app over ``tracker``'s database: GET routes only (anything else is 405)."""
     ui = UI(tracker)
     routes = [
-        Route("/", _guarded(ui.runs)),
-        Route("/runs/{run_id}", _guarded(ui.run)),
-        Route("/runs/{run_id}/files/{path:path}", _guarded(ui.file)),
-        Route("/compare", _guarded(ui.compare)),
-        Route("/api/runs", _guarded(ui.api_runs)),
-        Route("/api/runs/{run_id}", _guarded(ui.api_run)),
+        Route("/", _guarded(ui.runs, ui.db)),
+        Route("/runs/{run_id}", _guarded(ui.run, ui.db)),
+        Route("/runs/{run_id}/files/{path:path}", _guarded(ui.file, ui.db)),
+        Route("/compare", _guarded(ui.compare, ui.db)),
+        Route("/api/runs", _guarded(ui.api_runs, ui.db)),
+        Route("/api/runs/{run_id}", _guarded(ui.api_run, ui.db)),
         Route("/static/app.css", ui.stylesheet),
     ]
     return Starlette(routes=routes)
