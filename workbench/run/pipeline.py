@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config.parameters import Parameters, project_root
-from workbench.errors import ParameterError, ReportError, StepFailed, TrackingError, WorkbenchError
+from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
 from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
 from workbench.run.preflight import check_before_run
 from workbench.run.reuse import Reuse, check_rerun
@@ -28,7 +28,6 @@ from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
 from workbench.storage.scratch import root as scratch_root
 from workbench.storage.sources import fingerprint_answer
 from workbench.tracking.aliases import alias_name, current, is_alias
-from workbench.tracking.aliases import resolve as resolve_alias
 from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
 
 
@@ -261,11 +260,6 @@ def run_pipeline(
             planned = todo = select_steps(steps)
         store = open_store(params["store"])
         store.check()  # a missing bucket or an unwritable folder, before a run is recorded
-        if any(s.name == "score" for s in todo) and is_alias(params["score.model_run"]):
-            try:  # an alias that names nothing: one line before a run exists
-                resolve_alias(tracker, params["score.model_run"], "score.model_run")
-            except TrackingError as exc:
-                raise ParameterError(str(exc)) from exc
         check_before_run(params, [s.name for s in todo], tracker, store, resume)  # a missing GPU, no model run
         forced = check_rerun(rerun, tuple(s.name for s in planned))
         # One step ahead: the next kernel boots and imports while the current step runs (further

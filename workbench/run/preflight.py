@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from workbench.config.parameters import Parameters
 from workbench.config.secrets import mask
-from workbench.errors import ModelError, ParameterError
+from workbench.errors import ModelError, ParameterError, TrackingError
 from workbench.storage.base import Store
 from workbench.storage.catalog import ONNX_MODEL, RunLayout
-from workbench.tracking.aliases import is_alias
+from workbench.tracking.aliases import is_alias, resolve
 from workbench.tracking.tracker import Tracker
 
 
@@ -39,7 +39,12 @@ def check_before_run(
                     f"{mask(tracker.url)!r} has an exported model that passed validation; run every step first, "
                     "or name a run"
                 )
-        elif not is_alias(spec) and not tracker.has_run(spec) and not store.exists(RunLayout(spec).key(ONNX_MODEL)):
+        elif is_alias(spec):
+            try:  # an alias that names nothing: the one line lists those that do
+                resolve(tracker, spec, "score.model_run")
+            except TrackingError as exc:
+                raise ParameterError(str(exc)) from exc
+        elif not tracker.has_run(spec) and not store.exists(RunLayout(spec).key(ONNX_MODEL)):
             raise ParameterError(
                 f"{_where(params, 'score.model_run')}: {spec!r} is not a run in db {mask(tracker.url)!r}; "
                 "`workbench runs` lists the runs"
