@@ -426,8 +426,9 @@ def test_compare_takes_chosen_axes_a_metric_and_every_parameter(runs):
 
 def test_compare_needs_two_known_runs(runs):
     client = runs.client()
-    one = client.get(f"/compare?runs={runs.ids['lr-0.1']}")
-    assert one.status_code == 400 and "compare needs two runs or more" in one.text
+    one = client.get(f"/compare?runs={runs.ids['lr-0.1']}")  # the run page's link: the form keeps the id
+    assert "add the ids of runs to compare with it" in one.text
+    assert f'name="runs" value="{runs.ids["lr-0.1"]}"' in one.text
     unknown = client.get(f"/compare?runs={runs.ids['lr-0.1']},nope")
     assert unknown.status_code == 404 and "no run &#39;nope&#39;" in unknown.text
     assert client.get("/compare").status_code == 200

@@ -337,17 +337,14 @@ class UI:
 
     def compare(self, request: Request) -> Response:
         ids = _listed(request, "runs")
-        if not ids:
-            return self._page(
-                "compare.html.j2", problem="tick two runs or more on the runs table, then Compare", runs=[]
-            )
+        if len(ids) < 2:  # from a run's page, or nothing ticked: say what to add, keep what was given
+            hint = "add the ids of runs to compare with it" if ids else "tick two runs or more on the runs table"
+            return self._page("compare.html.j2", problem=hint, runs=[], given=ids)
         show_all = request.query_params.get("all", "") not in ("", "0")
         try:
             comparison = compare_runs(self.tracker, ids, all_params=True)
-        except ParameterError as exc:
-            return self._page("compare.html.j2", 400, problem=str(exc), runs=[])
         except TrackingError as exc:
-            return self._page("compare.html.j2", 404, problem=str(exc), runs=[])
+            return self._page("compare.html.j2", 404, problem=str(exc), runs=[], given=ids)
         return self._page("compare.html.j2", **self._compare_view(request, comparison, show_all))
 
     def _compare_view(self, request: Request, comparison: Comparison, show_all: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-# Tableau's ten: distinct on white and for the common colour blindnesses
+# ten colours apart on white and for the common colour blindnesses
 PALETTE = (
     "#4e79a7",
     "#f28e2b",
