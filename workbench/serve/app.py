@@ -149,12 +149,12 @@ class Service:
         self.max_body = int(max_body_mb * 2**20)
         self.draining = False
         self.inflight = 0
-        self.live = self._loaded(model)
+        self.serving = self._loaded(model)
         self._retiring: set[asyncio.Task[None]] = set()  # swapped-out batchers answering what they hold
 
     @property
     def model(self) -> ServedModel:
-        return self.live.model
+        return self.serving.model
 
     def _loaded(self, model: ServedModel) -> Loaded:
         score = scorer(model.predict, model.target)
@@ -163,8 +163,8 @@ class Service:
 
     def start(self) -> None:
         """Start the batcher (on the event loop the app runs on)."""
-        self.live.batcher.start()
-        self.metrics.model_info.labels(self.live.model.resolved).set(1)
+        self.serving.batcher.start()
+        self.metrics.model_info.labels(self.serving.model.resolved).set(1)
 
     def swap(self, model: ServedModel) -> None:
         """Serve ``model`` from the next request admitted on; the requests admitted before are
@@ -172,7 +172,7 @@ class Service:
         the event loop, so each request sees one model or the other, whole."""
         loaded = self._loaded(model)
         loaded.batcher.start()
-        old, self.live = self.live, loaded
+        old, self.serving = self.serving, loaded
         self.metrics.model_info.labels(old.model.resolved).set(0)
         self.metrics.model_info.labels(model.resolved).set(1)
         # a task of its own: cancelling whoever swapped (a stopping server) must not cut these answers
@@ -183,7 +183,7 @@ class Service:
     async def close(self) -> None:
         """Answer every request admitted, on whichever model it was admitted to, then stop the batchers."""
         self.drain()
-        await self.live.batcher.close()
+        await self.serving.batcher.close()
         if self._retiring:
             await asyncio.gather(*self._retiring)
 
@@ -273,7 +273,7 @@ class Service:
         """The gauges set to now: at every backend call and every scrape, not per request (with
         several workers each writes its own, and a scrape sums them)."""
         self.metrics.inflight.set(self.inflight)
-        self.metrics.queue_rows.set(self.live.batcher.queued_rows)
+        self.metrics.queue_rows.set(self.serving.batcher.queued_rows)
 
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class Service:
         return await _send(send, 200, b"", [])
 
     async def invocations(self, scope: Scope, receive: Receive, send: Send) -> int:
-        live = self.live
+        live = self.serving
         target = live.target
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
@@ -322,7 +322,7 @@ class Service:
         return Response(b'{"ready":true}', media_type="application/json")
 
     async def model_metadata(self, request: Request) -> Response:
-        live = self.live
+        live = self.serving
         try:
             self._known(request.path_params, live)
         except RequestError as exc:
@@ -331,7 +331,7 @@ class Service:
 
     async def model_ready(self, request: Request) -> Response:
         try:
-            self._known(request.path_params, self.live)
+            self._known(request.path_params, self.serving)
         except RequestError as exc:
             return error_response(exc.status, exc.message)
         body = orjson.dumps({"name": self.name, "ready": not self.draining})
@@ -340,7 +340,7 @@ class Service:
         return Response(body, media_type="application/json")
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> int:
-        live = self.live
+        live = self.serving
         target = live.target
 
         def prepare(headers: dict[str, str]) -> None:
