@@ -435,24 +435,27 @@ class UI:
         return Response(_stylesheet(), media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-def _guarded(handler: Callable[[Request], Response], db: str) -> Callable[[Request], Response]:
+def _guarded(handler: Callable[[Request], Response], db: str, api: bool = False) -> Callable[[Request], Response]:
     """A user-caused error a handler did not expect is still one line, never a traceback page; so is
-    a database that went away (a server restarting, a dropped connection): 503, try again."""
+    a database that went away (a server restarting, a dropped connection): 503, try again. The API
+    says it as ``{"error": ...}``."""
 
     def endpoint(request: Request) -> Response:
         try:
             return handler(request)
         except WorkbenchError as exc:
-            return _line(str(exc), 400)
+            return _line(str(exc), 400, api)
         except OperationalError as exc:
             reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
-            return _line(f"db {db!r} failed to answer ({reason}); try again in a moment", 503)
+            return _line(f"db {db!r} failed to answer ({reason}); try again in a moment", 503, api)
 
     endpoint.__name__ = handler.__name__
     return endpoint
 
 
-def _line(text: str, status: int) -> Response:
+def _line(text: str, status: int, api: bool = False) -> Response:
+    if api:
+        return JSONResponse({"error": mask(text)}, status_code=status)
     return Response(f"{mask(text)}\n", status_code=status, media_type="text/plain; charset=utf-8")
 
 
@@ -464,8 +467,8 @@ def create_app(tracker: Tracker) -> Starlette:
         Route("/runs/{run_id}", _guarded(ui.run, ui.db)),
         Route("/runs/{run_id}/files/{path:path}", _guarded(ui.file, ui.db)),
         Route("/compare", _guarded(ui.compare, ui.db)),
-        Route("/api/runs", _guarded(ui.api_runs, ui.db)),
-        Route("/api/runs/{run_id}", _guarded(ui.api_run, ui.db)),
+        Route("/api/runs", _guarded(ui.api_runs, ui.db, api=True)),
+        Route("/api/runs/{run_id}", _guarded(ui.api_run, ui.db, api=True)),
         Route("/static/app.css", ui.stylesheet),
     ]
     return Starlette(routes=routes)
