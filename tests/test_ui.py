@@ -337,6 +337,22 @@ def test_api_run_is_the_runs_record_as_json(runs):
     assert runs.client().get("/runs/nope").status_code == 404
 
 
+def test_a_run_named_by_its_alias(own_runs):
+    from sqlalchemy import insert
+
+    from workbench.tracking.tables import aliases
+    from workbench.tracking.tracker import now
+
+    run_id = own_runs.ids["lr-0.001"]
+    with own_runs.tracker.engine.begin() as conn:  # the page only reads what `models alias set` wrote
+        conn.execute(insert(aliases).values(name="champion", run_id=run_id, moved_at=now()))
+    assert own_runs.client().get("/api/runs/@champion").json()["id"] == run_id
+    page = own_runs.client().get("/runs/@champion")
+    assert page.status_code == 200 and run_id in page.text
+    unknown = own_runs.client().get("/api/runs/@nope")
+    assert unknown.status_code == 404 and unknown.json()["error"].endswith("aliases: @champion")
+
+
 # ---- files: only the run's own, from its own store -------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from workbench.config.secrets import mask
 from workbench.errors import ParameterError, StoreError, TrackingError, WorkbenchError
 from workbench.storage import open_store
 from workbench.storage.catalog import CONFUSION, PER_CLASS, REPORT_INDEX, RunLayout
+from workbench.tracking.aliases import is_alias, resolve
 from workbench.tracking.queries import (
     Comparison,
     Condition,
@@ -263,11 +264,11 @@ class UI:
         return sorted(known)
 
     def run(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
         try:
-            run = self._run(run_id)
-        except TrackingError as exc:
+            run = self._run(request.path_params["run_id"])
+        except (TrackingError, ParameterError) as exc:
             return self._page("base.html.j2", 404, problem=str(exc))
+        run_id = run["id"]  # /runs/@champion shows the run the alias names
         label = run["name"] or run_id
         curves = [
             Markup(
@@ -316,7 +317,9 @@ class UI:
 
     def _run(self, run_id: str) -> dict[str, Any]:
         """The tracker's record of the run (what ``workbench runs show --json`` prints), passwords
-        masked and values JSON can carry (a diverged loss's NaN becomes null)."""
+        masked and values JSON can carry (a diverged loss's NaN becomes null); ``@NAME`` is the run an alias names."""
+        if is_alias(run_id):
+            run_id = resolve(self.tracker, run_id, "run")
         return _masked(self.tracker.get_run(run_id))
 
     def _file_link(self, key: str) -> str | None:
@@ -427,7 +430,7 @@ class UI:
     def api_run(self, request: Request) -> Response:
         try:
             return JSONResponse(self._run(request.path_params["run_id"]))
-        except TrackingError as exc:
+        except (TrackingError, ParameterError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
 
     @staticmethod
