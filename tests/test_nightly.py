@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli import ROOT
+from support.cli import ROOT, project_copy
 
 from workbench.tracking.aliases import current, history
 from workbench.tracking.tracker import Tracker
@@ -23,19 +23,27 @@ from workbench.tracking.tracker import Tracker
 pytestmark = pytest.mark.e2e
 
 
-def night(prod: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def night(project: Path, prod: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """One night, as cron runs it: the script from the project folder, `workbench` on the PATH."""
     return subprocess.run(
-        ["/bin/sh", str(ROOT / "deploy" / "nightly.sh"), "-p", str(prod)],
-        cwd=ROOT,
+        ["/bin/sh", str(project / "deploy" / "nightly.sh"), "-p", str(prod)],
+        cwd=project,
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={
+            **os.environ,
+            **env,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(project),
+        },
     )
 
 
 def test_three_nights_train_promote_and_score(s3_server, postgres, tmp_path):
     import sqlalchemy as sa
+
+    project = project_copy(tmp_path / "project")
 
     client = s3_server.client()
     for bucket in ("nightly-store", "nightly-data"):
@@ -53,7 +61,7 @@ def test_three_nights_train_promote_and_score(s3_server, postgres, tmp_path):
     )
     env = {**s3_server.env, "PUBLISH_URL": warehouse, "NIGHTLY_REQUIRE": "test_accuracy>=0.5"}
 
-    first = night(prod, env)
+    first = night(project, prod, env)
     assert first.returncode == 0, first.stderr[-3000:]
     run1 = first.stdout.split()[1]
     tracker = Tracker(db)
@@ -63,16 +71,16 @@ def test_three_nights_train_promote_and_score(s3_server, postgres, tmp_path):
     with published.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar() == len(rows) - 1
 
-    second = night(prod, env)
+    second = night(project, prod, env)
     assert second.returncode == 0, second.stderr[-3000:]
     for step in ("prepare", "train", "export", "validate"):
-        assert f"{step} reused from {run1}" in second.stderr
+        assert f"{step} reused from {run1}" in second.stderr, second.stderr
     assert "not promoted to @champion: test_accuracy " in second.stderr
     assert current(tracker) == {"champion": run1}  # the same model did not beat itself
     assert "score runs: it publishes to" in second.stderr
 
     client.put_object(Bucket="nightly-data", Key="digits.csv", Body="".join(rows[:1] + rows[1:-400]).encode())
-    third = night(prod, env)
+    third = night(project, prod, env)
     assert third.returncode == 0, third.stderr[-3000:]
     run3 = third.stdout.split()[1]
     assert "prepare runs: data.source changed (etag " in third.stderr

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli import FEW, ROOT, CLIResult, Place, workbench
+from support.cli import FEW, ROOT, CLIResult, Place, project_copy, workbench
 
 from workbench.config.parameters import load
 from workbench.run.pipeline import STEPS
@@ -198,10 +198,7 @@ def test_changes_are_said_by_name():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the project, its package first on PYTHONPATH (the runs import it)."""
-    root = tmp_path_factory.mktemp("project")
-    for part in ("workbench", "notebooks", "parameters"):
-        shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-    return root
+    return project_copy(tmp_path_factory.mktemp("project"))
 
 
 def run_in(project: Path, place: Place, *args: str) -> CLIResult:
@@ -324,9 +321,7 @@ def test_changed_data_and_deleted_or_altered_artifacts_run_the_step(project, tmp
 
 @pytest.mark.e2e
 def test_a_changed_file_of_the_installed_package_runs_the_steps_again(tmp_path):
-    project = tmp_path / "project"
-    for part in ("workbench", "notebooks", "parameters"):
-        shutil.copytree(ROOT / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    project = project_copy(tmp_path / "project")
     place = Place(tmp_path / "store", f"sqlite:///{tmp_path}/tracking.db")
     assert run_in(project, place, "--steps=prepare").code == 0
     with open(project / "workbench" / "ml" / "encoding.py", "a") as fh:

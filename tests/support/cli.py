@@ -94,3 +94,12 @@ def checked_output(notebook: Path) -> str:
         for o in c.outputs
         if o.output_type == "stream"
     )
+
+
+def project_copy(target: Path) -> Path:
+    """A private copy of the project (package, notebooks, parameters, deploy scripts) at ``target``,
+    to run with ``PYTHONPATH=target``: a test may change a file of the package honestly, and what
+    the runs execute stays the same while the checkout changes."""
+    for part in ("workbench", "notebooks", "parameters", "deploy"):
+        shutil.copytree(ROOT / part, target / part, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return target
