@@ -132,7 +132,7 @@ def test_workbench_run_refuses_a_checkpoint_from_another_config(stage_ctx_factor
     ctx.store.write_bytes(ctx.key(CHECKPOINT), stage_ctx_factory("train").load(CHECKPOINT, "train"))
     with pytest.raises(
         ModelError,
-        match=r"was written with different config\.depth, config\.model, config\.width, settings\.epochs; start a new",
+        match=r"was written with different train\.depth, train\.epochs, train\.model, train\.width; start a new",
     ):
         train_model(ctx, TrainParams(model="mlp", epochs=5, batch_size=64, device="cpu", amp=False), seed=0)
     assert not ctx.store.exists(ctx.key(SET_ASIDE))
@@ -148,7 +148,7 @@ def test_an_interactive_run_sets_a_checkpoint_from_other_settings_aside(stage_ct
     result = train_model(ctx, TrainParams(epochs=2, batch_size=64, device="cpu", amp=False), seed=0)
     said = capsys.readouterr().out
     assert [p["epoch"] for p in ctx.tracker.get_run("lab")["history"]["val_accuracy"]] == [1, 2]
-    assert f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different settings.epochs; " in said
+    assert f"checkpoint {ctx.store.uri(ctx.key(CHECKPOINT))} was written with different train.epochs; " in said
     assert "training afresh" in said
     assert result.resumed_from == 0 and list(result.history.epoch) == [1, 2]
     assert ctx.store.read_bytes(ctx.key(SET_ASIDE)) == old

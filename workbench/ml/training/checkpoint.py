@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
 from workbench.ml.training.loop import Trainer
 from workbench.storage.catalog import CHECKPOINT as LAST
@@ -76,12 +77,22 @@ def checkpoint_data(ctx: StepContext, settings: dict[str, Any]) -> dict[str, str
 
 
 def _changed(ours: dict[str, dict[str, Any]], theirs: dict[str, Any]) -> list[str]:
-    """The ``part.key`` names that differ between this step's config/settings and a checkpoint's."""
+    """What differs between this step's config/settings and a checkpoint's, named as the user set
+    it: the parameter key (``train.epochs``, ``seed``) where there is one, else ``model KEY`` (a size
+    the data decided, such as ``in_features``)."""
+
+    def name(part: str, key: str) -> str:
+        if key in TrainParams.model_fields:
+            return f"train.{key}"
+        return key if part == "settings" else f"model {key}"
+
     return sorted(
-        f"{part}.{key}"
-        for part in ours
-        for key in set(ours[part]) | set(theirs.get(part) or {})
-        if ours[part].get(key) != (theirs.get(part) or {}).get(key)
+        {
+            name(part, key)
+            for part in ours
+            for key in set(ours[part]) | set(theirs.get(part) or {})
+            if ours[part].get(key) != (theirs.get(part) or {}).get(key)
+        }
     )
 
 
