@@ -156,3 +156,14 @@ def test_the_comparison_sentence_and_the_flag_come_from_the_metrics_alone():
     rmse_only = ev.comparison({"test_rmse": 5.0, "baseline_test_rmse": 4.0})
     assert rmse_only.loses and not rmse_only.higher_is_better
     assert ev.comparison({"val_accuracy": 0.9}) is None
+
+
+def test_gradient_boosting_on_a_small_table_runs_on_one_thread():
+    """Its OpenMP threads spin-wait each other on a busy machine; one thread is enough for small tables."""
+    import sklearn.ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+    from threadpoolctl import threadpool_info
+
+    from workbench.ml.baselines import _threads
+
+    with _threads(np.zeros((1259, 64))):
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"} == {1}
