@@ -373,6 +373,8 @@ def test_the_handlers_copy_of_the_encoding_is_the_packages(classifier, penguins)
             penguins.assign(bill_length_mm=penguins.bill_length_mm.astype(object).where(penguins.index > 3, "long")),
             as_text.assign(year=as_text.year.where(as_text.index > 0, "")).to_dict("records"),  # "": a gap
             as_text.map(lambda v: "NA" if v is None else v).to_dict("records"),  # R's word for a gap
+            penguins.assign(year=penguins.index % 2 == 0),  # true or false in a number column
+            _records(penguins.assign(year=penguins.year.astype(object).where(penguins.index > 0, True))),
         ],
         "weather": [
             weather,
@@ -390,6 +392,7 @@ def test_the_handlers_copy_of_the_encoding_is_the_packages(classifier, penguins)
             heavy.assign(heavy=heavy.heavy.map({True: "TRUE", False: "false", None: ""})),
             heavy.assign(heavy=heavy.heavy.map({True: "1", False: 0.0, None: None})),
             heavy.assign(heavy="maybe"),
+            heavy.assign(heavy=heavy.heavy.map({True: 2, False: 0, None: None})),  # a number, not true or false
         ],
     }
     refusals = 0
@@ -406,7 +409,7 @@ def test_the_handlers_copy_of_the_encoding_is_the_packages(classifier, penguins)
             else:
                 refusals += 1
                 assert theirs == ("DataError", ours[1]), (name, i)
-    assert refusals == 6  # the refusals above are refusals indeed, each matched word for word
+    assert refusals == 9  # the refusals above are refusals indeed, each matched word for word
 
     outputs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     for target in (classifier.target, classifier.target.__class__("y", "regression", None, 64, 0, 151.25, 77.5)):

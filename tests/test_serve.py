@@ -30,7 +30,7 @@ from support.server import Server, serving
 from support.tables import churn, penguins
 
 from workbench.errors import DataError
-from workbench.ml.encoding import Encoding
+from workbench.ml.encoding import Encoding, fit_encoding
 from workbench.serve import media
 from workbench.serve.batching import BackendFailed, Batcher
 from workbench.serve.encoder import RowEncoder
@@ -143,7 +143,9 @@ def pipelines(tmp_path_factory) -> dict[str, Pipeline]:
 def digits(pipelines, small_run, tmp_path_factory) -> Model:
     """The shared digits run (a private copy), scored by `workbench run --steps score`."""
     run = copy_run(small_run, tmp_path_factory.mktemp("digits"))
-    result = workbench("run", "--steps", "score", *run.place.sets(f"score.model_run={run.run_id}"))
+    result = workbench(
+        "run", "--steps", "score", *run.place.sets(f"score.model_run={run.run_id}", "score.source=bundled:digits")
+    )
     assert result.code == 0, result.stderr[-3000:]
     scored = run.place.store / "runs" / run_id_of(result.stdout) / "score" / "predictions.parquet"
     encoding = Encoding.from_json(json.loads((run.folder / "prepare" / "encoding.json").read_text()))
@@ -170,7 +172,7 @@ def digits_server(digits, tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def churn_server(churned, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("churn-server") / "serve.log"
-    with serving(churned.place, log, "serve.model=latest", "serve.name=churn") as server:
+    with serving(churned.place, log, f"serve.model={churned.run_id}", "serve.name=churn") as server:
         yield server
 
 
@@ -309,6 +311,45 @@ def test_gap_words_and_far_dates_answer_as_batch_scoring(churned, churn_server, 
     answer = churn_server.post("/invocations", source.read_bytes(), CSV)
     assert answer.status_code == 200, answer.text
     _assert_same_classes(answer.json()["predictions"], answer.json()["probabilities"], expected)
+
+
+@pytest.mark.e2e
+def test_a_boolean_column_takes_true_or_false_in_every_reader(churned, churn_server, tmp_path):
+    """2, -7.5 or 1e6 in a boolean column, and true in a number column, are refused by JSON records,
+    JSON lists, CSV, v2 tensors and batch scoring alike, each naming the column and the value."""
+    record = churned.records(slice(0, 1))[0]
+    for value, shown in ((2, "2"), (-7.5, "-7.5"), (1e6, "1000000.0")):
+        wrong = {**record, "has_partner": value}
+        for body in ([wrong], {"instances": [[wrong[name] for name in churned.columns]]}):
+            answer = churn_server.post("/invocations", json.dumps(body))
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"] == f"column 'has_partner': {shown} is not true or false"
+    answer = churn_server.post("/invocations", json.dumps([{**record, "tenure_months": True}]))
+    assert answer.status_code == 400 and answer.json()["error"] == "column 'tenure_months': True is not a number"
+    table = churned.table.iloc[:5].assign(has_partner=[1, 0, 2, 1, 0])
+    answer = churn_server.post("/invocations", table.to_csv(index=False), CSV)
+    assert answer.status_code == 400 and answer.json()["error"] == "column 'has_partner': '2' is not true or false"
+    tensors = [
+        {
+            "name": spec["name"],
+            "datatype": {"boolean": "INT64", "numeric": "FP64"}.get(spec["type"], "BYTES"),
+            "shape": [1],
+            "data": [2 if spec["type"] == "boolean" else record[spec["name"]]],
+        }
+        for spec in churned.encoding.columns
+    ]
+    answer = churn_server.post("/v2/models/churn/infer", json.dumps({"inputs": tensors}))
+    assert answer.status_code == 400 and answer.json()["error"] == "column 'has_partner': 2 is not true or false"
+    accepted = churn_server.post(
+        "/invocations", json.dumps([{**record, "has_partner": 1}, {**record, "has_partner": 0}])
+    )
+    assert accepted.status_code == 200, accepted.text  # 1 and 0 are true and false, as a CSV's 1 and 0 are
+    source = tmp_path / "numbers.parquet"
+    table.to_parquet(source)  # an integer column, not text: the rule is the column's, not the reader's
+    scored = workbench(
+        "run", "--steps", "score", *churned.place.sets(f"score.model_run={churned.run_id}", f"score.source={source}")
+    )
+    assert scored.code == 1 and "column 'has_partner': 2 is not true or false" in scored.stderr, scored.stderr
 
 
 @pytest.mark.e2e
@@ -763,6 +804,46 @@ def test_the_fast_encoding_is_encoding_apply():
         _same(grid, pixels, [{**rows[0], "p3": value}, {**rows[1], "p3": None}, rows[2]])
     frame = digits.drop(columns="label").head(50).to_numpy(np.float64)
     assert grid.matrix(frame).tobytes() == pixels.apply(digits.head(50)).tobytes()
+
+
+@pytest.mark.unit
+def test_a_columns_values_follow_one_rule_on_every_path():
+    """The all-number paths (a matrix of records, an .npy, Arrow columns) refuse what pandas' column
+    by column path refuses: a number but 0 and 1 in a boolean column, true or false in a number column."""
+    import pyarrow as pa
+
+    train = pd.DataFrame({"partner": [True, False] * 20, "tenure": np.arange(40.0), "y": [0, 1] * 20})
+    encoding = fit_encoding([train], target="y")
+    encoder = RowEncoder(encoding)
+    assert encoder.numeric
+    refusals = {
+        "column 'partner': 2 is not true or false": [{"partner": 2, "tenure": 1.5}],
+        "column 'partner': -7.5 is not true or false": [{"partner": -7.5, "tenure": 1.5}],
+        "column 'partner': '2' is not true or false": [{"partner": "2", "tenure": 1.5}],
+        "column 'tenure': True is not a number": [{"partner": True, "tenure": True}],
+    }
+    for message, rows in refusals.items():
+        _same(encoder, encoding, rows)
+        with pytest.raises(RequestError, match=f"^{re.escape(message)}$"):
+            encoder.records(rows)
+    for table in (
+        pa.table({"partner": [1, 2], "tenure": [1.0, 2.0]}),
+        pd.DataFrame({"partner": [1, 2], "tenure": [1.0, 2.0]}),
+    ):
+        with pytest.raises(DataError, match=r"^column 'partner': 2 is not true or false$"):
+            encoding.apply(table)
+    with pytest.raises(DataError, match=r"^column 'tenure': True is not a number$"):
+        encoding.apply(pa.table({"partner": [True], "tenure": [True]}))
+    with pytest.raises(RequestError, match=r"^column 'partner': 2 is not true or false$"):
+        encoder.matrix(np.array([[2, 1]]))
+    with pytest.raises(RequestError, match=r"^column 'tenure': False is not a number$"):
+        encoder.matrix(np.array([[True, False]]))
+    ones = [{"partner": 1, "tenure": 1.5}, {"partner": 0.0, "tenure": None}, {"partner": True, "tenure": 2}]
+    _same(encoder, encoding, ones)
+    assert (
+        encoder.records(ones).tobytes()
+        == encoding.apply(pa.table({"partner": [True, False, True], "tenure": [1.5, None, 2.0]})).tobytes()
+    )
 
 
 def _handler() -> Any:

@@ -686,15 +686,34 @@ def _overflows(value: Any) -> bool:
         return False
 
 
+def check_kind(name: str, kind: str, values: np.ndarray) -> None:
+    """One rule for what a number or boolean column holds, whichever reader brought the values (a
+    CSV's text, JSON, Arrow, numpy): a boolean column takes true, false, 1 and 0, a number column
+    numbers and never true or false; a gap (NaN, infinity) is a gap in both."""
+    if values.dtype.kind == "b":
+        if kind == NUMERIC and len(values):
+            raise DataError(f"column {name!r}: {_shown(bool(values[0]))} is not a number")
+    elif kind == BOOLEAN and values.dtype.kind in "iuf":
+        bad = (values != 0) & (values != 1) & np.isfinite(values)
+        if bad.any():
+            raise DataError(f"column {name!r}: {_shown(values[bad][0].item())} is not true or false")
+
+
 def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
     if pd.api.types.is_bool_dtype(series.dtype) or (
         pd.api.types.is_numeric_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
     ):
         if isinstance(series.dtype, np.dtype):  # numpy already writes a gap as NaN: no mask to check
-            x = series.to_numpy().astype(np.float64, copy=False)
+            raw = series.to_numpy()
+            x = raw.astype(np.float64, copy=False)
         else:  # pandas' nullable Int64, boolean, ...: their NA becomes NaN
-            x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            raw = x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        if pd.api.types.is_bool_dtype(series.dtype):
+            if not boolean and series.notna().any():
+                raise DataError(f"column {name!r}: {_shown(bool(series.dropna().iloc[0]))} is not a number")
+        elif boolean:
+            check_kind(name, BOOLEAN, raw)
     else:
         series = series.where(~_gap_words(series), None)
         if boolean:
@@ -705,6 +724,9 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
             beyond = converted.isna().to_numpy() & series.map(_overflows).to_numpy(dtype=bool)  # 1e400: a gap
             if beyond.any():
                 converted = converted.where(~beyond, np.inf)
+            truth = series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)  # to_numeric makes 1
+            if truth.any():
+                converted = converted.where(~truth, np.nan)
         bad = converted.isna().to_numpy() & series.notna().to_numpy()
         if bad.any():
             what = "true or false" if boolean else "a number"
@@ -798,6 +820,8 @@ class NumericLayout:
     value_at: np.ndarray
     flag_at: np.ndarray  # output positions of the flags ...
     flagged: np.ndarray  # ... and the input columns they flag
+    names: tuple[str, ...] = ()
+    boolean: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # which columns are booleans
 
     @classmethod
     def of(cls, columns: list[dict[str, Any]]) -> NumericLayout | None:
@@ -817,7 +841,20 @@ class NumericLayout:
             np.asarray([spec["mean"] for spec in columns], dtype=np.float64),
             np.asarray([spec["scale"] for spec in columns], dtype=np.float64),
             *(np.asarray(v, dtype=np.int64) for v in (value_at, flag_at, flagged)),
+            tuple(spec["name"] for spec in columns),
+            np.asarray([spec["type"] == BOOLEAN for spec in columns], dtype=bool),
         )
+
+    def check(self, x: np.ndarray) -> None:
+        """A matrix of raw values in training column order holds what each column may (see
+        :func:`check_kind`): no number but 0 and 1 in a boolean column, no boolean in a number column."""
+        if x.dtype.kind == "b":
+            numbers = np.flatnonzero(~self.boolean)
+            if len(numbers) and len(x):
+                check_kind(self.names[numbers[0]], NUMERIC, x[:, numbers[0]])
+            return
+        for j in np.flatnonzero(self.boolean):
+            check_kind(self.names[j], BOOLEAN, x[:, j])
 
     def apply(self, columns: list[np.ndarray], width: int) -> np.ndarray:
         """The arithmetic of Encoding.apply, float64 ``(x - mean) / scale`` with gaps (non-finite
@@ -940,6 +977,8 @@ class Encoding:
         if self.numeric_layout is not None:
             columns = _plain_columns(data, self.inputs)
             if columns is not None:
+                for spec, values in zip(self.columns, columns, strict=True):
+                    check_kind(spec["name"], spec["type"], values)
                 return self.numeric_layout.apply(columns, len(self.features))
         return self._apply_frame(_records(data, self.inputs))
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.encoding import BOOLEAN, CATEGORY, NUMERIC, Encoding, feature_names
+from workbench.ml.encoding import BOOLEAN, CATEGORY, NUMERIC, Encoding, check_kind, feature_names
 from workbench.serve.media import RequestError
 
 _NUMBER_TYPES = frozenset({int, float, type(None)})
@@ -27,18 +27,30 @@ _BOOL_TYPES = frozenset({bool})
 _TEXT_TYPES = frozenset({str, type(None)})
 
 
+def _allowed(kind: str, values: np.ndarray) -> bool:
+    """Whether a number or boolean column may hold these values (:func:`check_kind`); where it may
+    not, the caller leaves the refusal to :meth:`Encoding.apply`, so its words are the package's."""
+    try:
+        check_kind("", kind, values)
+    except DataError:
+        return False
+    return True
+
+
 def _floats(values: Sequence[Any], kind: str) -> np.ndarray | None:
     """The column as float64 (NaN for a gap) where pandas would read it the same way, else None.
 
-    Plain numbers (with nulls) are numbers; booleans alone are 0 and 1. Booleans mixed with nulls
-    are read word by word in a boolean column and not at all in a number column: pandas decides.
+    Plain numbers (with nulls) are numbers, in a boolean column only 0 and 1; booleans alone are
+    0 and 1 in a boolean column. Booleans mixed with nulls are read word by word in a boolean column.
+    Anything else (true in a number column, 2 in a boolean one) is pandas' to decide, and refuse.
     """
     types = {type(v) for v in values}
     try:
         if types <= _NUMBER_TYPES:
-            return np.array(values, dtype=np.float64)
+            x = np.array(values, dtype=np.float64)
+            return x if kind != BOOLEAN or _allowed(kind, x) else None
         if types <= _BOOL_TYPES:
-            return np.array(values, dtype=np.float64)
+            return np.array(values, dtype=np.float64) if kind == BOOLEAN else None
         if kind == BOOLEAN and types <= {bool, type(None)}:
             return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     except OverflowError:  # an integer beyond float64: pandas says what to do about it
@@ -93,6 +105,10 @@ class RowEncoder:
     def matrix(self, values: np.ndarray) -> np.ndarray:
         """Raw values in training column order (a model whose columns are all numbers or booleans)."""
         assert self._layout is not None
+        try:
+            self._layout.check(values)
+        except DataError as exc:
+            raise RequestError(400, str(exc)) from None
         return self._layout.standardise(np.asarray(values, dtype=np.float64))
 
     def plain(self, records: Sequence[Any]) -> np.ndarray | None:
@@ -116,7 +132,12 @@ class RowEncoder:
             values = np.array(rows, dtype=np.float64)
         except OverflowError:
             return None
-        return self.matrix(values)
+        assert self._layout is not None
+        try:
+            self._layout.check(values)
+        except DataError:  # 2 in a boolean column: refused by the column-by-column path, in its words
+            return None
+        return self._layout.standardise(values)
 
     def records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Dict records holding every training column (other keys ignored)."""
@@ -137,7 +158,8 @@ class RowEncoder:
             at = self._value_at[i]
             if spec["type"] in (NUMERIC, BOOLEAN):
                 if isinstance(values, np.ndarray):
-                    x = values.astype(np.float64) if values.dtype.kind in "biuf" else None
+                    plain = values.dtype.kind in "biuf" and _allowed(spec["type"], values)
+                    x = values.astype(np.float64) if plain else None
                 else:
                     x = _floats(values, spec["type"])
                 if x is None:

@@ -505,12 +505,28 @@ def _overflows(value: Any) -> bool:
         return False
 
 
+def check_kind(name: str, kind: str, values: np.ndarray) -> None:
+    """A boolean column takes true, false, 1 and 0; a number column numbers, never true or false."""
+    if values.dtype.kind == "b":
+        if kind == NUMERIC and len(values):
+            raise DataError(f"column {name!r}: {_shown(bool(values[0]))} is not a number")
+    elif kind == BOOLEAN and values.dtype.kind in "iuf":
+        bad = (values != 0) & (values != 1) & np.isfinite(values)
+        if bad.any():
+            raise DataError(f"column {name!r}: {_shown(values[bad][0].item())} is not true or false")
+
+
 def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
     """The column as float64 with NaN for gaps; text that is no number is refused with a sample."""
     if pd.api.types.is_bool_dtype(series.dtype) or (
         pd.api.types.is_numeric_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
     ):
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        if pd.api.types.is_bool_dtype(series.dtype):
+            if not boolean and series.notna().any():
+                raise DataError(f"column {name!r}: {_shown(bool(series.dropna().iloc[0]))} is not a number")
+        elif boolean:
+            check_kind(name, BOOLEAN, series.to_numpy() if isinstance(series.dtype, np.dtype) else x)
     else:
         series = series.where(~series.map(lambda v: isinstance(v, str) and v.strip() in GAP_WORDS).to_numpy(bool), None)
         if boolean:
@@ -521,6 +537,9 @@ def _numbers(series: pd.Series, name: str, boolean: bool) -> np.ndarray:
             beyond = converted.isna().to_numpy() & series.map(_overflows).to_numpy(dtype=bool)  # 1e400: a gap
             if beyond.any():
                 converted = converted.where(~beyond, np.inf)
+            truth = series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)  # to_numeric makes 1
+            if truth.any():
+                converted = converted.where(~truth, np.nan)
         bad = converted.isna().to_numpy() & series.notna().to_numpy()
         if bad.any():
             what = "true or false" if boolean else "a number"
