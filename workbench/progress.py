@@ -25,12 +25,14 @@ def progress(*, total: int | None, desc: str, unit: str, enabled: bool = True, *
     """A tqdm bar on the stream that suits the place it runs in.
 
     In a kernel the bar updates at most every few seconds (each update is a stored output line).
+    ``unit`` is one thing counted (``row``): the bar reads ``1797 rows`` and ``950 rows/s``, where
+    tqdm would glue the word to the number (``1797row``).
     """
     kernel = in_kernel()
     return tqdm(
         total=total,
         desc=desc,
-        unit=unit,
+        unit=f" {unit}s",
         file=sys.stdout if kernel else sys.stderr,
         disable=not enabled,
         mininterval=5 if kernel else 2,
