@@ -626,7 +626,8 @@ def test_bad_input_is_a_clear_error_and_the_server_stays_up(
     assert response.headers["content-type"] == JSON
     error = response.json()["error"]
     assert re.search(message, error) and "\n" not in error, error
-    assert httpx.get(digits_server.url + "/ping").status_code == 200
+    ping = httpx.get(digits_server.url + "/ping")
+    assert ping.status_code == 200 and ping.json()["status"] == "ok" and ping.headers["content-type"] == JSON
     logged = [line for line in digits_server.log.read_text().splitlines() if line.endswith(f" {status}: {error}")]
     assert len(logged) == logged_before + 1, logged
 
