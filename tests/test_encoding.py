@@ -346,6 +346,29 @@ def test_an_identifier_column_is_refused_until_dropped_or_declared():
     assert len(fit_encoding([few], target="y").features) == 51
 
 
+def test_a_number_column_with_a_few_words_is_refused_with_the_share_and_the_words(penguins, tmp_path):
+    """Every 7th bill length written as 'oops' makes the CSV column text; it is refused, not one-hot
+    encoded as categories of numbers, until cleaned or declared categorical. Text columns stay text."""
+    frame = penguins.astype({"bill_length_mm": object})
+    frame.loc[::7, "bill_length_mm"] = "oops"
+    frame.loc[3::50, "bill_length_mm"] = "n.a."
+    path = tmp_path / "penguins.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as excinfo:
+        fit_encoding(iter_source(str(path), 100), target="species", where=f"data.source {path}: ")
+    assert str(excinfo.value) == (
+        f"data.source {path}: column 'bill_length_mm' holds numbers, but 56 of its 343 values (16.3%) are words: "
+        "'oops', 'n.a.'; clean them (an empty field or NA is a gap), or add the column to data.categorical to keep "
+        "its values as categories"
+    )
+    frame.loc[frame.bill_length_mm.isin(["oops", "n.a."]), "bill_length_mm"] = "NA"
+    frame.to_csv(path, index=False)
+    cleaned = fit_encoding(iter_source(str(path), 100), target="species")
+    assert {c["name"]: c["type"] for c in cleaned.columns}["bill_length_mm"] == "numeric"
+    codes = pd.DataFrame({"size": ["1", "2", "3", "XL", "XXL"] * 20, "y": [0, 1] * 50})  # mostly words: categories
+    assert fit_encoding([codes], target="y").columns[0]["type"] == "category"
+
+
 def test_a_declared_categorical_with_too_many_values_is_refused_with_its_count():
     frame = pd.DataFrame({"zip": np.arange(300) % 120, "y": 1})
     with pytest.raises(DataError) as excinfo:

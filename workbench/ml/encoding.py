@@ -41,6 +41,7 @@ FORMAT = "workbench.encoding/1"
 MAX_CATEGORIES = 50  # one-hot columns kept per category column (plus missing and other)
 ID_SHARE = 0.95  # a text column with more distinct values than this share of its rows is an identifier
 ID_MIN_ROWS = 50  # ... judged only once it has this many values
+MOSTLY_NUMBERS = 0.8  # a text column with at least this share of numbers is numbers with stray words
 MAX_DISTINCT = 200_000  # distinct values counted per column at most: beyond, an identifier or free text
 MAX_CLASSES = 10_000  # distinct target values counted at most
 CLASSIFICATION_MAX_INTEGERS = 20  # an integer target with at most this many values is a class label
@@ -105,6 +106,15 @@ class _Column:
     moments: _Moments | None = None
     has_time: bool = False
     text_dates: bool = False
+
+
+def _number_text(text: str) -> bool:
+    """Whether a category's text is a number (``3``, ``-0.5``, ``1e3``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def category_key(value: Any) -> str | None:
@@ -344,6 +354,22 @@ class EncodingFitter:
             specs.append(spec)
         return Encoding(specs, self.max_categories, self.rows)
 
+    def _refuse_stray_words(self, column: _Column, present: int) -> None:
+        """A column of numbers with a few words in it (``oops``, ``n.a.``, ``?``) reads as text, and
+        one-hot encoding its numbers as categories would drop what they measure without a word: say
+        so, with the share and the words, rather than guess which the column is."""
+        words = {key: n for key, n in column.counts.items() if not _number_text(key)}
+        numbers = present - sum(words.values())
+        if not words or numbers < MOSTLY_NUMBERS * present:
+            return
+        shown = ", ".join(_shown(key) for key in sorted(words, key=lambda k: (-words[k], k))[:3])
+        more = f" and {len(words) - 3:,} more" if len(words) > 3 else ""
+        raise DataError(
+            f"{self.where}column {column.name!r} holds numbers, but {present - numbers:,} of its {present:,} values "
+            f"({(present - numbers) / present:.1%}) are words: {shown}{more}; clean them (an empty field or NA is a "
+            "gap), or add the column to data.categorical to keep its values as categories"
+        )
+
     def _vocabulary(self, column: _Column) -> list[str]:
         counts = column.counts
         present = column.rows - column.missing
@@ -353,6 +379,8 @@ class EncodingFitter:
                 f"more than max_categories {self.max_categories}; raise max_categories or leave it out of "
                 "data.categorical"
             )
+        if not column.declared:
+            self._refuse_stray_words(column, present)
         if not column.declared and present >= ID_MIN_ROWS and len(counts) > ID_SHARE * present:
             written = _dates_written_otherwise(list(counts)[:20])
             if written:
