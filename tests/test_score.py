@@ -90,7 +90,8 @@ def test_scoring_bad_input_is_named(trained, stage_ctx_factory, tmp_path):
             ctx, ScoreParams(source=str(tmp_path / "narrow.csv"), batch_size=100, model_run="unit"), progress=False
         )
     with pytest.raises(
-        ParameterError, match=r"^score\.batch_size in ScoreParams\(batch_size=0, .*\): must be greater than 0, got 0$"
+        ParameterError,
+        match=r"^score\.batch_size in ScoreParams\(batch_size=0, .*\): must be greater than 0 and at most 10000000, got 0$",
     ):
         score_batch(ctx, ScoreParams(batch_size=0, model_run="unit"), progress=False)
     with pytest.raises(TrackingError, match=r"^score\.model_run 'nope' is not a run in db .*; `workbench runs` lists"):
