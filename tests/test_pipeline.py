@@ -258,5 +258,6 @@ def test_scoring_bad_input_is_one_line(small_run, tmp_path):
     zero = workbench("run", "--steps", "score", *small_run.place.sets("score.batch_size=0"))
     assert (
         zero.code == 2
-        and zero.stderr == "error: score.batch_size in --set score.batch_size=0: must be greater than 0, got 0\n"
+        and zero.stderr
+        == "error: score.batch_size in --set score.batch_size=0: must be greater than 0 and at most 10000000, got 0\n"
     )

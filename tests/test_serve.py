@@ -733,7 +733,7 @@ def test_start_errors_are_one_line_before_anything_listens(digits, tmp_path):
         "no db": (mistyped, [], 1, r"^error: db .*: no tracking database at .*/typo/tracking\.db; check the db parameter"),
         "missing file": (digits.place, [f"serve.model={tmp_path}/model.tar.gz"], 1, r"^error: serve\.model .*: no such file or folder"),
         "port in use": (digits.place, [f"serve.model={digits.run_id}", f"serve.port={port}"], 2, rf"^error: serve\.port {port} on 127\.0\.0\.1 is in use"),
-        "bad value": (digits.place, ["serve.max_batch=0"], 2, r"^error: serve\.max_batch in --set serve\.max_batch=0: must be greater than 0, got 0$"),
+        "bad value": (digits.place, ["serve.max_batch=0"], 2, r"^error: serve\.max_batch in --set serve\.max_batch=0: must be greater than 0 and at most 1048576, got 0$"),
     }  # fmt: skip
     started = {
         name: subprocess.Popen(
