@@ -16,7 +16,7 @@ from torch import nn
 from workbench.errors import ModelError
 from workbench.ml.architectures import BUILTIN, MLP, DigitCNN
 
-__all__ = ["BUILTIN", "MLP", "DigitCNN", "build_model", "load_model", "model_config"]
+__all__ = ["BUILTIN", "MLP", "DigitCNN", "build_model", "check_outputs", "load_model", "model_config"]
 
 
 def model_config(
@@ -59,7 +59,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     except ValueError:  # no signature to inspect (a C-implemented class): let the call itself tell
         pass
     try:
-        return cls(**arguments)
+        model = cls(**arguments)
     except ValueError as exc:  # the architecture's own check of the data's shape
         raise ModelError(str(exc)) from exc
     except TypeError as exc:
@@ -67,6 +67,52 @@ def build_model(config: dict[str, Any]) -> nn.Module:
             f"train.model {spec!r}: its constructor raised TypeError: {exc}; fix the class (the traceback "
             "with --traceback or WORKBENCH_DEBUG=1 shows where)"
         ) from exc
+    check_outputs(model, config)
+    return model
+
+
+CHECK_ROWS = 2  # rows of the forward that checks a model's output (BatchNorm needs more than one)
+
+
+def check_outputs(model: nn.Module, config: dict[str, Any]) -> None:
+    """One forward on a small batch, in eval mode (no running statistics move), before any training:
+    a model whose output does not fit the task (13 logits for 10 classes, one number per row for a
+    classifier, a tuple) trained, exported and validated, and failed only when scoring read it."""
+    spec, classes = config["model"], int(config["num_classes"])
+    x = torch.zeros(CHECK_ROWS, int(config["in_features"]))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # a user's forward: its own bug, named with the class
+        first = (str(exc).splitlines() or [""])[0]
+        raise ModelError(
+            f"train.model {spec!r}: its forward on a batch of {CHECK_ROWS} rows of {x.shape[1]} features raised "
+            f"{type(exc).__name__}: {first}; fix the class (--traceback shows where)"
+        ) from exc
+    finally:
+        model.train(training)
+    regression = classes == 1
+    needed = (
+        f"one number per row, shape ({CHECK_ROWS}, 1) or ({CHECK_ROWS},)"
+        if regression
+        else (f"one logit per class, shape ({CHECK_ROWS}, {classes}) for the target's {classes} classes")
+    )
+    if not isinstance(out, torch.Tensor):
+        kind = type(out).__name__
+        raise ModelError(
+            f"train.model {spec!r}: forward returned a {kind}, not a tensor; return {needed} (the logits alone)"
+        )
+    fits = (
+        tuple(out.shape) in ((CHECK_ROWS, 1), (CHECK_ROWS,))
+        if regression
+        else tuple(out.shape) == (CHECK_ROWS, classes)
+    )
+    if not fits:
+        raise ModelError(
+            f"train.model {spec!r}: forward returned shape {tuple(out.shape)} for {CHECK_ROWS} rows; it must return {needed}"
+        )
 
 
 def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
