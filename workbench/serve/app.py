@@ -278,9 +278,12 @@ class Service:
     # ---- SageMaker hosting -----------------------------------------------------------------------
 
     async def ping(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """SageMaker takes any 200; a person or a load balancer's log reads what is serving."""
         if self.draining:
-            return await _send(send, 503, b"", [(b"connection", b"close")])
-        return await _send(send, 200, b"", [])
+            body = orjson.dumps({"status": "stopping"})
+            return await _send(send, 503, body, [(b"content-type", JSON_TYPE), (b"connection", b"close")])
+        body = orjson.dumps({"status": "ok", "model": self.name, "version": self.serving.model.version})
+        return await _send(send, 200, body, [(b"content-type", JSON_TYPE)])
 
     async def invocations(self, scope: Scope, receive: Receive, send: Send) -> int:
         live = self.serving
