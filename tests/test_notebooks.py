@@ -81,8 +81,22 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
         command = [str(BIN / "papermill"), str(path), str(tmp_path / f"again-{path.name}"), *common, *extra]
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
+    # notebook 02 once more with the same parameters (a second Run All, a scheduler's retry) changes nothing
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    before = tracker.get_run("plain")
+    assert again("02_train", *overrides["02_train"]).returncode == 0
+    after = tracker.get_run("plain")
+    assert after["status"] == "finished" and {s["status"] for s in after["steps"]} == {"finished"}
+    assert after["artifacts"] == before["artifacts"] and after["metrics"] == before["metrics"]
+    said = _outputs_text(tmp_path / "again-02_train.ipynb")
+    assert "nothing trained, nothing rewritten" in said and "must run again" not in said
+
     # training once more in the same run: what export, validate and score made came from the old weights
     assert again("02_train", "-p", "epochs", "3", "-p", "batch_size", "64", "-p", "device", "cpu").returncode == 0
+    assert (
+        "train wrote new outputs, so export, validate and score of run plain must run again (notebooks 03, 04 and 05)"
+        in _outputs_text(tmp_path / "again-02_train.ipynb")
+    )
     run = Tracker(f"sqlite:///{tmp_path}/t.db").get_run("plain")
     assert {s["name"]: s["status"] for s in run["steps"]} == {
         "prepare": "finished",
@@ -110,6 +124,15 @@ def test_each_notebook_runs_under_plain_papermill(tmp_path):
     assert serve.returncode == 1 and serve.stderr.strip().endswith("run its export step (notebook 03) again"), serve
     assert again("03_export_onnx").returncode == 0
     assert again("05_batch_score", *overrides["05_batch_score"]).returncode == 0
+
+
+def _outputs_text(path: Path) -> str:
+    """The text an executed notebook shows under its cells (streams and plain-text results)."""
+    shown = []
+    for cell in code_cells(path):
+        for output in cell.outputs:
+            shown.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(shown)
 
 
 def _nbval(target: Path) -> subprocess.CompletedProcess:

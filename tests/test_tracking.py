@@ -67,6 +67,36 @@ def test_notebook_runs_get_step_status_and_durations(tracker):
     assert tracker.list_runs()[0]["duration_s"] is not None
 
 
+def test_only_new_outputs_make_later_steps_of_a_notebook_run_stale(tracker):
+    """Opening a step again (a second Run All, a scheduler's retry) leaves later steps current; new
+    outputs mark the later finished steps stale, saying which files, and the run with them."""
+    tracker.ensure_run("nb", "/s")
+    for step in ("prepare", "train", "export", "validate"):
+        tracker.notebook_step("nb", step, "running")
+        tracker.notebook_step("nb", step, "finished")
+    tracker.notebook_step("nb", "score", "running")
+    tracker.notebook_step("nb", "score", "failed", "DataError: no rows")
+    tracker.notebook_step("nb", "train", "running")
+    tracker.notebook_step("nb", "train", "finished")
+    assert {s["name"]: s["status"] for s in tracker.get_run("nb")["steps"]}["export"] == "finished"
+    assert tracker.outputs_changed("nb", "train", []) == []
+
+    assert tracker.outputs_changed("nb", "train", ["model.pth", "metrics.json", "history.csv", "fit.png"]) == [
+        "export",
+        "validate",
+    ]
+    run = tracker.get_run("nb")
+    steps = {s["name"]: (s["status"], s["error"]) for s in run["steps"]}
+    assert steps["prepare"] == ("finished", None) and steps["train"] == ("finished", None)
+    assert steps["export"] == (
+        "stale",
+        "train wrote a new model.pth, metrics.json, history.csv and 1 more after it ran; run this step again",
+    )
+    assert steps["validate"][0] == "stale" and steps["score"][0] == "failed"
+    assert run["status"] == "failed"
+    assert tracker.outputs_changed("nb", "train", ["model.pth"]) == []  # marked once
+
+
 def test_one_process_at_a_time_holds_a_run(tracker, monkeypatch):
     import subprocess
     from datetime import timedelta

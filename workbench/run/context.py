@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.storage import open_store
 from workbench.storage.base import ArtifactInfo, Store
-from workbench.storage.catalog import Artifact, RunLayout, artifact, decode, encode
+from workbench.storage.catalog import NOTEBOOKS, Artifact, RunLayout, artifact, decode, encode
 from workbench.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -134,10 +134,13 @@ def step_context(
 
 
 def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
-    """In a Jupyter kernel, record after every cell whether the step stands finished or failed.
+    """In a Jupyter kernel, record after every cell whether the step stands finished or failed,
+    and whether it wrote outputs unlike those its later steps read.
 
     papermill stops at the first failing cell, so the last record is the notebook's outcome.
-    The hook replaces one an earlier context in this kernel installed.
+    A cell that rewrote an output with other bytes (training that ran again) marks the later
+    finished steps stale and says so under the cell; a rerun that wrote the same bytes, or nothing,
+    leaves them as they are. The hook replaces one an earlier context in this kernel installed.
     """
     from workbench.progress import in_kernel
 
@@ -146,8 +149,16 @@ def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
     from IPython import get_ipython
 
     shell = get_ipython()
+    seen = _hashes(tracker.step_outputs(run_id, step))  # what later steps may have read
 
     def after_cell(result: Any) -> None:
+        nonlocal seen
+        now_there = _hashes(tracker.step_outputs(run_id, step))
+        changed = [key.rsplit(f"/{step}/", 1)[-1] for key, digest in now_there.items() if seen.get(key) != digest]
+        seen = now_there
+        marked = tracker.outputs_changed(run_id, step, changed)
+        if marked:
+            print(stale_line(step, marked, run_id), flush=True)
         error = result.error_in_exec or result.error_before_exec
         if error is None:
             tracker.notebook_step(run_id, step, "finished")
@@ -160,3 +171,21 @@ def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
         shell.events.unregister("post_run_cell", previous)
     shell.events.register("post_run_cell", after_cell)
     shell._workbench_after_cell = after_cell
+
+
+def _hashes(outputs: dict[str, tuple[int, str | None]]) -> dict[str, str | None]:
+    return {key: digest for key, (_order, digest) in outputs.items()}
+
+
+def stale_line(step: str, marked: list[str], run_id: str) -> str:
+    """What a notebook says when its step wrote new outputs: which later steps to run again."""
+    numbers = [NOTEBOOKS[name].split("_", 1)[0] for name in marked if name in NOTEBOOKS]
+    notebooks = f"notebook{'s' if len(numbers) > 1 else ''} {_listed(numbers)}"
+    return (
+        f"{step} wrote new outputs, so {_listed(marked)} of run {run_id} must run again ({notebooks}): "
+        "what they made came from the earlier ones and is marked stale"
+    )
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"

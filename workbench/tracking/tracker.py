@@ -38,7 +38,7 @@ from workbench.config.secrets import mask as display_url  # the URL with any pas
 from workbench.config.secrets import mask_value
 from workbench.errors import TrackingError
 from workbench.storage.base import ArtifactInfo
-from workbench.storage.catalog import ENCODING, ONNX_MODEL
+from workbench.storage.catalog import ENCODING, ONNX_MODEL, STEP_ORDER
 from workbench.tracking.tables import artifacts, file_hashes, metrics, params, run_tags, runs, steps
 
 
@@ -391,19 +391,14 @@ class Tracker:
         """Status of a step of a notebook-started run, and the run's status that follows from its steps.
 
         ``running`` (re)starts the step's clock; ``finished`` and ``failed`` stop it, so the step's
-        duration runs from its context being opened to its last executed cell.
+        duration runs from its context being opened to its last executed cell. Opening a step again
+        leaves later steps as they are: only new outputs make them stale (:meth:`outputs_changed`).
         """
         stamp = now()
         with self._transaction() as conn:
             row = conn.execute(
                 select(steps.c.started_at, steps.c.position).where(steps.c.run_id == run_id, steps.c.name == name)
             ).first()
-            if row is not None and status == "running":  # what later steps made came from what this one made before
-                conn.execute(
-                    update(steps)
-                    .where(steps.c.run_id == run_id, steps.c.position > row[1], steps.c.status == "finished")
-                    .values(status="stale", error=f"{name} ran again after it; run this step again")
-                )
             if row is None:
                 position = conn.execute(select(func.count()).where(steps.c.run_id == run_id)).scalar()
                 conn.execute(
@@ -424,14 +419,43 @@ class Tracker:
                     error=error,
                 )
             )
-            states = set(conn.execute(select(steps.c.status).where(steps.c.run_id == run_id)).scalars())
-            overall = next((state for state in ("failed", "running", "stale") if state in states), "finished")
-            failed = error if status == "failed" else None
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id)
-                .values(status=overall, finished_at=None if overall == "running" else stamp, error=failed)
+            _settle_run(conn, run_id, stamp, error=error if status == "failed" else None)
+
+    def step_outputs(self, run_id: str, step: str) -> dict[str, tuple[int, str | None]]:
+        """The artifacts ``step`` of the run recorded: key -> (order of its latest record, its sha256)."""
+        query = (
+            select(artifacts.c.key, artifacts.c.id, artifacts.c.sha256)
+            .where(artifacts.c.run_id == run_id, artifacts.c.step == step)
+            .order_by(artifacts.c.id)
+        )
+        with self.engine.connect() as conn:
+            return {key: (order, sha256) for key, order, sha256 in conn.execute(query)}
+
+    def outputs_changed(self, run_id: str, step: str, files: list[str]) -> list[str]:
+        """``step`` of a notebook run wrote outputs unlike those its later steps read (``files``, by
+        name in its folder): each later finished step is marked stale, saying so. Returns the steps
+        marked now, in pipeline order; a step rerun that wrote the same bytes marks none."""
+        later = list(STEP_ORDER[STEP_ORDER.index(step) + 1 :]) if step in STEP_ORDER else []
+        if not later or not files:
+            return []
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        why = f"{step} wrote a new {shown} after it ran; run this step again"
+        with self._transaction() as conn:
+            marked = set(
+                conn.execute(
+                    select(steps.c.name).where(
+                        steps.c.run_id == run_id, steps.c.name.in_(later), steps.c.status == "finished"
+                    )
+                ).scalars()
             )
+            if marked:
+                conn.execute(
+                    update(steps)
+                    .where(steps.c.run_id == run_id, steps.c.name.in_(marked))
+                    .values(status="stale", error=why)
+                )
+                _settle_run(conn, run_id, now())
+        return [name for name in later if name in marked]
 
     # holding a run ----------------------------------------------------------------------------
     def claim_run(self, run_id: str, holder: str) -> None:
@@ -819,6 +843,18 @@ class Tracker:
             delete(file_hashes).where(file_hashes.c.host == host, file_hashes.c.path == path),
             insert(file_hashes).values(host=host, path=path, bytes=size, mtime_ns=mtime_ns, sha256=sha256),
         )
+
+
+def _settle_run(conn: Any, run_id: str, stamp: datetime, **also: str | None) -> None:
+    """A notebook run's status from its steps' (failed, running or stale if any step is); ``also``
+    sets other columns of the run, e.g. ``error`` (its failing cell's line, or None)."""
+    states = set(conn.execute(select(steps.c.status).where(steps.c.run_id == run_id)).scalars())
+    overall = next((state for state in ("failed", "running", "stale") if state in states), "finished")
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(status=overall, finished_at=None if overall == "running" else stamp, **also)
+    )
 
 
 def _doubt(steps_found: dict[str, tuple[str, str | None]], parity_pass: float | None) -> str | None:

@@ -128,6 +128,17 @@ def run_job(ctx: StepContext, job: TrainJob, rank: int = 0, world: int = 1, loca
     if job.train.compile == "on" and rank == 0:
         print(trainer.plan.reason, flush=True)
     resumed_from = resume(ctx, trainer, config, rank)
+    if resumed_from and trainer.done and written_from_checkpoint(ctx):
+        if rank:
+            return None
+        print(
+            f"training is done: this run's checkpoint is at epoch {resumed_from} of {settings.epochs}, and its "
+            "model and reports were written from it; nothing trained, nothing rewritten",
+            flush=True,
+        )
+        result = recorded_result(ctx)
+        _sagemaker_outputs(ctx, result.config, result.environment, result.metrics)
+        return result
 
     def checkpoint(epoch: int, row: dict[str, float]) -> None:
         # checkpoint first, metrics second: a kill between them repeats no logged epoch
@@ -265,6 +276,29 @@ def launch_distributed(ctx: StepContext, job: TrainJob) -> TrainResult:
     """Run :func:`run_job` in torchrun workers (on this node, and with the other nodes when there
     are several) and read back what global rank 0 wrote to the run's store."""
     run_workers(job)
+    return recorded_result(ctx)
+
+
+# What a training writes when it ends (see _finish), from the weights it ends with.
+OUTPUTS = (MODEL_STATE, MODEL_CONFIG, ENVIRONMENT, TRAIN_METRICS, HISTORY, CURVES, FIT_PLOT)
+
+
+def written_from_checkpoint(ctx: StepContext) -> bool:
+    """Whether this run's training outputs were all recorded after its last checkpoint and are still
+    in the store: a finished training, which a rerun (a second Run All, a scheduler's retry) must
+    neither redo nor rewrite, so the steps after it stay current."""
+    recorded = ctx.tracker.step_outputs(ctx.run_id, ctx.step)
+    last = recorded.get(ctx.key(CHECKPOINT))
+    if last is None:
+        return False
+    return all(
+        ctx.key(item) in recorded and recorded[ctx.key(item)][0] > last[0] and ctx.has_artifact(item)
+        for item in OUTPUTS
+    )
+
+
+def recorded_result(ctx: StepContext) -> TrainResult:
+    """The result of this run's training as its outputs in the store record it."""
     history = ctx.load_artifact(HISTORY)
     metrics = ctx.load_artifact(TRAIN_METRICS)
     env, config = ctx.load_artifact(ENVIRONMENT), ctx.load_artifact(MODEL_CONFIG)
@@ -354,6 +388,7 @@ def _sagemaker_outputs(
 def plot_history(history: pd.DataFrame) -> Figure:
     """Loss and accuracy (or mean absolute error, for a number) per epoch, train against validation."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     loss_ax.plot(history.epoch, history.train_loss, label="train")
@@ -368,6 +403,7 @@ def plot_history(history: pd.DataFrame) -> Figure:
         acc_ax.plot(history.epoch, history.val_accuracy, label="validation")
         acc_ax.set(title="accuracy", xlabel="epoch", ylim=(min(0.8, history.val_accuracy.min()), 1.0))
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run has no epoch 1.5
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
