@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from support.runs import stale_notebook_run
+
 from workbench.run.report import render_report
 from workbench.storage import open_store
 from workbench.tracking.tracker import Tracker
@@ -29,3 +31,22 @@ def test_parameters_changed_from_their_defaults_come_first_and_are_marked(tmp_pa
     ]
     assert "2 changed from the default" in table and "--set train.lr=0.01" in table
     assert "&lt;b&gt;churned&lt;/b&gt;" in table  # a value is text, never markup
+
+
+def test_a_stale_verdict_and_stale_results_are_marked_as_such(tmp_path):
+    """After training ran again, the report shows no green parity PASS and no MXNet accuracy of the
+    old weights as a current result beside the new validation accuracy."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    store = open_store(str(tmp_path / "store"))
+    stale_notebook_run(tracker, "again")
+
+    render_report("again", tracker, store)
+    page = (tmp_path / "store" / "runs" / "again" / "report" / "index.html").read_text()
+    header = page[page.index("<header>") : page.index("</header>")]
+    assert '<span class="badge stale">parity stale (was PASS)</span>' in header and "PASS</span>" not in header
+    cards = dict(re.findall(r'<div class="label">([^<]+)</div><div class="value">([^<]+)</div>', page))
+    assert cards["MXNet accuracy · stale"] == "91.00%" and cards["validation accuracy"] == "96.00%"
+    assert "export, validate must run again: what they made came from earlier inputs" in page
+    table = page[page.index("<h2>Metrics") :]
+    assert re.search(r'<tr class="stale-result"><td><code>parity_pass</code> <span class="badge stale"', table)
+    assert re.search(r"<tr><td><code>val_accuracy</code></td>", table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.runs import stale_notebook_run
 
 from workbench.cli import main
 from workbench.storage.base import ArtifactInfo
@@ -92,6 +93,30 @@ def test_one_run_shows_changed_parameters_first_then_metrics_and_artifacts(db):
     assert ["parity_pass", "PASS"] in [line.split() for line in lines]
     assert "artifacts (in /store/runs/slow/)" in lines
     assert ["train/model.pth", "2,048", "B", "abababababab"] in [line.split() for line in lines]
+
+
+def test_results_of_a_stale_step_are_never_shown_as_current(db, capsys):
+    """A parity verdict and numbers that a step recorded before its inputs changed read as stale, in
+    the runs table, in `runs show` and in `runs --json`; a current one beside them reads as it is."""
+    stale_notebook_run(Tracker(db), "again")
+    query = RunQuery(columns=("val_accuracy", "parity_pass", "mxnet_accuracy"), limit=2)
+    text = runs_table(find_runs(Tracker(db), query), query)
+    header, row, current, note = text.splitlines()[:4]
+    assert header.split()[4:7] == ["val_accuracy", "parity_pass", "mxnet_accuracy"]
+    assert row.split()[:2] == ["again", "stale"] and row.split()[4:] == ["0.96", "stale", "0.91", "(stale)", "-"]
+    assert current.split()[4:6] == ["0.85", "PASS"] and "PASS" not in row
+    assert note.startswith("stale: recorded by a step whose inputs changed since it ran")
+
+    lines = run_text(Tracker(db).get_run("again")).splitlines()
+    assert "metrics (stale: recorded by a step that must run again)" in lines
+    shown = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ")}
+    assert shown["parity_pass"] == ["stale", "was", "PASS", "before;", "validate", "must", "run", "again"]
+    assert shown["mxnet_accuracy"] == ["0.91", "(stale)", "validate", "must", "run", "again"]
+    assert shown["val_accuracy"] == ["0.96"]
+
+    assert main(["runs", "--set", f"db={db}", "--json", "--limit", "1"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["stale_metrics"] == ["mxnet_accuracy", "parity_pass", "test_accuracy"]
 
 
 def test_runs_side_by_side_mark_the_best(db):

@@ -111,7 +111,14 @@ DEFAULT_COLUMNS = ("val_accuracy", "parity_pass")
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from workbench.tracking.labels import tags
-    from workbench.tracking.queries import RunQuery, find_runs, parameters_and_metrics, parse_condition, unrecorded
+    from workbench.tracking.queries import (
+        RunQuery,
+        find_runs,
+        parameters_and_metrics,
+        parse_condition,
+        stale_metrics,
+        unrecorded,
+    )
     from workbench.tracking.terminal import runs_table
 
     chosen = _keys(args.columns)
@@ -136,6 +143,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     page = find_runs(tracker, query)
     if args.json:
         details = parameters_and_metrics(tracker, [r.id for r in page.rows])
+        stale = stale_metrics(tracker, [r.id for r in page.rows])
         rows = [
             {
                 "id": r.id,
@@ -146,6 +154,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 "duration_s": r.duration_s,
                 "tags": r.tags,
                 **details[r.id],
+                "stale_metrics": stale[r.id],
             }
             for r in page.rows
         ]

@@ -49,6 +49,12 @@ def _notebook_html(source: bytes, uri: str) -> str:
     return body
 
 
+def _test_line(line: str, stale: dict[str, str]) -> str:
+    """The test-split comparison, marked when the step that measured it is stale."""
+    steps = sorted({step for key, step in stale.items() if key.startswith(("test_", "baseline_test_", "chance_test_"))})
+    return f"{line} (stale: {', '.join(steps)} must run again)" if steps else line
+
+
 def _copy_page(store: Store, source: str, layout: RunLayout, page: Artifact) -> bool:
     """A reused step's page copied from the run it came from (its executed notebook is the same
     file), which spares rendering it again; False when that run has no such page."""
@@ -96,17 +102,33 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
         artifact["href"] = "../" + layout.relative(artifact["key"])
         entry = layout.find(artifact["key"])
         artifact["description"] = entry.description if entry else ""
-    metrics = run["metrics"]
+    metrics, stale = run["metrics"], run["stale_metrics"]
     verdict = None if "parity_pass" not in metrics else ("PASS" if metrics["parity_pass"] == 1 else "FAIL")
-    cards = [(card.label, card.show(metrics[card.metric])) for card in KEY_RESULTS if card.metric in metrics]
+    badge = verdict
+    if verdict and "parity_pass" in stale:  # a verdict on earlier weights is no verdict on these
+        verdict, badge = f"stale (was {verdict})", "stale"
+    cards = [
+        (card.label, card.show(metrics[card.metric]), card.metric in stale)
+        for card in KEY_RESULTS
+        if card.metric in metrics
+    ]
     # every figure the run wrote, in pipeline order, under its catalog title
     plots = [(figure.title, f"../{figure.path}") for figure in FIGURES if layout.key(figure) in present]
     warnings = [*unreadable]
+    again = [step["name"] for step in run["steps"] if step["status"] == "stale"]
+    if again:
+        warnings.append(
+            f"{', '.join(again)} must run again: what {'they' if len(again) > 1 else 'it'} made came from earlier "
+            "inputs, and is marked stale below"
+        )
     if metrics.get("near_chance") == 1.0:
         warnings.extend(training_warnings(metrics))
     held_out = comparison(metrics)  # "test ROC AUC 0.81; gradient boosting 0.84; chance 0.50"
     if held_out and held_out.warning:
         warnings.append(held_out.warning)
+    test_line = (
+        _test_line(held_out.line, stale) if held_out else NO_TEST_ROWS if metrics.get("rows_test") == 0 else None
+    )
     template = (resources.files("workbench") / "templates" / "index.html.j2").read_text()
     page = (
         Environment(autoescape=True)
@@ -114,8 +136,9 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
         .render(
             run=run,
             verdict=verdict,
+            badge=badge,
             cards=cards,
-            test_line=held_out.line if held_out else NO_TEST_ROWS if metrics.get("rows_test") == 0 else None,
+            test_line=test_line,
             plots=plots,
             warnings=warnings,
             fmt=_fmt,

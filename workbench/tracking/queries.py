@@ -128,6 +128,7 @@ class RunRow:
     duration_s: float | None
     tags: dict[str, str]
     values: dict[str, Any]  # the query's columns: parameters decoded from JSON, metrics as floats; absent: None
+    stale: frozenset[str] = frozenset()  # those of the columns that are metrics of a stale step
 
 
 @dataclass
@@ -285,6 +286,7 @@ def find_runs(tracker: Tracker, query: RunQuery) -> RunPage:
         ids = [r["id"] for r in rows]
         tags = _tags(conn, ids)
         values = _values(conn, ids, query.columns)
+        stale = _stale(conn, ids, query.columns)
     found = []
     for r in rows:
         fields = {
@@ -308,9 +310,43 @@ def find_runs(tracker: Tracker, query: RunQuery) -> RunPage:
                 fields["duration_s"],
                 tags.get(r["id"], {}),
                 row_values,
+                frozenset(stale.get(r["id"], ())),
             )
         )
     return RunPage(found, total)
+
+
+def _stale(conn: Any, ids: list[str], keys: tuple[str, ...] | None) -> dict[str, set[str]]:
+    """Per run, the final metrics (of ``keys``, or all) whose latest record came from a step that is
+    stale now (a notebook step run again with new outputs after it): results of earlier inputs."""
+    found: dict[str, set[str]] = {}
+    wanted = None if keys is None else [k for k in keys if kind_of(k) == "metric"]
+    if not ids or wanted == []:
+        return found
+    stale_steps = set(
+        conn.execute(
+            select(steps.c.run_id, steps.c.name).where(steps.c.run_id.in_(ids), steps.c.status == "stale")
+        ).all()
+    )
+    if not stale_steps:
+        return found
+    query = select(metrics.c.run_id, metrics.c.key, metrics.c.step).where(
+        metrics.c.run_id.in_({run_id for run_id, _ in stale_steps}), metrics.c.epoch.is_(None)
+    )
+    if wanted is not None:
+        query = query.where(metrics.c.key.in_(wanted))
+    latest = {(run_id, key): step for run_id, key, step in conn.execute(query.order_by(metrics.c.id))}
+    for (run_id, key), step in latest.items():
+        if (run_id, step) in stale_steps:
+            found.setdefault(run_id, set()).add(key)
+    return found
+
+
+def stale_metrics(tracker: Tracker, run_ids: list[str]) -> dict[str, list[str]]:
+    """Per run, every final metric that a stale step recorded (see :func:`find_runs`' ``stale``)."""
+    with tracker.engine.connect() as conn:
+        found = _stale(conn, run_ids, None)
+    return {run_id: sorted(found.get(run_id, ())) for run_id in run_ids}
 
 
 def _tags(conn: Any, ids: list[str]) -> dict[str, dict[str, str]]:

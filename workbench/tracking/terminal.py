@@ -38,10 +38,15 @@ def show(value: Any) -> str:
     return text if len(text) <= WIDEST else text[: WIDEST - 1] + "…"
 
 
-def _cell(key: str, value: Any) -> str:
+def _cell(key: str, value: Any, stale: bool = False) -> str:
+    """A metric's cell; one a stale step recorded is never shown as current: a parity verdict reads
+    ``stale``, a number carries ``(stale)``."""
     if key == "parity_pass" and value is not None:
-        return {1.0: "PASS", 0.0: "FAIL"}.get(value, show(value))
-    return show(value)
+        return STALE if stale else {1.0: "PASS", 0.0: "FAIL"}.get(value, show(value))
+    return f"{show(value)} ({STALE})" if stale and value is not None else show(value)
+
+
+STALE = "stale"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()) -> str:
@@ -65,7 +70,7 @@ def runs_table(page: RunPage, query: RunQuery) -> str:
             r.status,
             r.started_at or "-",
             "-" if r.duration_s is None else f"{r.duration_s:.1f}",
-            *(_cell(c, r.values.get(c)) for c in query.columns),
+            *(_cell(c, r.values.get(c), c in r.stale) for c in query.columns),
             show(r.name),
             " ".join(f"{k}={v}" for k, v in r.tags.items()),
         ]
@@ -73,6 +78,8 @@ def runs_table(page: RunPage, query: RunQuery) -> str:
     ]
     text = table(header, rows, right=[False, False, False, True, *[True] * len(query.columns)])
     shown = query.offset + len(page.rows)
+    if any(r.stale for r in page.rows):
+        text += f"\n{STALE}: recorded by a step whose inputs changed since it ran; `workbench runs show RUN` says which"
     if page.total > shown:
         text += f"\n{len(page.rows)} of {page.total} runs shown; --limit shows more, --where fewer"
     return text
@@ -103,14 +110,24 @@ def run_text(run: dict[str, Any]) -> str:
     ordered = sorted(parameters, key=lambda k: (k not in changed, k))
     rows = [[CHANGED if k in changed else "", k, show(parameters[k]), origins.get(k) or ""] for k in ordered]
     lines.append(_body(rows, "none recorded"))
-    lines += ["", "metrics"]
-    lines.append(_body([["", k, _cell(k, v)] for k, v in sorted(run["metrics"].items())], "none recorded"))
+    stale = run.get("stale_metrics", {})
+    lines += ["", f"metrics ({STALE}: recorded by a step that must run again)" if stale else "metrics"]
+    rows = [
+        ["", k, _cell(k, v, k in stale), _stale_note(k, v, stale[k]) if k in stale else ""]
+        for k, v in sorted(run["metrics"].items())
+    ]
+    lines.append(_body(rows, "none recorded"))
     prefix = f"runs/{run['id']}/"
     where = next((a["uri"].removesuffix(a["key"].removeprefix(prefix)) for a in run["artifacts"]), "")
     lines += ["", f"artifacts (in {where})" if where else "artifacts"]
     rows = [["", a["key"].removeprefix(prefix), f"{a['bytes']:,} B", a["sha256"][:12]] for a in run["artifacts"]]
     lines.append(_body(rows, "none recorded", right=[False, False, True]))
     return "\n".join(lines)
+
+
+def _stale_note(key: str, value: Any, step: str) -> str:
+    was = f"was {_cell(key, value)} before; " if key == "parity_pass" else ""
+    return f"{was}{step} must run again"
 
 
 def _body(rows: list[list[str]], empty: str, right: Sequence[bool] = ()) -> str:

@@ -581,6 +581,8 @@ class Tracker:
                 .all()
             )
         final = {r["key"]: r["value"] for r in metric_rows if r["epoch"] is None}
+        recorded_by = {r["key"]: r["step"] for r in metric_rows if r["epoch"] is None}  # the latest record's step
+        stale_steps = {s["name"] for s in step_rows if s["status"] == "stale"}
         history: dict[str, list[dict[str, Any]]] = {}
         for r in metric_rows:
             if r["epoch"] is not None:
@@ -620,6 +622,8 @@ class Tracker:
             "parameters": {p["key"]: mask_value(json.loads(p["value"])) for p in param_rows},
             "origins": {p["key"]: p["origin"] for p in param_rows},  # a file, --set, notebook or papermill
             "metrics": final,
+            # metric -> its step, for each final metric whose step is stale: a result of earlier inputs
+            "stale_metrics": {k: step for k, step in recorded_by.items() if step in stale_steps},
             "history": history,
             "artifacts": list(latest.values()),
         }
