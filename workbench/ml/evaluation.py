@@ -314,8 +314,9 @@ class Comparison:
         assert self.baseline is not None
         return (
             f"the model loses to gradient boosting on the test split: {self.label} {self._show(self.model)} against "
-            f"{self._show(self.baseline)} (scikit-learn's defaults on the same encoded training rows); "
-            "a model this size should at least match it (check train.* and the learning curves)"
+            f"{self._show(self.baseline)} (scikit-learn's defaults, fitted on the same encoded training rows); "
+            "on this table the simpler model is the better one unless tuning train.* closes the gap "
+            "(see the learning curves)"
         )
 
     def _repr_html_(self) -> str:
