@@ -13,7 +13,7 @@ from workbench.errors import ModelError, StoreError
 from workbench.ml.models import load_model
 from workbench.ml.training.checkpoint import CHECKPOINT, SET_ASIDE
 from workbench.ml.training.device import amp_dtype, choose_device, environment
-from workbench.ml.training.job import WORKER_ERROR, TrainResult, raise_worker_error
+from workbench.ml.training.job import WORKER_ERROR, TrainResult, plot_history, raise_worker_error
 from workbench.ml.training.loop import FitSettings, Trainer, chance_accuracy
 from workbench.ml.training.verdict import is_near_chance, training_warnings
 from workbench.stages.train import train_model
@@ -479,3 +479,18 @@ def test_a_regression_learns_a_number_and_reports_its_errors_in_its_units():
     assert last.val_mae < last.val_rmse < 0.25 * scale
     with pytest.raises(ParameterError, match=r"train\.monitor val_accuracy needs class labels"):
         Trainer(model, FitSettings(monitor="val_accuracy"), objective=objective)
+
+
+def test_the_curves_tick_whole_epochs_on_a_short_run():
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [1.0, 0.5, 0.3],
+            "val_loss": [1.1, 0.6, 0.4],
+            "train_accuracy": [0.5, 0.8, 0.9],
+            "val_accuracy": [0.5, 0.7, 0.85],
+        }
+    )
+    for ax in plot_history(history).axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
