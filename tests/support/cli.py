@@ -83,14 +83,14 @@ def run_id_of(stdout: str) -> str:
 
 
 def checked_output(notebook: Path) -> str:
-    """The text printed by the executed notebook's NBVAL_CHECK_OUTPUT cells."""
+    """The text printed by the executed notebook's cells that nbval checks (tagged nbval-check-output)."""
     import nbformat
 
     cells = nbformat.read(notebook, as_version=4).cells
     return "".join(
         o.get("text", "")
         for c in cells
-        if "NBVAL_CHECK_OUTPUT" in c.source
+        if "nbval-check-output" in c.metadata.get("tags", [])
         for o in c.outputs
         if o.output_type == "stream"
     )
