@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from support.runs import stale_notebook_run
 
-from workbench.run.report import render_report
+from workbench.run.report import _notebook_html, render_report
 from workbench.storage import open_store
 from workbench.tracking.tracker import Tracker
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parameters_changed_from_their_defaults_come_first_and_are_marked(tmp_path):
@@ -50,3 +53,12 @@ def test_a_stale_verdict_and_stale_results_are_marked_as_such(tmp_path):
     table = page[page.index("<h2>Metrics") :]
     assert re.search(r'<tr class="stale-result"><td><code>parity_pass</code> <span class="badge stale"', table)
     assert re.search(r"<tr><td><code>val_accuracy</code></td>", table)
+
+
+def test_a_notebook_page_loads_nothing_from_the_internet():
+    """The per-notebook pages open offline: nbconvert's lab page would load require.js and MathJax
+    from a CDN."""
+    page = _notebook_html((ROOT / "notebooks" / "02_train.ipynb").read_bytes(), "notebooks/02_train.ipynb")
+    fetched = re.findall(r"""<(?:script|link|img)[^>]*(?:src|href)=["']?(?:https?:)?//[^>]*>""", page)
+    assert fetched == [] and "cdnjs" not in page
+    assert "train_model" in page  # the notebook itself is there

@@ -35,8 +35,21 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
 
 
+# nbconvert's lab page loads require.js, MathJax and Mermaid from a CDN, which a report opened
+# offline, behind a proxy or from a mail cannot reach; the steps' notebooks use none of them (no
+# widgets, no math, no diagrams).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def _notebook_html(source: bytes, uri: str) -> str:
-    """The executed notebook as HTML; a truncated or foreign file is a one-line ReportError."""
+    """The executed notebook as HTML that loads nothing from the internet; a truncated or foreign
+    file is a one-line ReportError."""
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -45,7 +58,9 @@ def _notebook_html(source: bytes, uri: str) -> str:
     except (ValueError, UnicodeDecodeError, nbformat.ValidationError) as exc:  # NotJSONError is a ValueError
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise ReportError(f"executed notebook {uri} is unreadable ({reason})") from exc
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(node)
+    loader = jinja2.DictLoader({"workbench-offline.html.j2": OFFLINE_TEMPLATE})
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[loader], template_file="workbench-offline.html.j2")
+    body, _ = exporter.from_notebook_node(node)
     return body
 
 
