@@ -224,13 +224,13 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
     if follow:
         every = f"following {follow} every {settings.reload_s:g} s"
         notes.append(every if settings.reload_s else f"not following {follow} (serve.reload_s=0)")
+    if model.warning:  # before the start line: whoever waits for that line has seen it
+        print(f"warning: {model.warning}", file=sys.stderr, flush=True)
     print(
         f"serving {model.source} ({model.target.task}, {len(model.encoding.inputs)} columns) with {model.backend} "
         f"on http://{shown}:{port}" + "".join(f"; {note}" for note in notes),
         flush=True,
     )
-    if model.warning:
-        print(f"warning: {model.warning}", file=sys.stderr, flush=True)
     spec = WorkerSpec(
         model=model.resolved,
         backend=settings.backend,
