@@ -1,21 +1,25 @@
 # workbench image: `workbench run` (the default command) and `serve` (SageMaker's hosting contract on
 # port 8080), with the pins of requirements.lock.
-#   docker build -t workbench .                                   # CUDA 12.6 base, CUDA torch
+#   docker build -t workbench .                                   # Debian bookworm, torch from PyPI
 #   docker run --gpus all -v "$PWD/artifacts:/app/artifacts" workbench run -p parameters/default.yaml -p parameters/gpu.yaml
 #   docker run -p 8080:8080 -v "$PWD/model:/opt/ml/model:ro" workbench serve
-# Other bases: --build-arg BASE_IMAGE=... with python3.11 in its archive: Ubuntu 22.04 (from universe,
-# 3.11.0~rc1) or Debian 12 bookworm (from main, 3.11.2); --build-arg
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only image. `make image` passes both.
-# Every pin of requirements.lock must accept the base's Python (tests/test_image.py checks the
-# BASE_PYTHONS below against the lock): pip refuses a Requires-Python the interpreter misses.
-# BASE_PYTHONS: ubuntu22.04=3.11.0rc1 bookworm=3.11.2
+# The default base is plain Debian: PyPI's Linux torch wheel carries its own CUDA libraries (the
+# nvidia-* wheels it depends on), so the image trains on a GPU with only the host's NVIDIA driver
+# (`--gpus all`) and needs no CUDA base image. --build-arg
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu makes a CPU-only image, much smaller.
+# Other bases: --build-arg BASE_IMAGE=... with python3.11 in its archive: Debian 12 bookworm (from
+# main, 3.11.2) or Ubuntu 22.04 (python3.11 from the deadsnakes PPA, see below). `make image` passes
+# both arguments. Every pin of requirements.lock must accept the base's Python
+# (tests/test_image.py checks the BASE_PYTHONS below against the lock): pip refuses a
+# Requires-Python the interpreter misses.
+# BASE_PYTHONS: bookworm=3.11.2 ubuntu22.04=3.11.0rc1
 # On Ubuntu 3.11.0rc1 is not enough: torch 2.13 cannot build an optimizer there (torch._dynamo calls
 # sys.get_int_max_str_digits, new in 3.11.0 final), so on Ubuntu python3.11 comes from the deadsnakes
 # PPA, a final 3.11; the lock is still checked against the rc, the older of the two.
-ARG BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
+ARG TORCH_INDEX=https://pypi.org/simple
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -40,7 +44,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY requirements.lock pyproject.toml ./
-# The build of the locked torch version from TORCH_INDEX first (CUDA by default); the lock's
+# The build of the locked torch version from TORCH_INDEX first (PyPI's, with CUDA, by default); the lock's
 # `torch==2.13.0` accepts it, so the second install keeps it. Then what the package needs when it
 # runs (pyproject's dependencies and the postgres extra) at the lock's pins; the lock's test, lint,
 # notebook-editing and benchmark tools stay out of the image.

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LAB_ARGS ?=  # extra JupyterLab options for `make lab`, e.g. --no-browser --port=8899
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup demo test lint lab lock clean postgres chromium
+.PHONY: setup demo test lint lab lock clean postgres chromium image-tools
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/workbench run
 
-test: setup lint postgres chromium
+test: setup lint postgres chromium image-tools
 	$(BIN)/python -m pytest tests --nbval-lax notebooks
 
 # The tests start their own throwaway PostgreSQL server; they need its binaries.
@@ -35,6 +35,13 @@ chromium:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "the browser tests need Debian's chromium: install the chromium package" >&2; exit 1; }
 
+# tests/test_image.py builds the image with buildah on a Debian bookworm base made with debootstrap,
+# and runs it (the pipeline, serve).
+image-tools:
+	@{ command -v buildah && { command -v debootstrap || test -x /usr/sbin/debootstrap; }; } >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; } || \
+	  { echo "the image tests need buildah and debootstrap: install those packages" >&2; exit 1; }
+
 lint: setup
 	$(BIN)/ruff check workbench tests benchmarks
 	$(BIN)/ruff format --check workbench tests benchmarks
@@ -43,8 +50,9 @@ lint: setup
 lab: setup
 	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) notebooks
 
-# The container image (see the Dockerfile). Empty variables keep the Dockerfile's defaults (the CUDA
-# base, the CUDA torch): `make image BASE_IMAGE=debian:bookworm TORCH_INDEX=https://pypi.org/simple`.
+# The container image (see the Dockerfile). Empty variables keep the Dockerfile's defaults (Debian
+# bookworm, torch from PyPI with its CUDA libraries):
+# `make image BASE_IMAGE=ubuntu:22.04 TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 # buildah builds without a daemon (chroot isolation: no user namespaces or OCI runtime needed);
 # without it, docker or podman. IMAGE_BUILD_OPTS go to the builder as they are (e.g. --volume).
 IMAGE ?= workbench
