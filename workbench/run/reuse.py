@@ -123,19 +123,6 @@ class Decision:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Memo:
-    """Remembered file hashes in the tracking database (see :mod:`workbench.storage.fingerprints`)."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-
-    def remembered_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
-        return self.tracker.remembered_hash(path, size, mtime_ns)
-
-    def remember_hash(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        self.tracker.remember_hash(path, size, mtime_ns, sha256)
-
-
 class Reuse:
     """Decides, step by step, whether a run's step is reused from an earlier run, and copies it.
 
@@ -158,8 +145,7 @@ class Reuse:
         self.enabled, self.rerun = enabled, rerun
         self.resolve_model = resolve_model
         self.query = query
-        self.memo: HashMemo = _Memo(tracker)
-        self.ran: set[str] = set()  # steps of this run that executed: later ones read fresh outputs
+        self.memo: HashMemo = tracker  # local data files' hashes, remembered in the tracking database
 
     # ingredients ------------------------------------------------------------------------------
     def ingredients(self, step: str, notebook_file: str, params: Mapping[str, Any]) -> dict[str, str]:
@@ -168,9 +154,9 @@ class Reuse:
         found |= {f"code:{name}": digest for name, digest in installed_sources().items()}
         found |= {f"param:{key}": _text(value) for key, value in params.items()}
         found |= {f"lib:{name}": version for name, version in library_versions().items()}
-        model = params.get("train.model")
         if step == "train":
             found["device"] = device_kind(str(params.get("train.device", "auto")))
+            model = params.get("train.model")
             if model and model not in BUILTIN_MODELS:
                 found |= {f"model code:{name}": d for name, d in _user_package(str(model), self.notebooks).items()}
         if step in TABLES:
