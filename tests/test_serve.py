@@ -224,6 +224,7 @@ def test_v2_tensors_from_tritonclient_answer_as_batch_scoring(digits, digits_ser
     meta = client.get_model_metadata("workbench")
     assert [i["name"] for i in meta["inputs"]] == digits.columns
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"predicted": [-1], "probabilities": [-1, 10]}
+    assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"predicted": "INT64", "probabilities": "FP32"}
     rows = slice(0, 200)
     table, expected = digits.table.iloc[rows], digits.expected(rows)
 
@@ -242,7 +243,9 @@ def test_v2_tensors_from_tritonclient_answer_as_batch_scoring(digits, digits_ser
                 triton.InferRequestedOutput("probabilities", binary_data=binary),
             ]
             result = client.infer("workbench", inputs, outputs=outputs, request_id="r1")
-            predicted = [int(v.decode() if isinstance(v, bytes) else v) for v in result.as_numpy("predicted")]
+            # the class 1 as the number 1, as /invocations answers it, not the text "1"
+            assert result.as_numpy("predicted").dtype == np.int64
+            predicted = result.as_numpy("predicted").tolist()
             probabilities = result.as_numpy("probabilities")
             assert probabilities.dtype == np.float32 and probabilities.shape == (200, 10)
             _assert_same_classes(predicted, probabilities, expected)

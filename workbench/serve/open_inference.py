@@ -48,6 +48,17 @@ DTYPES: dict[str, np.dtype] = {
 COLUMN_TYPES = {"numeric": "FP64", "boolean": "BOOL", "category": "BYTES", "date": "BYTES"}
 
 
+def class_datatype(target: Target) -> str:
+    """The datatype of the predicted class: the labels' own kind, so that class 1 is answered as the
+    number 1, as /invocations answers it (``INT64``; ``BOOL`` for true/false), and text as ``BYTES``."""
+    classes = target.classes or []
+    if classes and all(isinstance(c, bool) for c in classes):
+        return "BOOL"
+    if classes and all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return "INT64"
+    return "BYTES"
+
+
 def model_metadata(name: str, encoding: Encoding, backend: str, version: str = VERSION) -> dict[str, Any]:
     """``GET /v2/models/{name}``: the inputs one per training column, the outputs, and the version
     serving (a run id)."""
@@ -56,7 +67,9 @@ def model_metadata(name: str, encoding: Encoding, backend: str, version: str = V
     inputs = [
         {"name": spec["name"], "datatype": COLUMN_TYPES[spec["type"]], "shape": [-1]} for spec in encoding.columns
     ]
-    outputs = [{"name": "predicted", "datatype": "FP64" if target.regression else "BYTES", "shape": [-1]}]
+    outputs = [
+        {"name": "predicted", "datatype": "FP64" if target.regression else class_datatype(target), "shape": [-1]}
+    ]
     if not target.regression:
         outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(target.classes or [])]})
     return {
@@ -339,18 +352,22 @@ def infer_answer(
         available["predicted"] = ("FP64", [n], numbers.astype(np.float64))
     else:
         assert scored.best is not None and scored.probabilities is not None
-        classes = [str(c) for c in target.classes or []]
+        kind = class_datatype(target)
+        classes = [c if kind != "BYTES" else str(c) for c in target.classes or []]
         labels = [classes[i] for i in scored.best.tolist()]
         for row in np.flatnonzero(scored.bad).tolist():
-            labels[row] = ""
-        available["predicted"] = ("BYTES", [n], labels)
+            labels[row] = "" if kind == "BYTES" else None  # no class: empty text, or null
+        available["predicted"] = (kind, [n], labels)
         available["probabilities"] = ("FP32", [n, len(classes)], scored.probabilities.astype(np.float32))
     wanted = request.outputs if request.outputs is not None else [(name, request.binary) for name in available]
     tensors, blobs = [], []
     for name, binary in wanted:
         datatype, shape, data = available[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
-        if binary:
+        if isinstance(data, list) and datatype != "BYTES" and None not in data:
+            data = np.asarray(data, dtype=DTYPES[datatype])
+        # a row without a class has no binary number: such a tensor goes as JSON, which has null
+        if binary and (datatype == "BYTES" or isinstance(data, np.ndarray)):
             if datatype == "BYTES":
                 blob = _bytes_tensor(data)
             else:
@@ -358,7 +375,7 @@ def infer_answer(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = data if datatype == "BYTES" else data.reshape(-1)
+            tensor["data"] = data.reshape(-1) if isinstance(data, np.ndarray) else data
         tensors.append(tensor)
     answer: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": tensors}
     if request.id is not None:
