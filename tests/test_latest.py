@@ -7,7 +7,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 from support.cli import ROOT, SMALL, workbench
 
@@ -97,3 +99,28 @@ def test_scoring_and_serving_skip_a_newer_run_that_failed_validation(private_run
             _, errors = proc.communicate(timeout=60)
         warning = f"warning: serve.model {failed}: it failed validation (parity FAIL); served because it is named"
         assert (warning in errors) is warned, errors
+
+
+@pytest.mark.e2e
+def test_a_notebook_run_without_a_model_says_whose_model_latest_scores(private_run, tmp_path):
+    """Notebook 05 in a notebook run that exported nothing scores the newest vouched-for model, and a
+    visible line says whose: the run id, when it started and by which launcher."""
+    place = private_run.place
+    out = tmp_path / "05.ipynb"
+    command = [
+        str(Path(sys.executable).parent / "papermill"),
+        str(ROOT / "notebooks" / "05_batch_score.ipynb"),
+        str(out),
+        *("-p", "run_id", "elsewhere", "-p", "store", str(place.store), "-p", "db", place.db),
+    ]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = Tracker(place.db).get_run(private_run.run_id)["started_at"].replace("T", " ")[:16]
+    cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+    said = [o.text for c in cells for o in c.outputs if o.output_type == "stream" and o.name == "stdout"]
+    assert (
+        f"score.model_run 'latest' is run {private_run.run_id}, started {started} UTC by `workbench run`: run "
+        "elsewhere has no exported model of its own" in "".join(said)
+    )
+    info = (place.store / "runs" / "elsewhere" / "score" / "model.json").read_text()
+    assert f'"model_run": "{private_run.run_id}"' in info

@@ -308,7 +308,33 @@ def resolve_model_run(ctx: StepContext, model_run: str) -> str:
             "score.model_run 'latest': no run has an exported model that passed validation; run `workbench run` "
             "with every step, or name a run with score.model_run=RUN_ID (scored with a warning)"
         )
+    if found == ctx.run_id:
+        doubt = ctx.tracker.model_doubts([found])[found]
+        if doubt:
+            warnings.warn(
+                f"score.model_run 'latest' is this run's own model: {doubt}; scored because it is this run's",
+                DataWarning,
+                stacklevel=3,
+            )
+    else:  # another run's model: say whose, so nobody takes the scores for this run's own
+        print(another_model_line(ctx, found), flush=True)
     return found
+
+
+LAUNCHERS = {"workbench": "`workbench run`", "notebook": "a notebook (JupyterLab or papermill)"}
+
+
+def another_model_line(ctx: StepContext, model_run: str) -> str:
+    """The line saying that ``latest`` scores another run's model: which run, when and how it was started."""
+    run = ctx.tracker.get_run(model_run)
+    named = f" ({run['name']})" if run.get("name") else ""
+    started = (run["started_at"] or "?").replace("T", " ")[:16]
+    launcher = LAUNCHERS.get(run["launcher"], run["launcher"] or "an unknown launcher")
+    return (
+        f"score.model_run 'latest' is run {model_run}{named}, started {started} UTC by {launcher}: run "
+        f"{ctx.run_id} has no exported model of its own, so this scores the newest one that passed validation; "
+        "set score.model_run to choose another"
+    )
 
 
 @dataclass
