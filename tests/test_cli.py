@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,34 @@ from workbench.config.parameters import SCHEMA
 from workbench.tracking.tracker import Tracker
 
 
-def test_help_lists_every_parameter_key(capsys):
-    text = build_parser().format_help()
-    assert all(p.key in text for p in SCHEMA)
-    assert "runs" in text and "report" in text
+def _help(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_help_shows_the_command_s_own_keys_wrapped_and_points_to_every_key():
+    top = _help("--help")
+    assert "runs" in top and "report" in top and "params" in top
+    serve = _help("serve", "--help")
+    keys = re.findall(r"^  ([a-z_]+(?:\.[a-z_]+)?)  ", serve, re.MULTILINE)
+    assert keys[0] == "serve.model" and {"store", "db"} <= set(keys) and "train.lr" not in serve
+    assert "/ping" in serve and "/invocations" in serve and "/v2/models/NAME/infer" in serve
+    run = _help("run", "--help")
+    assert "train.*" in run and "train.lr" not in run and "--help-all" in run
+    for text in (top, serve, run):
+        assert max(len(line) for line in text.splitlines()) <= 80, text
+    for every in (_help("serve", "--help-all"), _help("params")):
+        assert all(p.key in every for p in SCHEMA)
+        assert max(len(line) for line in every.splitlines()) <= 80
+    assert [line.split()[0] for line in _help("params", "score").splitlines() if line.startswith("  score.")] == [
+        p.key for p in SCHEMA if p.section == "score"
+    ]
 
 
 def test_runs_on_an_empty_db_and_on_a_missing_one(place, capsys):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nbformat
@@ -207,3 +209,74 @@ def test_a_notebook_run_records_its_parameters_with_their_origin(tmp_path):
     again = Tracker(db).get_run("nightly")
     assert again["parameters"]["train.epochs"] == 7 and again["origins"]["train.epochs"] == "notebook"
     assert injected_names({"In": ["x = 1"]}) == set() and injected_names({}) == set()
+
+
+@pytest.mark.e2e
+def test_a_bad_parameter_shows_as_its_one_line_under_papermill(tmp_path):
+    """What JupyterLab and papermill show for a user error: the one line, not a chained traceback
+    through pydantic's internals; papermill still fails the notebook, on that line."""
+    ensure_kernel()
+    out = tmp_path / "02.ipynb"
+    command = [str(BIN / "papermill"), str(ROOT / "notebooks" / "02_train.ipynb"), str(out)]
+    command += ["-p", "run_id", "bad", "-p", "store", str(tmp_path / "store"), "-p", "db", f"sqlite:///{tmp_path}/t.db"]
+    proc = subprocess.run(
+        [*command, "-p", "schedule", "cosin"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1
+    errors = [o for c in code_cells(out) for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "ParameterError"
+    assert [_plain(line) for line in errors[0].traceback] == [
+        "ParameterError: train.schedule in notebook parameter schedule='cosin': must be 'cosine' or 'constant', "
+        "got 'cosin'"
+    ]
+    assert "pydantic" not in out.read_text() and "pydantic" not in proc.stderr
+    assert "ParameterError: train.schedule in notebook parameter schedule='cosin'" in proc.stderr
+
+
+@contextlib.contextmanager
+def _kernel(tmp_path: Path) -> Iterator[Callable[[str], list[dict]]]:
+    """A real workbench kernel, as JupyterLab starts it; yields ``run(code)``, which executes one cell
+    and returns the error outputs it showed."""
+    from jupyter_client.manager import start_new_kernel
+
+    ensure_kernel()
+    km, kc = start_new_kernel(kernel_name="workbench", cwd=str(tmp_path))
+
+    def run(code: str) -> list[dict]:
+        shown: list[dict] = []
+        kc.execute_interactive(code, timeout=120, output_hook=shown.append)
+        return [m["content"] for m in shown if m["msg_type"] == "error"]
+
+    try:
+        yield run
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _open_step(tmp_path: Path, step: str, run_id: str) -> str:
+    """A notebook's first cell for ``step`` of ``run_id`` in a scratch store and database."""
+    place = dict(run_id=run_id, store=str(tmp_path / "store"), db=f"sqlite:///{tmp_path}/t.db")
+    return f"import workbench as wb\nctx, params = wb.open_step({step!r}, {place!r})"
+
+
+@pytest.mark.e2e
+def test_in_a_kernel_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path):
+    """After open_step, any workbench error a cell raises is its one line and fails the step with it;
+    any other exception is a bug and shows its whole traceback."""
+    with _kernel(tmp_path) as run:
+        assert run(_open_step(tmp_path, "prepare", "k")) == []
+        [user] = run("from workbench.errors import DataError\nraise DataError('data.source x.csv: no such file')")
+        assert [_plain(line) for line in user["traceback"]] == ["DataError: data.source x.csv: no such file"]
+        step = Tracker(f"sqlite:///{tmp_path}/t.db").get_run("k")["steps"][0]
+        assert step["status"] == "failed" and step["error"] == "DataError: data.source x.csv: no such file"
+        [bug] = run("def broken():\n    return {}['missing']\n\nbroken()")
+        text = _plain("\n".join(bug["traceback"]))
+        assert bug["ename"] == "KeyError" and "Traceback" in text and "return {}['missing']" in text
+
+
+def _plain(text: str) -> str:
+    """Text without the ANSI colours a kernel puts in tracebacks."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

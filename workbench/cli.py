@@ -9,23 +9,98 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
-from workbench.errors import ParameterError, WorkbenchError
+from workbench.config.schema import Key
+from workbench.errors import ParameterError, WorkbenchError, debugging
 
 if TYPE_CHECKING:
     from workbench.tracking.tracker import Tracker
 from workbench.storage.scratch import sweep
 
+ALL_KEYS_HINT = "every key with its default: --help-all, or `workbench params`"
 
-def _keys_help() -> str:
-    width = max(len(p.key) for p in SCHEMA)
-    lines = [f"  {p.key:<{width}}  {p.help} (default: {p.default!r})" for p in SCHEMA]
-    return "parameter keys (for YAML files and --set):\n" + "\n".join(lines)
+
+def _columns() -> int:
+    return min(shutil.get_terminal_size().columns, 120)
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, _columns())
+
+
+def keys_table(keys: Sequence[Key] | None = None, columns: int | None = None) -> str:
+    """Parameter keys with their help and default, each wrapped to the terminal's width under the key."""
+    keys = SCHEMA if keys is None else keys
+    columns = columns or _columns()
+    width = min(max(len(k.key) for k in keys), 22)
+    indent = " " * (width + 4)
+    blocks = []
+    for k in keys:
+        text = f"{k.help} (default: {k.default!r})"
+        first = f"  {k.key:<{width}}  "
+        if len(first) > len(indent):  # a key longer than the column: its help starts on the next line
+            blocks.append(first.rstrip())
+            first = indent
+        blocks.append(textwrap.fill(text, columns, initial_indent=first, subsequent_indent=indent))
+    return "\n".join(blocks)
+
+
+def _keys_help(*prefixes: str, before: str = "") -> str:
+    """A command's own keys (those starting with ``prefixes``; none: no keys), then where the rest are."""
+    keys = [k for prefix in prefixes for k in SCHEMA if k.key.startswith(prefix)]
+    parts = [before] if before else []
+    if keys:
+        parts.append("parameter keys (for YAML files and --set):\n" + keys_table(keys))
+    parts.append(ALL_KEYS_HINT)
+    return "\n\n".join(parts)
+
+
+def _run_keys_help() -> str:
+    """`run --help`: the keys every run sets, then the pipeline's sections by name."""
+    sections: dict[str, int] = {}
+    for k in SCHEMA:
+        if "." in k.key and k.section not in ("serve", "ui"):
+            sections[k.section] = sections.get(k.section, 0) + 1
+    listed = ", ".join(f"{name}.* ({n} keys)" for name, n in sections.items())
+    own = "parameter keys (for YAML files and --set):\n" + keys_table([k for k in SCHEMA if "." not in k.key])
+    return f"{own}\n\n{_wrapped(f'sections: {listed}; `workbench params SECTION` lists one')}\n\n{ALL_KEYS_HINT}"
+
+
+SERVE_ROUTES = """routes:
+  GET  /ping                    {"status": "ok", ...} while serving (SageMaker)
+  POST /invocations             JSON, CSV or .npy rows; predictions (SageMaker)
+  POST /v2/models/NAME/infer    Open Inference Protocol v2 (KServe, Triton)
+  GET  /v2/health/live, /v2/health/ready, /v2/models/NAME[/ready]
+  GET  /metrics                 Prometheus text"""
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the command's help, then every parameter key."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(parser.format_usage().rstrip())
+        print("\nparameter keys (for YAML files and --set):")
+        print(keys_table())
+        parser.exit()
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    keys = [k for k in SCHEMA if not args.section or k.key == args.section or k.section == args.section]
+    if not keys:
+        sections = sorted({k.section for k in SCHEMA if "." in k.key})
+        raise ParameterError(f"no parameter section {args.section!r}; sections: {', '.join(sections)}")
+    print(keys_table(keys))
+    return 0
 
 
 def _positive(text: str) -> int:
@@ -348,11 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override one parameter, e.g. --set train.epochs=3"
     )
+    layers.add_argument("--help-all", action=_HelpAll, help="show every parameter key with its help and default")
 
     parser = argparse.ArgumentParser(
         prog="workbench",
-        description="Run the notebook pipeline (prepare, train, export to ONNX, validate in MXNet) and inspect its runs.",
-        epilog=_keys_help(),
+        description=_wrapped(
+            "Run the notebook pipeline (prepare, train, export to ONNX, validate in MXNet) and inspect its runs."
+        ),
+        epilog=_keys_help("store", "db", "seed"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -365,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         parents=[layers],
         help="run the whole pipeline",
-        epilog=_keys_help(),
+        epilog=_run_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Execute the four step notebooks with papermill; prints the run id and the report path.",
+        description=_wrapped("Execute the step notebooks with papermill; prints the run id and the report path."),
     )
     run.add_argument(
         "--steps", metavar="NAMES", help="comma list of steps: prepare,train,export,validate (default) or score"
@@ -531,9 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         parents=[layers],
         help="serve a model over HTTP: SageMaker's /ping and /invocations, Open Inference Protocol v2, /metrics",
-        description="Serve the model serve.model names (latest, a run id, a run folder, a model.tar.gz or its "
-        "folder) on serve.host:serve.port until SIGTERM or Ctrl-C, batching concurrent requests.",
-        epilog=_keys_help(),
+        description=_wrapped(
+            "Serve the model serve.model names (latest, a run id, @NAME, a run folder, a model.tar.gz or its "
+            "folder) on serve.host:serve.port until SIGTERM or Ctrl-C, batching concurrent requests."
+        ),
+        epilog=_keys_help("serve.", "store", "db", before=SERVE_ROUTES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.set_defaults(func=_cmd_serve)
@@ -547,6 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.set_defaults(func=_cmd_ui)
 
+    params = sub.add_parser(
+        "params",
+        help="every parameter key with its help and default (the table of README's Parameters)",
+        description="Every parameter key, or one section's (params train), with its help and default.",
+    )
+    params.add_argument("section", nargs="?", default="", help="a section (data, train, serve, ...) or one key")
+    params.set_defaults(func=_cmd_params)
+
     kernel = sub.add_parser("kernel", help="register the 'workbench' Jupyter kernel for this environment")
     kernel.set_defaults(func=_cmd_kernel)
     return parser
@@ -554,8 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _debugging(args: argparse.Namespace | None) -> bool:
     """``--traceback`` or ``WORKBENCH_DEBUG=1``: a user error also shows what caused it."""
-    flag = os.environ.get("WORKBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-    return flag or bool(getattr(args, "traceback", False))
+    return debugging() or bool(getattr(args, "traceback", False))
 
 
 def _report_error(exc: WorkbenchError, args: argparse.Namespace | None) -> None:

@@ -8,6 +8,8 @@ above the line, for a bug report.
 
 from __future__ import annotations
 
+import os
+
 
 class WorkbenchError(Exception):
     """A user-caused failure; the message names the culprit and what to do."""
@@ -47,3 +49,8 @@ class ReportError(WorkbenchError):
 
 class PublishError(WorkbenchError):
     """The publish database or table cannot take the rows."""
+
+
+def debugging() -> bool:
+    """``WORKBENCH_DEBUG=1``: a user error also shows its traceback and what caused it."""
+    return os.environ.get("WORKBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no")

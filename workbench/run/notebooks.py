@@ -22,6 +22,7 @@ from workbench.config.docs import default_yaml, readme_with_table
 from workbench.config.parameters import checked, project_root, read_text
 from workbench.config.schema import SPEC, Params, flat
 from workbench.errors import ParameterError, WorkbenchError
+from workbench.run.notebook_errors import show_user_errors_briefly
 from workbench.run.pipeline import STEPS, StepSpec
 
 if TYPE_CHECKING:
@@ -105,10 +106,12 @@ def open_step(step: str, namespace: Mapping[str, Any]) -> tuple[StepContext, Par
     Nothing is recorded for a notebook whose parameters are wrong, as ``workbench run`` creates
     no run for a bad ``--set``. A run started from a notebook records the notebook's validated
     parameters, each with its origin: ``papermill`` for an injected value, ``notebook`` for the
-    parameters cell's own.
+    parameters cell's own. From here on a user error in the notebook shows as its one line
+    (:mod:`workbench.run.notebook_errors`), this one's first.
     """
     from workbench.run.context import step_context
 
+    show_user_errors_briefly()
     params = notebook_parameters(step, namespace)
     run_id = namespace.get("run_id", RUN_ID[0])
     if not isinstance(run_id, str) or not PLAIN_RUN_ID.fullmatch(run_id):
