@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -280,3 +281,31 @@ def _plain(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+@pytest.mark.e2e
+def test_a_notebook_runs_seconds_are_the_time_its_cells_ran(tmp_path):
+    """A notebook left open between two cells does not count the wait: the step's seconds are the
+    time its cells ran, the run's the sum of its steps', in `runs show`, the runs list and its filters."""
+    from sqlalchemy import select
+
+    from workbench.tracking.queries import RunQuery, find_runs, parse_condition
+    from workbench.tracking.tables import steps
+
+    idle = 3.0
+    with _kernel(tmp_path) as run:
+        assert run(_open_step(tmp_path, "prepare", "idle")) == []
+        time.sleep(idle)  # the notebook sits open in JupyterLab
+        assert run("shown = 1") == []
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    with tracker.engine.connect() as conn:
+        started, finished, seconds = conn.execute(
+            select(steps.c.started_at, steps.c.finished_at, steps.c.duration_s).where(steps.c.run_id == "idle")
+        ).one()
+    span = (finished - started).total_seconds()  # from opening the step to its last cell, the wait included
+    assert span >= idle and seconds <= span - idle + 0.05
+    record = tracker.get_run("idle")
+    assert record["status"] == "finished" and record["duration_s"] == round(seconds, 1)
+    assert tracker.list_runs()[0]["duration_s"] == record["duration_s"]
+    shorter = RunQuery(where=(parse_condition(f"duration_s<={seconds + 0.05}"),))
+    assert [r.duration_s for r in find_runs(tracker, shorter).rows] == [record["duration_s"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,9 +139,11 @@ def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
     and whether it wrote outputs unlike those its later steps read.
 
     papermill stops at the first failing cell, so the last record is the notebook's outcome.
-    A cell that rewrote an output with other bytes (training that ran again) marks the later
-    finished steps stale and says so under the cell; a rerun that wrote the same bytes, or nothing,
-    leaves them as they are. The hook replaces one an earlier context in this kernel installed.
+    The step's seconds are the time its cells ran, from the context being opened on: a notebook
+    left open in JupyterLab between two cells does not count the wait. A cell that rewrote an
+    output with other bytes (training that ran again) marks the later finished steps stale and says
+    so under the cell; a rerun that wrote the same bytes, or nothing, leaves them as they are. The
+    hooks replace those an earlier context in this kernel installed.
     """
     from workbench.progress import in_kernel
 
@@ -150,9 +153,15 @@ def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
 
     shell = get_ipython()
     seen = _hashes(tracker.step_outputs(run_id, step))  # what later steps may have read
+    began, ran = time.monotonic(), 0.0  # this cell's start (the context opens inside one); seconds run
+
+    def before_cell(_info: Any) -> None:
+        nonlocal began
+        began = time.monotonic()
 
     def after_cell(result: Any) -> None:
-        nonlocal seen
+        nonlocal seen, ran
+        ran += time.monotonic() - began
         now_there = _hashes(tracker.step_outputs(run_id, step))
         changed = [key.rsplit(f"/{step}/", 1)[-1] for key, digest in now_there.items() if seen.get(key) != digest]
         seen = now_there
@@ -161,16 +170,17 @@ def _follow_cells(tracker: Tracker, run_id: str, step: str) -> None:
             print(stale_line(step, marked, run_id), flush=True)
         error = result.error_in_exec or result.error_before_exec
         if error is None:
-            tracker.notebook_step(run_id, step, "finished")
+            tracker.notebook_step(run_id, step, "finished", seconds=ran)
         else:
             line = (str(error).strip().splitlines() or [""])[0]
-            tracker.notebook_step(run_id, step, "failed", f"{type(error).__name__}: {line}")
+            tracker.notebook_step(run_id, step, "failed", f"{type(error).__name__}: {line}", seconds=ran)
 
-    previous = getattr(shell, "_workbench_after_cell", None)
-    if previous is not None:
-        shell.events.unregister("post_run_cell", previous)
-    shell.events.register("post_run_cell", after_cell)
-    shell._workbench_after_cell = after_cell
+    for event, hook in (("pre_run_cell", before_cell), ("post_run_cell", after_cell)):
+        previous = getattr(shell, f"_workbench_{event}", None)
+        if previous is not None:
+            shell.events.unregister(event, previous)
+        shell.events.register(event, hook)
+        setattr(shell, f"_workbench_{event}", hook)
 
 
 def _hashes(outputs: dict[str, tuple[int, str | None]]) -> dict[str, str | None]:

@@ -32,8 +32,7 @@ from workbench.config.secrets import mask
 from workbench.errors import ParameterError, TrackingError
 from workbench.storage.catalog import CURVES, FIGURES, RunLayout
 from workbench.tracking.tables import artifacts, metrics, params, run_tags, runs, steps
-from workbench.tracking.tracker import Tracker, _iso
-from workbench.tracking.tracker import _duration as _duration_of
+from workbench.tracking.tracker import Tracker, _iso, run_seconds, steps_seconds
 
 RUN_FIELDS = ("id", "name", "status", "launcher", "started_at", "finished_at", "duration_s")
 TIMES = ("started_at", "finished_at")
@@ -170,7 +169,11 @@ def _seconds_sql(element: _Seconds, compiler: Any, **kw: Any) -> str:
 
 
 def _duration() -> ColumnElement[Any]:
-    return _Seconds(runs.c.started_at, runs.c.finished_at)
+    """A run's seconds as :func:`~workbench.tracking.tracker.run_seconds` counts them: a notebook
+    run's are the sum of its steps' (the time their cells ran), any other's its start to its end."""
+    step_time = select(func.sum(steps.c.duration_s)).where(steps.c.run_id == runs.c.id).scalar_subquery()
+    notebook = and_(runs.c.launcher == "notebook", runs.c.finished_at.isnot(None))
+    return case((notebook, step_time), else_=_Seconds(runs.c.started_at, runs.c.finished_at))
 
 
 def _final(key: str) -> Any:
@@ -287,6 +290,7 @@ def find_runs(tracker: Tracker, query: RunQuery) -> RunPage:
         tags = _tags(conn, ids)
         values = _values(conn, ids, query.columns)
         stale = _stale(conn, ids, query.columns)
+        step_time = steps_seconds(conn, ids)
     found = []
     for r in rows:
         fields = {
@@ -296,7 +300,7 @@ def find_runs(tracker: Tracker, query: RunQuery) -> RunPage:
             "launcher": r["launcher"],
             "started_at": _iso(r["started_at"]),
             "finished_at": _iso(r["finished_at"]),
-            "duration_s": _duration_of(r["started_at"], r["finished_at"]),
+            "duration_s": run_seconds(r, step_time.get(r["id"])),
         }
         own = values.get(r["id"], {})
         row_values = {c: fields[c] if kind_of(c) == "run" else own.get(c) for c in query.columns}

@@ -387,12 +387,16 @@ class Tracker:
             return True
         return found[0] == "notebook" or found[1] == "interactive"
 
-    def notebook_step(self, run_id: str, name: str, status: str, error: str | None = None) -> None:
+    def notebook_step(
+        self, run_id: str, name: str, status: str, error: str | None = None, seconds: float | None = None
+    ) -> None:
         """Status of a step of a notebook-started run, and the run's status that follows from its steps.
 
-        ``running`` (re)starts the step's clock; ``finished`` and ``failed`` stop it, so the step's
-        duration runs from its context being opened to its last executed cell. Opening a step again
-        leaves later steps as they are: only new outputs make them stale (:meth:`outputs_changed`).
+        ``running`` (re)starts the step's clock; ``finished`` and ``failed`` stop it. ``seconds`` is
+        the time the step's cells ran (the kernel measures it, leaving out the time a notebook sat idle
+        between cells); without it the step lasted from its context being opened to its last executed
+        cell. Opening a step again leaves later steps as they are: only new outputs make them stale
+        (:meth:`outputs_changed`).
         """
         stamp = now()
         with self._transaction() as conn:
@@ -408,6 +412,7 @@ class Tracker:
             else:
                 started = stamp if status == "running" else _as_utc(row[0]) if row[0] else stamp
             done = status != "running"
+            took = seconds if seconds is not None else (stamp - started).total_seconds()
             conn.execute(
                 update(steps)
                 .where(steps.c.run_id == run_id, steps.c.name == name)
@@ -415,7 +420,7 @@ class Tracker:
                     status=status,
                     started_at=started,
                     finished_at=stamp if done else None,
-                    duration_s=(stamp - started).total_seconds() if done else None,
+                    duration_s=took if done else None,
                     error=error,
                 )
             )
@@ -600,7 +605,7 @@ class Tracker:
             "launcher": run["launcher"],
             "started_at": _iso(run["started_at"]),
             "finished_at": _iso(run["finished_at"]),
-            "duration_s": _duration(run["started_at"], run["finished_at"]),
+            "duration_s": run_seconds(run, _total(s["duration_s"] for s in step_rows)),
             "error": run["error"],
             "steps": [
                 {
@@ -711,6 +716,7 @@ class Tracker:
             values = conn.execute(
                 select(metrics.c.run_id, metrics.c.key, metrics.c.value).where(metrics.c.id.in_(latest_ids))
             ).all()
+            step_time = steps_seconds(conn, ids)
         by_run: dict[str, dict[str, float]] = {}
         for run_id, key, value in values:
             by_run.setdefault(run_id, {})[key] = value
@@ -719,7 +725,7 @@ class Tracker:
                 "id": r["id"],
                 "status": r["status"],
                 "started_at": _iso(r["started_at"]),
-                "duration_s": _duration(r["started_at"], r["finished_at"]),
+                "duration_s": run_seconds(r, step_time.get(r["id"])),
                 "metrics": by_run.get(r["id"], {}),
             }
             for r in rows
@@ -889,6 +895,30 @@ def _as_utc(value: datetime) -> datetime:
 
 def _iso(value: datetime | None) -> str | None:
     return _as_utc(value).isoformat(timespec="seconds") if value else None
+
+
+def run_seconds(run: Any, step_time: float | None) -> float | None:
+    """A run's seconds (``run`` a row of ``runs``): a `workbench run`'s from its start to its end; a
+    notebook run's, the time its steps' cells ran (``step_time``, the sum of its steps' seconds),
+    not the hours a notebook may sit open between cells. None while it runs."""
+    if run["launcher"] != "notebook" or run["finished_at"] is None:
+        return _duration(run["started_at"], run["finished_at"])
+    return None if step_time is None else round(step_time, 1)
+
+
+def steps_seconds(conn: Any, run_ids: list[str]) -> dict[str, float]:
+    """The sum of each run's step seconds (runs none of whose steps has any are left out)."""
+    query = (
+        select(steps.c.run_id, func.sum(steps.c.duration_s))
+        .where(steps.c.run_id.in_(run_ids), steps.c.duration_s.isnot(None))
+        .group_by(steps.c.run_id)
+    )
+    return {run_id: float(total) for run_id, total in conn.execute(query)} if run_ids else {}
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _duration(start: datetime | None, end: datetime | None) -> float | None:
