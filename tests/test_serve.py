@@ -896,3 +896,34 @@ def test_accept_is_negotiated_as_the_archive_handler_does():
         except RequestError as exc:
             ours = exc.status
         assert ours == theirs, accept
+
+
+# ---- the README's examples ----------------------------------------------------------------------------------
+
+
+def _readme_bodies() -> list[str]:
+    """The JSON bodies (`-d '...'`) of the README's serving examples."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Serving") : text.index("**Following an alias.**")]
+    return re.findall(r"-d '(.+?)'\n", section, re.DOTALL)
+
+
+@pytest.mark.e2e
+def test_the_readme_serving_examples_answer(digits, digits_server, churned, churn_server):
+    """After `make demo` the README's examples are for its digits model; the churn ones follow."""
+    bodies = _readme_bodies()
+    first = digits.expected(slice(0, 1)).predicted.tolist()[0]  # the examples send the bundled table's first row
+    asked = {"digits": 0, "churn": 0}
+    for body in bodies:
+        kind = "churn" if "contract" in body else "digits"
+        server = churn_server if kind == "churn" else digits_server
+        v2 = '"inputs"' in body
+        path = f"/v2/models/{'churn' if kind == 'churn' else 'workbench'}/infer" if v2 else "/invocations"
+        answer = server.post(path, body)
+        assert answer.status_code == 200, (body[:80], answer.text)
+        if kind == "digits":
+            predicted = answer.json()["outputs"][0] if v2 else answer.json()["predictions"]
+            assert (predicted["datatype"], predicted["data"]) == ("INT64", [first]) if v2 else predicted == [first]
+        asked[kind] += 1
+    assert asked == {"digits": 2, "churn": 2}
+    assert httpx.get(digits_server.url + "/ping").json()["status"] == "ok"
