@@ -127,7 +127,7 @@ class RunRow:
     duration_s: float | None
     tags: dict[str, str]
     values: dict[str, Any]  # the query's columns: parameters decoded from JSON, metrics as floats; absent: None
-    stale: frozenset[str] = frozenset()  # those of the columns that are metrics of a stale step
+    stale: tuple[str, ...] = ()  # those of the columns that are metrics of a stale step (JSON-ready)
 
 
 @dataclass
@@ -314,7 +314,7 @@ def find_runs(tracker: Tracker, query: RunQuery) -> RunPage:
                 fields["duration_s"],
                 tags.get(r["id"], {}),
                 row_values,
-                frozenset(stale.get(r["id"], ())),
+                tuple(sorted(stale.get(r["id"], ()))),
             )
         )
     return RunPage(found, total)
