@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from jupyter_core.utils import run_sync
@@ -108,3 +110,28 @@ def test_a_run_that_gets_no_kernel_fails_its_step_in_one_line_and_keeps_the_kern
     assert [s["status"] for s in steps] == ["failed", "pending", "pending", "pending"]
     kept = (place.store / "runs" / run["id"] / "logs" / "prepare.kernel.log").read_text()
     assert kept.count("no kernel here: broken site") == 2
+
+
+@pytest.mark.e2e
+def test_plain_papermill_shows_no_kernel_warnings(tmp_path):
+    """Under plain papermill (as Airflow runs a notebook) the kernel talks TCP on 127.0.0.1; its
+    start warns of that on stderr at every run unless the kernelspec quiets the kernel app's log."""
+    import nbformat
+
+    from workbench.run.kernel import QUIET, ensure_kernel
+
+    folder = ensure_kernel()
+    assert QUIET in json.loads((Path(folder) / "kernel.json").read_text())["argv"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    notebook.metadata.kernelspec = {"name": "workbench", "display_name": "Python (workbench)", "language": "python"}
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    papermill = Path(sys.executable).parent / "papermill"
+    proc = subprocess.run(
+        [str(papermill), str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "without encryption" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+    assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs[0].text == "42\n"

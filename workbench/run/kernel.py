@@ -6,6 +6,7 @@ means the same thing in JupyterLab, under plain papermill and under ``workbench 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,19 +22,31 @@ STARTUP_TIMEOUT = 300  # seconds for a kernel to start and import its step's mod
 IPC_PATH_MAX = 100  # a Unix socket's path has room for about 107 bytes
 
 
+# Under JupyterLab and plain papermill the kernel talks TCP on 127.0.0.1 (`workbench run` uses Unix
+# sockets), and ipykernel warns about that at every start, into the notebook's output under
+# papermill; the kernel app's own log keeps its errors only. Messages are still signed with the
+# connection file's key.
+QUIET = "--IPKernelApp.log_level=ERROR"
+
+
 def ensure_kernel() -> str:
     """Register the kernel in this environment (idempotent); returns its folder."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if spec.argv and spec.argv[0] == sys.executable:
+        if spec.argv and spec.argv[0] == sys.executable and QUIET in spec.argv:
             return spec.resource_dir
     except NoSuchKernel:
         pass
     from ipykernel.kernelspec import install
 
-    return install(kernel_name=KERNEL_NAME, display_name="Python (workbench)", prefix=sys.prefix)
+    folder = install(kernel_name=KERNEL_NAME, display_name="Python (workbench)", prefix=sys.prefix)
+    spec_file = Path(folder) / "kernel.json"
+    spec_json = json.loads(spec_file.read_text())
+    spec_json["argv"].insert(spec_json["argv"].index("-f"), QUIET)
+    spec_file.write_text(json.dumps(spec_json, indent=1))
+    return folder
 
 
 class KernelStartError(Exception):
