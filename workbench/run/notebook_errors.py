@@ -29,7 +29,7 @@ def show_user_errors_briefly() -> None:
     shell = get_ipython()
     if shell is None or debugging():
         return
-    shell.set_custom_exc((WorkbenchError,), _one_line)
+    shell.set_custom_exc((WorkbenchError,), _show)
 
 
 def one_line(error: BaseException) -> str:
@@ -37,7 +37,7 @@ def one_line(error: BaseException) -> str:
     return f"{RED}{type(error).__name__}{PLAIN}: {error}"
 
 
-def _one_line(
+def _show(
     shell: Any, etype: type[BaseException], value: BaseException, tb: TracebackType | None, tb_offset: Any = None
 ) -> list[str]:
     """IPython's custom exception handler: the error shown as the one line its message is. The

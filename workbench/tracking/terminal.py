@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 WIDEST = 40  # a longer value (a SQL source, a path) is cut, with … saying so
 CHANGED = "*"  # marks a parameter that differs from its default, and the best value of a metric
+STALE = "stale"  # a result recorded by a step whose inputs changed since it ran
 
 
 def show(value: Any) -> str:
@@ -44,9 +45,6 @@ def _cell(key: str, value: Any, stale: bool = False) -> str:
     if key == "parity_pass" and value is not None:
         return STALE if stale else {1.0: "PASS", 0.0: "FAIL"}.get(value, show(value))
     return f"{show(value)} ({STALE})" if stale and value is not None else show(value)
-
-
-STALE = "stale"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()) -> str:
