@@ -62,3 +62,32 @@ def test_a_notebook_page_loads_nothing_from_the_internet():
     fetched = re.findall(r"""<(?:script|link|img)[^>]*(?:src|href)=["']?(?:https?:)?//[^>]*>""", page)
     assert fetched == [] and "cdnjs" not in page
     assert "train_model" in page  # the notebook itself is there
+
+
+def test_the_metrics_table_groups_by_step_and_says_yes_or_no(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/t.db")
+    store = open_store(str(tmp_path / "store"))
+    run_id = tracker.create_run(store.root, {"seed": 0}, {"seed": "defaults"})
+    tracker.log_metrics(run_id, "validate", {"parity_pass": 1.0, "mxnet_loaded": 1.0, "mxnet_accuracy": 0.91})
+    tracker.log_metrics(run_id, "train", {"val_accuracy": 0.96, "near_chance": 0.0})
+    tracker.log_metrics(run_id, "prepare", {"rows_train": 1259.0})
+    tracker.finish_run(run_id, "finished")
+
+    render_report(run_id, tracker, store)
+    page = (tmp_path / "store" / "runs" / run_id / "report" / "index.html").read_text()
+    table = page[page.index("<h2>Metrics") : page.index("<h2>Parameters")]
+    rows = re.findall(
+        r'<tr class="group"><th colspan="2">(\w+)</th>|<td><code>(\w+)</code></td><td class="num">([^<]+)<', table
+    )
+    shown = [group or (key, value) for group, key, value in rows]
+    assert shown == [
+        "prepare",
+        ("rows_train", "1,259"),
+        "train",
+        ("near_chance", "no"),
+        ("val_accuracy", "0.96"),
+        "validate",
+        ("mxnet_accuracy", "0.91"),
+        ("mxnet_loaded", "yes"),
+        ("parity_pass", "yes"),
+    ]

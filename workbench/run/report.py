@@ -19,6 +19,7 @@ from workbench.storage.catalog import (
     KEY_RESULTS,
     NOTEBOOKS,
     REPORT_INDEX,
+    STEP_ORDER,
     Artifact,
     RunLayout,
     notebook,
@@ -62,6 +63,28 @@ def _notebook_html(source: bytes, uri: str) -> str:
     exporter = HTMLExporter(template_name="lab", extra_loaders=[loader], template_file="workbench-offline.html.j2")
     body, _ = exporter.from_notebook_node(node)
     return body
+
+
+# metrics that are yes/no answers, recorded as 1.0 and 0.0
+FLAGS = {"parity_pass", "near_chance", "loses_to_baseline"}
+FLAG_SUFFIXES = ("_loaded", "_dynamic_batch", "_as_exported_agrees")
+
+
+def _shown(key: str, value: float) -> str:
+    if key in FLAGS or key.endswith(FLAG_SUFFIXES):
+        return "yes" if value == 1.0 else "no"
+    return _fmt(value)
+
+
+def _metric_groups(run: dict) -> list[tuple[str, list[tuple[str, str, bool]]]]:
+    """The final metrics under the step that recorded them, in pipeline order: (step, [(key, shown,
+    stale)])."""
+    by_step: dict[str, list[tuple[str, str, bool]]] = {}
+    for key, value in sorted(run["metrics"].items()):
+        step = run["metric_steps"].get(key, "other")
+        by_step.setdefault(step, []).append((key, _shown(key, value), key in run["stale_metrics"]))
+    order = list(STEP_ORDER)
+    return sorted(by_step.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
 
 
 def _test_line(line: str, stale: dict[str, str]) -> str:
@@ -157,6 +180,7 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
             plots=plots,
             warnings=warnings,
             fmt=_fmt,
+            metric_groups=_metric_groups(run),
             changed=changed_from_defaults(run["parameters"]),  # listed first and marked
         )
     )

@@ -627,6 +627,7 @@ class Tracker:
             "parameters": {p["key"]: mask_value(json.loads(p["value"])) for p in param_rows},
             "origins": {p["key"]: p["origin"] for p in param_rows},  # a file, --set, notebook or papermill
             "metrics": final,
+            "metric_steps": recorded_by,  # metric -> the step that recorded its final value
             # metric -> its step, for each final metric whose step is stale: a result of earlier inputs
             "stale_metrics": {k: step for k, step in recorded_by.items() if step in stale_steps},
             "history": history,
