@@ -7,7 +7,9 @@ import gzip
 import importlib.util
 import io
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +27,7 @@ import pandas as pd
 import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
-from support.cli import ROOT, Place, copy_run, run_id_of, workbench
+from support.cli import ROOT, Place, copy_run, run_id_of, sets, workbench
 from support.server import Server, serving
 from support.tables import churn, penguins
 
@@ -758,6 +760,104 @@ def test_start_errors_are_one_line_before_anything_listens(digits, tmp_path):
         assert not (tmp_path / "typo").exists()  # a mistyped db is not created by a reader
     finally:
         taken.close()
+
+
+class _Shell:
+    """A pickle that runs a command when unpickled: what a model.pth from a stranger may hold."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("touch pwned",))
+
+
+def _archive_with(archive: Path, out: Path, replaced: dict[str, bytes]) -> Path:
+    """A copy of the model.tar.gz ``archive`` with some members' bytes replaced, by name."""
+    with tarfile.open(archive) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    files |= replaced
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+@pytest.mark.e2e
+def test_a_damaged_model_is_one_line_before_anything_listens(churned, tmp_path):
+    """An archive whose model.pth is cut short or holds a pickle that would run a command, one naming
+    a class whose constructor raises, a run whose encoding.json is cut short: one line each naming
+    the file and what is wrong, exit 1, nothing listening, nothing run; scoring names the file too."""
+    import torch
+
+    folder = churned.place.store / "runs" / churned.run_id
+    archive = folder / "export" / "model.tar.gz"
+    with tarfile.open(archive) as tar:
+        state = tar.extractfile("model.pth").read()  # type: ignore[union-attr]
+        meta = json.loads(tar.extractfile("code/model.json").read())  # type: ignore[union-attr]
+    shell = io.BytesIO()
+    torch.save({"fc.weight": _Shell()}, shell)
+    (tmp_path / "broken_nets.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self, in_features, num_classes):\n"
+        "        super().__init__()\n"
+        "        raise RuntimeError('no GPU driver found')\n"
+    )
+    copied = tmp_path / "store"
+    shutil.copytree(churned.place.store, copied)
+    damaged = copied / "runs" / churned.run_id / "prepare" / "encoding.json"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    cases = {
+        "cut short": (
+            _archive_with(archive, tmp_path / "short.tar.gz", {"model.pth": state[: len(state) // 2]}),
+            r"model\.pth is cut short or damaged \((ValueError|RuntimeError): [^;]+\); copy it again or export the "
+            r"model again$",
+        ),
+        "pickle": (
+            _archive_with(archive, tmp_path / "pickle.tar.gz", {"model.pth": shell.getvalue()}),
+            r"model\.pth holds objects that are not weights \(posix\.system\), refused without running them",
+        ),
+        "constructor": (
+            _archive_with(
+                archive,
+                tmp_path / "ctor.tar.gz",
+                {"code/model.json": json.dumps({**meta, "model": "broken_nets:Net"}).encode()},
+            ),
+            r"train\.model 'broken_nets:Net': its constructor raised RuntimeError: no GPU driver found; fix the class",
+        ),
+        "encoding": (
+            copied / "runs" / churned.run_id,
+            rf"^error: {re.escape(str(damaged))} is not valid JSON \([^;]+, line \d+ "
+            r"column \d+\); the file is damaged: run the prepare step again to write it$",
+        ),
+    }
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "workbench", "serve", *churned.place.sets(f"serve.model={path}", "serve.port=0")],
+            cwd=tmp_path,  # where an unpickled command would leave its file
+            env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (path, _) in cases.items()
+    }
+    for name, proc in started.items():
+        out, err = proc.communicate(timeout=120)
+        path, message = cases[name]
+        lines = err.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (name, err)
+        assert re.search(message, lines[0]) and (name == "encoding" or f"serve.model '{path}': " in lines[0]), lines
+        assert "serving" not in out
+    assert not (tmp_path / "pwned").exists()
+    scored = workbench(
+        "run",
+        "--steps",
+        "score",
+        *sets(f"store={copied}", f"db={churned.place.db}", f"score.model_run={churned.run_id}"),
+    )
+    assert scored.code == 1
+    message = cases["encoding"][1].removeprefix("^error: ")
+    assert re.search(message, scored.stderr.strip().splitlines()[-1]), scored.stderr
 
 
 # ---- pieces that need no server ------------------------------------------------------------------------------

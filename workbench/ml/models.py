@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
+import pickle
+import re
+import struct
+import zipfile
 from typing import Any
 
 import torch
@@ -62,10 +67,11 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         model = cls(**arguments)
     except ValueError as exc:  # the architecture's own check of the data's shape
         raise ModelError(str(exc)) from exc
-    except TypeError as exc:
+    except Exception as exc:  # a user's constructor: its own bug (a TypeError inside, a missing driver, ...)
+        first = (str(exc).splitlines() or [""])[0]
         raise ModelError(
-            f"train.model {spec!r}: its constructor raised TypeError: {exc}; fix the class (the traceback "
-            "with --traceback or WORKBENCH_DEBUG=1 shows where)"
+            f"train.model {spec!r}: its constructor raised {type(exc).__name__}: {first}; fix the class (the "
+            "traceback with --traceback or WORKBENCH_DEBUG=1 shows where)"
         ) from exc
     check_outputs(model, config)
     return model
@@ -113,6 +119,39 @@ def check_outputs(model: nn.Module, config: dict[str, Any]) -> None:
         raise ModelError(
             f"train.model {spec!r}: forward returned shape {tuple(out.shape)} for {CHECK_ROWS} rows; it must return {needed}"
         )
+
+
+# What torch.load raises on bytes that are not a whole state_dict (cut short, damaged, foreign):
+# the zip reader's RuntimeError, the unpickler's errors, a short read, a bad seek or a bad opcode.
+UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, LookupError, struct.error, zipfile.BadZipFile)
+
+
+def read_state(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` in ``data``, read with ``weights_only`` (a pickle's code never runs), or one
+    line naming ``where`` and what is wrong: cut short or damaged, or holding objects that are no weights."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "GLOBAL" not in str(exc):
+            raise ModelError(f"{where} is damaged ({_first(exc)}); export the model again") from exc
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        named = f" ({found.group(1)})" if found else ""
+        raise ModelError(
+            f"{where} holds objects that are not weights{named}, refused without running them; it is not a "
+            "state_dict saved by workbench: use the run's own model.pth, or export the model again"
+        ) from exc
+    except UNREADABLE as exc:
+        raise ModelError(
+            f"{where} is cut short or damaged ({type(exc).__name__}: {_first(exc).split('. ')[0]}); copy it again or "
+            "export the model again"
+        ) from exc
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ModelError(f"{where} is not a state_dict (it holds a {type(state).__name__}); export the model again")
+    return state
+
+
+def _first(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:

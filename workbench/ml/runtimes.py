@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import ModelError
-from workbench.storage.catalog import ONNX_MODEL
+from workbench.storage.catalog import MODEL_STATE, ONNX_MODEL
 
 if TYPE_CHECKING:
     import onnx
@@ -169,9 +169,9 @@ def load_torch(config: dict[str, Any], state: bytes) -> Predict:
     """The PyTorch model itself (CPU), rebuilt from its config and ``state_dict`` bytes."""
     import torch
 
-    from workbench.ml.models import load_model
+    from workbench.ml.models import load_model, read_state
 
-    model = load_model(config, torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
+    model = load_model(config, read_state(state, MODEL_STATE.file))
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -71,7 +71,7 @@ class StepContext:
     def load_artifact(self, name: str | Artifact, run: str | None = None) -> Any:
         """The catalog artifact ``name`` of this run (or of ``run``), decoded by its format."""
         entry = artifact(name)
-        return decode(entry, self.load(entry, run=run))
+        return decode(entry, self.load(entry, run=run), self.store.uri(self.key(entry, run=run)))
 
     def has_artifact(self, name: str | Artifact, run: str | None = None) -> bool:
         return self.store.exists(self.key(artifact(name), run=run))

@@ -130,19 +130,20 @@ def _from_archive(files: dict[str, bytes], spec: str, backend: str) -> tuple[Enc
             f"{KEY} {spec!r} lacks {missing[0]}; it is not a model.tar.gz written by export.sagemaker "
             "(model.pth at the top, code/model.json)"
         )
-    meta = json.loads(files[ARCHIVE_META])
+    try:
+        meta = json.loads(files[ARCHIVE_META])
+    except ValueError as exc:
+        raise ModelError(f"{KEY} {spec!r}: {ARCHIVE_META} is not valid JSON ({exc}); export the model again") from exc
     if "encoding" not in meta:
         raise ModelError(f"{KEY} {spec!r}: {ARCHIVE_META} has no encoding; export the model again")
     encoding = Encoding.from_json(meta.pop("encoding"))
     config, state = meta, files[ARCHIVE_STATE]
 
     def onnx_bytes() -> bytes:
-        import torch
-
-        from workbench.ml.models import load_model
+        from workbench.ml.models import load_model, read_state
         from workbench.ml.onnx_export import check_mxnet_ops, to_onnx
 
-        model = load_model(config, torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
+        model = load_model(config, read_state(state, ARCHIVE_STATE))
         target = "mxnet" if backend == "mxnet" else "onnxruntime"
         proto = to_onnx(model, config["in_features"], 12 if target == "mxnet" else ARCHIVE_OPSET, target)
         if target == "mxnet":
@@ -175,7 +176,7 @@ def _from_run(
         )
     if store.exists(folder + EXPORT_INFO.path) and store.exists(folder + MODEL_STATE.path):
         check_exported_weights(decode(EXPORT_INFO, read(EXPORT_INFO)), read(MODEL_STATE), shown)
-    encoding = Encoding.from_json(decode(ENCODING, read(ENCODING)))
+    encoding = Encoding.from_json(decode(ENCODING, read(ENCODING), store.uri(folder + ENCODING.path)))
     files = ModelFiles(
         onnx=lambda: read(ONNX_MODEL),
         torch=lambda: (decode(MODEL_CONFIG, read(MODEL_CONFIG)), read(MODEL_STATE)),
@@ -272,7 +273,10 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
         import torch
 
         torch.set_num_threads(threads)
-    predict = _onnxruntime(files, threads) if backend == "onnxruntime" else load_backend(backend, files)
+    try:
+        predict = _onnxruntime(files, threads) if backend == "onnxruntime" else load_backend(backend, files)
+    except ModelError as exc:  # model.pth cut short or not weights, a class that cannot be built: which model
+        raise ModelError(f"{KEY} {spec!r}: {exc}") from exc
     try:
         outputs = np.asarray(predict(np.zeros((2, len(encoding.features)), dtype=np.float32)))
     except Exception as exc:  # broad on purpose: each backend fails in its own way on a model it cannot run

@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.errors import StoreError
+
 RUNS = "runs"
 
 # The file name suffixes of each format, the first being the usual one.
@@ -345,12 +347,24 @@ def encode(item: str | Artifact, value: Any) -> bytes:
     return buf.getvalue()
 
 
-def decode(item: str | Artifact, data: bytes) -> Any:
+def decode(item: str | Artifact, data: bytes, where: str = "") -> Any:
     """An artifact's value: parsed JSON, a DataFrame for parquet and csv, a dict of arrays for npz,
-    else the bytes (torch, onnx, png, ...: the caller knows how it wants them loaded)."""
-    fmt = artifact(item).format
+    else the bytes (torch, onnx, png, ...: the caller knows how it wants them loaded). JSON that does
+    not parse (a file cut short or edited by hand) is one line naming ``where`` (its URI) and the step
+    that writes it again."""
+    entry = artifact(item)
+    fmt = entry.format
     if fmt == "json":
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are no text
+            reason = (
+                f"{exc.msg}, line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
+            )
+            raise StoreError(
+                f"{where or entry.path} is not valid JSON ({reason}); the file is damaged: run the {entry.step} "
+                "step again to write it"
+            ) from exc
     if fmt in ("parquet", "csv"):
         import pandas as pd
 

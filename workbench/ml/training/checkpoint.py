@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import pickle
-import struct
-import zipfile
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workbench.config.schema import TrainParams
 from workbench.errors import ModelError
+from workbench.ml.models import UNREADABLE
 from workbench.ml.training.loop import Trainer
 from workbench.storage.catalog import CHECKPOINT as LAST
 from workbench.storage.catalog import SET_ASIDE_CHECKPOINT
@@ -25,19 +23,6 @@ CHECKPOINT = LAST.file
 
 
 SET_ASIDE = SET_ASIDE_CHECKPOINT.file  # an interactive run's checkpoint from other settings, kept once
-
-
-# What torch.load raises on bytes that are not a whole checkpoint (truncated, corrupted, foreign):
-# the zip reader's RuntimeError, the unpickler's errors, a short read, a bad seek or a bad opcode.
-_UNREADABLE = (
-    RuntimeError,
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    LookupError,
-    struct.error,
-    zipfile.BadZipFile,
-)
 
 
 _CHECKPOINT_PARTS = {"config", "settings", "trainer"}
@@ -56,7 +41,7 @@ def _read_checkpoint(ctx: StepContext) -> tuple[dict[str, Any], bytes] | None:
     reason = "not a training checkpoint"
     try:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except _UNREADABLE as exc:
+    except UNREADABLE as exc:  # truncated, corrupted, foreign
         saved, reason = None, type(exc).__name__
     if not (isinstance(saved, dict) and saved.keys() >= _CHECKPOINT_PARTS):
         raise ModelError(f"checkpoint {ctx.store.uri(ctx.key(LAST))} is unreadable ({reason}); delete it to start over")
