@@ -307,3 +307,23 @@ def test_data_sources_on_s3(s3_server, bucket, tmp_path, stage_ctx_factory):
     ):
         prepare_data(ctx, DataParams(source=f"s3://{bucket}/in/d.parquet", target="digit"), seed=0, progress=False)
     assert not ctx.store.exists(ctx.key("train.parquet"))
+
+
+def test_a_truncated_parquet_on_s3_is_named_by_its_uri(bucket, s3_server, tmp_path):
+    """The error names the s3:// URI the user gave, not the scratch copy it was read from."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workbench.errors import DataError
+    from workbench.storage.sources import count_rows, iter_source
+
+    whole = tmp_path / "table.parquet"
+    pq.write_table(pa.table({"x": list(range(1000)), "label": [0, 1] * 500}), whole)
+    data = whole.read_bytes()
+    s3_server.client().put_object(Bucket=bucket, Key="lake/cut.parquet", Body=data[: len(data) // 2])
+    uri = f"s3://{bucket}/lake/cut.parquet"
+    for read in (count_rows, lambda source: list(iter_source(source, 100))):
+        with pytest.raises(DataError) as caught:
+            read(uri)
+        assert str(caught.value).startswith(f"data.source {uri}: cannot be read as Parquet ("), caught.value
+        assert str(tmp_path) not in str(caught.value) and "workbench-" not in str(caught.value)

@@ -610,6 +610,7 @@ BAD = [
     ("v2 long text echoed short", "/v2/models/workbench/infer", json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ["x" * 5000] * 64}]}), JSON, {}, 400, r"^input 'x' is FP32, but holds 'x{36}\.\.\.; send numbers$"),
     ("npy header beyond its body", "/invocations", _npy_claiming((10**12, 64)), NPY, {}, 400, r"^the body is not a \.npy array \(its header announces \(1000000000000, 64\) of float64, 512,000,000,000,000 bytes, but 512 follow\)$"),
     ("CSV header in another case", "/invocations", ",".join(f"P{i}" for i in range(64)) + "\n" + ",".join(["0"] * 64), CSV, {}, 400, r"^the CSV header names 'P0', and the model's column is 'p0'; column names match exactly$"),
+    ("CSV to the v2 route", "/v2/models/workbench/infer", "p0,p1\n1,2\n", CSV, {}, 415, r"^Content-Type 'text/csv' is not served on the v2 infer route; send application/json"),
     ("CSV not UTF-8", "/invocations", b"p0\n\xe9", CSV, {}, 400, r"^the body is not utf-8 text \(byte 0xe9 at offset 3\)$"),
     ("gzip with bytes after it", "/invocations", gzip.compress(json.dumps([DIGIT]).encode()) + b"junk", JSON, {"content-encoding": "gzip"}, 400, r"^the body has 4 bytes after its gzip stream; send the stream alone$"),
     ("gzip cut short", "/invocations", gzip.compress(json.dumps([DIGIT]).encode())[:-6], JSON, {"content-encoding": "gzip"}, 400, r"^the body's gzip stream is cut short; send it whole$"),

@@ -350,7 +350,7 @@ class Service:
             self._known(scope["path_params"], live)
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
-            request = parse_infer(body, headers.get(HEADER_LENGTH))
+            request = parse_infer(body, headers.get(HEADER_LENGTH), headers.get("content-type"))
             check_outputs(request, target)
             return infer_input(request, live.encoder), request
 

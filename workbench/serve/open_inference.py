@@ -24,7 +24,7 @@ import orjson
 
 from workbench.ml.encoding import Encoding, Target
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.media import RequestError, columns_missing, shown
+from workbench.serve.media import JSON, RequestError, columns_missing, content_type, shown
 from workbench.serve.outputs import Scored
 from workbench.serve.sagemaker import parse_json
 
@@ -222,8 +222,23 @@ def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
     return Tensor(name, datatype, shape, values), at
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+def _check_content_type(value: str | None) -> None:
+    """A v2 request is JSON (then binary tensors): a body of another media type, such as CSV meant for
+    ``/invocations``, is a 415 naming it rather than a 400 for malformed JSON. No Content-Type, JSON
+    (also ``+json`` types) and ``application/octet-stream`` (how binary clients label the body) are read."""
+    if value is None or not value.strip():
+        return
+    kind, _ = content_type(value)
+    if kind == JSON or kind.endswith("+json") or kind == "application/octet-stream":
+        return
+    raise RequestError(
+        415, f"Content-Type {kind!r} is not served on the v2 infer route; send {JSON} (or use /invocations for it)"
+    )
+
+
+def parse_infer(body: bytes, header_length: str | None, content_type_header: str | None = None) -> InferRequest:
     """The request's JSON header and tensors, with the binary part cut by ``Inference-Header-Content-Length``."""
+    _check_content_type(content_type_header)
     if header_length is not None:
         try:
             split = int(header_length)

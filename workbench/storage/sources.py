@@ -114,16 +114,26 @@ def _download(uri: str, key: str = "data.source") -> Path:
     except StoreError as exc:
         said = str(exc)
         raise DataError(said if said.startswith(key) else f"{key}: {said}") from exc
+    _DOWNLOADED[target] = uri
     return target
+
+
+_DOWNLOADED: dict[Path, str] = {}  # the local copy of an S3 object -> its URI
+
+
+def _named(path: Path) -> str:
+    """A source file as its user named it: an S3 object by its ``s3://`` URI, never by the scratch
+    copy it was read from (a path that is gone once the run ends)."""
+    return _DOWNLOADED.get(path, str(path))
 
 
 def _unreadable(key: str, path: Path, exc: Exception, fmt: str = "csv") -> DataError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if fmt == "parquet":
         return DataError(
-            f"{key} {path}: cannot be read as Parquet ({reason}); is the file complete? write or download it again"
+            f"{key} {_named(path)}: cannot be read as Parquet ({reason}); is the file complete? write or download it again"
         )
-    return DataError(f"{key} {path}: cannot be read ({reason}); is it a valid table?")
+    return DataError(f"{key} {_named(path)}: cannot be read ({reason}); is it a valid table?")
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -173,14 +183,14 @@ def csv_layout(path: Path, key: str = "data.source") -> CsvLayout:
         header = lines[0].decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
-            f"{key} {path}: the header is not UTF-8 (byte {lines[0][exc.start]:#04x} at offset {exc.start}); "
+            f"{key} {_named(path)}: the header is not UTF-8 (byte {lines[0][exc.start]:#04x} at offset {exc.start}); "
             "re-save the file as UTF-8"
         ) from exc
     delimiter = max(DELIMITERS, key=lambda d: len(_fields(header, d)))
     repeated = _duplicates(_fields(header, delimiter))
     if repeated:
         raise DataError(
-            f"{key} {path}: duplicate column names {repeated[:5]} in the header; rename them so each column is unique"
+            f"{key} {_named(path)}: duplicate column names {repeated[:5]} in the header; rename them so each column is unique"
         )
     row = _fields(lines[1].decode("utf-8", "replace"), delimiter) if len(lines) > 1 else []
     comma = delimiter != "," and any(DECIMAL_COMMA.fullmatch(value.strip()) for value in row)
@@ -263,7 +273,7 @@ def _utf8(batch: pa.RecordBatch, key: str, path: Path) -> None:
                     value.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(
-                        f"{key} {path}: column {field.name!r} holds text that is not UTF-8 "
+                        f"{key} {_named(path)}: column {field.name!r} holds text that is not UTF-8 "
                         f"({value[:40]!r}, byte {value[exc.start]:#04x}); re-save the file as UTF-8"
                     ) from None
 
@@ -275,7 +285,9 @@ def _unique_parquet_columns(path: Path, key: str, **options: bool) -> pq.Parquet
     parquet = pq.ParquetFile(path, **options)
     repeated = _duplicates(parquet.schema_arrow.names)
     if repeated:
-        raise DataError(f"{key} {path}: duplicate column names {repeated[:5]}; rename them so each column is unique")
+        raise DataError(
+            f"{key} {_named(path)}: duplicate column names {repeated[:5]}; rename them so each column is unique"
+        )
     return parquet
 
 
