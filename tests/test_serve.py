@@ -358,6 +358,27 @@ def test_a_boolean_column_takes_true_or_false_in_every_reader(churned, churn_ser
 
 
 @pytest.mark.e2e
+def test_a_semicolon_csv_with_decimal_commas_answers_as_batch_scoring(churned, churn_server, tmp_path):
+    """A spreadsheet's CSV in many locales: `;` between fields and `71,5` for a number. Batch scoring
+    reads the layout off the file's first lines; the server reads a request's the same way."""
+    source = tmp_path / "export.csv"
+    churned.table.iloc[:80].to_csv(source, index=False, sep=";", decimal=",")
+    assert ";" in source.read_text().splitlines()[0] and re.search(r";\d+,\d+;", source.read_text())
+    scored = workbench(
+        "run", "--steps", "score", *churned.place.sets(f"score.model_run={churned.run_id}", f"score.source={source}")
+    )
+    assert scored.code == 0, scored.stderr[-3000:]
+    expected = pd.read_parquet(
+        churned.place.store / "runs" / run_id_of(scored.stdout) / "score" / "predictions.parquet"
+    )
+    assert expected.predicted.notna().all()
+    answer = churn_server.post("/invocations", source.read_bytes(), CSV)
+    assert answer.status_code == 200, answer.text
+    _assert_same_classes(answer.json()["predictions"], answer.json()["probabilities"], expected)
+    _assert_same_classes(answer.json()["predictions"], answer.json()["probabilities"], churned.expected(slice(0, 80)))
+
+
+@pytest.mark.e2e
 def test_null_in_any_v2_tensor_is_a_gap(churned, churn_server):
     """null where a client has no value, in number, boolean and text tensors alike: as a gap in a
     record is imputed (the same answer as the record with null)."""

@@ -44,6 +44,7 @@ from workbench.serve.media import (
     text_of,
 )
 from workbench.serve.outputs import Scored
+from workbench.storage.sources import DECIMAL_COMMA, text_layout
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -157,9 +158,13 @@ def values_input(rows: Sequence[Sequence[Any]], encoder: RowEncoder) -> np.ndarr
 
 def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
     """Model input from CSV; an empty field is a gap. Without ``header=present|absent`` the first row
-    is a header when it names a training column."""
+    is a header when it names a training column. The delimiter (``,`` ``;`` tab ``|``) and a decimal
+    comma are read off the first two lines as batch scoring reads a file's."""
     names = encoder.names
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True, skipinitialspace=True)
+    head = text.lstrip("\r\n").splitlines()[:2]
+    layout = text_layout(head[0] if head else "", head[1] if len(head) > 1 else "")
+    cells = functools.partial(_cells, comma=layout.decimal == ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter, strict=True, skipinitialspace=True)
     rows: list[tuple[int, list[str]]] = []
     try:
         for row in reader:
@@ -187,7 +192,7 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
                     f"CSV line {line} has {len(row)} values; the model takes {len(names)}, in this order: "
                     f"{_listed(names)}",
                 )
-        return encoder.records([dict(zip(names, _cells(row), strict=True)) for _, row in rows])
+        return encoder.records([dict(zip(names, cells(row), strict=True)) for _, row in rows])
     columns = first
     twice = [name for i, name in enumerate(columns) if name in columns[:i]]
     if twice:
@@ -199,13 +204,16 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
     for line, row in rows[1:]:
         if len(row) != len(columns):
             raise RequestError(400, f"CSV line {line} has {len(row)} values; the header names {len(columns)} columns")
-        records.append(dict(zip(columns, _cells(row), strict=True)))
+        records.append(dict(zip(columns, cells(row), strict=True)))
     if not records:
         raise RequestError(400, "the CSV has a header but no rows")
     return encoder.records(records)
 
 
-def _cells(row: list[str]) -> list[str | None]:
+def _cells(row: list[str], comma: bool = False) -> list[str | None]:
+    """A row's fields, an empty one a gap; with ``comma``, a number written ``1,5`` read as 1.5."""
+    if comma:
+        row = [cell.replace(",", ".") if DECIMAL_COMMA.fullmatch(cell.strip()) else cell for cell in row]
     return [cell if cell.strip() else None for cell in row]
 
 

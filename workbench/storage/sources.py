@@ -186,14 +186,22 @@ def csv_layout(path: Path, key: str = "data.source") -> CsvLayout:
             f"{key} {_named(path)}: the header is not UTF-8 (byte {lines[0][exc.start]:#04x} at offset {exc.start}); "
             "re-save the file as UTF-8"
         ) from exc
-    delimiter = max(DELIMITERS, key=lambda d: len(_fields(header, d)))
-    repeated = _duplicates(_fields(header, delimiter))
+    layout = text_layout(header, lines[1].decode("utf-8", "replace") if len(lines) > 1 else "")
+    repeated = _duplicates(_fields(header, layout.delimiter))
     if repeated:
         raise DataError(
             f"{key} {_named(path)}: duplicate column names {repeated[:5]} in the header; rename them so each column is unique"
         )
-    row = _fields(lines[1].decode("utf-8", "replace"), delimiter) if len(lines) > 1 else []
-    comma = delimiter != "," and any(DECIMAL_COMMA.fullmatch(value.strip()) for value in row)
+    return layout
+
+
+def text_layout(header: str, row: str) -> CsvLayout:
+    """The layout of CSV text from its first two lines: the delimiter that splits the first line into
+    the most fields (comma wins ties), and a decimal comma where another delimiter leaves a value such
+    as ``1,5`` in the second. The server reads a CSV request's layout by the same rule."""
+    delimiter = max(DELIMITERS, key=lambda d: len(_fields(header, d)))
+    values = _fields(row, delimiter) if row else []
+    comma = delimiter != "," and any(DECIMAL_COMMA.fullmatch(value.strip()) for value in values)
     return CsvLayout(delimiter, "," if comma else ".")
 
 
