@@ -76,7 +76,7 @@ def mixed(rows: int, repeat: int, epochs: int) -> None:
         print(f"mixed {rows:,} rows: first full run {full:.1f} s", flush=True)
         pairs = []
         for i in range(repeat):
-            lr = [f"--set=train.lr={0.001 * (i + 2)}"]
+            lr = [f"--set=train.lr={0.003 + 0.001 * i}"]  # never the default 0.002
             if i % 2 == 0:
                 reused, said = run(folder, *base, *lr)
                 forced, _ = run(folder, *base, *lr, "--no-reuse")
