@@ -97,6 +97,40 @@ def test_unsupported_ops_are_named_before_mxnet_sees_them():
     assert "export.target=onnxruntime" in message
 
 
+class NormNet(nn.Module):
+    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc, self.norm, self.out = nn.Linear(in_features, 32), nn.LayerNorm(32), nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.norm(self.fc(x))))
+
+
+def test_layer_norm_imports_into_mxnet_and_agrees_and_its_failure_keeps_mxnets_line():
+    """nn.LayerNorm at opset 12 is ReduceMean, Sub, Pow, ...: MXNet's importer read ReduceMean's
+    missing keepdims as 0 and failed at bind time as 'simple_bind error. Arguments:'. The MXNet
+    layout writes keepdims out; without it, the error kept is MXNet's own line."""
+    from workbench.ml.runtimes import BACKENDS, ModelFiles, one_line
+
+    model = NormNet().eval()
+    proto = to_onnx(model, 64, 12, "mxnet")
+    check_mxnet_ops(proto, "mypkg:NormNet")
+    x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    predict = BACKENDS["mxnet"](ModelFiles.of_onnx(proto.SerializeToString()))
+    np.testing.assert_allclose(predict(x), reference, atol=1e-5, rtol=0)
+    for node in proto.graph.node:  # as exported before: keepdims left to its default
+        kept = [a for a in node.attribute if a.name != "keepdims"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    with pytest.raises(Exception) as caught:
+        BACKENDS["mxnet"](ModelFiles.of_onnx(proto.SerializeToString()))(x)
+    said = one_line(caught.value)
+    assert said.startswith("RuntimeError: Error in operator /norm/Sub: Check failed: "), said
+    assert "could not be broadcast together with shapes" in said and "simple_bind" not in said and "../src" not in said
+
+
 def test_onnxruntime_target_uses_plain_initializers_and_newer_opsets():
     proto = to_onnx(GeluNet().eval(), 64, 17, "onnxruntime")
     assert proto.opset_import[0].version == 17

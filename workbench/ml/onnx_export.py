@@ -42,7 +42,7 @@ MXNET_OPS = frozenset(
 OP_HINTS = {
     "Erf": "nn.GELU: use nn.GELU(approximate='tanh') or ReLU",
     "Gelu": "nn.GELU: use nn.GELU(approximate='tanh') or ReLU",
-    "LayerNormalization": "nn.LayerNorm: use BatchNorm, or opset <= 12 so it decomposes",
+    "LayerNormalization": "nn.LayerNorm: export at opset <= 12 (export.opset), where it decomposes into ops MXNet takes",
     "Expand": "tensor.expand or broadcasting: use repeat or explicit shapes",
     "Where": "torch.where / masked_fill: use arithmetic masks",
     "Range": "torch.arange in forward: precompute it as a buffer",
@@ -63,7 +63,20 @@ def to_onnx(model: torch.nn.Module, in_features: int, opset: int, target: str) -
         retraced = _trace(model, in_features, opset, target, RETRACE_ROWS)
         constant_reshapes(proto, EXAMPLE_ROWS, (RETRACE_ROWS, retraced))
         constants_as_initializers(proto)
+        explicit_keepdims(proto)
     return proto
+
+
+def explicit_keepdims(proto: onnx.ModelProto) -> None:
+    """Write ONNX's default ``keepdims=1`` on every Reduce node that leaves it out, in place.
+
+    MXNet's importer takes a missing ``keepdims`` as 0, so the mean of nn.LayerNorm (opset 12:
+    ReduceMean, Sub, Pow, ...) lost its last axis and the Sub after it failed to broadcast at bind
+    time; written out, LayerNorm imports and agrees with PyTorch.
+    """
+    for node in proto.graph.node:
+        if node.op_type.startswith("Reduce") and not any(a.name == "keepdims" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("keepdims", 1))
 
 
 def _trace(model: torch.nn.Module, in_features: int, opset: int, target: str, rows: int) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -34,6 +35,9 @@ def one_line(exc: BaseException) -> str:
     reason must stay one line in ``parity.json``, the notebook and the CLI's error line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else ""
+    said = next((line for line in lines if line.startswith("MXNetError:")), None)
+    if said:  # MXNet's own line says what failed ("simple_bind error. Arguments:" above it does not)
+        text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", said.removeprefix("MXNetError:").strip())
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
