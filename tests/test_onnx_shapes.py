@@ -72,6 +72,17 @@ CASES: dict[str, Callable[[], nn.Module]] = {
     "h.view(h.size(0), -1) after a conv": lambda: Convolved(lambda h: h.view(h.size(0), -1)),
     "h.flatten(2) after a conv": lambda: Convolved(lambda h: h.flatten(2).flatten(1)),
     "h.view(x.shape[0], 256), the batch of another tensor": InputsBatch,
+    "x.view(x.shape[0], 1, 8, 8) then x.reshape(len(x), -1)": lambda: Dense(
+        lambda x: (lambda h: h.reshape(len(h), -1))(x.view(x.shape[0], 1, 8, 8))
+    ),
+    "x.view(x.shape[0], 1, 8, 8) then x.view(x.size(0), -1)": lambda: Dense(
+        lambda x: (lambda h: h.view(h.size(0), -1))(x.view(x.shape[0], 1, 8, 8))
+    ),
+    "a chain of three, the batch read each time": lambda: Dense(
+        lambda x: (lambda h: h.view(h.size(0), -1))(
+            (lambda h: h.reshape(len(h), 4, -1))(torch.relu(x.view(x.shape[0], 1, 8, 8)))
+        )
+    ),
 }
 
 

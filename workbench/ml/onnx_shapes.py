@@ -5,7 +5,8 @@ exporter writes ``x.view(x.size(0), ...)`` as a Shape -> Gather -> Unsqueeze -> 
 bakes ``len(x)`` in as the example batch size, which breaks the dynamic batch axis. ONNX's Reshape
 (opset 12 and below) and MXNet's both copy a size given as 0 from the same position of the input
 and infer one size given as -1, so such a shape is constant after all when every size known only
-at run time is the same dimension of the tensor being reshaped, or is the only one left.
+at run time is the same dimension of the tensor being reshaped, or is the only one left. Reshapes
+are rewritten in graph order, each making its output's sizes known to the next one in a chain.
 """
 
 from __future__ import annotations
@@ -63,16 +64,18 @@ def constant_reshapes(proto: onnx.ModelProto, batch: int, retraced: tuple[int, o
     graph = proto.graph
     consts = _constants(graph)
     producers = {out: node for node in graph.node for out in node.output}
-    dims = _dims(proto)
     other_rows, other = retraced
     other_consts = _constants(other.graph)
     other_shapes = {n.name: other_consts.get(n.input[1]) for n in other.graph.node if n.op_type == "Reshape"}
-    here, there = _dims(proto, batch), _dims(other, other_rows)
     taken = {name for node in graph.node for name in (*node.input, *node.output)} | set(consts)
-    changed = False
+    changed, stale = False, True
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2:
             continue
+        if stale:  # a Reshape given a constant shape makes its output's sizes known to the next in a chain
+            # sizes at both trace batches from this graph, whose earlier Reshapes now copy the batch
+            dims, here, there, symbols = _dims(proto), _dims(proto, batch), _dims(proto, other_rows), _symbols(proto)
+            stale = False
         data, shape = node.input[0], node.input[1]
         if shape in consts:
             sizes = _traced_sizes(data, consts[shape], other_shapes.get(node.name), here, there)
@@ -84,11 +87,11 @@ def constant_reshapes(proto: onnx.ModelProto, batch: int, retraced: tuple[int, o
             except Refused as exc:
                 raise ModelError(f"Reshape node {node.name!r} {exc}, which MXNet cannot import; {INSTEAD}") from exc
         name = _unique(f"{node.name or node.output[0]}/shape", taken)
-        value = numpy_helper.from_array(np.array(_resolve(node, data, sizes), dtype=np.int64), name)
+        value = numpy_helper.from_array(np.array(_resolve(node, data, sizes, symbols), dtype=np.int64), name)
         graph.initializer.append(value)
         graph.input.append(onnx.helper.make_tensor_value_info(name, value.data_type, list(value.dims)))
         node.input[1] = name
-        changed = True
+        changed = stale = True
     if changed:
         _drop_dead(graph)
 
@@ -119,16 +122,26 @@ def _traced_sizes(
     return sizes
 
 
-def _resolve(node: onnx.NodeProto, data: str, sizes: list[Size]) -> list[int]:
-    """0 for a size copied from the same position of ``data``, -1 for the one size left unknown."""
+def _resolve(
+    node: onnx.NodeProto, data: str, sizes: list[Size], symbols: dict[str, list[str | None]] | None = None
+) -> list[int]:
+    """0 for a size copied from the same position of ``data``, -1 for the one size left unknown.
+
+    A size of another tensor is the same size where shape inference gives both one symbol (the
+    batch of a tensor reshaped earlier in a chain with its batch copied, or of a convolution's output).
+    """
     out: list[int] = []
     open_sizes: list[str] = []
+    known = (symbols or {}).get(data, [])
     for axis, size in enumerate(sizes):
         if isinstance(size, int):
             out.append(size)
             if size == -1:
                 open_sizes.append("a -1")
-        elif isinstance(size, Dim) and size == Dim(data, axis):
+        elif isinstance(size, Dim) and (
+            size == Dim(data, axis)
+            or (axis < len(known) and known[axis] is not None and _symbol(size, symbols) == known[axis])
+        ):
             out.append(0)
         else:
             out.append(-1)
@@ -260,6 +273,22 @@ def _dims(proto: onnx.ModelProto, batch: int | None = None) -> dict[str, list[in
         if tensor.HasField("shape"):
             known[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     return known
+
+
+def _symbols(proto: onnx.ModelProto) -> dict[str, list[str | None]]:
+    """Every tensor's symbolic sizes (``batch``) as ONNX's shape inference carries them, None where not symbolic."""
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    named = {}
+    for value in (*inferred.input, *inferred.value_info, *inferred.output):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            named[value.name] = [d.dim_param if d.HasField("dim_param") else None for d in tensor.shape.dim]
+    return named
+
+
+def _symbol(size: Dim, symbols: dict[str, list[str | None]] | None) -> str | None:
+    sizes = (symbols or {}).get(size.tensor, [])
+    return sizes[size.axis] if size.axis < len(sizes) else None
 
 
 def _unique(name: str, taken: set[str]) -> str:
