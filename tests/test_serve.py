@@ -742,6 +742,45 @@ def test_wrong_methods_and_paths_beside_the_prediction_routes(digits_server, met
     assert any(key.startswith("workbench_serve_errors_total{") and f"status={status}" in key for key in counted)
 
 
+def _read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (the 30 s bound only fails a test that hangs)."""
+    sock.settimeout(30)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.mark.e2e
+def test_a_request_sent_too_slowly_is_answered_408_and_closed(digits, tmp_path):
+    """Headers sent halfway, or a body that stops short of its Content-Length, hold no connection past
+    serve.read_timeout_s: many such clients are answered 408 and closed while a whole request is served."""
+    log = tmp_path / "serve.log"
+    with serving(digits.place, log, f"serve.model={digits.run_id}", "serve.read_timeout_s=1") as server:
+        body = json.dumps([DIGIT]).encode()
+        partial = {
+            "headers": b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+            "body": b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10],
+            "nothing": b"",
+        }
+        slow = {}
+        for name, sent in partial.items():
+            for i in range(20):
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                sock.sendall(sent)
+                slow[f"{name} {i}"] = sock
+        whole = server.post("/invocations", body)
+        assert whole.status_code == 200 and len(whole.json()["predictions"]) == 1
+        for name, sock in slow.items():
+            with sock:
+                answer = _read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), (name, answer)
+            assert answer.endswith(b'{"error": "the request was not sent within serve.read_timeout_s (1 s)"}')
+        assert httpx.get(server.url + "/ping").status_code == 200
+
+
 # ---- start errors: one line, non-zero, nothing listening ----------------------------------------------------
 
 

@@ -491,6 +491,13 @@ class ServeParams(Section):
     max_body_mb: Float = Field(
         16.0, gt=0, le=4096, description="largest request body in MiB; larger ones are answered 413"
     )
+    read_timeout_s: Float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a client has to send a request's headers, and each part of its body; a slower "
+        "one is answered 408 and its connection closed",
+    )
     name: Annotated[
         Str, AfterValidator(_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "must be letters, digits, '_', '.' or '-'"))
     ] = Field("workbench", description="the model's name on the v2 routes: /v2/models/<name>/infer")

@@ -52,6 +52,7 @@ class WorkerSpec:
     max_queue: int
     max_body_mb: float
     threads: int
+    read_timeout_s: float = 30.0
     follow: str = ""  # the alias in serve.model (``@NAME``), followed by each worker; "" for any other model
     reload_s: float = 0.0
 
@@ -126,6 +127,7 @@ def _run(service: Service, sock: socket.socket, spec: WorkerSpec) -> bool:
     import uvicorn
 
     from workbench.serve.app import create_app
+    from workbench.serve.timeouts import read_timeout_protocol
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -140,6 +142,7 @@ def _run(service: Service, sock: socket.socket, spec: WorkerSpec) -> bool:
         proxy_headers=False,  # nothing here reads the client's address
         backlog=BACKLOG,
         timeout_keep_alive=65,  # above the 60 s idle timeout of AWS load balancers, which reuse connections
+        http=read_timeout_protocol(spec.read_timeout_s),  # uvicorn's own waits forever for a request's bytes
     )
     # uvicorn raises the signal it caught again after its graceful shutdown, to the handler it found;
     # the default one would make a drained server look killed (exit 143) to SageMaker, ECS or Kubernetes
@@ -242,6 +245,7 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
         max_queue=settings.max_queue,
         max_body_mb=settings.max_body_mb,
         threads=threads,
+        read_timeout_s=settings.read_timeout_s,
         follow=follow,
         reload_s=settings.reload_s,
     )
