@@ -301,3 +301,35 @@ def test_a_run_prepares_a_table_that_is_no_image(place, tmp_path, digits):
     notebook = nbformat.read(run / "01_prepare_data.ipynb", as_version=4)
     shown = notebook.cells[-1].outputs
     assert any("image/png" in o.get("data", {}) for o in shown) and any("p19" in str(o) for o in shown)
+
+
+def test_silent_choices_are_said_out_loud(stage_ctx_factory, tmp_path, digits):
+    """A row counter used as a feature, the target in data.drop or data.categorical, a column named as
+    another's encoded feature, and 64 unrelated number columns the CNN would take as an image: each a
+    NOTE line in notebook 01 (and its report page) and in schema.json; the digits themselves say nothing."""
+    from palmerpenguins import load_penguins
+
+    ctx = stage_ctx_factory("prepare", run_id="notes-test")
+    assert prepare_data(ctx, DataParams(), seed=0, progress=False).notes.lines == ()
+    penguins = load_penguins().reset_index(names="row").assign(**{"island=Dream": 1.0})
+    penguins.to_csv(tmp_path / "penguins.csv", index=False)
+    params = DataParams(source=str(tmp_path / "penguins.csv"), target="species", drop=["species"], categorical=["year"])
+    notes = prepare_data(ctx, params, seed=0, progress=False).notes
+    assert notes.lines == (
+        "data.target 'species' is also in data.drop; the target is never a feature, so that entry is ignored",
+        "column 'row' holds the whole numbers 0 to 343, one per row: a row counter or an index, used as a feature; "
+        "add it to data.drop unless it means something",
+        "column 'island=Dream' has the name of a feature encoded from column 'island'; the model input holds two "
+        "features named 'island=Dream': rename the column",
+    )
+    assert repr(notes).startswith("NOTE: data.target 'species'") and "<b>NOTE:</b>" in notes._repr_html_()
+    assert json.loads(ctx.store.read_bytes(ctx.key("schema.json")))["notes"] == list(notes.lines)
+    measures = pd.DataFrame(
+        np.random.default_rng(0).normal(size=(300, 64)), columns=[f"sensor_{c}" for c in "abcdefgh" for _ in range(8)]
+    )
+    measures.columns = [f"{name}{i % 8}x" for i, name in enumerate(measures.columns)]
+    measures.assign(label=np.arange(300) % 3).to_csv(tmp_path / "measures.csv", index=False)
+    [line] = prepare_data(ctx, DataParams(source=str(tmp_path / "measures.csv")), seed=0, progress=False).notes.lines
+    assert line.startswith(
+        "the 64 number columns (sensor_a0x, sensor_a1x, ...) make one 8x8 image, so train.model=auto"
+    )

@@ -7,6 +7,7 @@ chunks, so a 5-million-row table from S3 or a warehouse query is prepared like t
 from __future__ import annotations
 
 import functools
+import html
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -48,6 +49,71 @@ SAMPLE_ROWS = 40
 SPOOL = "source" + suffix("parquet")  # a SQL result or CSV kept as Parquet between the passes
 
 
+@dataclass(frozen=True)
+class Notes:
+    """Choices prepare made that a reader might not expect, said out loud in notebook 01 (and so in
+    the report), as lines of plain text or a coloured box."""
+
+    lines: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        if not self.lines:
+            return '<p style="color:#1a7f37">No choices to note about the columns.</p>'
+        items = "".join(f"<p style='margin:0.2em 0'><b>NOTE:</b> {html.escape(line)}</p>" for line in self.lines)
+        return f'<div style="background:#fff8c5;border-left:6px solid #9a6700;padding:0.5em 1em">{items}</div>'
+
+    def __repr__(self) -> str:
+        return "\n".join(f"NOTE: {line}" for line in self.lines) or "No choices to note about the columns."
+
+
+def silent_choices(params: DataParams, encoding: Encoding, ranges: Ranges, rows: int) -> list[str]:
+    """What prepare decided without a word before: a row counter used as a feature, the target named
+    in data.drop or data.categorical (ignored), a column named like another column's encoded feature,
+    and many unrelated number columns that make an image (train.model=auto then picks the CNN)."""
+    import pyarrow as pa
+
+    notes = []
+    for role, listed in (("data.drop", params.drop), ("data.categorical", params.categorical)):
+        if params.target in listed:
+            notes.append(
+                f"data.target {params.target!r} is also in {role}; the target is never a feature, so that entry is ignored"
+            )
+    for spec in encoding.columns:
+        name = spec["name"]
+        if spec["type"] != NUMERIC or name not in ranges.low or not pa.types.is_integer(ranges.schema.field(name).type):
+            continue
+        low, high = ranges.low[name], ranges.high[name]
+        if low in (0, 1) and high - low + 1 == rows > 2:
+            notes.append(
+                f"column {name!r} holds the whole numbers {low} to {high}, one per row: a row counter or an index, "
+                "used as a feature; add it to data.drop unless it means something"
+            )
+    seen: dict[str, str] = {}
+    for spec in encoding.columns:
+        for feature in feature_names(spec):
+            other = seen.setdefault(feature, spec["name"])
+            if other != spec["name"]:
+                first, second = sorted((other, spec["name"]), key=lambda n: n != feature)
+                notes.append(
+                    f"column {first!r} has the name of a feature encoded from column {second!r}; the model input "
+                    f"holds two features named {feature!r}: rename the column"
+                )
+    side = encoding.image_side
+    names = encoding.inputs
+    if side and not _numbered(names):
+        notes.append(
+            f"the {len(names)} number columns ({names[0]}, {names[1]}, ...) make one {side}x{side} image, so "
+            "train.model=auto picks the CNN; set train.model=mlp unless they are pixels in row order"
+        )
+    return notes
+
+
+def _numbered(names: list[str]) -> bool:
+    """Whether columns are named as pixels are: one prefix and their position (p0..p63, pixel1..pixel64)."""
+    prefix = names[0].rstrip("0123456789")
+    return any(all(name == f"{prefix}{i + start}" for i, name in enumerate(names)) for start in (0, 1))
+
+
 @dataclass
 class Prepared:
     """What the data notebook shows: schema, split sizes, class balance, a sample and the encoding.
@@ -68,6 +134,7 @@ class Prepared:
     histograms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     encoding: Encoding | None = None
     task: Target | None = None
+    notes: Notes = field(default_factory=lambda: Notes(()))
 
     @property
     def encoding_table(self) -> pd.DataFrame:
@@ -178,6 +245,7 @@ def prepare_data(
             ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
 
     ctx.save_artifact(ENCODING, encoding.to_json())
+    notes = silent_choices(params, encoding, ranges, rows)
     ctx.save_artifact(
         SCHEMA,
         {
@@ -190,6 +258,7 @@ def prepare_data(
             "rows_without_target": task.missing,
             "source": shown,
             "seed": seed,  # the split's; validation fits its gradient-boosting baseline with it too
+            "notes": notes,
         },
     )
     split_counts = {name: int(sum((plan == i).sum() for plan in plans)) for i, name in enumerate(SPLITS)}
@@ -217,6 +286,7 @@ def prepare_data(
         dict(zip(numeric, zip(histograms.counts, histograms.edges, strict=True), strict=False)),
         encoding,
         task,
+        Notes(tuple(notes)),
     )
 
 
