@@ -68,9 +68,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     except ValueError as exc:  # the architecture's own check of the data's shape
         raise ModelError(str(exc)) from exc
     except Exception as exc:  # a user's constructor: its own bug (a TypeError inside, a missing driver, ...)
-        first = (str(exc).splitlines() or [""])[0]
         raise ModelError(
-            f"train.model {spec!r}: its constructor raised {type(exc).__name__}: {first}; fix the class (the "
+            f"train.model {spec!r}: its constructor raised {type(exc).__name__}: {_first(exc)}; fix the class (the "
             "traceback with --traceback or WORKBENCH_DEBUG=1 shows where)"
         ) from exc
     check_outputs(model, config)
@@ -92,10 +91,9 @@ def check_outputs(model: nn.Module, config: dict[str, Any]) -> None:
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # a user's forward: its own bug, named with the class
-        first = (str(exc).splitlines() or [""])[0]
         raise ModelError(
             f"train.model {spec!r}: its forward on a batch of {CHECK_ROWS} rows of {x.shape[1]} features raised "
-            f"{type(exc).__name__}: {first}; fix the class (--traceback shows where)"
+            f"{type(exc).__name__}: {_first(exc)}; fix the class (--traceback shows where)"
         ) from exc
     finally:
         model.train(training)
@@ -151,6 +149,7 @@ def read_state(data: bytes, where: str) -> dict[str, torch.Tensor]:
 
 
 def _first(exc: BaseException) -> str:
+    """The first line of an exception's message that says something (the class name when none does)."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
