@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workbench.storage.catalog import suffix
 from workbench.storage.scratch import ENV as SCRATCH_ENV
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def ensure_kernel() -> str:
     from ipykernel.kernelspec import install
 
     folder = install(kernel_name=KERNEL_NAME, display_name="Python (workbench)", prefix=sys.prefix)
-    spec_file = Path(folder) / "kernel.json"
+    spec_file = Path(folder) / f"kernel{suffix('json')}"  # Jupyter's kernelspec
     spec_json = json.loads(spec_file.read_text())
     spec_json["argv"].insert(spec_json["argv"].index("-f"), QUIET)
     spec_file.write_text(json.dumps(spec_json, indent=1))
@@ -83,7 +84,7 @@ class WarmKernel:
         # The async manager, as nbclient would make: with a blocking one, nbclient blocks its
         # event loop waiting for replies and never notices a kernel that died.
         # the connection file holds the kernel's HMAC key: in the run's scratch, gone with it
-        connection = str(self.log_path.parent / f"{self.name}-kernel.json")
+        connection = str(self.log_path.parent / f"{self.name}-kernel{suffix('json')}")
         km = AsyncKernelManager(kernel_name=KERNEL_NAME, connection_file=connection, **transport)
         run_sync(km.start_kernel)(
             cwd=str(self.cwd),

@@ -30,7 +30,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from workbench.config.schema import SPEC
 from workbench.config.secrets import mask
 from workbench.errors import ParameterError, TrackingError
-from workbench.storage.catalog import CURVES, FIGURES, RunLayout
+from workbench.storage.catalog import CURVES, FIGURES, RunLayout, suffix
 from workbench.tracking.tables import artifacts, metrics, params, run_tags, runs, steps
 from workbench.tracking.tracker import Tracker, _iso, run_seconds, steps_seconds
 
@@ -526,7 +526,7 @@ def compare_runs(tracker: Tracker, run_ids: list[str], all_params: bool = False)
         figure_keys = {f"{a.path}" for a in FIGURES if a.name != CURVES.name}
         artifact_rows = conn.execute(
             select(artifacts.c.run_id, artifacts.c.key, artifacts.c.uri)
-            .where(artifacts.c.run_id.in_(ids), artifacts.c.key.like("%.png"))
+            .where(artifacts.c.run_id.in_(ids), artifacts.c.key.like("%" + suffix("png")))
             .order_by(artifacts.c.id)
         ).all()
     position = {run_id: i for i, run_id in enumerate(ids)}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from workbench.config.parameters import changed_from_defaults
+from workbench.storage.catalog import RunLayout
 from workbench.tracking.queries import Comparison, RunPage, RunQuery
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def run_text(run: dict[str, Any]) -> str:
         for k, v in sorted(run["metrics"].items())
     ]
     lines.append(_body(rows, "none recorded"))
-    prefix = f"runs/{run['id']}/"
+    prefix = RunLayout(run["id"]).root + "/"
     where = next((a["uri"].removesuffix(a["key"].removeprefix(prefix)) for a in run["artifacts"]), "")
     lines += ["", f"artifacts (in {where})" if where else "artifacts"]
     rows = [["", a["key"].removeprefix(prefix), f"{a['bytes']:,} B", a["sha256"][:12]] for a in run["artifacts"]]

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from workbench.config.secrets import mask
 from workbench.errors import ParameterError, StoreError, TrackingError, WorkbenchError
 from workbench.storage import open_store
-from workbench.storage.catalog import CONFUSION, PER_CLASS, REPORT_INDEX, RunLayout
+from workbench.storage.catalog import CONFUSION, PER_CLASS, REPORT_INDEX, RunLayout, suffix
 from workbench.tracking.aliases import is_alias, resolve
 from workbench.tracking.queries import (
     Comparison,
@@ -282,7 +282,7 @@ class UI:
         for a in run["artifacts"]:
             name = RunLayout(run_id).relative(a["key"])
             artifacts.append({**a, "name": name, "link": self._file_link(a["key"])})
-        figures = [a for a in artifacts if a["link"] and a["key"].endswith((".png", ".svg"))]
+        figures = [a for a in artifacts if a["link"] and a["key"].endswith((suffix("png"), ".svg"))]
         report = self._report_link(run_id, run["store"])
         return self._page(
             "run.html.j2",
