@@ -202,7 +202,7 @@ class Reuse:
         elif publishes:
             decision.line = f"{step} runs: it publishes to {mask(publishes)}, which a reused step would skip"
         elif unkeyed:
-            decision.line = f"{step} runs: {unkeyed}, so it is never reused (add a fingerprint query to reuse it)"
+            decision.line = f"{step} runs: {unkeyed}"
         else:
             problems = []
             for source in self.tracker.reuse_candidates(step, decision.key, self.store.root, self.run_id):

@@ -72,19 +72,26 @@ def fingerprint(
 ) -> Fingerprint:
     """The fingerprint of a data source parameter (``key`` names it in messages).
 
-    ``query`` answers a SQL source's fingerprint query as text (it runs read-only, like the source).
+    ``query`` answers a SQL source's fingerprint query as text (it runs read-only, like the source);
+    a query that fails raises. A file or object that cannot be found or read has no fingerprint: the
+    step then runs, and says what is wrong where it always has.
     """
     if isinstance(source, Mapping):
         if "fingerprint" not in source:
-            return Fingerprint(None, f"{key} is a SQL source without a fingerprint query")
+            return Fingerprint(
+                None,
+                f"{key} is a SQL source without a fingerprint query, so it is never reused "
+                "(add fingerprint: SELECT ... whose answer stands for the data to reuse it)",
+            )
         if query is None:
             return Fingerprint(None, f"{key}: fingerprint queries cannot be answered here")
         answer = query(source, key)
         return Fingerprint("query " + hashlib.sha256(answer.encode()).hexdigest())
-    if source.startswith("s3://"):
-        return Fingerprint(_s3(source, key))
-    if "://" in source:
-        return Fingerprint(None, f"{key} has a scheme without fingerprints")
     from workbench.storage.sources import _locate  # the file a path names, as the step will read it
 
-    return Fingerprint("sha256 " + file_sha256(_locate(source, key)[0], memo))
+    try:
+        if source.startswith("s3://"):
+            return Fingerprint(_s3(source, key))
+        return Fingerprint("sha256 " + file_sha256(_locate(source, key)[0], memo))
+    except DataError as exc:  # the step runs and fails on it as it would without reuse, in its notebook
+        return Fingerprint(None, str(exc))
