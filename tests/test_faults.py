@@ -148,7 +148,7 @@ def test_a_full_disk_while_reporting_leaves_the_run_incomplete_and_says_so(small
         shutil.copy(small_run.folder / name, model / name)
     db = f"sqlite:///{tmp_path}/tracking.db"
     args = [f"--set=store={small_disk}", f"--set=db={db}", f"--set=score.model_run={small_run.run_id}"]
-    result = workbench("run", "--steps", "score", *args)
+    result = workbench("run", "--steps", "score", *args, "--set=score.source=bundled:digits")
     assert result.code == 1, result.stderr
     tracker = Tracker(db)
     run = tracker.get_run(tracker.list_runs()[0]["id"])
