@@ -439,7 +439,7 @@ def test_an_archive_and_a_run_folder_on_s3_serve(churned, s3_server, tmp_path):
 def test_a_regression_answers_the_number_as_batch_scoring(weighed, tmp_path):
     rows = slice(0, 344)
     records, expected = weighed.records(rows), weighed.expected(rows)
-    with serving(weighed.place, tmp_path / "serve.log") as server:
+    with serving(weighed.place, tmp_path / "serve.log", f"serve.model={weighed.run_id}") as server:
         answer = server.post("/invocations", json.dumps(records)).json()
         assert set(answer) == {"predictions"}
         assert np.allclose(answer["predictions"], expected.predicted, rtol=1e-5)

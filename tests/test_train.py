@@ -386,7 +386,7 @@ class Net(nn.Module):
         self.body = nn.Linear(in_features, num_classes)
 
     def forward(self, x):
-        if os.environ.get("RANK") == "1":
+        if os.environ.get("RANK") == "1" and self.training:  # past the output check, in the first step
             raise RuntimeError("boom on rank 1")
         return self.body(x)
 '''
