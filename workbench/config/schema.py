@@ -491,6 +491,11 @@ class ServeParams(Section):
     max_body_mb: Float = Field(
         16.0, gt=0, le=4096, description="largest request body in MiB; larger ones are answered 413"
     )
+    access_log: Annotated[Literal["off", "common", "json"], BeforeValidator(_string)] = Field(
+        "off",
+        description="a line per answered request: off, common (Common Log Format) or json; errors are logged "
+        "either way",
+    )
     read_timeout_s: Float = Field(
         30.0,
         gt=0,

@@ -53,6 +53,7 @@ class WorkerSpec:
     max_body_mb: float
     threads: int
     read_timeout_s: float = 30.0
+    access_log: str = "off"
     follow: str = ""  # the alias in serve.model (``@NAME``), followed by each worker; "" for any other model
     reload_s: float = 0.0
 
@@ -89,7 +90,7 @@ def _logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
-    for name in ("workbench.serve", "uvicorn.error"):
+    for name in ("workbench.serve", "workbench.serve.access", "uvicorn.error"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
@@ -126,6 +127,7 @@ def _run(service: Service, sock: socket.socket, spec: WorkerSpec) -> bool:
     """Serve on ``sock`` until a signal, then drain; whether the server started at all."""
     import uvicorn
 
+    from workbench.serve.access import AccessLog
     from workbench.serve.app import create_app
     from workbench.serve.timeouts import read_timeout_protocol
 
@@ -134,10 +136,13 @@ def _run(service: Service, sock: socket.socket, spec: WorkerSpec) -> bool:
             service.drain()
             super().handle_exit(sig, frame)
 
+    app = create_app(service, _background(service, spec))
+    if spec.access_log != "off":
+        app = AccessLog(app, spec.access_log)
     config = uvicorn.Config(
-        create_app(service, _background(service, spec)),
+        app,
         log_config=None,
-        access_log=False,  # one line per request would cost more than answering it; errors are logged
+        access_log=False,  # serve.access_log writes its own lines (off by default); errors are logged
         lifespan="on",
         proxy_headers=False,  # nothing here reads the client's address
         backlog=BACKLOG,
@@ -246,6 +251,7 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
         max_body_mb=settings.max_body_mb,
         threads=threads,
         read_timeout_s=settings.read_timeout_s,
+        access_log=settings.access_log,
         follow=follow,
         reload_s=settings.reload_s,
     )
