@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from support.browser import CHROMIUM, CHROMIUM_ARGS
 from support.cli import ROOT, workbench
 from support.localpg import free_port
 
@@ -30,16 +31,6 @@ from workbench.storage import open_store
 from workbench.tracking.tracker import Tracker
 from workbench.ui.app import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE = '<script>window.__xss = 1</script><img src="x" onerror="window.__xss = 2">'
 
 
