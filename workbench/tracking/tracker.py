@@ -228,9 +228,11 @@ class Tracker:
         (an unrelated ``runs`` table, another application's Alembic version) is not ours to change.
         """
         with self.engine.connect() as conn:
-            revision = _revision(conn)
             inspector = inspect(conn)
             names = set(inspector.get_table_names()) - {"alembic_version"}
+            # the version after the tables: another process creating this database commits both at
+            # once, so tables seen here come with a version read after them (never "foreign" ones)
+            revision = _revision(conn)
             if revision is None:
                 foreign = sorted(
                     name
