@@ -36,8 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the endpoint's annotations here
@@ -49,8 +51,8 @@ HIDDEN = 2048
 # ---- the models ------------------------------------------------------------------------------------------
 
 
-def make_models(tmp: Path) -> tuple[str, str]:
-    """Two runs on the digits, exported for onnxruntime: ``cnn`` and ``mlp`` (64-2048-2048-10)."""
+def make_models(tmp: Path, runs: tuple[str, ...] = ("cnn", "mlp")) -> tuple[str, str]:
+    """Runs on the digits, exported for onnxruntime: ``cnn`` and ``mlp`` (64-2048-2048-10)."""
     from workbench.config.schema import DataParams, ExportParams, TrainParams
     from workbench.run.context import step_context
     from workbench.stages.export_onnx import export_onnx
@@ -58,7 +60,8 @@ def make_models(tmp: Path) -> tuple[str, str]:
     from workbench.stages.train import train_model
 
     store, db = str(tmp / "store"), f"sqlite:///{tmp}/t.db"
-    for run, model in (("cnn", "cnn"), ("mlp", "mlp")):
+    for run in runs:
+        model = run
         prepare_data(step_context("prepare", run, store, db), DataParams(), seed=0)
         train = TrainParams(epochs=1, batch_size=64, device="cpu", amp=False, model=model, width=HIDDEN, depth=2)
         train_model(step_context("train", run, store, db), train, seed=0)
@@ -312,11 +315,159 @@ def raw_rows_per_second(model: Path, batches: list[np.ndarray], seconds: float) 
     return rows / (time.perf_counter() - started)
 
 
+# ---- (f) every request shape against the work it cannot avoid ---------------------------------------------
+
+SHAPES = ("v2 JSON 2-D tensor", "v2 JSON tensor per column", "v2 binary", "SageMaker JSON records", "CSV")
+SHAPE_ROWS = (1, 100, 1000)
+
+
+@dataclass
+class Shape:
+    """One request shape at one size: the HTTP request, and the least the server must do with its body
+    (``parse``: the body to a float matrix of raw values in training column order, with the parser
+    the server uses; then the encoding and one model call, see :func:`unavoidable_us`)."""
+
+    name: str
+    rows: int
+    request: bytes
+    body: bytes
+    parse: Callable[[bytes], np.ndarray]
+
+
+def shape_requests(batch: Any, names: list[str]) -> list[Shape]:
+    """The five shapes ``workbench serve`` takes, each holding the rows of ``batch`` (a DataFrame of raw
+    digits); ``parse`` is whole-array work: orjson (what the server parses JSON with), ``np.frombuffer``
+    for binary tensors, ``csv.reader`` (the server's CSV reader) then one numpy conversion of the text."""
+    import csv
+    import io
+    from operator import itemgetter
+
+    import orjson
+
+    n = len(batch)
+    x32 = batch[names].to_numpy(np.float32)
+    infer, json_type = "/v2/models/workbench/infer", {"content-type": "application/json"}
+    shapes = []
+
+    def add(name: str, path: str, body: bytes, headers: dict[str, str], parse: Callable[[bytes], np.ndarray]) -> None:
+        shapes.append(Shape(name, n, request_bytes("POST", path, body, headers), body, parse))
+
+    def tensor(body: bytes) -> np.ndarray:  # FP32 as sent, then float64 for the encoding
+        spec = orjson.loads(body)["inputs"][0]
+        return np.array(spec["data"], dtype=np.float32).reshape(spec["shape"])
+
+    one = {"name": "pixels", "shape": [n, len(names)], "datatype": "FP32", "data": x32.reshape(-1).tolist()}
+    add(SHAPES[0], infer, orjson.dumps({"inputs": [one]}), json_type, tensor)
+
+    def per_column(body: bytes) -> np.ndarray:
+        inputs = {spec["name"]: spec["data"] for spec in orjson.loads(body)["inputs"]}
+        return np.array([inputs[name] for name in names], dtype=np.float64).T
+
+    columns = [{"name": c, "shape": [n], "datatype": "FP64", "data": batch[c].astype(float).tolist()} for c in names]
+    add(SHAPES[1], infer, orjson.dumps({"inputs": columns}), json_type, per_column)
+
+    head = orjson.dumps({"inputs": [{**one, "data": None, "parameters": {"binary_data_size": x32.nbytes}}]})
+    head = head.replace(b',"data":null', b"")
+    binary_headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(head))}
+
+    def binary(body: bytes, split: int = len(head)) -> np.ndarray:
+        spec = orjson.loads(body[:split])["inputs"][0]
+        return np.frombuffer(body, dtype=np.float32, offset=split).reshape(spec["shape"])
+
+    add(SHAPES[2], infer, head + x32.tobytes(), binary_headers, binary)
+
+    values_of = itemgetter(*names)
+
+    def records(body: bytes) -> np.ndarray:
+        return np.array(list(map(values_of, orjson.loads(body))), dtype=np.float64)
+
+    add(SHAPES[3], "/invocations", orjson.dumps(batch[names].to_dict("records")), json_type, records)
+
+    def table(body: bytes) -> np.ndarray:
+        return np.array(list(csv.reader(io.StringIO(body.decode()))), dtype=np.float64)
+
+    text = batch[names].to_csv(index=False, header=False).encode()
+    add(SHAPES[4], "/invocations", text, {"content-type": "text/csv"}, table)
+    return shapes
+
+
+def _cpu_per_call(work: Callable[[], Any], seconds: float) -> float:
+    """Microseconds of this process's CPU (every thread, onnxruntime's included) per call of ``work``."""
+    work()
+    calls, started, cpu = 0, time.perf_counter(), cpu_seconds()
+    while calls < 3 or time.perf_counter() - started < seconds:
+        work()
+        calls += 1
+    return (cpu_seconds() - cpu) / calls * 1e6
+
+
+def unavoidable_us(
+    shape: Shape, layout: Any, predict: Callable[[np.ndarray], Any], seconds: float
+) -> tuple[float, float]:
+    """CPU per request of what no server can skip for ``shape``: parsing its body and encoding it as
+    whole-array numpy work, and one model call on its rows (microseconds each)."""
+    x = layout.standardise(shape.parse(shape.body).astype(np.float64))
+    read = _cpu_per_call(lambda: layout.standardise(shape.parse(shape.body).astype(np.float64)), seconds)
+    return read, _cpu_per_call(lambda: predict(x), seconds)
+
+
+def bound_phase(
+    store: str, db: str, model: Path, workers: list[str], seconds: float, clients: int
+) -> list[tuple[Shape, Result, float, float]]:
+    """(f): each shape at 1, 100 and 1,000 rows sent to ``workbench serve`` by ``clients`` closed-loop
+    clients, its server CPU per request beside the work it cannot avoid, measured in this process
+    just before (the same onnxruntime settings as the server: its threads, sleeping when idle)."""
+    from workbench.ml.encoding import Encoding
+    from workbench.ml.runtimes import load_onnxruntime
+    from workbench.serve.model import backend_threads
+    from workbench.storage.sources import read_source
+
+    digits = read_source("bundled:digits").drop(columns="label")
+    encoding = Encoding.from_json(json.loads((model.parents[1] / "prepare" / "encoding.json").read_text()))
+    layout = encoding.numeric_layout
+    threads = backend_threads(int(workers[0].partition("=")[2]))
+    predict = load_onnxruntime(model.read_bytes(), threads=threads, sleep_when_idle=True)
+    measured = []
+    ours = start_ours(store, db, "cnn", *workers)
+    try:
+        for rows in SHAPE_ROWS:
+            batch = digits.sample(rows, replace=True, random_state=rows)
+            for shape in shape_requests(batch, encoding.inputs):
+                load("warm-up", ours, shape.request, clients, min(1.0, seconds / 2), rows=rows, ours=True)
+                read, call = unavoidable_us(shape, layout, predict, seconds / 4)
+                result = load(f"(f) {shape.name}, {rows:,} rows", ours, shape.request, clients, seconds, rows, True)
+                measured.append((shape, result, read, call))
+    finally:
+        ours.stop()
+    return measured
+
+
+def show_bound(measured: list[tuple[Shape, Result, float, float]], clients: int) -> None:
+    """The server's CPU per request against the bound, per shape and size (target: at most 1.5x from 100 rows)."""
+    print(
+        f"(f) server CPU per request against the work it cannot avoid (parse + encode + one model call), {clients} clients"
+    )
+    print(
+        f"{'shape':<28} {'rows':>5} {'req/s':>8} {'err':>4} {'batch':>6} {'server us':>10} "
+        f"{'parse+enc':>10} {'model':>9} {'bound us':>9} {'x bound':>8}"
+    )
+    for shape, r, read, call in measured:
+        batch = f"{r.batch:6.0f}" if r.batch else "     -"
+        ratio = r.per_request(r.server_cpu) / (read + call)
+        target = "" if shape.rows == 1 else ("  ok" if ratio <= 1.5 else "  MISS (target <= 1.5)")
+        print(
+            f"{shape.name:<28} {shape.rows:>5,} {r.rate:>8,.0f} {r.errors:>4} {batch} {r.per_request(r.server_cpu):>10,.0f} "
+            f"{read:>10,.0f} {call:>9,.0f} {read + call:>9,.0f} {ratio:>8.2f}{target}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", default="1,16,64,256")
     parser.add_argument("--workers", type=int, default=1, help="serve.workers of our server")
+    parser.add_argument("--bound-only", action="store_true", help="only (f): each request shape against its bound")
+    parser.add_argument("--bound-clients", type=int, default=4, help="clients per shape in (f)")
     parser.add_argument("--naive", nargs=2, metavar=("RUN_FOLDER", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive:
@@ -328,6 +479,18 @@ def main() -> None:
     from workbench.ml.encoding import Encoding
     from workbench.storage.sources import read_source
 
+    workers = [f"serve.workers={args.workers}"]
+    if args.bound_only:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            print("training the digits CNN ...", flush=True)
+            store, db = make_models(Path(tmp_name), ("cnn",))
+            model = Path(store) / "runs" / "cnn" / "export" / "model.onnx"
+            measured = bound_phase(store, db, model, workers, seconds, args.bound_clients)
+        print()
+        show_bound(measured, args.bound_clients)
+        print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.1f}")
+        return
+
     with tempfile.TemporaryDirectory() as tmp_name:
         print("training the digits CNN and the 64-2048-2048-10 MLP ...", flush=True)
         store, db = make_models(Path(tmp_name))
@@ -338,7 +501,6 @@ def main() -> None:
         single = request_bytes("POST", "/invocations", one_row, {"content-type": "application/json"})
         ping = request_bytes("GET", "/ping")
 
-        workers = [f"serve.workers={args.workers}"]
         results: list[Result] = []
         ours, naive = start_ours(store, db, "cnn", *workers), start_naive(str(runs / "cnn"))
         try:
@@ -408,6 +570,7 @@ def main() -> None:
         finally:
             ours.stop()
         raw = sum(raws) / len(raws)
+        measured = bound_phase(store, db, model, workers, seconds, args.bound_clients)
 
     print()
     show(results)
@@ -437,6 +600,8 @@ def main() -> None:
         f"{bulk_records.rows / seconds / raw:.3f}, JSON value lists: {bulk_lists.rows / seconds / raw:.3f}"
         "  (target >= 0.8)"
     )
+    print()
+    show_bound(measured, args.bound_clients)
     print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.1f}")
 
 
