@@ -74,7 +74,7 @@ image:
 # Re-resolve every pin from pyproject.toml in a scratch environment.
 lock:
 	rm -rf build/lock && $(PYTHON) -m venv build/lock
-	build/lock/bin/pip install --quiet "torch==2.13.0" && build/lock/bin/pip install --quiet ".[dev,bench]"
+	build/lock/bin/pip install --quiet "torch==2.13.0" && build/lock/bin/pip install --quiet ".[dev,bench,dask]"
 	{ echo "# Every pin, resolved from pyproject.toml by \`make lock\`; environment.yml, the Dockerfile and the Makefile install from it."; \
 	  build/lock/bin/pip freeze --exclude workbench | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock
 

@@ -87,6 +87,16 @@ class _Moments:
         self.m2[i] += m2 + delta**2 * n * len(x) / total
         self.n[i] = total
 
+    def merge(self, later: _Moments) -> None:
+        """Take in the moments of other rows (Chan et al.'s pairwise combine, stable where a sum of
+        squares is not), so partial fits of partitions add up to the fit of their union."""
+        total = self.n + later.n
+        share = np.divide(later.n, total, out=np.zeros_like(self.mean), where=total > 0)
+        delta = later.mean - self.mean
+        self.mean += delta * share
+        self.m2 += later.m2 + delta**2 * self.n * share
+        self.n = total
+
     def scale(self) -> np.ndarray:
         std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))
         return np.where(std > 0, std, 1.0)
@@ -221,6 +231,47 @@ class EncodingFitter:
                     values = values.cast(values.type.value_type)
                 if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
                     self._parse_dates(column, values)
+
+    def merge(self, later: EncodingFitter) -> EncodingFitter:
+        """Take in the partial fit of rows that come after this fit's (the next partition in order):
+        counts, sums, category tallies and moments add up, and a column's type is the first one seen,
+        so partial fits merged in partition order give :meth:`finish` the one-pass fit's encoding.
+        Returns ``self``, for a reduction."""
+        if later.columns is None:
+            self.rows += later.rows
+            return self
+        if self.columns is None:
+            self.columns, self._moments = later.columns, later._moments
+            self.rows += later.rows
+            return self
+        names = [c.name for c in later.columns]
+        absent = [c.name for c in self.columns if c.name not in names]
+        if absent or len(names) != len(self.columns):
+            missing = absent[0] if absent else next(n for n in names if n not in {c.name for c in self.columns})
+            raise DataError(f"{self.where}column {missing!r} is missing from a later part of the table")
+        self.rows += later.rows
+        for column, other in zip(self.columns, later.columns, strict=True):
+            column.rows += other.rows
+            column.missing += other.missing
+            if other.kind is None:
+                continue
+            if column.kind is None:
+                column.kind, column.dtype, column.text_dates = other.kind, other.dtype, other.text_dates
+            elif column.kind != other.kind:
+                raise DataError(
+                    f"{self.where}column {column.name!r} changes type partway through the table "
+                    f"({column.dtype}, then {other.dtype}); cast it to one type"
+                )
+            column.has_time = column.has_time or other.has_time
+            for key, n in other.counts.items():
+                column.counts[key] = column.counts.get(key, 0) + n
+            if len(column.counts) > MAX_DISTINCT:
+                raise DataError(
+                    f"{self.where}column {column.name!r} has more than {MAX_DISTINCT:,} distinct values, "
+                    "an identifier or free text; add it to data.drop"
+                )
+        self._moments.merge(later._moments)
+        return self
 
     def _start(self, names: list[str]) -> None:
         for role, listed in (("data.drop", self.drop), ("data.categorical", self.categorical)):
@@ -557,6 +608,26 @@ class TargetFitter:
             self.counts[value] = self.counts.get(value, 0) + n
         if len(self.counts) > MAX_CLASSES:
             self.overflow, self.counts = True, {}
+
+    def merge(self, later: TargetFitter) -> TargetFitter:
+        """Take in the partial count of later rows (the next partition): the classes and task are those
+        of one pass over both. Returns ``self``, for a reduction."""
+        self.rows += later.rows
+        self.missing += later.missing
+        if later.kind is not None:
+            if self.kind is None:
+                self.kind = later.kind
+            elif self.kind != later.kind:
+                raise DataError(f"{self.where}data.target {self.name!r} changes type partway through the table")
+        self.integral = self.integral and later.integral
+        if self.overflow or later.overflow:
+            self.overflow, self.counts = True, {}
+            return self
+        for value, n in later.counts.items():
+            self.counts[value] = self.counts.get(value, 0) + n
+        if len(self.counts) > MAX_CLASSES:
+            self.overflow, self.counts = True, {}
+        return self
 
     def finish(self) -> Target:
         if self.kind is None or self.missing == self.rows:

@@ -53,6 +53,13 @@ class Ranges:
                 self.low[name] = min(self.low.get(name, bounds["min"]), bounds["min"])
                 self.high[name] = max(self.high.get(name, bounds["max"]), bounds["max"])
 
+    def merge(self, later: Ranges) -> Ranges:
+        """Take in the ranges of other rows; returns ``self``, for a reduction."""
+        for name, low in later.low.items():
+            self.low[name] = min(self.low.get(name, low), low)
+            self.high[name] = max(self.high.get(name, later.high[name]), later.high[name])
+        return self
+
 
 def class_counts(target: Target, counts: dict) -> list[int]:
     """Rows per class, in the target's class order, from the raw values the fit counted; refuses a
@@ -129,6 +136,19 @@ class Moments:
         self.m2 += m2 + delta**2 * self.n * share
         self.n = total
 
+    def merge(self, later: Moments) -> Moments:
+        """Take in the moments of other rows by the same pairwise combine as :meth:`add` (stable: no
+        sum of squares); returns ``self``, for a reduction."""
+        total = self.n + later.n
+        share = np.divide(later.n, total, out=np.zeros_like(self.mean), where=total > 0)
+        delta = later.mean - self.mean
+        self.mean += delta * share
+        self.m2 += later.m2 + delta**2 * self.n * share
+        self.n = total
+        self.low = np.minimum(self.low, later.low)
+        self.high = np.maximum(self.high, later.high)
+        return self
+
     @property
     def std(self) -> np.ndarray:
         return np.sqrt(np.divide(self.m2, self.n, out=np.full_like(self.m2, np.nan), where=self.n > 0))
@@ -181,3 +201,9 @@ class Histograms:
             self.counts[i] += np.histogram(
                 column[np.isfinite(column)], bins=len(edges) - 1, range=(edges[0], edges[-1])
             )[0]
+
+    def merge(self, later: Histograms) -> Histograms:
+        """Take in the counts of other rows (the same bins: one Ranges for the whole table)."""
+        for mine, theirs in zip(self.counts, later.counts, strict=True):
+            mine += theirs
+        return self
