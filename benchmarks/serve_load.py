@@ -114,7 +114,8 @@ class Process:
         self.proc.wait(timeout=60)
 
 
-def _wait_ready(port: int, proc: subprocess.Popen) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen, path: str = "/ping") -> None:
+    """Until ``GET path`` answers (another server's health route for the peers in serve_peers.py)."""
     import urllib.request
 
     deadline = time.monotonic() + 120
@@ -122,7 +123,7 @@ def _wait_ready(port: int, proc: subprocess.Popen) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"a server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
                 return
         except OSError:
             time.sleep(0.1)
