@@ -1,7 +1,8 @@
 """The HTTP app: SageMaker's hosting routes, the Open Inference Protocol v2 and Prometheus metrics.
 
 Every prediction request goes the same way: refused at once when the server is stopping (503) or
-holds ``serve.max_queue`` requests already (429 with ``Retry-After``); its body read up to
+holds ``serve.max_queue`` requests already (429 with ``Retry-After``; for a SageMaker Batch Transform,
+when the bodies inside and its own would pass ``serve.max_queue`` full ones); its body read up to
 ``serve.max_body_mb`` (413); its rows parsed and encoded in its own task, so a bad row fails only
 its request (4xx with ``{"error": "..."}``, logged once); the encoded rows handed to the
 :class:`~workbench.serve.batching.Batcher`, which merges them with other requests' rows into
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workbench.serve.batching import BackendFailed, Batcher
 from workbench.serve.encoder import RowEncoder
+from workbench.serve.jsonlines import LINES, jsonlines_answer, jsonlines_input, lines_request, negotiate_lines
 from workbench.serve.media import RequestError, negotiate, shown
 from workbench.serve.metrics import Metrics
 from workbench.serve.model import ServedModel
@@ -47,6 +49,7 @@ from workbench.serve.open_inference import (
 )
 from workbench.serve.outputs import Scored, scorer
 from workbench.serve.sagemaker import invocation_answer, invocation_input
+from workbench.serve.transform import execution_parameters
 
 log = logging.getLogger("workbench.serve")
 
@@ -141,12 +144,20 @@ class Service:
         max_delay_ms: float,
         max_queue: int,
         max_body_mb: float,
+        workers: int = 1,
+        batch: bool = False,
     ) -> None:
         self.name = name
         self.metrics = Metrics()
         self.max_batch, self.max_delay = max_batch, max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.max_body = int(max_body_mb * 2**20)
+        self.execution_parameters = orjson.dumps(execution_parameters(workers, max_body_mb))
+        # SageMaker Batch Transform: admitted by the bytes inside (as many as max_queue full bodies),
+        # not by their number; transform payloads are few and large
+        self.batch = batch
+        self.room = max_queue * self.max_body
+        self.held = 0
         self.draining = False
         self.inflight = 0
         self.serving = self._loaded(model)
@@ -218,6 +229,19 @@ class Service:
             raise RequestError(415, f"Content-Encoding {coding!r} is not served; send gzip, deflate or identity")
         return inflate(body, CODINGS[coding], self.max_body)
 
+    def _payload(self, scope: Scope) -> int:
+        """The bytes a request will hold, for admission in batch mode: its Content-Length, or the
+        most a body may hold where that is not known before it is read (chunked, or compressed)."""
+        length = coded = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"content-encoding":
+                coded = value.strip().lower() not in (b"", b"identity")
+        if length is None or coded or not length.isdigit():
+            return self.max_body
+        return min(int(length), self.max_body)
+
     def _too_large(self, size: int) -> str:
         return (
             f"the body has {size:,} bytes, over serve.max_body_mb ({self.max_body / 2**20:g} MiB); "
@@ -238,11 +262,20 @@ class Service:
         the status sent (0 when the client left before its body came)."""
         if self.draining:
             return await _send_error(send, STOPPING)
-        if self.inflight >= self.max_queue:
+        payload = self._payload(scope) if self.batch else 0
+        if self.batch and self.held + payload > self.room:
+            self.metrics.rejected.inc()
+            message = (
+                f"{self.held:,} bytes of payloads are in the server and this one brings {payload:,}, over "
+                f"serve.max_queue x serve.max_body_mb ({self.room:,} bytes); retry after {RETRY_AFTER} s"
+            )
+            return await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
+        if not self.batch and self.inflight >= self.max_queue:
             self.metrics.rejected.inc()
             message = f"{self.inflight} requests are waiting (serve.max_queue); retry after {RETRY_AFTER} s"
             return await _send_error(send, RequestError(429, message, {"Retry-After": RETRY_AFTER}))
         batcher = live.batcher
+        self.held += payload
         self.inflight += 1
         batcher.arrived()
         submitted = False
@@ -265,6 +298,7 @@ class Service:
         finally:
             if not submitted:
                 batcher.gave_up()
+            self.held -= payload
             self.inflight -= 1
             if not self.inflight:  # else the gauge follows backend calls and scrapes (see gauges)
                 self.metrics.inflight.set(0)
@@ -290,13 +324,24 @@ class Service:
         target = live.target
 
         def encode(body: bytes, headers: dict[str, str]) -> tuple[np.ndarray, Any]:
+            lines = lines_request(headers.get("content-type"))
+            if lines is not None:  # JSON Lines, answered in JSON Lines unless Accept asks otherwise
+                offer = negotiate_lines(headers.get("accept"), lines[0])
+                return jsonlines_input(body, live.encoder, lines[1]), offer
             offer = _negotiate(headers.get("accept"))  # a 406 before the rows are encoded
             return invocation_input(body, headers.get("content-type"), live.encoder), offer
 
         def answer(scored: Scored, offer: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+            if offer[0] in LINES:
+                return jsonlines_answer(scored, target), [(b"content-type", offer[2].encode())]
             return invocation_answer(scored, target, offer), [(b"content-type", offer[2].encode())]
 
         return await self._predict(scope, receive, send, live, encode, answer)
+
+    async def execution_parameters_route(self, request: Request) -> Response:
+        """What SageMaker Batch Transform's agent asks before its first ``/invocations``
+        (see :mod:`workbench.serve.transform`)."""
+        return Response(self.execution_parameters, media_type="application/json")
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------
 
@@ -532,6 +577,7 @@ def create_app(service: Service, background: Sequence[Callable[[], Awaitable[Non
         *((f"/v2/models/{model}", s.model_metadata) for model in MODEL_PATHS),
         *((f"/v2/models/{model}/ready", s.model_ready) for model in MODEL_PATHS),
         ("/metrics", s.prometheus),
+        ("/execution-parameters", s.execution_parameters_route),
     ]
     # the front answers these three; through Starlette they meet only a wrong method (405)
     routes = [

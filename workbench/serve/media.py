@@ -12,7 +12,8 @@ import re
 from workbench.errors import WorkbenchError
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
-SENT = f"{JSON}, {CSV} or {NPY}"
+JSONLINES, JSONL = "application/jsonlines", "application/jsonl"  # JSON Lines: the same, by both its names
+SENT = f"{JSON}, {JSONLINES}, {CSV} or {NPY}"
 
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 QVALUE = re.compile(r"0(\.\d{0,3})?|1(\.0{0,3})?")
@@ -25,6 +26,8 @@ OFFERS: tuple[Offer, ...] = (
     (CSV, {"charset": "utf-8", "header": "absent"}, f"{CSV}; charset=utf-8"),
     (CSV, {"charset": "utf-8", "header": "present"}, f"{CSV}; charset=utf-8; header=present"),
     (NPY, {}, NPY),
+    (JSONLINES, {"charset": "utf-8"}, JSONLINES),
+    (JSONL, {"charset": "utf-8"}, JSONL),
 )
 
 

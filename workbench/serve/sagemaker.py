@@ -69,8 +69,8 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, f"malformed JSON: {exc}") from None
 
 
-def check_records(records: Sequence[Any], names: Sequence[str]) -> None:
-    """Every record is an object holding every training column."""
+def check_records(records: Sequence[Any], names: Sequence[str], label: str = "record") -> None:
+    """Every record is an object holding every training column; ``label`` names a record in messages."""
     wanted = set(names)
     for i, record in enumerate(records, 1):
         if not isinstance(record, dict):
@@ -81,19 +81,19 @@ def check_records(records: Sequence[Any], names: Sequence[str]) -> None:
                 shown = ", ".join(repr(k) for k in list(record)[:5]) or "nothing"
                 raise RequestError(
                     400,
-                    f"record {i} holds none of the model's columns ({_listed(names)}); it holds {shown}",
+                    f"{label} {i} holds none of the model's columns ({_listed(names)}); it holds {shown}",
                 )
             absent = [name for name in names if name not in record]
-            raise columns_missing(absent, f"record {i} lacks column {{column}}", "send null for a gap")
+            raise columns_missing(absent, f"{label} {i} lacks column {{column}}", "send null for a gap")
 
 
-def check_values(records: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+def check_values(records: Sequence[dict[str, Any]], names: Sequence[str], label: str = "record") -> None:
     """Each training column holds one value, not a JSON object or list."""
     for i, record in enumerate(records, 1):
         for name in names:
             if isinstance(record[name], (dict, list)):
                 raise RequestError(
-                    400, f"record {i}: column {name!r} holds a JSON structure; send one value per column"
+                    400, f"{label} {i}: column {name!r} holds a JSON structure; send one value per column"
                 )
 
 

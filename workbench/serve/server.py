@@ -56,6 +56,8 @@ class WorkerSpec:
     access_log: str = "off"
     follow: str = ""  # the alias in serve.model (``@NAME``), followed by each worker; "" for any other model
     reload_s: float = 0.0
+    workers: int = 1
+    batch: bool = False  # SageMaker Batch Transform (SAGEMAKER_BATCH=true): admission by payload bytes
 
 
 def bind(host: str, port: int, section: str = "serve") -> socket.socket:
@@ -107,6 +109,8 @@ def _service(spec: WorkerSpec, model: object | None = None) -> Service:
         max_delay_ms=spec.max_delay_ms,
         max_queue=spec.max_queue,
         max_body_mb=spec.max_body_mb,
+        workers=spec.workers,
+        batch=spec.batch,
     )
 
 
@@ -219,9 +223,11 @@ def _supervise(spec: WorkerSpec, sock: socket.socket, workers: int) -> int:
 def serve(settings: ServeParams, store: str, db: str) -> int:
     """Load the model, bind the port, serve; 0 after a requested stop with every answer sent."""
     from workbench.serve.model import backend_threads, load_model
+    from workbench.serve.transform import batch_mode
     from workbench.tracking.aliases import is_alias
 
     _logging()
+    batch = batch_mode(os.environ, settings.max_body_mb)  # a bad SAGEMAKER_MAX_PAYLOAD_IN_MB: before loading
     threads = backend_threads(settings.workers)
     model = load_model(settings.model, settings.backend, store, db, threads)
     sock = bind(settings.host, settings.port)
@@ -232,6 +238,8 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
     if follow:
         every = f"following {follow} every {settings.reload_s:g} s"
         notes.append(every if settings.reload_s else f"not following {follow} (serve.reload_s=0)")
+    if batch.on:
+        notes.append(f"SageMaker batch transform: bodies up to {batch.max_body_mb:g} MiB, admitted by size")
     if model.warning:  # before the start line: whoever waits for that line has seen it
         print(f"warning: {model.warning}", file=sys.stderr, flush=True)
     print(
@@ -248,12 +256,14 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
         max_batch=settings.max_batch,
         max_delay_ms=settings.max_delay_ms,
         max_queue=settings.max_queue,
-        max_body_mb=settings.max_body_mb,
+        max_body_mb=batch.max_body_mb,
         threads=threads,
         read_timeout_s=settings.read_timeout_s,
         access_log=settings.access_log,
         follow=follow,
         reload_s=settings.reload_s,
+        workers=settings.workers,
+        batch=batch.on,
     )
     if settings.workers > 1:
         del model  # each worker loads its own
