@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from support.cli import Place, copy_run, run_id_of, workbench
+from support.cli import ROOT, Place, copy_run, run_id_of, workbench
 from support.server import Server, serving
 from support.tables import churn
 
@@ -356,3 +357,19 @@ def test_batch_mode_admits_payloads_while_their_bytes_fit(transform, tmp_path):
             alone = server.post("/invocations", large, JSONLINES)  # over serve.max_body_mb, within the job's
             assert alone.status_code == 200, alone.text
             assert server.metrics()["workbench_serve_rejected_total"] == 1
+
+
+# ---- the README's example -------------------------------------------------------------------------------------
+
+
+def test_the_readmes_transform_job_is_one_sagemaker_accepts(s3_server):
+    """The README's boto3 calls against moto's SageMaker, which checks their names and shapes (it
+    neither pulls the image nor runs it)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Batch Transform.**") :]
+    code = re.search(r"```python\n(.+?)```", section, re.DOTALL).group(1)
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    job = scope["sagemaker"].describe_transform_job(TransformJobName="workbench-RUN_ID-20261205")
+    assert job["TransformInput"]["SplitType"] == "Line" and job["TransformOutput"]["AssembleWith"] == "Line"
+    assert job["TransformJobStatus"] == "Completed"
