@@ -508,6 +508,33 @@ class ServeParams(Section):
     ] = Field("workbench", description="the model's name on the v2 routes: /v2/models/<name>/infer")
 
 
+DASK_SCHEDULER = re.compile(r"local:[1-9][0-9]{0,3}|tcp://[^\s/:@]+:[0-9]{1,5}")
+
+
+def scheduler_problem(value: str) -> str | None:
+    """What is wrong with a ``dask.scheduler`` value, if anything."""
+    if DASK_SCHEDULER.fullmatch(value):
+        return None
+    return "must be local:N (N worker processes on this machine, 1 to 9999) or tcp://HOST:PORT (a running scheduler)"
+
+
+def _scheduler(value: str) -> str:
+    if problem := scheduler_problem(value):
+        raise _refuse(problem, value)
+    return value
+
+
+class DaskParams(Section):
+    """The Dask cluster prepare and batch scoring run on with engine: dask."""
+
+    section = "dask"
+    scheduler: Annotated[Str, AfterValidator(_scheduler)] = Field(
+        "local:2",
+        description="local:N (a cluster of N worker processes on this machine, started for the step) or "
+        "tcp://HOST:8786 (a running Dask scheduler: EC2, ECS, Kubernetes, Coiled)",
+    )
+
+
 class UIParams(Section):
     """workbench ui: a read-only web app over the tracking database and the runs' stores."""
 
@@ -522,7 +549,7 @@ with warnings.catch_warnings():  # the section "validate" shadows BaseModel.vali
     warnings.filterwarnings("ignore", r'Field name "validate"', UserWarning)
 
     class Params(Section):
-        """All parameters of a run: three top-level keys and one model per section."""
+        """All parameters of a run: four top-level keys and one model per section."""
 
         store: Text = Field(
             "artifacts",
@@ -530,6 +557,11 @@ with warnings.catch_warnings():  # the section "validate" shadows BaseModel.vali
         )
         db: Url = Field("sqlite:///artifacts/workbench.db", description="tracking database, any SQLAlchemy URL")
         seed: Seed = Field(0, description="seed for splits, weight init and shuffling (0 to 2**32-1)")
+        engine: Annotated[Literal["local", "dask"], BeforeValidator(_string)] = Field(
+            "local",
+            description="what runs prepare and batch scoring: local (this process) or dask (the partitions of a "
+            "Parquet dataset on the workers of dask.scheduler; needs workbench[dask])",
+        )
         data: DataParams = DataParams()
         train: TrainParams = TrainParams()
         export: ExportParams = ExportParams()
@@ -538,6 +570,7 @@ with warnings.catch_warnings():  # the section "validate" shadows BaseModel.vali
         publish: PublishParams = PublishParams()
         serve: ServeParams = ServeParams()
         ui: UIParams = UIParams()
+        dask: DaskParams = DaskParams()
 
 
 SECTIONS: dict[str, type[Section]] = {

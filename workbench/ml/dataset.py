@@ -65,5 +65,11 @@ def load_split(ctx: StepContext, name: str) -> Split:
     """Read a split written by the prepare step and apply its encoding."""
     encoding = prepared_encoding(ctx)
     target = prepared_target(encoding)
-    frame = prepared(ctx, SPLIT_ARTIFACTS[name], name if name in SAGEMAKER_CHANNELS else "train")
+    item = SPLIT_ARTIFACTS[name]
+    if os.environ.get(SAGEMAKER_CHANNELS.get(name, SAGEMAKER_CHANNELS["train"])):
+        frame = prepared(ctx, item, name if name in SAGEMAKER_CHANNELS else "train")
+    else:  # one file, or the parts engine dask wrote
+        from workbench.storage.parts import read_table
+
+        frame = read_table(ctx.store, ctx.key(item)).to_pandas()
     return Split(encoding.apply(frame), target.model_target(frame[target.name]))

@@ -31,7 +31,7 @@ from workbench.errors import DataError
 from workbench.ml.encoding import Encoding, Target
 from workbench.ml.training.objective import CLASSES, Objective
 from workbench.storage import scratch
-from workbench.storage.catalog import SPLIT_ARTIFACTS
+from workbench.storage.catalog import SPLIT_ARTIFACTS, parts_prefix, suffix
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,24 +101,37 @@ def split_file(ctx: StepContext, name: str) -> Path:
         if not path.is_file():
             raise DataError(f"{channel} has no {item.file}; use the prepare step's outputs as the {name} channel")
         return path
+    from workbench.storage.parts import part_keys
+
     key = ctx.key(item)
     store = ctx.store
+    keys = part_keys(store, key)  # the parts engine dask wrote, in order, or the one file
     if hasattr(store, "local_path"):
-        path = store.local_path(key)
-        if not path.is_file():
+        path = store.local_path(key) if keys == [key] else store.local_path(parts_prefix(key))
+        if keys == [key] and not path.is_file():
             store.read_bytes(key)  # raises the store's own "not found" error
         return path
-    path = scratch.make("split") / item.file
-    with store.errors(key):
-        store.client.download_file(store.bucket, store._full(key), str(path))
+    folder = scratch.make("split")
+    path = folder / item.file if keys == [key] else folder / parts_prefix(item.file).rstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k in keys:
+        target = path if keys == [key] else path / k.rpartition("/")[2]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with store.errors(k):
+            store.client.download_file(store.bucket, store._full(k), str(target))
     return path
+
+
+def split_files(path: Path) -> list[Path]:
+    """The Parquet files of a split: the file itself, or a folder's parts in name order."""
+    return sorted(path.glob("*" + suffix("parquet"))) if path.is_dir() else [path]
 
 
 def parquet_shape(path: Path, features: int) -> tuple[int, int]:
     """(rows, features) of a Parquet split, from its footer alone."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows, features
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in split_files(path)), features
 
 
 class StreamedSplit:
@@ -145,9 +158,15 @@ class StreamedSplit:
         self.path, self.encoding, self.target, self.device = Path(path), encoding, target, device
         self.shuffle_buffer, self.prefetch = max(1, shuffle_buffer), max(1, prefetch)
         self.chunk_rows = max(1, chunk_rows)  # a row group is decoded this many rows at a time
-        meta = pq.ParquetFile(self.path).metadata
-        self.group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.rows = meta.num_rows
+        # row groups across the split's files (one, or the parts engine dask wrote): (file, group)
+        self.files = split_files(self.path)
+        self.group_at: list[tuple[int, int]] = []
+        self.group_rows = []
+        for f, file in enumerate(self.files):
+            meta = pq.ParquetFile(file).metadata
+            self.group_at += [(f, i) for i in range(meta.num_row_groups)]
+            self.group_rows += [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self.rows = sum(self.group_rows)
         self.features = len(encoding.features)
         self._lock = threading.Lock()
         self.held_rows = self.peak_rows = 0
@@ -207,15 +226,21 @@ class StreamedSplit:
 
         def produce() -> None:
             try:
-                with pq.ParquetFile(self.path) as file:
+                opened: dict[int, pq.ParquetFile] = {}
+                try:
                     for i in order:
                         if stop.is_set():
                             return
-                        for chunk in file.iter_batches(self.chunk_rows, row_groups=[i], columns=columns):
+                        f, group = self.group_at[i]
+                        file = opened.get(f) or opened.setdefault(f, pq.ParquetFile(self.files[f]))
+                        for chunk in file.iter_batches(self.chunk_rows, row_groups=[group], columns=columns):
                             self._hold(chunk.num_rows)
                             if not put(self._decode(pa.Table.from_batches([chunk]))):
                                 self._release(chunk.num_rows)
                                 return
+                finally:
+                    for file in opened.values():
+                        file.close()
             except BaseException as exc:  # handed to the consumer, raised there
                 put(exc)
                 return

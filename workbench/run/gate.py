@@ -9,7 +9,6 @@ recorded with the move.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +128,7 @@ def promote(
 ) -> Outcome:
     """Move ``alias`` to ``candidate`` when every condition holds; else raise :class:`GateClosed`
     with the figures, and leave the alias where it was."""
-    import pyarrow.parquet as pq
+    from workbench.storage.parts import read_table
 
     name = alias_name(alias, "--alias")
     if better_than is not None and not metric:
@@ -148,7 +147,7 @@ def promote(
         else:
             store = open_store(tracker.get_run(candidate)["store"])
             split = RunLayout(candidate).key(TEST_SPLIT)
-            rows = pq.read_table(io.BytesIO(store.read_bytes(split)))
+            rows = read_table(store, split)  # one file, or the parts engine dask wrote
             if not rows.num_rows:
                 raise DataError(f"run {candidate} held out no test rows (data.test_fraction 0): nothing to compare on")
             ours, theirs = (

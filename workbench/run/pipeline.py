@@ -22,6 +22,7 @@ from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchE
 from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
 from workbench.run.preflight import check_before_run
 from workbench.run.reuse import Reuse, check_rerun
+from workbench.run.timeline import Timeline
 from workbench.storage import open_store
 from workbench.storage.base import Store
 from workbench.storage.catalog import NOTEBOOKS, RunLayout, kernel_log, notebook
@@ -64,7 +65,12 @@ class StepSpec:
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec(
-        "prepare", NOTEBOOKS["prepare"], "data", ("seed",), ("workbench.stages.prepare_data", "matplotlib.pyplot")
+        "prepare",
+        NOTEBOOKS["prepare"],
+        "data",
+        ("seed", "engine"),
+        ("workbench.stages.prepare_data", "matplotlib.pyplot"),
+        ("dask",),
     ),
     StepSpec("train", NOTEBOOKS["train"], "train", ("seed",), ("workbench.stages.train", "matplotlib.pyplot")),
     StepSpec("export", NOTEBOOKS["export"], "export", (), ("workbench.stages.export_onnx", "onnxruntime")),
@@ -80,9 +86,9 @@ STEPS: tuple[StepSpec, ...] = (
         "score",
         NOTEBOOKS["score"],
         "score",
-        (),
+        ("engine",),
         ("workbench.stages.batch_score", "matplotlib.pyplot"),
-        ("publish",),
+        ("publish", "dask"),
     ),
 )
 TRAINING = ("prepare", "train", "export", "validate")  # what `workbench run` does unless told --steps
@@ -179,7 +185,12 @@ def _say(message: str) -> None:
 
 
 def execute_step(
-    step: StepSpec, parameters: dict[str, Any], folder: Path, output: Path, kernel: WarmKernel
+    step: StepSpec,
+    parameters: dict[str, Any],
+    folder: Path,
+    output: Path,
+    kernel: WarmKernel,
+    timeline: Timeline | None = None,
 ) -> Exception | None:
     """Run one notebook; returns what stopped it (a cell raised, the kernel died, a cell timed out:
     it carries the cell's traceback), None on success. :func:`error_line` says it in one line."""
@@ -187,18 +198,21 @@ def execute_step(
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    timeline = timeline or Timeline()
     try:
-        kernel.ready()
-        papermill.execute_notebook(
-            str(folder / step.notebook),
-            str(output),
-            parameters=parameters,
-            kernel_name=KERNEL_NAME,
-            cwd=str(folder),
-            progress_bar=False,
-            request_save_on_cell_execute=True,  # a kernel that dies still leaves its notebook so far
-            km=kernel.km,
-        )
+        with timeline.phase("kernel wait", step.name):
+            kernel.ready()
+        with timeline.phase("papermill", step.name):
+            papermill.execute_notebook(
+                str(folder / step.notebook),
+                str(output),
+                parameters=parameters,
+                kernel_name=KERNEL_NAME,
+                cwd=str(folder),
+                progress_bar=False,
+                request_save_on_cell_execute=True,  # a kernel that dies still leaves its notebook so far
+                km=kernel.km,
+            )
     except (KernelStartError, PapermillExecutionError, DeadKernelError, CellTimeoutError) as exc:
         return exc
     return None
@@ -228,6 +242,7 @@ def run_pipeline(
     tags: dict[str, str] | None = None,
     reuse: bool = True,
     rerun: str | None = None,
+    profile: Path | None = None,
 ) -> RunResult:
     """Create a run, execute every step, render the report; raise ``StepFailed`` on a failing step.
 
@@ -239,11 +254,17 @@ def run_pipeline(
     A step whose key matches a finished step of an earlier run is reused from it instead of
     executed (:mod:`workbench.run.reuse`), unless ``reuse`` is off or ``rerun`` names it or an
     earlier step; a line says for each step which it is, and why.
+
+    With ``profile``, where the run's wall time went is written there as JSON
+    (:mod:`workbench.run.timeline`), whatever the run's outcome.
     """
-    folder = notebooks_dir()
-    ensure_kernel()
+    timeline = Timeline(enabled=profile is not None)
+    with timeline.phase("setup"):
+        folder = notebooks_dir()
+        ensure_kernel()
     holder = new_holder()
     with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root()) as tmp, contextlib.ExitStack() as stack:
+        stack.callback(timeline.write, profile)  # the last thing to happen: after the report
         scratch = Path(tmp)
 
         def warm(step: StepSpec) -> WarmKernel:
@@ -251,30 +272,34 @@ def run_pipeline(
             stack.callback(kernel.shutdown)
             return kernel
 
-        tracker = Tracker(params["db"])
-        if resume:
-            params, planned, todo = _reopen(tracker, resume, params)
-            tracker.claim_run(resume, holder)
-            stack.enter_context(holding(tracker, resume, holder))
-        else:
-            planned = todo = select_steps(steps)
-        store = open_store(params["store"])
-        store.check()  # a missing bucket or an unwritable folder, before a run is recorded
-        check_before_run(params, [s.name for s in todo], tracker, store, resume)  # a missing GPU, no model run
-        forced = check_rerun(rerun, tuple(s.name for s in planned))
+        with timeline.phase("setup"):
+            tracker = Tracker(params["db"])
+            if resume:
+                params, planned, todo = _reopen(tracker, resume, params)
+                tracker.claim_run(resume, holder)
+                stack.enter_context(holding(tracker, resume, holder))
+            else:
+                planned = todo = select_steps(steps)
+            store = open_store(params["store"])
+            store.check()  # a missing bucket or an unwritable folder, before a run is recorded
+            check_before_run(params, [s.name for s in todo], tracker, store, resume)  # a missing GPU, no model run
+            forced = check_rerun(rerun, tuple(s.name for s in planned))
         # One step ahead: the next kernel boots and imports while the current step runs (further
         # ahead only adds contention on small machines); a step that is reused needs none.
         upcoming: WarmKernel | None = None
+        with timeline.phase("tracking"):
+            if resume:
+                run_id = resume
+                tracker.reopen_run(run_id)
+            else:
+                run_id = tracker.create_run(
+                    store.root, params.values, params.origin, run_id=run_id, holder=holder, name=name, tags=tags
+                )
+                stack.enter_context(holding(tracker, run_id, holder))
+                tracker.plan_steps(run_id, [s.name for s in planned])
         if resume:
-            run_id = resume
-            tracker.reopen_run(run_id)
             say(f"run {run_id}: resuming at {todo[0].name}, artifacts in {store.uri(RunLayout(run_id).root)}")
         else:
-            run_id = tracker.create_run(
-                store.root, params.values, params.origin, run_id=run_id, holder=holder, name=name, tags=tags
-            )
-            stack.enter_context(holding(tracker, run_id, holder))
-            tracker.plan_steps(run_id, [s.name for s in planned])
             say(f"run {run_id}: {len(planned)} steps, artifacts in {store.uri(RunLayout(run_id).root)}")
         failure: str | None = "interrupted"  # what the run row says if we leave by an unforeseen exit
         running: tuple[str, float] | None = None
@@ -292,33 +317,43 @@ def run_pipeline(
             for i, step in enumerate(todo):
                 number = planned.index(step) + 1
                 publishes = params["publish.url"] if "publish" in step.extra else ""
-                decision = reuser.decide(step.name, step.notebook, step.keyed(params), publishes)
+                with timeline.phase("reuse key", step.name):
+                    decision = reuser.decide(step.name, step.notebook, step.keyed(params), publishes)
                 if decision.source:
                     if upcoming:  # started in case this step had to run
                         upcoming.shutdown()
                         upcoming = None
-                    took = reuser.apply(decision)
+                    with timeline.phase("tracking", step.name):
+                        took = reuser.apply(decision)
                     say(f"[{number}/{len(planned)}] {decision.line} in {took:.1f} s")
                     continue
                 say(f"[{number}/{len(planned)}] {decision.line}")
                 kernel = upcoming or warm(step)
                 upcoming = warm(todo[i + 1]) if i + 1 < len(todo) else None
                 key = RunLayout(run_id).key(notebook(step.name))
-                reuser.record(decision)
-                tracker.start_step(run_id, step.name, store.uri(key))
+                with timeline.phase("tracking", step.name):
+                    reuser.record(decision)
+                    tracker.start_step(run_id, step.name, store.uri(key))
                 say(f"[{number}/{len(planned)}] {step.name:<9} {step.notebook} ...")
                 running = step.name, time.perf_counter()
                 output = scratch / step.notebook
-                failed = execute_step(step, step.parameters(params, run_id, store.root), folder, output, kernel)
+                parameters = step.parameters(params, run_id, store.root)
+                failed = execute_step(step, parameters, folder, output, kernel, timeline)
                 error = error_line(step, failed) if failed else None
-                kernel.shutdown()
-                if output.exists():
-                    tracker.log_artifact(run_id, step.name, store.put_file(key, output))
-                tracker.log_artifact(
-                    run_id, step.name, store.put_file(RunLayout(run_id).key(kernel_log(step.name)), kernel.log_path)
-                )
-                took = time.perf_counter() - running[1]
-                tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
+                with timeline.phase("kernel shutdown", step.name):
+                    kernel.shutdown()
+                timeline.kernel(step.name, **kernel.times())
+                timeline.executed(step.name, output)
+                kept = [(key, output)] if output.exists() else []
+                kept.append((RunLayout(run_id).key(kernel_log(step.name)), kernel.log_path))
+                for where, path in kept:
+                    with timeline.phase("store", step.name):
+                        info = store.put_file(where, path)
+                    with timeline.phase("tracking", step.name):
+                        tracker.log_artifact(run_id, step.name, info)
+                with timeline.phase("tracking", step.name):
+                    took = time.perf_counter() - running[1]
+                    tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
                 running = None
                 say(f"[{number}/{len(planned)}] {step.name:<9} {'FAILED' if error else 'done'} in {took:.1f} s")
                 if error:
@@ -337,10 +372,12 @@ def run_pipeline(
             failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if running:  # left mid-step: the step must not stay "running" forever
-                tracker.finish_step(run_id, running[0], "failed", time.perf_counter() - running[1], failure)
-            tracker.finish_run(run_id, "failed" if failure else "finished", failure)
-            report = _report(run_id, tracker, store, failure, say)
+            with timeline.phase("tracking"):
+                if running:  # left mid-step: the step must not stay "running" forever
+                    tracker.finish_step(run_id, running[0], "failed", time.perf_counter() - running[1], failure)
+                tracker.finish_run(run_id, "failed" if failure else "finished", failure)
+            with timeline.phase("report"):
+                report = _report(run_id, tracker, store, failure, say)
     return RunResult(run_id, "finished", report)
 
 

@@ -6,6 +6,7 @@ chunks, so a 5-million-row table from S3 or a warehouse query is prepared like t
 
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import math
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.encoding import NUMERIC, Encoding, EncodingFitter, Target, TargetFitter, feature_names
+from workbench.ml.encoding import NUMERIC, Encoding, EncodingFitter, Target, TargetFitter, category_key, feature_names
 from workbench.ml.features import column_matrix
 from workbench.ml.splits import (
     MAX_HISTOGRAMS,
@@ -39,8 +40,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from matplotlib.figure import Figure
 
-    from workbench.config.schema import DataParams
+    from workbench.config.schema import DaskParams, DataParams
+    from workbench.engine.fragments import Fragment
     from workbench.run.context import StepContext
+    from workbench.storage.base import ArtifactInfo
 
 
 SAMPLE_ROWS = 40
@@ -143,7 +146,14 @@ class Prepared:
 
 
 def prepare_data(
-    ctx: StepContext, params: DataParams, *, seed: int, chunk_rows: int = CHUNK_ROWS, progress: bool = True
+    ctx: StepContext,
+    params: DataParams,
+    *,
+    seed: int,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+    engine: str = "local",
+    dask: DaskParams | None = None,
 ) -> Prepared:
     """Read, check and split ``params.source``; fit the encoding on the training split; write them all.
 
@@ -151,8 +161,15 @@ def prepare_data(
     a target are dropped and counted), the second sends every row to its split's Parquet file and fits
     the encoding and the target's scale on the training rows. A SQL result or CSV is kept on local disk
     as Parquet between the passes, so the query runs once and the CSV is parsed once. Nothing is stored
-    unless both passes succeed.
+    unless both passes succeed. With ``engine="dask"`` the passes run per partition of a Parquet
+    dataset on the cluster ``dask.scheduler`` names (:func:`prepare_on_cluster`).
     """
+    if engine == "dask":
+        from workbench.config.schema import DaskParams
+
+        return prepare_on_cluster(
+            ctx, params, seed=seed, dask=dask or DaskParams(), chunk_rows=chunk_rows, progress=progress
+        )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -243,7 +260,28 @@ def prepare_data(
         encoding.target = task
         for name in SPLITS:
             ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
+    return _record(ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, moments, histograms, sample))
 
+
+@dataclass
+class Passes:
+    """What prepare's two passes found, however they ran: on this process or on a cluster."""
+
+    ranges: Ranges
+    rows: int
+    task: Target
+    plans: list[np.ndarray]
+    encoding: Encoding
+    moments: Moments
+    histograms: Histograms
+    sample: list[pd.DataFrame]
+
+
+def _record(ctx: StepContext, params: DataParams, seed: int, shown: str, passes: Passes) -> Prepared:
+    """Store the encoding and schema, log the counts, and say what the notebook shows."""
+    ranges, rows, task, plans, encoding = passes.ranges, passes.rows, passes.task, passes.plans, passes.encoding
+    target = params.target
+    numeric = [c for c in ranges.columns if c in ranges.low]
     ctx.save_artifact(ENCODING, encoding.to_json())
     notes = silent_choices(params, encoding, ranges, rows)
     ctx.save_artifact(
@@ -279,11 +317,11 @@ def prepare_data(
         _schema(ranges, encoding, target, params.drop),
         counts,
         _balance(task, plans),
-        pd.concat(sample, ignore_index=True).head(SAMPLE_ROWS),
+        pd.concat(passes.sample, ignore_index=True).head(SAMPLE_ROWS),
         encoding.inputs,
         target,
-        moments.summary(numeric),
-        dict(zip(numeric, zip(histograms.counts, histograms.edges, strict=True), strict=False)),
+        passes.moments.summary(numeric),
+        dict(zip(numeric, zip(passes.histograms.counts, passes.histograms.edges, strict=True), strict=False)),
         encoding,
         task,
         Notes(tuple(notes)),
@@ -413,3 +451,212 @@ def plot_sample(prepared: Prepared) -> Figure:
     """What the training split looks like: sample rows as images when the features are pixels,
     else each feature's distribution, so notebook 01 shows something for any numeric table."""
     return plot_digits(prepared) if image_side(prepared) else plot_distributions(prepared)
+
+
+# ---- engine: dask -------------------------------------------------------------------------------------
+# The same two passes, each partition (a file of the Parquet source) on a worker. Pass 1 counts; the
+# split plan is drawn from the whole table's class counts exactly as above, then cut per partition at
+# the per-class prefix sums in file order, so every row lands in the split one pass gives it. Pass 2
+# writes each partition's split rows as a part of each split (prepare/train/part-NNNNN.parquet) and fits
+# partial states that a tree reduction merges in order into the one-pass fit.
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every partition's task needs to know (sent once with each task; small)."""
+
+    params: DataParams
+    where: str
+    chunk_rows: int
+    store: str = ""
+    split_keys: tuple[str, ...] = ()
+    task: Target | None = None
+    ranges: Ranges | None = None
+
+
+def _first_pass(fragment: Fragment, job: _Job) -> tuple[TargetFitter, Ranges | None, EncodingFitter, int]:
+    """One partition's target counts, numeric ranges and rows; its columns checked and typed."""
+    from workbench.engine.fragments import read_fragment
+
+    params = job.params
+    labels = TargetFitter(params.target, params.task, job.where)
+    fitter = _fitter(params, job.where)
+    ranges, rows = None, 0
+    for table in read_fragment(fragment, job.chunk_rows):
+        labels.add(table)
+        if ranges is None:
+            fitter.add(table.slice(0, 0))
+            assert fitter.columns is not None
+            ranges = Ranges(table.schema, [c.name for c in fitter.columns if c.kind == NUMERIC])
+        ranges.add(table)
+        rows += table.num_rows
+    return labels, ranges, fitter, rows
+
+
+def _fitter(params: DataParams, where: str) -> EncodingFitter:
+    return EncodingFitter(
+        target=params.target,
+        drop=params.drop,
+        categorical=params.categorical,
+        max_categories=params.max_categories,
+        where=where,
+    )
+
+
+@dataclass
+class _PartialFit:
+    """What pass 2 fits on one partition's training rows, merged partition after partition."""
+
+    fitter: EncodingFitter
+    moments: Moments
+    histograms: Histograms
+    target_moments: Moments
+
+    def merge(self, later: _PartialFit) -> _PartialFit:
+        self.fitter.merge(later.fitter)
+        self.moments.merge(later.moments)
+        self.histograms.merge(later.histograms)
+        self.target_moments.merge(later.target_moments)
+        return self
+
+
+def _second_pass(
+    fragment: Fragment, job: _Job, plans: list[np.ndarray]
+) -> tuple[_PartialFit, list[ArtifactInfo], pd.DataFrame]:
+    """One partition split by its slice of the plan, each split's rows written as this partition's
+    part (replaced whole if the task runs again), and the partial fit of its training rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workbench.engine.fragments import read_fragment
+    from workbench.storage import open_store
+    from workbench.storage.catalog import part_key
+
+    params, task, ranges = job.params, job.task, job.ranges
+    assert task is not None and ranges is not None
+    numeric = [c for c in ranges.columns if c in ranges.low]
+    fit = _PartialFit(
+        _fitter(params, job.where), Moments(len(numeric)), Histograms(ranges, numeric[:MAX_HISTOGRAMS]), Moments(1)
+    )
+    seen = np.zeros(len(plans), dtype=np.int64)
+    sample: list[pd.DataFrame] = []
+    store = open_store(job.store)
+    with tempfile.TemporaryDirectory(prefix="prepare-part-", dir=scratch.root()) as tmp:
+        writers: dict[str, pq.ParquetWriter] = {}
+        for table in read_fragment(fragment, job.chunk_rows):
+            if not writers:
+                fit.fitter.add(table.slice(0, 0))
+                writers = {
+                    name: pq.ParquetWriter(Path(tmp) / SPLIT_ARTIFACTS[name].file, table.schema) for name in SPLITS
+                }
+            codes = _groups(task, table.column(params.target))
+            assigned = np.full(table.num_rows, len(SPLITS), dtype=np.uint8)
+            for code in np.unique(codes[codes >= 0]):
+                picked = codes == code
+                n = int(picked.sum())
+                if seen[code] + n > len(plans[code]):
+                    raise DataError(f"{job.where}changed while it was read; run the step again")
+                assigned[picked] = plans[code][seen[code] : seen[code] + n]
+                seen[code] += n
+            for i, name in enumerate(SPLITS):
+                part = table.filter(pa.array(assigned == i))
+                writers[name].write_table(part)
+                if name == "train":
+                    fit.fitter.add(part)
+                    x = column_matrix(part, numeric)
+                    fit.moments.add(x)
+                    fit.histograms.add(x[:, :MAX_HISTOGRAMS])
+                    if task.regression:
+                        y = task.encode(part.column(params.target).to_pandas()).astype(np.float64)[:, None]
+                        fit.target_moments.add(y)
+                    if sum(len(f) for f in sample) < SAMPLE_ROWS:
+                        sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
+                else:
+                    fit.fitter.check(part)
+        if any(seen[c] != len(plans[c]) for c in range(len(plans))):
+            raise DataError(f"{job.where}changed while it was read; run the step again")
+        infos = []
+        for name, key in zip(SPLITS, job.split_keys, strict=True):
+            if name in writers:
+                writers[name].close()
+                infos.append(store.put_file(part_key(key, fragment.index), Path(tmp) / SPLIT_ARTIFACTS[name].file))
+    head = pd.concat(sample, ignore_index=True).head(SAMPLE_ROWS) if sample else pd.DataFrame()
+    return fit, infos, head
+
+
+def _partition_groups(task: Target, labels: TargetFitter, rows: int) -> list[int]:
+    """A partition's rows per stratum (class, or the one regression group), as pass 2 will meet them."""
+    if task.regression:
+        return [rows - labels.missing]
+    by_key: dict[str | None, int] = {}
+    for value, n in labels.counts.items():
+        key = category_key(value)
+        by_key[key] = by_key.get(key, 0) + n
+    return [by_key.get(category_key(c), 0) for c in task.classes or []]
+
+
+def prepare_on_cluster(
+    ctx: StepContext,
+    params: DataParams,
+    *,
+    seed: int,
+    dask: DaskParams,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> Prepared:
+    """:func:`prepare_data` with its two passes on a Dask cluster, one task per Parquet file of
+    ``params.source``: the same splits row for row, the same encoding (categories identical, means
+    and scales to rounding), each split stored as parts ``prepare/<split>/part-NNNNN.parquet``."""
+    from workbench.engine.cluster import connect, pick, run_tasks, tree_reduce
+    from workbench.engine.fragments import fragments
+
+    shown = describe(params.source)
+    where = f"data.source {shown}: "
+    parts = fragments(params.source, "data.source")
+    weights = [f.rows for f in parts]
+    job = _Job(params, where, chunk_rows)
+    with connect(dask.scheduler) as client:
+        calls = [(fragment, job) for fragment in parts]
+        counted = client.gather(
+            run_tasks(client, _first_pass, calls, desc="checking", weights=weights, progress=progress)
+        )
+        labels, ranges, fitter, _ = copy.deepcopy(counted[0])  # counted[0] itself cuts partition 0's plan
+        for part_labels, part_ranges, part_fitter, _ in counted[1:]:
+            labels.merge(part_labels)
+            fitter.merge(part_fitter)  # names and types refused before the long pass, not after
+            if part_ranges is not None:
+                ranges = part_ranges if ranges is None else ranges.merge(part_ranges)
+        rows = sum(c[3] for c in counted)
+        if ranges is None or not rows:
+            raise DataError(f"{where}no rows")
+        task = labels.finish()
+        groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
+        if task.regression and groups[0] < MIN_CLASS_ROWS:
+            raise DataError(
+                f"{where}data.target {params.target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
+            )
+        plans = split_plan(groups, params.val_fraction, params.test_fraction, seed)
+        offsets = np.zeros(len(groups), dtype=np.int64)
+        slices = []
+        for part_labels, _, _, part_rows in counted:
+            n = np.asarray(_partition_groups(task, part_labels, part_rows), dtype=np.int64)
+            slices.append([plan[a : a + k] for plan, a, k in zip(plans, offsets, n, strict=True)])
+            offsets += n
+        keys = tuple(ctx.key(SPLIT_ARTIFACTS[name]) for name in SPLITS)
+        job = _Job(params, where, chunk_rows, ctx.store.root, keys, task, ranges)
+        calls = [(fragment, job, plan) for fragment, plan in zip(parts, slices, strict=True)]
+        futures = run_tasks(client, _second_pass, calls, desc="splitting", weights=weights, progress=progress)
+        fit = tree_reduce(client, pick(client, futures, 0))
+        written = client.gather(pick(client, futures, 1))
+        sample = client.gather(pick(client, futures, 2))
+    for infos in written:
+        for info in infos:
+            ctx.tracker.log_artifact(ctx.run_id, ctx.step, info)
+    if task.regression:
+        task = task.with_moments(float(fit.target_moments.mean[0]), float(fit.target_moments.std[0]))
+    encoding = fit.fitter.finish()
+    encoding.target = task
+    sample = [frame for frame in sample if len(frame)] or [pd.DataFrame()]
+    return _record(
+        ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, fit.moments, fit.histograms, sample)
+    )

@@ -15,7 +15,6 @@ test split says how the model does on rows nothing was tuned on.
 from __future__ import annotations
 
 import html
-import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -220,9 +219,9 @@ class HeldOutScore:
 
 def _table(ctx: StepContext, item: Artifact, limit: int | None = None, seed: int = 0) -> pa.Table:
     """A prepared split as Arrow; beyond ``limit`` rows, a seeded sample of ``limit`` of them."""
-    import pyarrow.parquet as pq
+    from workbench.storage.parts import read_table
 
-    table = pq.read_table(io.BytesIO(ctx.load(item)))
+    table = read_table(ctx.store, ctx.key(item))  # one file, or the parts engine dask wrote
     if limit is not None and table.num_rows > limit:
         picked = np.sort(np.random.default_rng(seed).choice(table.num_rows, limit, replace=False))
         table = table.take(picked)

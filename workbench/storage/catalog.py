@@ -192,6 +192,21 @@ CLASSES_PLOT = Artifact("classes_plot", "score", "classes.png", "png", "rows per
 
 SPLIT_ARTIFACTS = {"train": TRAIN_SPLIT, "val": VAL_SPLIT, "test": TEST_SPLIT}
 
+# A Parquet artifact written by the workers of engine: dask is a dataset of parts beside where its
+# single file would be: prepare/train/part-00000.parquet, ... (one per source partition, in order).
+PART_FILE = "part-{:05d}.parquet"
+
+
+def parts_prefix(key: str) -> str:
+    """The folder of the parts of the Parquet artifact at ``key`` (``.../train.parquet`` -> ``.../train/``)."""
+    return key.removesuffix(suffix("parquet")) + "/"
+
+
+def part_key(key: str, index: int) -> str:
+    """The key of part ``index`` of the Parquet artifact at ``key``."""
+    return parts_prefix(key) + PART_FILE.format(index)
+
+
 # Inside model.tar.gz, where templates/sagemaker_inference.py looks: SageMaker's convention.
 ARCHIVE_STATE = MODEL_STATE.file
 ARCHIVE_META = "code/model.json"
