@@ -39,6 +39,7 @@ LIBRARIES = ("torch", "onnx", "onnxruntime", "mxnet", "numpy", "pandas", "pyarro
 TABLES = {"prepare": "data.source", "score": "score.source"}  # steps that read a table, and its parameter
 BUILTIN_MODELS = ("auto", "cnn", "mlp")
 SHOWN = 3  # changed ingredients named in one line; the rest are counted
+NAMED_FILES = 2_000  # a dataset's files kept as ingredients by name (a larger one is its digest alone)
 
 
 def _digest(data: bytes) -> str:
@@ -167,6 +168,8 @@ class Reuse:
             else:
                 data = fingerprint(source, key, self.memo, self.query)
                 found[f"data:{key}"] = data.value if data.value is not None else f"none: {data.why}"
+                if len(data.files) <= NAMED_FILES:  # so the rerun line names the file that changed
+                    found |= {f"data file:{name}": value for name, value in data.files.items()}
         if step == "score":
             spec = str(params.get("score.model_run", "latest"))
             model_run = self.resolve_model(spec) if self.resolve_model else spec
@@ -292,6 +295,9 @@ def _fingerprint_change(before: str, after: str) -> str:
     kind_a, _, new = after.partition(" ")
     if kind_b == kind_a == "sha256":
         return f"sha256 {old[:8]}... -> {new[:8]}..."
+    if kind_b == kind_a == "dataset":  # "dataset <sha256> <n> files"
+        count_b, count_a = old.split(" ", 1)[1], new.split(" ", 1)[1]
+        return f"{count_b} -> {count_a}" if count_b != count_a else count_a
     return f"{_short(before, 40)} -> {_short(after, 40)}"
 
 
@@ -300,7 +306,7 @@ def describe_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str
     libraries and device, then files (code, inputs) by name, e.g. ``train.lr 0.002 -> 0.01``."""
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     words: dict[str, list[str]] = {"param": [], "data": [], "notebook": [], "lib": []}
-    files: dict[str, list[str]] = {"code": [], "model code": [], "input": [], "model": []}
+    files: dict[str, list[str]] = {"data file": [], "code": [], "model code": [], "input": [], "model": []}
     for name in changed:
         kind, _, what = name.partition(":")
         old, new = before.get(name), after.get(name)
@@ -313,11 +319,12 @@ def describe_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str
         elif kind in ("lib", "device", "model run"):
             label = {"lib": what, "device": "device", "model run": "score.model_run"}[kind]
             words["lib"].append(f"{label} {old} -> {new}")
-        else:  # code, model code, input and model artifacts: named by file, counted past a few
+        else:  # a dataset's files, code, model code, input and model artifacts: named by file, counted past a few
             state = "added" if old is None else "removed" if new is None else ""
             files.setdefault(kind, []).append(f"{what} {state}".strip())
     said = [w for group in words.values() for w in group]
-    for kind, label in (("code", ""), ("model code", "model package: "), ("input", ""), ("model", "model run's ")):
+    labels = (("data file", "data files: "), ("code", ""), ("model code", "model package: "), ("input", ""))
+    for kind, label in (*labels, ("model", "model run's ")):
         names = files[kind]
         if names:
             more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""

@@ -2,16 +2,20 @@
 
 A local file is its sha256, remembered by path, size and modification time so a large file is
 hashed once, not on every run. An S3 object is its ETag with its VersionId or LastModified, from
-one HEAD (nothing downloaded). A SQL source has no fingerprint of its own: its rows may change at
-any time, so a step reading it is never reused, unless the user names a query whose answer stands
-for the data (``fingerprint: SELECT max(updated_at), count(*) FROM sales``).
+one HEAD (nothing downloaded). A dataset (a folder, an S3 prefix or a glob of Parquet files) is
+its sorted file list with each file's own fingerprint (a LIST gives the ETags; nothing is read), so
+adding, removing or changing one file changes it, and the step's rerun line names that file. A SQL
+source has no fingerprint of its own: its rows may change at any time, so a step reading it is
+never reused, unless the user names a query whose answer stands for the data
+(``fingerprint: SELECT max(updated_at), count(*) FROM sales``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +36,7 @@ class Fingerprint:
 
     value: str | None
     why: str = ""
+    files: Mapping[str, str] = field(default_factory=dict)  # a dataset's files (relative path -> fingerprint)
 
 
 def file_sha256(path: Path, memo: HashMemo | None = None) -> str:
@@ -87,11 +92,30 @@ def fingerprint(
             return Fingerprint(None, f"{key}: fingerprint queries cannot be answered here")
         answer = query(source, key)
         return Fingerprint("query " + hashlib.sha256(answer.encode()).hexdigest())
+    from workbench.storage.datasets import is_dataset
     from workbench.storage.sources import _locate  # the file a path names, as the step will read it
 
     try:
+        if is_dataset(source):
+            return dataset_fingerprint(source, key, memo)
         if source.startswith("s3://"):
             return Fingerprint(_s3(source, key))
         return Fingerprint("sha256 " + file_sha256(_locate(source, key)[0], memo))
     except DataError as exc:  # the step runs and fails on it as it would without reuse, in its notebook
         return Fingerprint(None, str(exc))
+
+
+def dataset_fingerprint(source: str, key: str, memo: HashMemo | None = None) -> Fingerprint:
+    """A dataset's fingerprint over its sorted file list: a local file's sha256 (remembered by path,
+    size and mtime), an S3 object's ETag and size from the listing, by path relative to the base."""
+    from workbench.storage.datasets import list_dataset
+
+    listing = list_dataset(source, key)
+    files = {}
+    for item in listing.files:
+        if listing.place.scheme == "s3":
+            files[item.relative] = f"etag {item.stamp} {item.size} bytes"
+        else:
+            files[item.relative] = "sha256 " + file_sha256(Path(item.path), memo)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return Fingerprint(f"dataset {digest} {len(files)} files", files=files)

@@ -1,7 +1,8 @@
-"""Input tables: bundled data, local files, S3 objects and SQL queries, read as Arrow chunks.
+"""Input tables: bundled data, local files, S3 objects, Parquet datasets and SQL queries, as Arrow chunks.
 
-A source is a path or URI string, or a mapping ``{url, query}`` / ``{url, table}`` naming a SQL
-source, so a heavy aggregation runs inside PostgreSQL or Redshift and only its result crosses the
+A source is a path or URI string (a file; or a dataset of Parquet files: a folder, an S3 prefix
+ending in ``/`` or a glob, see ``workbench.storage.datasets``), or a mapping ``{url, query}`` /
+``{url, table}`` naming a SQL source, so a heavy aggregation runs inside PostgreSQL or Redshift and only its result crosses the
 network. Every kind is read in chunks (Parquet row groups, CSV blocks, a server-side cursor), so
 memory follows the chunk size, not the size of the source.
 """
@@ -25,6 +26,7 @@ from workbench.config.secrets import mask
 from workbench.errors import DataError, StoreError
 from workbench.storage import scratch
 from workbench.storage.catalog import suffix
+from workbench.storage.datasets import is_dataset, open_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,7 +86,9 @@ def _locate(source: str, key: str) -> tuple[Path, str]:
                 "or {url: ..., query: ...} for a database"
             )
         if fmt is None:
-            raise DataError(f"{key} {source}: unknown format; use .csv, .csv.gz or .parquet")
+            raise DataError(
+                f"{key} {source}: unknown format; use .csv, .csv.gz or .parquet, or end a prefix of Parquet files with /"
+            )
         return _download(source, key), fmt
     path = Path(source).expanduser()
     if not path.is_absolute():
@@ -222,6 +226,9 @@ def read_source(source: Source, key: str = "data.source") -> pd.DataFrame:
     source = _checked(source, key)
     if isinstance(source, dict):
         return pa.concat_tables(iter_source(source, CHUNK_ROWS, key)).to_pandas()
+    if is_dataset(source):
+        dataset = open_dataset(source, key)
+        return pa.Table.from_batches(list(dataset.batches(CHUNK_ROWS)), dataset.schema).to_pandas()
     path, fmt = _locate(source, key)
     try:
         if fmt == "parquet":
@@ -243,10 +250,14 @@ def iter_source(source: Source, rows: int, key: str = "data.source") -> Iterator
 
 
 def _file_batches(source: str, key: str) -> Iterator[pa.RecordBatch]:
-    """Parquet by row groups, CSV (also gzipped) by blocks, with no pandas in between."""
+    """Parquet by row groups, CSV (also gzipped) by blocks, a dataset file by file in path order,
+    with no pandas in between."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
+    if is_dataset(source):
+        yield from open_dataset(source, key).batches(CHUNK_ROWS)
+        return
     path, fmt = _locate(source, key)
     try:
         if fmt == "parquet":
@@ -318,8 +329,8 @@ def _rechunk(blocks: Iterator[pa.RecordBatch | pa.Table], rows: int) -> Iterator
 
 
 def is_parquet(source: Source) -> bool:
-    """Whether the source is a Parquet file (cheap to read twice and to count)."""
-    return isinstance(source, str) and _format(source) == "parquet"
+    """Whether the source is a Parquet file or dataset (cheap to read twice and to count)."""
+    return isinstance(source, str) and (_format(source) == "parquet" or is_dataset(source))
 
 
 def count_rows(source: Source, key: str = "data.source") -> int | None:
@@ -329,6 +340,8 @@ def count_rows(source: Source, key: str = "data.source") -> int | None:
 
     if not is_parquet(source):
         return None
+    if is_dataset(source):
+        return open_dataset(str(source), key).rows
     path = _locate(source, key)[0]
     try:
         return pq.ParquetFile(path).metadata.num_rows
