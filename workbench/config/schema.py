@@ -227,7 +227,8 @@ class DataParams(Section):
     source: Source = Field(
         "bundled:digits",
         description="input table: a CSV, CSV.gz or Parquet path (relative to the project folder) or s3:// URI, "
-        "bundled:digits, or a database as {url: SQLAlchemy URL, query: SELECT ...} or {url: ..., table: ...}",
+        "a Parquet dataset (a folder, an s3:// prefix ending in /, or a glob), bundled:digits, "
+        "or a database as {url: SQLAlchemy URL, query: SELECT ...} or {url: ..., table: ...}",
     )
     target: Text = Field("label", description="column to predict: class labels (text, booleans, integers) or numbers")
     task: Annotated[Literal["auto", "classification", "regression"], BeforeValidator(_string)] = Field(

@@ -320,7 +320,7 @@ def describe_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str
             label = {"lib": what, "device": "device", "model run": "score.model_run"}[kind]
             words["lib"].append(f"{label} {old} -> {new}")
         else:  # a dataset's files, code, model code, input and model artifacts: named by file, counted past a few
-            state = "added" if old is None else "removed" if new is None else ""
+            state = "added" if old is None else "removed" if new is None else "changed" if kind == "data file" else ""
             files.setdefault(kind, []).append(f"{what} {state}".strip())
     said = [w for group in words.values() for w in group]
     labels = (("data file", "data files: "), ("code", ""), ("model code", "model package: "), ("input", ""))
@@ -328,7 +328,7 @@ def describe_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str
         names = files[kind]
         if names:
             more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-            said.append(f"{label}{', '.join(names[:SHOWN])}{more} changed")
+            said.append(f"{label}{', '.join(names[:SHOWN])}{more}{'' if kind == 'data file' else ' changed'}")
     return "; ".join(said) if said else "its inputs changed"
 
 
