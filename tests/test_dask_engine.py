@@ -3,9 +3,15 @@ then prepare and batch scoring on a LocalCluster of two worker processes against
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
+import torch
 from support.tables import churn
 
 from workbench.errors import DataError
@@ -115,3 +121,172 @@ def test_merged_moments_ranges_and_histograms_equal_one_pass():
     assert merged_ranges.low == whole_ranges.low and merged_ranges.high == whole_ranges.high
     for a, b in zip(merged_hist.counts, hist.counts, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- prepare and scoring on a LocalCluster of two worker processes -------------------------------------
+
+CHURN = {"target": "churned", "drop": ["customer_id"], "max_categories": 3}
+FILES = (0, 700, 701, 2400, 3100, 4000)  # five files of unequal sizes, one of a single row
+
+
+def _write_dataset(frame: pd.DataFrame, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (a, b) in enumerate(itertools.pairwise(FILES)):
+        frame.iloc[a:b].to_parquet(folder / f"part-{i:04d}.parquet", index=False)
+
+
+@pytest.fixture(scope="module")
+def churn_run(tmp_path_factory):
+    """A churn table whole and as a five-file dataset; run ``local`` prepared, trained and exported
+    from the whole file by the local engine."""
+    from workbench.config.schema import DataParams, ExportParams, ScoreParams, TrainParams
+    from workbench.run.context import step_context
+    from workbench.stages.batch_score import score_batch
+    from workbench.stages.export_onnx import export_onnx
+    from workbench.stages.prepare_data import prepare_data
+    from workbench.stages.train import train_model
+
+    root = tmp_path_factory.mktemp("dask")
+    frame = churn(4000, seed=1)
+    frame.to_parquet(root / "whole.parquet", index=False)
+    _write_dataset(frame, root / "dataset")
+    store, db = str(root / "store"), f"sqlite:///{root}/tracking.db"
+
+    def ctx(step: str, run: str):
+        return step_context(step, run, store, db)
+
+    local = prepare_data(ctx("prepare", "local"), DataParams(source=str(root / "whole.parquet"), **CHURN), seed=7)
+    train_model(ctx("train", "local"), TrainParams(epochs=2, batch_size=128, device="cpu"), seed=7)
+    export_onnx(ctx("export", "local"), ExportParams())
+    for step in ("prepare", "train", "export"):  # as its notebooks' cells would leave them
+        ctx(step, "local").tracker.notebook_step("local", step, "finished")
+    scored = score_batch(
+        ctx("score", "score-local"), ScoreParams(source=str(root / "whole.parquet"), model_run="local"), progress=False
+    )
+    return SimpleNamespace(root=root, frame=frame, ctx=ctx, local=local, scored=scored)
+
+
+def _same_encoding(one: dict, other: dict) -> None:
+    """Categories, vocabularies, types and gaps identical; means and scales within 1e-9 relative."""
+    assert one["features"] == other["features"] and one["rows"] == other["rows"]
+    assert one["target"] == other["target"]
+    for a, b in zip(one["columns"], other["columns"], strict=True):
+        assert {k: v for k, v in a.items() if k not in ("mean", "scale")} == {
+            k: v for k, v in b.items() if k not in ("mean", "scale")
+        }
+        if "mean" in a:
+            np.testing.assert_allclose(b["mean"], a["mean"], rtol=1e-9)
+            np.testing.assert_allclose(b["scale"], a["scale"], rtol=1e-9)
+
+
+def _split_ids(store, run: str, name: str) -> list[str]:
+    from workbench.storage.catalog import SPLIT_ARTIFACTS, RunLayout
+    from workbench.storage.parts import read_table
+
+    return read_table(store, RunLayout(run).key(SPLIT_ARTIFACTS[name])).column("customer_id").to_pylist()
+
+
+@pytest.mark.e2e
+def test_prepare_on_two_workers_gives_the_local_engines_splits_and_encoding(churn_run):
+    from workbench.config.schema import DaskParams, DataParams
+    from workbench.stages.prepare_data import prepare_data
+
+    ctx = churn_run.ctx("prepare", "dask")
+    dist = prepare_data(
+        ctx,
+        DataParams(source=str(churn_run.root / "dataset"), **CHURN),
+        seed=7,
+        engine="dask",
+        dask=DaskParams(scheduler="local:2"),
+        progress=False,
+    )
+    _same_encoding(churn_run.local.encoding.to_json(), dist.encoding.to_json())
+    for name in ("train", "val", "test"):
+        assert _split_ids(ctx.store, "dask", name) == _split_ids(ctx.store, "local", name), name
+    assert sorted(ctx.store.list("runs/dask/prepare/train/")) == [
+        f"runs/dask/prepare/train/part-{i:05d}.parquet" for i in range(5)
+    ]
+    assert dist.counts.equals(churn_run.local.counts)
+    pd.testing.assert_frame_equal(dist.feature_summary, churn_run.local.feature_summary, rtol=1e-9)
+    # the train step's streaming loader reads the parts as it reads one file
+    from workbench.ml.streaming import open_split, parquet_shape, split_file
+
+    assert parquet_shape(split_file(ctx, "train"), 1)[0] == len(_split_ids(ctx.store, "local", "train"))
+    streamed = open_split(ctx, "train", torch.device("cpu"))
+    assert sum(len(y) for _, y in streamed.batches(1000)) == streamed.rows
+
+
+def _predictions(store, run: str) -> pd.DataFrame:
+    from workbench.storage.catalog import PREDICTIONS, RunLayout
+    from workbench.storage.parts import read_table
+
+    return read_table(store, RunLayout(run).key(PREDICTIONS)).to_pandas()
+
+
+@pytest.mark.e2e
+def test_scoring_on_two_workers_gives_the_local_engines_predictions(churn_run):
+    from workbench.config.schema import DaskParams, ScoreParams
+    from workbench.stages.batch_score import score_batch
+
+    local = churn_run.scored
+    ctx = churn_run.ctx("score", "score-dask")
+    dist = score_batch(
+        ctx,
+        ScoreParams(source=str(churn_run.root / "dataset"), model_run="local", batch_size=333),
+        engine="dask",
+        dask=DaskParams(scheduler="local:2"),
+        progress=False,
+    )
+    one, other = _predictions(ctx.store, "score-local"), _predictions(ctx.store, "score-dask")
+    assert other["row"].tolist() == list(range(4000))
+    pd.testing.assert_frame_equal(one, other)
+    assert dist.metrics["score_accuracy"] == local.metrics["score_accuracy"]
+    assert dist.metrics["rows_scored"] == 4000
+    assert dist.class_counts.equals(local.class_counts)
+
+
+@pytest.mark.e2e
+def test_prepare_and_scoring_on_two_workers_read_and_write_s3(churn_run, s3_server):
+    from workbench.config.schema import DaskParams, DataParams, ScoreParams
+    from workbench.run.context import step_context
+    from workbench.stages.batch_score import score_batch
+    from workbench.stages.prepare_data import prepare_data
+
+    client = s3_server.client()
+    client.create_bucket(Bucket="lake")
+    for path in sorted((churn_run.root / "dataset").iterdir()):
+        client.upload_file(str(path), "lake", f"churn/{path.name}")
+    store, db = "s3://lake/store", f"sqlite:///{churn_run.root}/s3.db"
+    ctx = step_context("prepare", "s3-dask", store, db)
+    dist = prepare_data(
+        ctx,
+        DataParams(source="s3://lake/churn/", **CHURN),
+        seed=7,
+        engine="dask",
+        dask=DaskParams(scheduler="local:2"),
+        progress=False,
+    )
+    _same_encoding(churn_run.local.encoding.to_json(), dist.encoding.to_json())
+    local_store = churn_run.ctx("prepare", "local").store
+    for name in ("train", "val", "test"):
+        assert _split_ids(ctx.store, "s3-dask", name) == _split_ids(local_store, "local", name), name
+    score = step_context("score", "s3-score", store, db)
+    for key in ("model.onnx",):  # the local run's model, copied into this store
+        client.put_object(
+            Bucket="lake",
+            Key=f"store/runs/local/export/{key}",
+            Body=(churn_run.root / "store/runs/local/export" / key).read_bytes(),
+        )
+    client.put_object(
+        Bucket="lake",
+        Key="store/runs/local/prepare/encoding.json",
+        Body=(churn_run.root / "store/runs/local/prepare/encoding.json").read_bytes(),
+    )
+    score_batch(
+        score,
+        ScoreParams(source="s3://lake/churn/*.parquet", model_run="local"),
+        engine="dask",
+        dask=DaskParams(scheduler="local:2"),
+        progress=False,
+    )
+    pd.testing.assert_frame_equal(_predictions(score.store, "s3-score"), _predictions(local_store, "score-local"))

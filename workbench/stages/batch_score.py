@@ -38,7 +38,10 @@ from workbench.storage.catalog import (
     SCHEMA,
     SCORE_INFO,
     SPLIT_ARTIFACTS,
+    part_key,
+    parts_prefix,
 )
+from workbench.storage.parts import part_keys
 from workbench.storage.sources import Source, count_rows, describe, iter_source
 from workbench.tracking.aliases import is_alias, resolve
 
@@ -47,8 +50,10 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
     from matplotlib.figure import Figure
 
-    from workbench.config.schema import PublishParams, ScoreParams
+    from workbench.config.schema import DaskParams, PublishParams, ScoreParams
+    from workbench.engine.fragments import Fragment
     from workbench.run.context import StepContext
+    from workbench.storage.base import ArtifactInfo
     from workbench.storage.catalog import Artifact
 
 
@@ -162,7 +167,10 @@ def scored_source(ctx: StepContext, source: Source, model_run: str) -> ScoredSou
             raise DataError(
                 f"{SOURCE_KEY} {source!r}: no split {name!r}; use {', '.join(SPLIT_SOURCE + s for s in MEASURED_ON)}"
             )
-        uri = ctx.store.uri(ctx.key(SPLIT_ARTIFACTS[name], run=model_run))
+        key = ctx.key(SPLIT_ARTIFACTS[name], run=model_run)
+        if part_keys(ctx.store, key) != [key]:  # prepared by engine dask: the folder of its parts
+            key = parts_prefix(key)
+        uri = ctx.store.uri(key)
         return ScoredSource(uri, f"{source} of run {model_run}", MEASURED_ON[name], name)
     shown = describe(source)
     trained_on = (
@@ -188,6 +196,12 @@ class Unscored:
     def add(self, rows: np.ndarray) -> None:
         self.count += len(rows)
         self.examples.extend(int(row) for row in rows[: SHOWN_ROWS - len(self.examples)])
+
+    def merge(self, later: Unscored) -> Unscored:
+        """Take in the count of later rows (the next partition); the first rows named stay the first."""
+        self.count += later.count
+        self.examples = (self.examples + later.examples)[:SHOWN_ROWS]
+        return self
 
     def warning(self, total: int) -> str | None:
         """One line naming the count and the first rows, or None when every row was scored."""
@@ -224,6 +238,7 @@ def score_stream(
     source: str,
     unscored: Unscored | None = None,
     batch_size: int | None = None,
+    start: int = 0,
 ) -> Iterator[pa.Table]:
     """Predictions per table: row number, predicted class and confidence (or the predicted number),
     and the label when present. The model runs on ``batch_size`` rows at a time (default: the whole table).
@@ -232,9 +247,9 @@ def score_stream(
     output is not finite gets null ``predicted`` (and ``confidence``) and is recorded in ``unscored``:
     argmax of NaNs is 0, a class with no sign that it was garbage.
     """
-    offset = 0
+    offset = start
     for table in tables:
-        if offset == 0:
+        if offset == start:
             inputs.check(table.schema, source)
         outputs = predict_block(table, inputs, predict, source, batch_size or max(table.num_rows, 1))
         yield predictions(table, outputs, inputs, offset, unscored)
@@ -417,6 +432,18 @@ class _Tally:
             self.hits += float((index[known] == actual[known]).sum())
             self.actual_counts += np.bincount(actual[known], minlength=len(self.actual_counts))
 
+    def merge(self, later: _Tally) -> _Tally:
+        """Take in what another partition counted: counts and sums add up."""
+        self.counts += later.counts
+        self.actual_counts += later.actual_counts
+        self.labelled += later.labelled
+        self.hits += later.hits
+        self.abs_err += later.abs_err
+        self.sq_err += later.sq_err
+        self.y_sum += later.y_sum
+        self.y2_sum += later.y2_sum
+        return self
+
     def metrics(self) -> dict[str, float]:
         n = self.labelled
         if not n:
@@ -438,7 +465,13 @@ class _Tally:
 
 
 def score_batch(
-    ctx: StepContext, params: ScoreParams, publish: PublishParams | None = None, *, progress: bool = True
+    ctx: StepContext,
+    params: ScoreParams,
+    publish: PublishParams | None = None,
+    *,
+    progress: bool = True,
+    engine: str = "local",
+    dask: DaskParams | None = None,
 ) -> ScoreResult:
     """Score ``params.source`` with the model of ``params.model_run``; write ``predictions.parquet``;
     with ``publish.url``, publish the predictions and metrics too.
@@ -450,7 +483,13 @@ def score_batch(
     ``rows_scored`` counts the rows that got a prediction, ``rows_unscored`` those that could not
     (null in ``predictions.parquet``, named in a DataWarning); ``score_accuracy`` (or ``score_rmse``,
     ``score_mae`` and ``score_r2`` for a number) is logged only where some scored row has a label.
+    With ``engine="dask"`` each Parquet file of the source is scored on a worker of ``dask.scheduler``
+    (:func:`score_on_cluster`).
     """
+    if engine == "dask":
+        from workbench.config.schema import DaskParams
+
+        return score_on_cluster(ctx, params, publish, dask=dask or DaskParams(), progress=progress)
     source, backend, batch_size = params.source, params.backend, params.batch_size
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     model_run = resolve_model_run(ctx, params.model_run)
@@ -460,7 +499,7 @@ def score_batch(
     predict = predictor(ctx, backend, model_run)
     publisher = None
     if publish_url:
-        from workbench.storage.publish import Publisher, prediction_rows, publish_metrics
+        from workbench.storage.publish import Publisher, prediction_rows
 
         publisher = Publisher(publish_url, publish_table, ctx.run_id, ctx.step)
     tally = _Tally(inputs.target, batch_size)
@@ -496,6 +535,39 @@ def score_batch(
             raise DataError(f"{SOURCE_KEY} {shown}: no rows to score")
         seconds = time.perf_counter() - started
         ctx.save_artifact(PREDICTIONS, path)
+    return _summarise(ctx, params, publish, model_run, scored, inputs, Scored(rows, unscored, tally, seconds, preview))
+
+
+@dataclass
+class Scored:
+    """What scoring counted, however it ran: rows, unscored rows, the tally, seconds and the first rows."""
+
+    rows: int
+    unscored: Unscored
+    tally: _Tally
+    seconds: float
+    preview: pd.DataFrame | None
+
+
+def _summarise(
+    ctx: StepContext,
+    params: ScoreParams,
+    publish: PublishParams | None,
+    model_run: str,
+    scored: ScoredSource,
+    inputs: ModelInputs,
+    counted: Scored,
+) -> ScoreResult:
+    """Log and publish the metrics, record what was scored, and say what the notebook shows."""
+    rows, unscored, tally, seconds, preview = (
+        counted.rows,
+        counted.unscored,
+        counted.tally,
+        counted.seconds,
+        counted.preview,
+    )
+    backend, shown = params.backend, scored.shown
+    publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     metrics = {
         "rows_scored": float(rows - unscored.count),
         "rows_unscored": float(unscored.count),
@@ -505,8 +577,10 @@ def score_batch(
     ctx.log_metrics(metrics)
     warning = unscored.warning(rows)
     if warning:  # shown under the notebook cell (and by any script calling this), not only in the summary
-        warnings.warn(warning, DataWarning, stacklevel=2)
+        warnings.warn(warning, DataWarning, stacklevel=3)
     if publish_url:
+        from workbench.storage.publish import publish_metrics
+
         publish_metrics(publish_url, publish_table, ctx.run_id, ctx.step, metrics)
     measured_on = scored.measured_on if tally.labelled else "n/a (unlabelled)"
     ctx.save_artifact(
@@ -548,6 +622,161 @@ def score_batch(
     )
     ctx.save_artifact(CLASSES_PLOT, plot_predictions(result))
     return result
+
+
+# ---- engine: dask -------------------------------------------------------------------------------------
+# Each Parquet file of the source is scored on a worker: its rows keep the numbers one pass gives them
+# (the file's first row is the rows of the files before it), its predictions are a part of the
+# predictions dataset named by the file's index (a task run again replaces its own part), and its
+# tally, unscored rows and published rows are its own.
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """What every partition's task needs (small: the model is read by each worker, once)."""
+
+    inputs: ModelInputs
+    store: str
+    model_key: str
+    model_sha256: str | None
+    predictions_key: str
+    batch_size: int
+    shown: str
+    publish_url: str = ""
+    publish_table: str = ""
+    run_id: str = ""
+    step: str = ""
+    backend: str = "onnxruntime"
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(store: str, key: str, sha256: str | None) -> Predict:
+    """The ONNX model in onnxruntime, one session per worker process, loaded by the first task that
+    needs it and kept for the others (keyed by the model's recorded sha256)."""
+    from workbench.ml.runtimes import ModelFiles
+    from workbench.storage import open_store
+
+    opened = open_store(store)
+    blob = verified(opened.read_bytes(key), sha256, opened.uri(key))
+    return load_backend("onnxruntime", ModelFiles.of_onnx(blob))
+
+
+def _score_part(fragment: Fragment, job: _ScoreJob) -> tuple[Scored, ArtifactInfo | None]:
+    """One partition scored: its predictions part written, and published when asked (its rows replaced)."""
+    from workbench.engine.fragments import read_fragment
+    from workbench.storage import open_store
+
+    predict = _worker_model(job.store, job.model_key, job.model_sha256)
+    tally, unscored = _Tally(job.inputs.target, job.batch_size), Unscored()
+    rows, preview, frames = 0, None, []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="score-part-", dir=scratch.root()) as tmp:
+        path = Path(tmp) / PREDICTIONS.file
+        writer = None
+        blocks = read_fragment(fragment, block_rows(job.batch_size, job.inputs))
+        for out in score_stream(blocks, job.inputs, predict, job.shown, unscored, job.batch_size, fragment.offset):
+            writer = writer or predictions_writer(path, out.schema, job.inputs.target.regression)
+            writer.write_table(out)
+            if job.publish_url:
+                from workbench.storage.publish import prediction_rows
+
+                frames.append(prediction_rows(out, job.backend))
+            if preview is None:
+                preview = out.slice(0, min(PREVIEW_ROWS, job.batch_size)).to_pandas(types_mapper=_int_as_nullable)
+            tally.add(out)
+            rows += out.num_rows
+        if writer is None:
+            return Scored(0, unscored, tally, 0.0, None), None
+        writer.close()
+        if job.publish_url:
+            from workbench.storage.publish import publish_part
+
+            publish_part(
+                job.publish_url,
+                job.publish_table,
+                job.run_id,
+                job.step,
+                frames,
+                (fragment.offset, fragment.offset + rows),
+            )
+        info = open_store(job.store).put_file(part_key(job.predictions_key, fragment.index), path)
+    return Scored(rows, unscored, tally, time.perf_counter() - started, preview), info
+
+
+def score_on_cluster(
+    ctx: StepContext, params: ScoreParams, publish: PublishParams | None, *, dask: DaskParams, progress: bool = True
+) -> ScoreResult:
+    """:func:`score_batch` on a Dask cluster, one task per Parquet file of the source: the same
+    predictions row for row (numbered as one pass numbers them), stored as the parts
+    ``score/predictions/part-NNNNN.parquet``, the summary combined from each part's counts.
+
+    Publishing: the step's earlier rows are removed once, up front; then each part's rows go in from
+    its worker in one transaction that first deletes the rows of that part's range of row numbers,
+    so a task that runs again (its worker died after COPY) replaces its rows rather than adding them.
+    """
+    from workbench.engine.cluster import connect, run_tasks
+    from workbench.engine.fragments import fragments
+
+    if params.backend != "onnxruntime":
+        raise DataError(
+            f"score.backend {params.backend}: engine dask scores with onnxruntime; set score.backend=onnxruntime "
+            "or engine: local"
+        )
+    model_run = resolve_model_run(ctx, params.model_run)
+    scored = scored_source(ctx, params.source, model_run)
+    inputs = model_inputs(ctx, model_run)
+    predictor(ctx, params.backend, model_run)  # the model's files checked here, before any worker starts
+    parts = fragments(scored.source, SOURCE_KEY)
+    publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
+    if publish_url:
+        from workbench.storage.publish import Publisher, prediction_rows
+
+        empty = predictions(_no_rows(), np.zeros((0, inputs.target.outputs), np.float32), inputs, 0, None)
+        Publisher(publish_url, publish_table, ctx.run_id, ctx.step).append(prediction_rows(empty, params.backend))
+    model_key = ctx.key(ONNX_MODEL, run=model_run)
+    job = _ScoreJob(
+        inputs,
+        ctx.store.root,
+        model_key,
+        ctx.tracker.recorded_sha256(model_key),
+        ctx.key(PREDICTIONS),
+        params.batch_size,
+        scored.shown,
+        publish_url,
+        publish_table,
+        ctx.run_id,
+        ctx.step,
+        params.backend,
+    )
+    started = time.perf_counter()
+    with connect(dask.scheduler) as client:
+        futures = run_tasks(
+            client,
+            _score_part,
+            [(f, job) for f in parts],
+            desc="scoring",
+            weights=[f.rows for f in parts],
+            progress=progress,
+        )
+        results = client.gather(futures)
+    seconds = time.perf_counter() - started
+    total = Scored(0, Unscored(), _Tally(inputs.target, params.batch_size), seconds, None)
+    for part, info in results:
+        total.rows += part.rows
+        total.unscored.merge(part.unscored)
+        total.tally.merge(part.tally)
+        total.preview = total.preview if total.preview is not None else part.preview
+        if info is not None:
+            ctx.tracker.log_artifact(ctx.run_id, ctx.step, info)
+    if not total.rows:
+        raise DataError(f"{SOURCE_KEY} {scored.shown}: no rows to score")
+    return _summarise(ctx, params, publish, model_run, scored, inputs, total)
+
+
+def _no_rows() -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({"row": pa.array([], pa.int64())})
 
 
 def plot_predictions(result: ScoreResult) -> Figure:

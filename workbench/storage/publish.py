@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
-__all__ = ["PublishError", "Publisher", "prediction_rows", "publish_metrics"]
+__all__ = ["PublishError", "Publisher", "prediction_rows", "publish_metrics", "publish_part"]
 
 TAGS = ("run_id", "step")
 
@@ -169,6 +169,47 @@ def prediction_rows(predictions: pa.Table, backend: str) -> pd.DataFrame:
         }
     )
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
+
+
+def publish_part(
+    url: str, table: str, run_id: str, step: str, frames: list[pd.DataFrame], rows: tuple[int, int]
+) -> None:
+    """One partition's prediction rows (numbered ``rows[0]`` up to ``rows[1]``) into ``table``, which
+    exists already, in one transaction that first deletes the step's rows in that range: a task that
+    runs again after its worker died (even after its COPY committed) replaces its rows, never adds
+    them twice. On PostgreSQL the rows go in with COPY; elsewhere with batched INSERTs."""
+    import pandas as pd
+    from sqlalchemy import text
+
+    frame = pd.concat(frames, ignore_index=True).assign(run_id=run_id, step=step)
+    bounds = (run_id, step, rows[0], rows[1])
+    replace = f'DELETE FROM "{table}" WHERE run_id = {{}} AND step = {{}} AND "row" >= {{}} AND "row" < {{}}'
+    engine = _engine(url)
+    shown = f"publish.table {table!r} at {display_url(url)} rejects the rows"
+    if engine.dialect.name != "postgresql":
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(replace.format(":a", ":b", ":c", ":d")), dict(zip("abcd", bounds, strict=True)))
+                frame.to_sql(table, conn, if_exists="append", index=False, chunksize=10_000)
+        except SQLAlchemyError as exc:
+            raise PublishError(f"{shown} ({str(exc).splitlines()[0]})") from exc
+        return
+    import psycopg
+
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, header=False)
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute(replace.format("%s", "%s", "%s", "%s"), bounds)
+            with cur.copy(f'COPY "{table}" ({columns}) FROM STDIN WITH (FORMAT csv)') as copy:
+                copy.write(buf.getvalue())
+        raw.commit()
+    except psycopg.Error as exc:
+        raise PublishError(f"{shown} ({str(exc).splitlines()[0]})") from exc
+    finally:
+        raw.close()
 
 
 def publish_metrics(url: str, table: str, run_id: str, step: str, metrics: dict[str, float]) -> None:
