@@ -111,6 +111,8 @@ def test_fragments_in_path_order_are_the_table_iter_source_gives(lake, digits):
     for fragment, piece in zip(dataset.fragments, pieces, strict=True):
         assert whole.slice(fragment.offset, fragment.rows).equals(piece)
     assert len(pickle.dumps(dataset.reader)) < 20_000
+    one = open_dataset(str(lake / "date=2026-12-02" / "part-0000.parquet"))  # a file: a dataset of one fragment
+    assert [(f.rows, f.folder) for f in one.fragments] == [(449, "")] and "date" not in one.schema.names
 
 
 def read_fragment(reader: FragmentReader, fragment: Fragment) -> pa.Table:
@@ -237,6 +239,8 @@ def test_an_s3_prefix_and_a_glob_read_as_one_table(s3_lake, digits):
     assert [f.uri for f in open_dataset(glob).fragments] == [
         f"s3://{bucket}/sales/date={day}/part-0000.parquet" for day in (DAYS[1], DAYS[3])
     ]
+    one = open_dataset(f"s3://{bucket}/sales/date=2026-12-01/part-0000.parquet")
+    assert one.rows == 450 and pa.Table.from_batches(list(one.batches())).num_rows == 450
     with pytest.raises(DataError, match=rf"^data.source s3://{bucket}/sales/date=2030-\*/\*.parquet: no file matches"):
         read_source(f"s3://{bucket}/sales/date=2030-*/*.parquet")
     with pytest.raises(DataError, match=r"^data.source s3://no-such-lake: bucket 'no-such-lake' does not exist"):

@@ -154,8 +154,11 @@ def list_dataset(source: str, key: str = "data.source") -> Listing:
 
     Names starting with ``_`` or ``.`` are skipped (``_SUCCESS``, ``.crc`` files). A folder must
     hold Parquet files only (``.parquet`` or ``.pq``): any other is refused by name; a glob reads
-    what it matches. An empty match is refused in one line naming the pattern.
+    what it matches. An empty match is refused in one line naming the pattern. A single Parquet
+    file is a dataset of one fragment, so an engine that reads fragments takes it too.
     """
+    if not is_dataset(source):
+        return _one_file(source, key)
     pattern = None
     glob_at = next((i for i, c in enumerate(source) if c in GLOB_CHARS), None)
     if glob_at is not None:
@@ -188,6 +191,31 @@ def list_dataset(source: str, key: str = "data.source") -> Listing:
         what = "no file matches the pattern" if pattern is not None else "no Parquet files in it"
         raise DataError(f"{key} {source}: {what}; check the path (a dataset is read from Parquet files)")
     return Listing(source, key, place, base, tuple(sorted(found, key=lambda f: f.path)))
+
+
+def _one_file(source: str, key: str) -> Listing:
+    if source.startswith("s3://"):
+        from workbench.storage.s3 import S3Store
+
+        bucket, _, name = source.removeprefix("s3://").partition("/")
+        try:
+            store = S3Store(f"s3://{bucket}", role=key)
+        except StoreError as exc:
+            raise DataError(f"{key} {source!r} is not a valid S3 URI; use s3://bucket/path/file.parquet") from exc
+        try:
+            with store.errors(name, missing=f"check {key}"):
+                head = store.client.head_object(Bucket=bucket, Key=name)
+        except StoreError as exc:
+            said = str(exc)
+            raise DataError(said if said.startswith(key) else f"{key}: {said}") from exc
+        found = Listed(f"{bucket}/{name}", name.rpartition("/")[2], int(head["ContentLength"]), head["ETag"].strip('"'))
+        return Listing(source, key, _s3_place(store, bucket), f"{bucket}/{name}".rpartition("/")[0], (found,))
+    path = _local_path(source)
+    if not path.is_file():
+        raise DataError(f"{key}: no file at {path}; check the path")
+    info = path.stat()
+    found = Listed(str(path), path.name, info.st_size, str(info.st_mtime_ns))
+    return Listing(source, key, Place(), str(path.parent), (found,))
 
 
 def _local_files(source: str, folder: str, key: str, glob: bool) -> tuple[Place, str, list[Listed]]:
