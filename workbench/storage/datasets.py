@@ -1,9 +1,10 @@
 """Partitioned Parquet datasets read as one table: a folder, an S3 prefix ending in ``/``, or a glob.
 
 Tables in a lake are many Parquet files, written by Spark, Glue or Athena under hive folders
-(``s3://lake/sales/date=2026-12-01/part-0000.parquet``). :func:`open_dataset` lists them, reads
-each file's footer (its schema and row count, never its rows) and unifies the schemas; the rows
-are read later, one file at a time and one record batch at a time, through ``pyarrow.dataset``.
+(``s3://lake/sales/date=2026-12-01/part-0000.parquet``); a single Parquet file is a dataset of one
+file. :func:`open_dataset` lists them, reads each file's footer (its schema and row count, never its
+rows) and unifies the schemas; the rows are read later, one file at a time and one record batch at a
+time, through ``pyarrow.dataset``.
 An S3 object is read in ranged GETs through pyarrow's S3 filesystem: nothing is downloaded whole
 and nothing lands on local disk. A source is only ever read: nothing here writes under it.
 
