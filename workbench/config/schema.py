@@ -420,7 +420,8 @@ class ScoreParams(Section):
     source: Source = Field(
         "split:test",
         description="table to score: split:test (the model run's held-out test rows), split:val or split:train, "
-        "or a table shaped like the training data: a CSV/CSV.gz/Parquet path or s3:// URI, bundled:digits, "
+        "or a table shaped like the training data: a CSV/CSV.gz/Parquet path or s3:// URI, a Parquet dataset "
+        "(a folder, an s3:// prefix ending in /, or a glob), bundled:digits, "
         "or {url: ..., query: ...} / {url: ..., table: ...}",
     )
     backend: Annotated[Literal["onnxruntime", "mxnet", "torch"], BeforeValidator(_string)] = Field(
