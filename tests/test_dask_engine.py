@@ -4,6 +4,12 @@ then prepare and batch scoring on a LocalCluster of two worker processes against
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +20,7 @@ import pytest
 import torch
 from support.tables import churn
 
-from workbench.errors import DataError
+from workbench.errors import DataError, ParameterError, WorkbenchError
 from workbench.ml.encoding import EncodingFitter, TargetFitter
 from workbench.ml.splits import Histograms, Moments, Ranges
 
@@ -290,3 +296,108 @@ def test_prepare_and_scoring_on_two_workers_read_and_write_s3(churn_run, s3_serv
         progress=False,
     )
     pd.testing.assert_frame_equal(_predictions(score.store, "s3-score"), _predictions(local_store, "score-local"))
+
+
+def _kill_a_busy_worker(client, prefix: str, killed: list[int], done: threading.Event) -> None:
+    """Kill (SIGKILL) the process of the first worker seen running a task whose key starts with ``prefix``."""
+    while not done.is_set():
+        busy = [w for w, keys in client.processing().items() if any(str(k).startswith(prefix) for k in keys)]
+        if busy:
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_loses_and_duplicates_no_rows(churn_run, postgres, tmp_path):
+    """A worker process killed while it scores: Dask runs its task again elsewhere, and the predictions
+    dataset and the published table hold every row once."""
+    from distributed import Client, LocalCluster
+    from sqlalchemy import create_engine, text
+
+    from workbench.config.schema import DaskParams, PublishParams, ScoreParams
+    from workbench.stages.batch_score import score_batch
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(16):  # 16 files: the job outlasts the kill
+        churn_run.frame.iloc[i * 250 : (i + 1) * 250].to_parquet(many / f"part-{i:04d}.parquet", index=False)
+    url = postgres()
+    killed: list[int] = []
+    done = threading.Event()
+    with (
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as watcher,
+    ):
+        thread = threading.Thread(target=_kill_a_busy_worker, args=(watcher, "_score_part", killed, done))
+        thread.start()
+        ctx = churn_run.ctx("score", "killed")
+        try:
+            result = score_batch(
+                ctx,
+                ScoreParams(source=str(many), model_run="local", batch_size=100),
+                PublishParams(url=url, table="churn_scores"),
+                engine="dask",
+                dask=DaskParams(scheduler=cluster.scheduler_address),
+                progress=False,
+            )
+        finally:
+            done.set()
+            thread.join()
+    assert killed, "no worker was killed while it scored"
+    assert result.metrics["rows_scored"] == 4000
+    predictions = _predictions(ctx.store, "killed")
+    assert predictions["row"].tolist() == list(range(4000))
+    pd.testing.assert_frame_equal(predictions, _predictions(ctx.store, "score-local"))
+    with create_engine(url).connect() as conn:
+        counts = conn.execute(
+            text("select count(*), count(distinct row), min(row), max(row) from churn_scores where run_id = 'killed'")
+        ).one()
+    assert counts == (4000, 4000, 0, 3999)
+
+
+@pytest.mark.services
+def test_a_part_published_again_replaces_its_rows(postgres):
+    """A task that runs again after its first COPY committed (its worker died after it) publishes
+    its rows once: the retry deletes that part's range of rows in the same transaction."""
+    from sqlalchemy import create_engine, text
+
+    from workbench.storage.publish import Publisher, publish_part
+
+    url = postgres()
+    frame = pd.DataFrame({"row": np.arange(10, 20), "predicted": ["Yes", "No"] * 5})
+    Publisher(url, "parts", "r1", "score").append(frame.head(0))
+    for _ in range(2):
+        publish_part(url, "parts", "r1", "score", [frame.head(4), frame.iloc[4:]], (10, 20))
+    publish_part(url, "parts", "r1", "score", [frame.assign(row=frame.row - 10)], (0, 10))  # its neighbour stays
+    with create_engine(url).connect() as conn:
+        got = conn.execute(text("select count(*), count(distinct row) from parts where run_id = 'r1'")).one()
+    assert got == (20, 20)
+
+
+def test_a_bad_scheduler_is_one_line_naming_the_key():
+    from workbench.config.parameters import checked
+
+    with pytest.raises(ParameterError, match=r"^dask.scheduler in --set: must be local:N .*got 'local:0'$"):
+        checked({"dask.scheduler": "local:0"}, {"dask.scheduler": "--set"})
+
+
+def test_a_scheduler_nobody_runs_is_one_line():
+    from workbench.engine.cluster import connect
+
+    answer = r"^dask.scheduler tcp://127.0.0.1:1: no Dask scheduler answers"
+    with pytest.raises(WorkbenchError, match=answer), connect("tcp://127.0.0.1:1"):
+        pass
+
+
+def test_dask_is_imported_only_by_engine_dask():
+    """``import workbench`` and a prepare and score with the local engine leave Dask unimported."""
+    code = (
+        "import sys, workbench, workbench.stages.prepare_data, workbench.stages.batch_score, workbench.engine;"
+        "import workbench.run.pipeline;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

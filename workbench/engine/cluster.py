@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,8 @@ def connect(scheduler: str) -> Iterator[Client]:
             yield client
         return
     try:
+        host, _, port = scheduler.removeprefix("tcp://").rpartition(":")
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()  # refused: at once
         client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise WorkbenchError(
