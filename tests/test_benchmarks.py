@@ -27,6 +27,9 @@ from support.cli import ROOT
             marks=pytest.mark.e2e,
         ),
         pytest.param(
+            "scale_out.py", ["--rows", "20000", "--files", "4"], "prepare  dask local:2", marks=pytest.mark.e2e
+        ),
+        pytest.param(
             "score_throughput.py",
             ["--rows", "5000", "--heavy-rows", "0", "--repeat", "1"],
             "memory ratio (10x rows)",
