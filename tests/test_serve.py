@@ -1011,6 +1011,88 @@ def test_a_columns_values_follow_one_rule_on_every_path():
     )
 
 
+def _either_way(fast: RowEncoder, general: RowEncoder, text: str, header: str = "") -> Any:
+    """csv_input's answer with the fast path and with the general one (field by field through pandas)."""
+    from workbench.serve.sagemaker import csv_input
+
+    answers = []
+    for encoder in (fast, general):
+        try:
+            answers.append(csv_input(text, encoder, header).tobytes())
+        except RequestError as exc:
+            answers.append(exc.message)
+    assert answers[0] == answers[1], text[:200]
+    return answers[0]
+
+
+@pytest.mark.unit
+def test_a_csv_of_numbers_reads_as_field_by_field():
+    """A CSV of plain numbers goes into one matrix at once (pandas' converter, or its reader for
+    many fields) and gives the bytes and refusals of the general path, which reads it field by field."""
+    from workbench.serve.sagemaker import _plain_csv
+    from workbench.storage.sources import text_layout
+
+    digits = read_source("bundled:digits")
+    encoding = fit_encoding([digits], target="label")
+    fast, general = RowEncoder(encoding), RowEncoder(encoding)
+    general.numbers_only = False  # the switch the fast path checks first
+    names = encoding.inputs
+    rng = np.random.default_rng(0)
+    long = pd.DataFrame(rng.standard_normal((40, 64)) * 10.0 ** rng.integers(-6, 7, (40, 64)), columns=names)
+    gappy = long.mask(rng.random(long.shape) < 0.1)
+    plain = {
+        "few ints": digits[names].head(3).to_csv(index=False, header=False),
+        "long decimals, many fields": long.to_csv(index=False, header=False, float_format="%.17g"),
+        "long decimals, few fields": long.head(2).to_csv(index=False, header=False, float_format="%r"),
+        "gaps, many fields": gappy.to_csv(index=False, header=False),
+        "gaps, few fields": gappy.head(3).to_csv(index=False, header=False),
+        "header, shuffled, an extra column": long[names[::-1]].assign(extra=1.5).to_csv(index=False),
+        "spaces, CRLF, empty lines": "\r\n\r\n" + digits[names].head(40).to_csv(index=False, header=False, sep=",", lineterminator="\r\n\r\n").replace(",", ", "),
+        "semicolons": long.head(3).to_csv(index=False, header=False, sep=";"),
+    }  # fmt: skip
+    for name, text in plain.items():
+        head = text.lstrip("\r\n").splitlines()
+        assert _plain_csv(text, text_layout(head[0], head[1] if len(head) > 1 else ""), fast, "") is not None, name
+        assert isinstance(_either_way(fast, general, text), bytes), name
+    row = digits[names].head(1).to_csv(index=False, header=False).strip().split(",")
+    for odd in ["", " ", "1e400", "-1e400", "-", "1 2", "abc", "NA", str(2**60), "9007199254740993", "0x10", '"3"']:
+        for copies in (1, 40):  # the converter and the reader
+            text = "\n".join([",".join([odd, *row[1:]])] * copies) + "\n"
+            _either_way(fast, general, text)
+    for text in [
+        ",".join(row) + ",\n",  # a field too many
+        ",".join(row[:-1]) + "\n",  # one too few
+        ",".join(names).upper() + "\n" + ",".join(row) + "\n",  # a header in another case
+        ",".join(names) + "\n",  # a header and no rows
+        ",".join(names[:-1] + names[:1]) + "\n" + ",".join(row) + "\n",  # a column twice
+        ";".join(row).replace("0", "0,5") + "\n",  # decimal commas
+        "",
+    ]:
+        assert isinstance(_either_way(fast, general, text), str), text
+    partner = fit_encoding(
+        [pd.DataFrame({"partner": [True, False] * 20, "tenure": np.arange(40.0), "y": [0, 1] * 20})], target="y"
+    )
+    assert not RowEncoder(partner).numbers_only  # "1.00" is no word for true: field by field
+
+
+@pytest.mark.unit
+def test_number_columns_make_one_matrix_as_column_by_column():
+    """One input per column, all numbers: standardised as one matrix, the bytes of Encoding.apply."""
+    digits = read_source("bundled:digits")
+    encoding = fit_encoding([digits], target="label")
+    encoder = RowEncoder(encoding)
+    head = digits.head(20)
+    columns = {name: head[name].to_numpy() for name in encoding.inputs}
+    assert encoder.columns(columns, 20).tobytes() == encoding.apply(head).tobytes()
+    gappy = {**columns, "p5": np.where(np.arange(20) % 3 == 0, np.nan, head["p5"].to_numpy(np.float32))}
+    expected = encoding.apply(head.assign(p5=gappy["p5"].astype(np.float64)))
+    assert encoder.columns(gappy, 20).tobytes() == expected.tobytes()
+    train = pd.DataFrame({"partner": [True, False] * 20, "tenure": np.arange(40.0), "y": [0, 1] * 20})
+    flags = RowEncoder(fit_encoding([train], target="y"))
+    with pytest.raises(RequestError, match=r"^column 'partner': 2 is not true or false$"):
+        flags.columns({"partner": np.array([2, 1]), "tenure": np.array([1.0, 2.0])}, 2)
+
+
 def _handler() -> Any:
     """The archive's inference.py, with architectures.py beside it as in the archive's code/ folder."""
     spec = importlib.util.spec_from_file_location(

@@ -83,6 +83,8 @@ class RowEncoder:
         self.width = len(encoding.features)
         self._layout = encoding.numeric_layout  # None unless every column is a number or a boolean
         self.numeric = self._layout is not None
+        # numbers alone, no boolean column: text such as a CSV field reads as a number the same way in each
+        self.numbers_only = self._layout is not None and not self._layout.boolean.any()
         # where each column's one-hot block or date parts begin, for requests that hold text
         at, value_at = 0, []
         for spec in encoding.columns:
@@ -132,12 +134,7 @@ class RowEncoder:
             values = np.array(rows, dtype=np.float64)
         except OverflowError:
             return None
-        assert self._layout is not None
-        try:
-            self._layout.check(values)
-        except DataError:  # 2 in a boolean column: refused by the column-by-column path, in its words
-            return None
-        return self._layout.standardise(values)
+        return self.plain_matrix(values)  # 2 in a boolean column: refused column by column, in its words
 
     def records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Dict records holding every training column (other keys ignored)."""
@@ -149,7 +146,23 @@ class RowEncoder:
 
     def columns(self, columns: Mapping[str, np.ndarray | list[Any]], rows: int) -> np.ndarray:
         """One array (numbers) or list (text, None for a gap) per training column, ``rows`` long."""
+        if self.numeric:  # number arrays alone: one matrix, standardised at once rather than per column
+            arrays = [columns[name] for name in self.names]
+            if all(isinstance(a, np.ndarray) and a.dtype.kind in "iuf" for a in arrays):
+                x = self.plain_matrix(np.stack(arrays, axis=1).astype(np.float64, copy=False))
+                if x is not None:
+                    return x
         return self._columns(columns, rows, lambda: self._apply(pd.DataFrame({n: columns[n] for n in self.names})))
+
+    def plain_matrix(self, values: np.ndarray) -> np.ndarray | None:
+        """A float64 matrix of raw values in training column order, standardised; None where a boolean
+        column holds another number (the caller's general path refuses it in the package's words)."""
+        assert self._layout is not None
+        try:
+            self._layout.check(values)
+        except DataError:
+            return None
+        return self._layout.standardise(values)
 
     def _columns(self, columns: Mapping[str, Any], rows: int, fallback: Any) -> np.ndarray:
         out = np.zeros((rows, self.width), dtype=np.float32)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,18 +127,20 @@ def _parameters(spec: dict[str, Any], what: str) -> dict[str, Any]:
 _JSON_NUMBERS = frozenset({int, float, bool, type(None)})
 
 
-def _numbers(data: list[Any], datatype: str, name: str) -> np.ndarray:
-    """JSON tensor data as ``datatype``, refusing what the type cannot hold rather than wrapping it
-    (300 as UINT8 is not 44, 3.5 as INT64 is not 3). null, NaN and infinity are gaps: a column
-    holding one comes as float64 with NaN there."""
+def _numbers(data: list[Any], datatype: str, name: str, kinds: set[type]) -> np.ndarray:
+    """JSON tensor data (its elements of ``kinds``) as ``datatype``, refusing what the type cannot
+    hold rather than wrapping it (300 as UINT8 is not 44, 3.5 as INT64 is not 3). null, NaN and
+    infinity are gaps: a column holding one comes as float64 with NaN there."""
     dtype = DTYPES[datatype]
-    if not set(map(type, data)) <= _JSON_NUMBERS:
+    if not kinds <= _JSON_NUMBERS:
         odd = next(v for v in data if type(v) not in _JSON_NUMBERS)
         raise RequestError(400, f"input {name!r} is {datatype}, but holds {shown(odd)}; send numbers")
     try:
-        x = np.array([np.nan if v is None else v for v in data] if None in data else data, dtype=np.float64)
+        x = np.array(data, dtype=np.float64)  # null becomes NaN
     except OverflowError:
         raise RequestError(400, f"input {name!r} holds an integer beyond {datatype}'s range") from None
+    if dtype == np.float64:  # nothing to narrow: gaps stay NaN or infinity, as below
+        return x
     finite = np.isfinite(x)
     if dtype.kind == "f":
         narrow = x.astype(dtype)
@@ -171,13 +173,23 @@ def _text(element: Any, name: str) -> str | None:
     return element if element.strip() else None
 
 
-def _flat(data: Any) -> list[Any]:
-    """JSON tensor data, nested (row-major) or flat, as one flat list."""
+def _flat(data: Any) -> tuple[list[Any], set[type]]:
+    """JSON tensor data, nested (row-major) or flat, as one flat list, and the types of its elements."""
     if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(d, list) for d in data):
-        return data
-    return [v for d in data for v in _flat(d)]
+        return [data], {type(data)}
+    kinds = set(map(type, data))
+    if list not in kinds:
+        return data, kinds
+    flat = list(_nested(data))
+    return flat, set(map(type, flat))
+
+
+def _nested(data: list[Any]) -> Iterator[Any]:
+    for d in data:
+        if isinstance(d, list):
+            yield from _nested(d)
+        else:
+            yield d
 
 
 def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
@@ -210,8 +222,8 @@ def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
                 )
             elements = np.frombuffer(blob, dtype=dtype.newbyteorder("<"))
     elif "data" in spec:
-        data = _flat(spec["data"])
-        elements = data if datatype == "BYTES" else _numbers(data, datatype, name)
+        data, kinds = _flat(spec["data"])
+        elements = data if datatype == "BYTES" else _numbers(data, datatype, name, kinds)
     else:
         raise RequestError(400, f"input {name!r} has neither data nor binary_data_size")
     if len(elements) != count:

@@ -23,6 +23,7 @@ import functools
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ from workbench.serve.media import (
     text_of,
 )
 from workbench.serve.outputs import Scored
-from workbench.storage.sources import DECIMAL_COMMA, text_layout
+from workbench.storage.sources import DECIMAL_COMMA, CsvLayout, text_layout
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -163,6 +164,9 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
     names = encoder.names
     head = text.lstrip("\r\n").splitlines()[:2]
     layout = text_layout(head[0] if head else "", head[1] if len(head) > 1 else "")
+    x = _plain_csv(text, layout, encoder, header)
+    if x is not None:
+        return x
     cells = functools.partial(_cells, comma=layout.decimal == ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter, strict=True, skipinitialspace=True)
     rows: list[tuple[int, list[str]]] = []
@@ -208,6 +212,87 @@ def csv_input(text: str, encoder: RowEncoder, header: str) -> np.ndarray:
     if not records:
         raise RequestError(400, "the CSV has a header but no rows")
     return encoder.records(records)
+
+
+NUMBER_TEXT = b"0123456789.+-eE \r\n"  # what the fields and lines of a CSV of plain numbers are made of
+EXACT = 2.0**53  # pandas reads a longer whole number as an integer first, not as the float read here
+READER_FROM = 2048  # fields: from here pandas' CSV reader costs less than its converter field by field
+LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
+def _plain_csv(text: str, layout: CsvLayout, encoder: RowEncoder, header: str) -> np.ndarray | None:
+    """A CSV of nothing but numbers and empty fields, for a model taking numbers alone, as one matrix;
+    None for anything else (text, a quote, a decimal comma, a boolean column, a short row, a header
+    not naming each column once, a number the general path would read otherwise), which
+    :func:`csv_input` then reads field by field and refuses in its own words where it must.
+
+    Each number is read by pandas' converter, the one the general path applies to each column, so
+    both give the same bytes; the rule for the header is the general path's."""
+    if not encoder.numbers_only or layout.decimal != "." or not text.isascii():
+        return None
+    names, delimiter = encoder.names, layout.delimiter
+    lines = LINE_BREAK.split(text.lstrip("\r\n"), maxsplit=1)
+    if '"' in lines[0]:
+        return None
+    first = [cell.strip() for cell in lines[0].split(delimiter)]
+    order = None
+    if header == "present" or (header != "absent" and bool(set(first) & set(names))):
+        if len(set(first)) != len(first) or not set(names) <= set(first) or len(lines) < 2:
+            return None
+        data, width, order = lines[1], len(first), [first.index(name) for name in names]
+    else:
+        folded = {name.casefold() for name in names}
+        if header != "absent" and 2 * sum(cell.casefold() in folded for cell in first) >= len(first):
+            return None  # a header with names in another case: the general path says so
+        data, width = text, len(names)
+    if data.encode("ascii").translate(None, NUMBER_TEXT + delimiter.encode("ascii")):
+        return None
+    x = _csv_numbers(data, delimiter, width)
+    if x is None:
+        return None
+    return encoder.plain_matrix(np.ascontiguousarray(x if order is None else x[:, order]))
+
+
+def _csv_numbers(data: str, delimiter: str, width: int) -> np.ndarray | None:
+    """The float64 rows of ``data`` (numbers, empty fields, and no quote, made sure of by the caller),
+    ``width`` fields to a row, an empty field NaN; None where a row has other than ``width`` fields or
+    a field is not a number as ``pandas.to_numeric`` reads one."""
+    import pandas as pd
+
+    lines = [line for line in data.splitlines() if line]  # the csv module skips empty lines only
+    if not lines:
+        return None
+    if len(lines) * width < READER_FROM:
+        cells = [line.split(delimiter) for line in lines]
+        if any(len(row) != width for row in cells):
+            return None
+        flat = np.array([cell for row in cells for cell in row], dtype=object)
+        x = pd.to_numeric(flat, errors="coerce")
+        if x.dtype.kind not in "iuf":
+            return None
+        x = x.astype(np.float64, copy=False).reshape(len(lines), width)
+        gaps = np.isnan(x)
+        if gaps.any() and any(cell.strip() for cell in flat[gaps.reshape(-1)]):
+            return None  # a field that is no number, or beyond float64: the general path decides
+    else:
+        try:
+            x = pd.read_csv(
+                io.StringIO(data),
+                sep=delimiter,
+                header=None,
+                dtype=np.float64,
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=True,
+                engine="c",
+            ).to_numpy()
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return None
+        if x.shape != (len(lines), width) or data.count(delimiter) != len(lines) * (width - 1):
+            return None  # a short row, or a line pandas took for empty
+    if (np.abs(x) >= EXACT).any():
+        return None
+    return x
 
 
 def _cells(row: list[str], comma: bool = False) -> list[str | None]:
