@@ -401,3 +401,28 @@ def test_dask_is_imported_only_by_engine_dask():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.e2e
+def test_workbench_run_with_engine_dask_trains_on_parts_and_scores_its_test_split(churn_run, place):
+    """The README's commands: `workbench run` with engine dask prepares a dataset into parts, trains
+    and exports from them; `--steps score` scores the run's split:test (parts) on the cluster."""
+    from support.cli import sets, workbench
+
+    engine = ["engine=dask", "dask.scheduler=local:2"]
+    data = [f"data.source={churn_run.root / 'dataset'}/", "data.target=churned", "data.drop=customer_id"]
+    trained = workbench("run", *place.sets(*engine, *data, "train.epochs=1"), "--steps", "prepare,train,export")
+    assert trained.code == 0, trained.stderr
+    run = trained.stdout.split()[1]
+    scored = workbench("run", *place.sets(*engine), *sets(f"score.model_run={run}"), "--steps", "score")
+    assert scored.code == 0, scored.stderr
+    score_run = scored.stdout.split()[1]
+    store = churn_run.ctx("prepare", "local").store
+    test_rows = len(_split_ids(store, "local", "test"))  # the local engine's test split: the same rows
+    predictions = pd.concat(
+        pd.read_parquet(p) for p in sorted((place.store / "runs" / score_run / "score" / "predictions").iterdir())
+    )
+    assert predictions["row"].tolist() == list(range(test_rows))
+    bad = workbench("run", *place.sets("engine=dask", "dask.scheduler=local"), "--steps", "prepare")
+    assert bad.code == 2
+    assert bad.stderr.strip().startswith("error: dask.scheduler in --set dask.scheduler=local: must be local:N")
