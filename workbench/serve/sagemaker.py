@@ -25,6 +25,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -260,39 +261,37 @@ def _csv_numbers(data: str, delimiter: str, width: int) -> np.ndarray | None:
     import pandas as pd
 
     lines = [line for line in data.splitlines() if line]  # the csv module skips empty lines only
-    if not lines:
+    if not lines or set(map(str.count, lines, repeat(delimiter))) != {width - 1}:
         return None
+    fields = "\n".join(lines).replace(delimiter, "\n")  # one field a line: one column for pandas
     if len(lines) * width < READER_FROM:
-        cells = [line.split(delimiter) for line in lines]
-        if any(len(row) != width for row in cells):
-            return None
-        flat = np.array([cell for row in cells for cell in row], dtype=object)
+        flat = np.array(fields.split("\n"), dtype=object)
         x = pd.to_numeric(flat, errors="coerce")
         if x.dtype.kind not in "iuf":
             return None
-        x = x.astype(np.float64, copy=False).reshape(len(lines), width)
+        x = x.astype(np.float64, copy=False)
         gaps = np.isnan(x)
-        if gaps.any() and any(cell.strip() for cell in flat[gaps.reshape(-1)]):
+        if gaps.any() and any(cell.strip() for cell in flat[gaps]):
             return None  # a field that is no number, or beyond float64: the general path decides
     else:
         try:
             x = pd.read_csv(
-                io.StringIO(data),
-                sep=delimiter,
+                io.StringIO(fields),
                 header=None,
                 dtype=np.float64,
                 keep_default_na=False,
-                na_values=[""],
+                na_values=[""],  # and a field of spaces, as skipinitialspace leaves it
                 skipinitialspace=True,
+                skip_blank_lines=False,
                 engine="c",
-            ).to_numpy()
+            )[0].to_numpy()
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
             return None
-        if x.shape != (len(lines), width) or data.count(delimiter) != len(lines) * (width - 1):
-            return None  # a short row, or a line pandas took for empty
+        if len(x) != len(lines) * width:
+            return None
     if (np.abs(x) >= EXACT).any():
         return None
-    return x
+    return x.reshape(len(lines), width)
 
 
 def _cells(row: list[str], comma: bool = False) -> list[str | None]:
