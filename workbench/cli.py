@@ -14,6 +14,7 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.config.parameters import SCHEMA, Parameters, load, steps_problem
@@ -120,7 +121,7 @@ def _parameters(args: argparse.Namespace) -> Parameters:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from workbench.config.parameters import sagemaker_hosts
-    from workbench.run.pipeline import STEPS, run_pipeline, select_steps, stop_on_signals
+    from workbench.run.pipeline import STEPS, run_pipeline, select_steps, skip_iri_grammar, stop_on_signals
     from workbench.tracking import labels
     from workbench.tracking.labels import run_name
 
@@ -141,12 +142,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # leftover DeadKernelError at exit, after (and instead of) the one line that says what happened
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     params = _parameters(args)
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile and not profile.parent.is_dir():
+        raise ParameterError(f"--profile {args.profile}: no folder {profile.parent} to write it in")
     hosts = sagemaker_hosts(os.environ)
     run_id = os.environ.get("TRAINING_JOB_NAME") if len(hosts) > 1 and not args.resume else None
     if run_id and os.environ.get("SM_CURRENT_HOST") != hosts[0]:
         # every host of a SageMaker job runs the same command: the first runs the pipeline, the
         # others join its train step, the run named after the job
         return _cmd_train_node(argparse.Namespace(**vars(args), run_id=run_id, wait=3600.0))
+    skip_iri_grammar()
     with stop_on_signals():
         result = run_pipeline(
             params,
@@ -157,6 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             tags=tags,
             reuse=args.reuse,
             rerun=args.rerun,
+            profile=profile,
         )
     print(f"run {result.run_id} {result.status}")
     print(f"report {result.report}")
@@ -465,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerun",
         metavar="STEPS",
         help="comma list of steps to run even when they could be reused, and every step after them",
+    )
+    run.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write where the run's time went (setup, reuse keys, tracking, kernels, cells, report) to FILE as JSON",
     )
     run.set_defaults(func=_cmd_run)
 

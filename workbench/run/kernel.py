@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +75,14 @@ class WarmKernel:
         self.name = name
         self.cwd = cwd
         self.log_path = log_path
-        self.preload = f"import importlib as _i\nfor _m in {list(preload)!r}: _i.import_module(_m)\ndel _i, _m"
+        # when the imports began and ended, by the kernel's clock: what a profile shows of them
+        self.times_path = log_path.parent / f"{name}-kernel.times"
+        self.preload = (
+            "import importlib as _i, time as _t\n_s = _t.time()\ntry:\n"
+            f"    for _m in {list(preload)!r}: _i.import_module(_m)\nfinally:\n"
+            f"    with open({str(self.times_path)!r}, 'w') as _f: _f.write(f'{{_s}} {{_t.time()}}')\n"
+            "del _i, _m, _t, _s, _f"
+        )
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in shutdown()
         self.km = self._start()
 
@@ -86,6 +97,7 @@ class WarmKernel:
         # the connection file holds the kernel's HMAC key: in the run's scratch, gone with it
         connection = str(self.log_path.parent / f"{self.name}-kernel{suffix('json')}")
         km = AsyncKernelManager(kernel_name=KERNEL_NAME, connection_file=connection, **transport)
+        self.launched = time.time()
         run_sync(km.start_kernel)(
             cwd=str(self.cwd),
             env={**os.environ, SCRATCH_ENV: str(self.log_path.parent)},  # the kernel's scratch goes with the run's
@@ -114,12 +126,41 @@ class WarmKernel:
                 self.km = self._start()
 
     async def _answer(self, timeout: float) -> None:
+        """One kernel_info round trip. jupyter_client's ``wait_for_ready`` then also waits for
+        0.2 s of silence on IOPub, which papermill's own client does again: once is enough."""
         client = self.km.client()
         client.start_channels()
+        deadline = time.monotonic() + timeout
         try:
-            await client.wait_for_ready(timeout=timeout)
+            while True:
+                client.kernel_info()
+                try:
+                    reply = await client.shell_channel.get_msg(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+                    if reply["msg_type"] == "kernel_info_reply":
+                        return
+                except queue.Empty:
+                    pass
+                if not await self.km.is_alive():
+                    raise RuntimeError("the kernel died before it answered")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the kernel did not answer in {timeout:g} s")
         finally:
             client.stop_channels()
+
+    def imported(self, stop: threading.Event, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait until the kernel has imported its step's modules (or failed to), died, or
+        ``timeout`` passed, or ``stop`` is set."""
+        from jupyter_core.utils import run_sync
+
+        deadline = time.monotonic() + timeout
+        while not stop.wait(0.05):
+            if self.times_path.exists() or time.monotonic() > deadline:
+                return
+            try:
+                if not run_sync(self.km.is_alive)():
+                    return
+            except Exception:  # shut down meanwhile by the step that ran in it
+                return
 
     def _last_words(self) -> str:
         self.log.flush()
@@ -127,9 +168,98 @@ class WarmKernel:
         said = [line for line in said if not line.startswith("[workbench]")]
         return f" (it said: {said[-1][:200]})" if said else ""
 
+    def times(self) -> dict[str, float]:
+        """When the kernel was launched and, once it has imported its step's modules, when those
+        imports began and ended (epoch seconds)."""
+        found = {"launched": self.launched}
+        try:
+            start, end = (float(v) for v in self.times_path.read_text().split())
+        except (OSError, ValueError):
+            return found
+        return found | {"imports_start": start, "imports_end": end}
+
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
 
         if self.km.has_kernel:
             run_sync(self.km.shutdown_kernel)(now=True)
         self.log.close()
+
+
+class KernelsAhead:
+    """The kernels of a run's steps, booted ahead of their steps in step order.
+
+    The first two start at once (the first step is often short, and the second's imports are
+    the heaviest); each later one when the kernel before it has imported its modules. So by the
+    time a short step ends, the kernel of the one after it is usually warm too, whereas booting
+    only the next step's kernel left a step that follows a short one waiting for its imports,
+    and at most two kernels boot at once: on a small machine, booting kernels compete with the
+    running step for its cores. A step that turns out to be reused gives its kernel up
+    (:meth:`drop`); the others are booted all the same.
+    """
+
+    def __init__(self, steps: Sequence[tuple[str, tuple[str, ...], Path]], cwd: Path) -> None:
+        """``steps``: each step's name, the modules its kernel imports and its kernel log."""
+        self._steps = list(steps)
+        self._cwd = cwd
+        self._kernels: dict[str, WarmKernel] = {}
+        self._failed: dict[str, BaseException] = {}
+        self._dropped: set[str] = set()
+        self._launched = {name: threading.Event() for name, _, _ in self._steps}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._boot, name="kernels ahead", daemon=True)
+        self._thread.start()
+
+    def _boot(self) -> None:
+        try:
+            before: WarmKernel | None = None  # the kernel launched last
+            for index, (name, preload, log_path) in enumerate(self._steps):
+                if index >= 2 and before is not None:  # the second starts beside the first
+                    before.imported(self._stop)
+                if self._stop.is_set() or name in self._dropped:
+                    continue
+                try:
+                    kernel = WarmKernel(name, preload, self._cwd, log_path)
+                except Exception as exc:  # raised where the step asks for its kernel
+                    self._failed[name] = exc
+                    self._launched[name].set()
+                    continue
+                with self._lock:
+                    dropped = name in self._dropped
+                    if not dropped:
+                        self._kernels[name] = kernel
+                self._launched[name].set()
+                if dropped:
+                    kernel.shutdown()
+                else:
+                    before = kernel
+        finally:  # nobody waits forever for a kernel this thread will not launch
+            for launched in self._launched.values():
+                launched.set()
+
+    def take(self, name: str) -> WarmKernel:
+        """The step's kernel, launched (waits until it is); it may still be importing."""
+        self._launched[name].wait()
+        if name in self._failed:
+            raise self._failed[name]
+        with self._lock:
+            kernel = self._kernels.get(name)
+        if kernel is None:
+            raise KernelStartError(f"the {name} kernel was not started (the run is stopping)")
+        return kernel
+
+    def drop(self, name: str) -> None:
+        """The step will not run (it is reused): shut its kernel down, or never start it."""
+        with self._lock:
+            self._dropped.add(name)
+            kernel = self._kernels.pop(name, None)
+        if kernel:
+            kernel.shutdown()
+
+    def close(self) -> None:
+        """Stop booting and shut every kernel down (those that ran a step are already down)."""
+        self._stop.set()
+        self._thread.join()
+        for kernel in self._kernels.values():
+            kernel.shutdown()

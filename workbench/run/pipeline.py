@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.config.parameters import Parameters, project_root
 from workbench.errors import ParameterError, ReportError, StepFailed, WorkbenchError
-from workbench.run.kernel import KERNEL_NAME, KernelStartError, WarmKernel, ensure_kernel
+from workbench.run.kernel import KERNEL_NAME, KernelsAhead, KernelStartError, WarmKernel, ensure_kernel
 from workbench.run.preflight import check_before_run
 from workbench.run.reuse import Reuse, check_rerun
 from workbench.run.timeline import Timeline
@@ -30,6 +30,9 @@ from workbench.storage.scratch import root as scratch_root
 from workbench.storage.sources import fingerprint_answer
 from workbench.tracking.aliases import alias_name, current, is_alias
 from workbench.tracking.tracker import HEARTBEAT, Tracker, new_holder
+
+if TYPE_CHECKING:
+    from workbench.run.report import PagesAhead
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,19 @@ def notebooks_dir() -> Path:
     return folder
 
 
+def skip_iri_grammar() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax`` in this process.
+
+    Where it is installed (JupyterLab's jupyter-events brings it), jsonschema imports it for its
+    ``iri`` format checks, and it compiles a Lark grammar as it is imported: 1 to 2.5 s of the
+    run's own start, before papermill can run the first step. Neither papermill's nor nbconvert's
+    notebook validation checks formats, so nothing here needs it. For ``workbench run``'s
+    process only; a notebook kernel is not touched.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -267,11 +283,6 @@ def run_pipeline(
         stack.callback(timeline.write, profile)  # the last thing to happen: after the report
         scratch = Path(tmp)
 
-        def warm(step: StepSpec) -> WarmKernel:
-            kernel = WarmKernel(step.name, step.preload, folder, scratch / kernel_log(step.name).file)
-            stack.callback(kernel.shutdown)
-            return kernel
-
         with timeline.phase("setup"):
             tracker = Tracker(params["db"])
             if resume:
@@ -284,9 +295,10 @@ def run_pipeline(
             store.check()  # a missing bucket or an unwritable folder, before a run is recorded
             check_before_run(params, [s.name for s in todo], tracker, store, resume)  # a missing GPU, no model run
             forced = check_rerun(rerun, tuple(s.name for s in planned))
-        # One step ahead: the next kernel boots and imports while the current step runs (further
-        # ahead only adds contention on small machines); a step that is reused needs none.
-        upcoming: WarmKernel | None = None
+        # Kernels boot ahead of their steps from the first step that runs on (a run whose steps
+        # are all reused starts none); a step that is reused gives its kernel up.
+        ahead: KernelsAhead | None = None
+        pages: PagesAhead | None = None
         with timeline.phase("tracking"):
             if resume:
                 run_id = resume
@@ -320,16 +332,21 @@ def run_pipeline(
                 with timeline.phase("reuse key", step.name):
                     decision = reuser.decide(step.name, step.notebook, step.keyed(params), publishes)
                 if decision.source:
-                    if upcoming:  # started in case this step had to run
-                        upcoming.shutdown()
-                        upcoming = None
+                    if ahead:  # started in case this step had to run
+                        ahead.drop(step.name)
                     with timeline.phase("tracking", step.name):
                         took = reuser.apply(decision)
                     say(f"[{number}/{len(planned)}] {decision.line} in {took:.1f} s")
                     continue
                 say(f"[{number}/{len(planned)}] {decision.line}")
-                kernel = upcoming or warm(step)
-                upcoming = warm(todo[i + 1]) if i + 1 < len(todo) else None
+                if ahead is None:
+                    ahead = KernelsAhead(
+                        [(s.name, s.preload, scratch / kernel_log(s.name).file) for s in todo[i:]], folder
+                    )
+                    stack.callback(ahead.close)
+                    pages = _pages_ahead()  # its imports take place while the first kernel boots
+                    stack.callback(pages.close)
+                kernel = ahead.take(step.name)
                 key = RunLayout(run_id).key(notebook(step.name))
                 with timeline.phase("tracking", step.name):
                     reuser.record(decision)
@@ -351,6 +368,8 @@ def run_pipeline(
                         info = store.put_file(where, path)
                     with timeline.phase("tracking", step.name):
                         tracker.log_artifact(run_id, step.name, info)
+                if pages and output.exists():  # its report page renders while the next step runs
+                    pages.add(step.name, output.read_bytes(), store.uri(key))
                 with timeline.phase("tracking", step.name):
                     took = time.perf_counter() - running[1]
                     tracker.finish_step(run_id, step.name, "failed" if error else "finished", took, error)
@@ -377,8 +396,14 @@ def run_pipeline(
                     tracker.finish_step(run_id, running[0], "failed", time.perf_counter() - running[1], failure)
                 tracker.finish_run(run_id, "failed" if failure else "finished", failure)
             with timeline.phase("report"):
-                report = _report(run_id, tracker, store, failure, say)
+                report = _report(run_id, tracker, store, failure, say, pages)
     return RunResult(run_id, "finished", report)
+
+
+def _pages_ahead() -> PagesAhead:
+    from workbench.run.report import PagesAhead
+
+    return PagesAhead()
 
 
 def _model_run(tracker: Tracker, run_id: str) -> Callable[[str], str | None]:
@@ -394,7 +419,14 @@ def _model_run(tracker: Tracker, run_id: str) -> Callable[[str], str | None]:
     return resolve
 
 
-def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, say: Callable[[str], None]) -> str:
+def _report(
+    run_id: str,
+    tracker: Tracker,
+    store: Store,
+    failure: str | None,
+    say: Callable[[str], None],
+    pages: PagesAhead | None = None,
+) -> str:
     """Render the run's report; when that fails, the run's record says the report is missing.
 
     After successful steps the failure is this run's outcome (``ReportError``, status
@@ -403,7 +435,7 @@ def _report(run_id: str, tracker: Tracker, store: Store, failure: str | None, sa
     from workbench.run.report import render_report
 
     try:
-        report = render_report(run_id, tracker, store, warn=lambda message: say(f"warning: {message}"))
+        report = render_report(run_id, tracker, store, warn=lambda message: say(f"warning: {message}"), pages=pages)
     except (WorkbenchError, OSError) as exc:
         problem = (
             f"report not written ({exc}); the steps' artifacts are kept, "

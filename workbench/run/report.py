@@ -7,6 +7,7 @@ from a local disk, a static web server or an object store.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 
 from workbench.config.parameters import changed_from_defaults
@@ -65,6 +66,35 @@ def _notebook_html(source: bytes, uri: str) -> str:
     return body
 
 
+class PagesAhead:
+    """Report pages rendered in the background as each step ends, while the next one runs, so
+    the report after the last step renders that step's page and the index only.
+
+    A page is used only for the very bytes it was rendered from (those the store holds under
+    the executed notebook's key); anything else is rendered as it always is.
+    """
+
+    def __init__(self) -> None:
+        from nbconvert import HTMLExporter  # noqa: F401 - imported here, not in the worker beside papermill's client
+
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report pages")
+        self._pages: dict[str, tuple[bytes, Future[str]]] = {}
+
+    def add(self, step: str, source: bytes, uri: str) -> None:
+        self._pages[step] = (source, self._worker.submit(_notebook_html, source, uri))
+
+    def page(self, step: str, source: bytes, uri: str) -> str:
+        """The page of ``source``: rendered ahead, or now; a ReportError either way for a
+        notebook that cannot be read."""
+        ahead = self._pages.get(step)
+        if ahead is not None and ahead[0] == source:
+            return ahead[1].result()
+        return _notebook_html(source, uri)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+
 # metrics that are yes/no answers, recorded as 1.0 and 0.0
 FLAGS = {"parity_pass", "near_chance", "loses_to_baseline"}
 FLAG_SUFFIXES = ("_loaded", "_dynamic_batch", "_as_exported_agrees")
@@ -103,11 +133,18 @@ def _copy_page(store: Store, source: str, layout: RunLayout, page: Artifact) -> 
     return True
 
 
-def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[str], None] | None = None) -> str:
+def render_report(
+    run_id: str,
+    tracker: Tracker,
+    store: Store,
+    warn: Callable[[str], None] | None = None,
+    pages: PagesAhead | None = None,
+) -> str:
     """(Re)write the run's report from the store and the DB; returns the index URI.
 
     An executed notebook that cannot be read does not stop the report: the index links the raw
-    file and says why, and ``warn`` hears of it.
+    file and says why, and ``warn`` hears of it. ``pages`` holds pages rendered while the run
+    went on.
     """
     from jinja2 import Environment
 
@@ -128,7 +165,8 @@ def render_report(run_id: str, tracker: Tracker, store: Store, warn: Callable[[s
                 step["html"] = html.file  # the same notebook's page, as its run rendered it
                 continue
             try:
-                page = _notebook_html(store.read_bytes(key), store.uri(key))
+                source, uri = store.read_bytes(key), store.uri(key)
+                page = pages.page(step["name"], source, uri) if pages else _notebook_html(source, uri)
             except ReportError as exc:  # the index still links the raw notebook and says why
                 unreadable.append(str(exc))
                 if warn:
