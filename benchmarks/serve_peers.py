@@ -24,6 +24,7 @@ with this Python once (a stamp file names the pins; a later run reuses it); a fo
 built is one line and exit 1.
 
     python benchmarks/serve_peers.py [--seconds 5] [--repeat 3] [--clients 16,64,256] [--rows 1,100]
+                                     [--set serve.KEY=VALUE]... [--build build/peers]
 """
 
 from __future__ import annotations
@@ -270,6 +271,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions; medians are shown")
     parser.add_argument("--clients", default="16,64,256")
     parser.add_argument("--rows", default="1,100", help="rows per request")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of ours, e.g. serve.max_batch=100"
+    )
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "peers", help="where the peers' venvs live")
     args = parser.parse_args()
     ladder = [int(c) for c in args.clients.split(",")]
@@ -303,7 +307,7 @@ def main() -> None:
 
         entrants: list[Entrant] = []
         try:
-            ours = start_ours(store, db, "cnn", "serve.workers=1")
+            ours = start_ours(store, db, "cnn", "serve.workers=1", *args.set)
             entrants.append(Entrant(f"ours, {SHAPES[3]}", ours, {n: raw[n][SHAPES[3]] for n in sizes}, True))
             entrants.append(Entrant(f"ours, {SHAPES[0]}", ours, {n: raw[n][SHAPES[0]] for n in sizes}, True))
             naive = start_naive(str(run))
@@ -341,7 +345,8 @@ def main() -> None:
     labels = [e.label for e in entrants]
     print()
     print(
-        f"medians of {args.repeat}, {args.seconds:g} s per point; one worker process each; the same digits CNN in "
+        f"medians of {args.repeat}, {args.seconds:g} s per point; one worker process each (ours: serve.workers=1"
+        f"{''.join(', ' + s for s in args.set)}); the same digits CNN in "
         f"onnxruntime {version('onnxruntime')}. Ours is sent raw rows and encodes them; the peers (MLServer, "
         "BentoML) are fed the already standardised matrix, so they do less work per request than ours; "
         "naive gets raw rows and standardises them in numpy. 429 and err: all repetitions together; "
