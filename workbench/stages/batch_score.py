@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from workbench.config.schema import DaskParams, PublishParams, ScoreParams
-    from workbench.engine.fragments import Fragment
+    from workbench.engine.partitions import Partition
     from workbench.run.context import StepContext
     from workbench.storage.base import ArtifactInfo
     from workbench.storage.catalog import Artifact
@@ -661,9 +661,9 @@ def _worker_model(store: str, key: str, sha256: str | None) -> Predict:
     return load_backend("onnxruntime", ModelFiles.of_onnx(blob))
 
 
-def _score_part(fragment: Fragment, job: _ScoreJob) -> tuple[Scored, ArtifactInfo | None]:
+def _score_part(fragment: Partition, job: _ScoreJob) -> tuple[Scored, ArtifactInfo | None]:
     """One partition scored: its predictions part written, and published when asked (its rows replaced)."""
-    from workbench.engine.fragments import read_fragment
+    from workbench.engine.partitions import read_partition
     from workbench.storage import open_store
 
     predict = _worker_model(job.store, job.model_key, job.model_sha256)
@@ -673,7 +673,7 @@ def _score_part(fragment: Fragment, job: _ScoreJob) -> tuple[Scored, ArtifactInf
     with tempfile.TemporaryDirectory(prefix="score-part-", dir=scratch.root()) as tmp:
         path = Path(tmp) / PREDICTIONS.file
         writer = None
-        blocks = read_fragment(fragment, block_rows(job.batch_size, job.inputs))
+        blocks = read_partition(fragment, block_rows(job.batch_size, job.inputs))
         for out in score_stream(blocks, job.inputs, predict, job.shown, unscored, job.batch_size, fragment.offset):
             writer = writer or predictions_writer(path, out.schema, job.inputs.target.regression)
             writer.write_table(out)
@@ -715,7 +715,7 @@ def score_on_cluster(
     so a task that runs again (its worker died after COPY) replaces its rows rather than adding them.
     """
     from workbench.engine.cluster import connect, run_tasks
-    from workbench.engine.fragments import fragments
+    from workbench.engine.partitions import partitions
 
     if params.backend != "onnxruntime":
         raise DataError(
@@ -726,7 +726,7 @@ def score_on_cluster(
     scored = scored_source(ctx, params.source, model_run)
     inputs = model_inputs(ctx, model_run)
     predictor(ctx, params.backend, model_run)  # the model's files checked here, before any worker starts
-    parts = fragments(scored.source, SOURCE_KEY)
+    parts = partitions(scored.source, SOURCE_KEY)
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     if publish_url:
         from workbench.storage.publish import Publisher, prediction_rows

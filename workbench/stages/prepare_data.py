@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from workbench.config.schema import DaskParams, DataParams
-    from workbench.engine.fragments import Fragment
+    from workbench.engine.partitions import Partition
     from workbench.run.context import StepContext
     from workbench.storage.base import ArtifactInfo
 
@@ -474,15 +474,15 @@ class _Job:
     ranges: Ranges | None = None
 
 
-def _first_pass(fragment: Fragment, job: _Job) -> tuple[TargetFitter, Ranges | None, EncodingFitter, int]:
+def _first_pass(fragment: Partition, job: _Job) -> tuple[TargetFitter, Ranges | None, EncodingFitter, int]:
     """One partition's target counts, numeric ranges and rows; its columns checked and typed."""
-    from workbench.engine.fragments import read_fragment
+    from workbench.engine.partitions import read_partition
 
     params = job.params
     labels = TargetFitter(params.target, params.task, job.where)
     fitter = _fitter(params, job.where)
     ranges, rows = None, 0
-    for table in read_fragment(fragment, job.chunk_rows):
+    for table in read_partition(fragment, job.chunk_rows):
         labels.add(table)
         if ranges is None:
             fitter.add(table.slice(0, 0))
@@ -521,14 +521,14 @@ class _PartialFit:
 
 
 def _second_pass(
-    fragment: Fragment, job: _Job, plans: list[np.ndarray]
+    fragment: Partition, job: _Job, plans: list[np.ndarray]
 ) -> tuple[_PartialFit, list[ArtifactInfo], pd.DataFrame]:
     """One partition split by its slice of the plan, each split's rows written as this partition's
     part (replaced whole if the task runs again), and the partial fit of its training rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workbench.engine.fragments import read_fragment
+    from workbench.engine.partitions import read_partition
     from workbench.storage import open_store
     from workbench.storage.catalog import part_key
 
@@ -543,7 +543,7 @@ def _second_pass(
     store = open_store(job.store)
     with tempfile.TemporaryDirectory(prefix="prepare-part-", dir=scratch.root()) as tmp:
         writers: dict[str, pq.ParquetWriter] = {}
-        for table in read_fragment(fragment, job.chunk_rows):
+        for table in read_partition(fragment, job.chunk_rows):
             if not writers:
                 fit.fitter.add(table.slice(0, 0))
                 writers = {
@@ -608,11 +608,11 @@ def prepare_on_cluster(
     ``params.source``: the same splits row for row, the same encoding (categories identical, means
     and scales to rounding), each split stored as parts ``prepare/<split>/part-NNNNN.parquet``."""
     from workbench.engine.cluster import connect, pick, run_tasks, tree_reduce
-    from workbench.engine.fragments import fragments
+    from workbench.engine.partitions import partitions
 
     shown = describe(params.source)
     where = f"data.source {shown}: "
-    parts = fragments(params.source, "data.source")
+    parts = partitions(params.source, "data.source")
     weights = [f.rows for f in parts]
     job = _Job(params, where, chunk_rows)
     with connect(dask.scheduler) as client:
