@@ -116,7 +116,7 @@ def _start(name: str, command: list[str], port: int, health: str, cwd: Path, env
     try:
         _wait_ready(port, proc, health)
     except SystemExit as exc:
-        proc.kill()
+        Process(proc, port).stop()  # terminate: BentoML's supervisor then stops its worker too
         raise SystemExit(f"error: {name} did not start ({exc}); its log: {log}") from None
     return Process(proc, port)
 
