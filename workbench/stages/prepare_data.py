@@ -177,13 +177,7 @@ def prepare_data(
     shown = describe(source)
     where = f"data.source {shown}: "
     bar = functools.partial(progress_bar, unit="row", enabled=progress, delay=2)
-    fitter = EncodingFitter(
-        target=target,
-        drop=params.drop,
-        categorical=params.categorical,
-        max_categories=params.max_categories,
-        where=where,
-    )
+    fitter = _fitter(params, where)
     labels = TargetFitter(target, params.task, where)
     with tempfile.TemporaryDirectory(prefix="prepare-", dir=scratch.root()) as tmp:
         folder = Path(tmp)
@@ -219,34 +213,17 @@ def prepare_data(
         seen = np.zeros(len(groups), dtype=np.int64)
         writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, ranges.schema) for name in SPLITS}
         numeric = [c for c in ranges.columns if c in ranges.low]  # a numeric column empty throughout is refused below
-        moments = Moments(len(numeric))
-        histograms = Histograms(ranges, numeric[:MAX_HISTOGRAMS])
-        target_moments = Moments(1)
+        fit = _PartialFit(fitter, Moments(len(numeric)), Histograms(ranges, numeric[:MAX_HISTOGRAMS]), Moments(1))
         sample: list[pd.DataFrame] = []
         again = str(folder / SPOOL) if spool else source
         with bar(total=rows, desc="splitting") as split_rows:
             for table in iter_source(again, chunk_rows):
-                codes = _groups(task, table.column(target))
-                assigned = np.full(table.num_rows, len(SPLITS), dtype=np.uint8)  # no target: no split
-                for code in np.unique(codes[codes >= 0]):
-                    picked = codes == code
-                    n = int(picked.sum())
-                    if seen[code] + n > len(plans[code]):
-                        raise DataError(f"{where}changed while it was read; run the step again")
-                    assigned[picked] = plans[code][seen[code] : seen[code] + n]
-                    seen[code] += n
+                assigned = _assign(task, table.column(target), plans, seen, where)
                 for i, name in enumerate(SPLITS):
                     part = table.filter(pa.array(assigned == i))
                     writers[name].write_table(part)
                     if name == "train":
-                        fitter.add(part)
-                        x = column_matrix(part, numeric)
-                        moments.add(x)
-                        histograms.add(x[:, :MAX_HISTOGRAMS])
-                        if task.regression:
-                            target_moments.add(task.encode(part.column(target).to_pandas()).astype(np.float64)[:, None])
-                        if sum(len(f) for f in sample) < SAMPLE_ROWS:  # a copy: a slice would pin the chunk
-                            sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
+                        fit.add(part, task, numeric, sample)
                     else:
                         fitter.check(part)
                 split_rows.update(table.num_rows)
@@ -255,12 +232,58 @@ def prepare_data(
         if seen.sum() != rows - task.missing:
             raise DataError(f"{where}changed while it was read; run the step again")
         if task.regression:
-            task = task.with_moments(float(target_moments.mean[0]), float(target_moments.std[0]))
+            task = task.with_moments(float(fit.target_moments.mean[0]), float(fit.target_moments.std[0]))
         encoding = fitter.finish()
         encoding.target = task
         for name in SPLITS:
             ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
-    return _record(ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, moments, histograms, sample))
+    return _record(
+        ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, fit.moments, fit.histograms, sample)
+    )
+
+
+def _assign(task: Target, labels: pa.ChunkedArray, plans: list[np.ndarray], seen: np.ndarray, where: str) -> np.ndarray:
+    """Per row of a chunk, its split (0 train, 1 val, 2 test; 3 without a target): the next entries
+    of its class's plan, ``seen`` counting how far each plan has been used."""
+    codes = _groups(task, labels)
+    assigned = np.full(len(codes), len(SPLITS), dtype=np.uint8)  # no target: no split
+    for code in np.unique(codes[codes >= 0]):
+        picked = codes == code
+        n = int(picked.sum())
+        if seen[code] + n > len(plans[code]):
+            raise DataError(f"{where}changed while it was read; run the step again")
+        assigned[picked] = plans[code][seen[code] : seen[code] + n]
+        seen[code] += n
+    return assigned
+
+
+@dataclass
+class _PartialFit:
+    """What pass 2 fits on the training rows: the encoding, the features' moments and histograms, and
+    the target's moments; partial fits of partitions merge, partition after partition."""
+
+    fitter: EncodingFitter
+    moments: Moments
+    histograms: Histograms
+    target_moments: Moments
+
+    def add(self, part: pa.Table, task: Target, numeric: list[str], sample: list[pd.DataFrame]) -> None:
+        """Fit on a chunk's training rows; keep the first rows as the sample (a copy: a slice would pin the chunk)."""
+        self.fitter.add(part)
+        x = column_matrix(part, numeric)
+        self.moments.add(x)
+        self.histograms.add(x[:, :MAX_HISTOGRAMS])
+        if task.regression:
+            self.target_moments.add(task.encode(part.column(task.name).to_pandas()).astype(np.float64)[:, None])
+        if sum(len(f) for f in sample) < SAMPLE_ROWS:
+            sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
+
+    def merge(self, later: _PartialFit) -> _PartialFit:
+        self.fitter.merge(later.fitter)
+        self.moments.merge(later.moments)
+        self.histograms.merge(later.histograms)
+        self.target_moments.merge(later.target_moments)
+        return self
 
 
 @dataclass
@@ -503,23 +526,6 @@ def _fitter(params: DataParams, where: str) -> EncodingFitter:
     )
 
 
-@dataclass
-class _PartialFit:
-    """What pass 2 fits on one partition's training rows, merged partition after partition."""
-
-    fitter: EncodingFitter
-    moments: Moments
-    histograms: Histograms
-    target_moments: Moments
-
-    def merge(self, later: _PartialFit) -> _PartialFit:
-        self.fitter.merge(later.fitter)
-        self.moments.merge(later.moments)
-        self.histograms.merge(later.histograms)
-        self.target_moments.merge(later.target_moments)
-        return self
-
-
 def _second_pass(
     fragment: Partition, job: _Job, plans: list[np.ndarray]
 ) -> tuple[_PartialFit, list[ArtifactInfo], pd.DataFrame]:
@@ -549,28 +555,12 @@ def _second_pass(
                 writers = {
                     name: pq.ParquetWriter(Path(tmp) / SPLIT_ARTIFACTS[name].file, table.schema) for name in SPLITS
                 }
-            codes = _groups(task, table.column(params.target))
-            assigned = np.full(table.num_rows, len(SPLITS), dtype=np.uint8)
-            for code in np.unique(codes[codes >= 0]):
-                picked = codes == code
-                n = int(picked.sum())
-                if seen[code] + n > len(plans[code]):
-                    raise DataError(f"{job.where}changed while it was read; run the step again")
-                assigned[picked] = plans[code][seen[code] : seen[code] + n]
-                seen[code] += n
+            assigned = _assign(task, table.column(params.target), plans, seen, job.where)
             for i, name in enumerate(SPLITS):
                 part = table.filter(pa.array(assigned == i))
                 writers[name].write_table(part)
                 if name == "train":
-                    fit.fitter.add(part)
-                    x = column_matrix(part, numeric)
-                    fit.moments.add(x)
-                    fit.histograms.add(x[:, :MAX_HISTOGRAMS])
-                    if task.regression:
-                        y = task.encode(part.column(params.target).to_pandas()).astype(np.float64)[:, None]
-                        fit.target_moments.add(y)
-                    if sum(len(f) for f in sample) < SAMPLE_ROWS:
-                        sample.append(part.slice(0, SAMPLE_ROWS).to_pandas())
+                    fit.add(part, task, numeric, sample)
                 else:
                     fit.fitter.check(part)
         if any(seen[c] != len(plans[c]) for c in range(len(plans))):
