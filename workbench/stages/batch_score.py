@@ -242,6 +242,7 @@ def score_stream(
 ) -> Iterator[pa.Table]:
     """Predictions per table: row number, predicted class and confidence (or the predicted number),
     and the label when present. The model runs on ``batch_size`` rows at a time (default: the whole table).
+    Rows are numbered from ``start`` (a partition's first row number in its table).
 
     Raw rows go through the fitted encoding, so a gap is imputed as in training. A row whose model
     output is not finite gets null ``predicted`` (and ``confidence``) and is recorded in ``unscored``:
