@@ -50,6 +50,12 @@ from support.cli import ROOT
         pytest.param(
             "serve_load.py", ["--seconds", "0.3", "--clients", "1,4"], "bound on this machine", marks=pytest.mark.e2e
         ),
+        pytest.param(
+            "serve_load.py",
+            ["--bound-only", "--seconds", "0.3"],
+            "(f) worst from 100 rows",
+            marks=pytest.mark.e2e,
+        ),
     ],
 )
 def test_benchmark_runs(script, args, says):

@@ -203,10 +203,10 @@ def _tensor(spec: Any, binary: memoryview, at: int) -> tuple[Tensor, int]:
         raise RequestError(
             400, f"input {name!r}: datatype {shown(datatype)} is not served; use BYTES, {', '.join(DTYPES)}"
         )
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and set(map(type, shape)) <= {int} and min(shape, default=0) >= 0):
         raise RequestError(400, f"input {name!r}: shape must be a list of sizes, got {shown(shape)}")
     count = math.prod(shape)
-    size = _parameters(spec, f"input {name!r}").get("binary_data_size")
+    size = None if spec.get("parameters") is None else _parameters(spec, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or at + size > len(binary):
             raise RequestError(400, f"input {name!r}: binary_data_size {size!r} runs past the end of the body")
