@@ -12,7 +12,7 @@ import pytest
 from jupyter_core.utils import run_sync
 from support.cli import ROOT, SMALL
 
-from workbench.run.kernel import KernelStartError, WarmKernel
+from workbench.run.kernel import KernelsAhead, KernelStartError, WarmKernel
 from workbench.tracking.tracker import Tracker
 
 DIES_ONCE = """\
@@ -81,6 +81,24 @@ def test_a_kernel_that_never_answers_is_not_waited_for_forever(scratch):
         kernel.shutdown()
     assert str(caught.value) == "the export kernel did not answer within 3 s"
     assert "starting it once more" not in (scratch / "scratch" / "export.kernel.log").read_text()
+
+
+def test_kernels_boot_ahead_in_step_order_and_a_reused_step_never_gets_one(scratch):
+    logs = {name: scratch / "scratch" / f"{name}.kernel.log" for name in ("prepare", "train", "export")}
+    ahead = KernelsAhead([(name, ("json",), log) for name, log in logs.items()], scratch)
+    try:
+        ahead.drop("export")  # the third waits for the second's imports: dropped before it starts
+        prepare, train = ahead.take("prepare"), ahead.take("train")
+        for kernel in (prepare, train):
+            kernel.ready()
+            assert run_sync(kernel.km.is_alive)()
+            assert set(kernel.times()) == {"launched", "imports_start", "imports_end"}
+        with pytest.raises(KernelStartError):
+            ahead.take("export")
+    finally:
+        ahead.close()
+    assert not logs["export"].exists()  # never launched
+    assert not prepare.km.has_kernel and not train.km.has_kernel
 
 
 @pytest.mark.e2e

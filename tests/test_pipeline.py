@@ -12,7 +12,7 @@ import time
 
 import nbformat
 import pytest
-from support.cli import ROOT, SMALL, workbench
+from support.cli import FEW, ROOT, SMALL, workbench
 
 from workbench.run.pipeline import select_steps
 from workbench.tracking.tracker import Tracker
@@ -261,3 +261,44 @@ def test_scoring_bad_input_is_one_line(small_run, tmp_path):
         and zero.stderr
         == "error: score.batch_size in --set score.batch_size=0: must be greater than 0 and at most 10000000, got 0\n"
     )
+
+
+def test_report_pages_rendered_during_the_run_are_those_workbench_report_writes(private_run):
+    """Each step's page is rendered while the next step runs; rendering the report again from the
+    store gives the very same bytes."""
+    pages = {step.name: private_run.folder / "report" / step.notebook.replace(".ipynb", ".html") for step in STEPS}
+    during = {name: path.read_bytes() for name, path in pages.items()}
+    for path in pages.values():
+        path.unlink()
+    result = workbench("report", private_run.run_id, *private_run.place.sets())
+    assert result.code == 0, result.stderr
+    assert {name: path.read_bytes() for name, path in pages.items()} == during
+
+
+def test_profile_says_where_the_run_time_went(place, tmp_path):
+    profile = tmp_path / "profile.json"
+    result = workbench("run", f"--profile={profile}", *place.sets(*FEW))
+    assert result.code == 0, result.stderr
+    timeline = json.loads(profile.read_text())
+    phases = {(span["phase"], span["step"]) for span in timeline["spans"]}
+    for step in STEPS:
+        for phase in ("reuse key", "tracking", "kernel wait", "papermill", "kernel shutdown", "store"):
+            assert (phase, step.name) in phases, (phase, step.name)
+        kernel = timeline["kernels"][step.name]
+        assert kernel["launched"] <= kernel["imports_start"] <= kernel["imports_end"]
+        cells = timeline["cells"][step.name]
+        assert any("wb.open_step" in cell["source"] for cell in cells) and all(c["seconds"] >= 0 for c in cells)
+    assert ("setup", None) in phases and ("report", None) in phases
+    assert all(span["start"] <= span["end"] for span in timeline["spans"])
+    run = Tracker(place.db).get_run(result.stdout.split()[1])  # profiling changes nothing recorded
+    assert run["status"] == "finished" and [s["status"] for s in run["steps"]] == ["finished"] * len(STEPS)
+
+
+def test_a_profile_with_no_folder_to_go_to_is_refused_before_any_run(place, tmp_path):
+    result = workbench("run", f"--profile={tmp_path}/missing/profile.json", *place.sets(*FEW))
+    assert result.code == 2
+    assert (
+        result.stderr
+        == f"error: --profile {tmp_path}/missing/profile.json: no folder {tmp_path}/missing to write it in\n"
+    )
+    assert _runs(place) == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from support.runs import stale_notebook_run
 
-from workbench.run.report import _notebook_html, render_report
+from workbench.errors import ReportError
+from workbench.run.report import PagesAhead, _notebook_html, render_report
 from workbench.storage import open_store
 from workbench.tracking.tracker import Tracker
 
@@ -91,3 +93,19 @@ def test_the_metrics_table_groups_by_step_and_says_yes_or_no(tmp_path):
         ("mxnet_loaded", "yes"),
         ("parity_pass", "yes"),
     ]
+
+
+def test_a_page_rendered_ahead_serves_only_the_bytes_it_was_rendered_from():
+    source = (ROOT / "notebooks" / "03_export_onnx.ipynb").read_bytes()
+    other = (ROOT / "notebooks" / "01_prepare_data.ipynb").read_bytes()
+    pages = PagesAhead()
+    try:
+        pages.add("export", source, "runs/x/03_export_onnx.ipynb")
+        pages.add("prepare", b"{not a notebook", "runs/x/01_prepare_data.ipynb")
+        assert pages.page("export", source, "runs/x/03_export_onnx.ipynb") == _notebook_html(source, "u")
+        changed = pages.page("export", other, "runs/x/03_export_onnx.ipynb")  # the store holds other bytes
+        assert changed == _notebook_html(other, "u") and "prepare_data" in changed
+        with pytest.raises(ReportError, match=r"runs/x/01_prepare_data\.ipynb is unreadable"):
+            pages.page("prepare", b"{not a notebook", "runs/x/01_prepare_data.ipynb")
+    finally:
+        pages.close()
