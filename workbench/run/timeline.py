@@ -23,19 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# Phases, in the order a breakdown lists them.
-PHASES = (
-    "setup",  # parameters checked against the DB and store, the kernel spec, the claim on the run
-    "reuse key",  # each step's key: notebook, package sources, parameters, input artifacts, data
-    "tracking",  # rows written to the tracking DB by this process (run, steps, artifacts, status)
-    "kernel wait",  # the step's kernel was not ready (booting, importing) when the step began
-    "papermill",  # papermill around the cells: loading, parameterizing, saving the notebook
-    "cells",  # the notebook's cells, as its own metadata times them
-    "kernel shutdown",
-    "store",  # the executed notebook and the kernel log put into the store
-    "report",  # HTML pages of the executed notebooks and the run's index
-)
-
 
 def _seconds(stamp: str | None) -> float | None:
     """papermill's ISO time stamp as seconds since the epoch."""
