@@ -92,7 +92,7 @@ def job(
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(
-            n_workers=int(scheduler.split(":")[1]), processes=True, threads_per_worker=1, dashboard_address=None
+            n_workers=int(scheduler.split(":")[1]), processes=True, threads_per_worker=1, dashboard_address=":0"
         )
         client = Client(cluster)
         scheduler = cluster.scheduler_address

@@ -328,7 +328,7 @@ def test_a_killed_worker_loses_and_duplicates_no_rows(churn_run, postgres, tmp_p
     killed: list[int] = []
     done = threading.Event()
     with (
-        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as watcher,
     ):
         thread = threading.Thread(target=_kill_a_busy_worker, args=(watcher, "_score_part", killed, done))

@@ -55,7 +55,7 @@ def connect(scheduler: str) -> Iterator[Client]:
                 n_workers=int(local.group(1)),
                 processes=True,
                 threads_per_worker=1,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: several clusters may run on one host
                 silence_logs=logging.ERROR,
             ) as cluster,
             distributed.Client(cluster) as client,
