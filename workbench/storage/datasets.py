@@ -37,6 +37,7 @@ from urllib.parse import unquote
 
 from workbench.config.parameters import project_root
 from workbench.errors import DataError, StoreError
+from workbench.storage.catalog import suffix
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
     from workbench.storage.s3 import S3Store
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
+PARQUET_SUFFIXES = (suffix("parquet"), ".pq")  # ".pq": what some writers name them
 GLOB_CHARS = "*?["
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark and Hive write a null partition value
 BATCH_ROWS = 65_536  # rows per record batch where the caller does not choose
