@@ -426,3 +426,89 @@ def test_workbench_run_with_engine_dask_trains_on_parts_and_scores_its_test_spli
     bad = workbench("run", *place.sets("engine=dask", "dask.scheduler=local"), "--steps", "prepare")
     assert bad.code == 2
     assert bad.stderr.strip().startswith("error: dask.scheduler in --set dask.scheduler=local: must be local:N")
+
+
+# ---- reuse and a split written again in the other form ---------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_step_prepared_on_the_cluster_is_reused_with_its_parts(churn_run, place):
+    """A second `workbench run` reuses prepare, copying every part; training reads the copy; neither
+    the scheduler nor the engine is in the key (the same splits, whichever runs them)."""
+    from support.cli import workbench
+
+    data = [f"data.source={churn_run.root / 'dataset'}/", "data.target=churned", "data.drop=customer_id"]
+    first = workbench(
+        "run", *place.sets("engine=dask", "dask.scheduler=local:2", *data, "train.epochs=1"), "--steps", "prepare,train"
+    )
+    assert first.code == 0, first.stderr
+    source = first.stdout.split()[1]
+    again = workbench(
+        "run", *place.sets("engine=dask", "dask.scheduler=local:1", *data, "train.epochs=2"), "--steps", "prepare,train"
+    )
+    assert again.code == 0, again.stderr
+    run = again.stdout.split()[1]
+    assert f"prepare reused from {source}" in again.stderr
+    assert "train runs: train.epochs 1 -> 2" in again.stderr  # and it trained from the copied parts
+    for name in ("train", "val", "test"):
+        copied = sorted(p.name for p in (place.store / "runs" / run / "prepare" / name).iterdir())
+        assert copied == [f"part-{i:05d}.parquet" for i in range(5)], name
+    local = workbench("run", *place.sets("engine=local", *data, "train.epochs=2"), "--steps", "prepare,train")
+    assert local.code == 0, local.stderr
+    assert f"prepare reused from {run}" in local.stderr and f"train reused from {run}" in local.stderr
+
+
+def _forms(store, run: str) -> list[str]:
+    return [k.removeprefix(f"runs/{run}/prepare/") for k in store.list(f"runs/{run}/prepare/") if "parquet" in k]
+
+
+@pytest.mark.e2e
+def test_a_split_written_again_replaces_the_other_form(churn_run, tmp_path):
+    """prepare run again in one run with the other engine, or on fewer files: the readers see only
+    what the latest attempt wrote, and only that is recorded."""
+    from workbench.config.schema import DaskParams, DataParams
+    from workbench.stages.prepare_data import prepare_data
+
+    ctx = churn_run.ctx("prepare", "twice")
+    whole = DataParams(source=str(churn_run.root / "whole.parquet"), **CHURN)
+    cluster = DaskParams(scheduler="local:2")
+    prepare_data(ctx, whole, seed=7, progress=False)
+    prepare_data(ctx, DataParams(source=str(churn_run.root / "dataset"), **CHURN), seed=7, engine="dask", dask=cluster)
+    assert _forms(ctx.store, "twice") == [
+        f"{s}/part-{i:05d}.parquet" for s in ("test", "train", "val") for i in range(5)
+    ]
+    three = tmp_path / "three"
+    three.mkdir()
+    for i in range(3):  # the same rows in three files: parts 3 and 4 of the attempt before must go
+        churn_run.frame.iloc[i * 1500 : (i + 1) * 1500].to_parquet(three / f"part-{i}.parquet", index=False)
+    prepare_data(ctx, DataParams(source=str(three), **CHURN), seed=7, engine="dask", dask=cluster, progress=False)
+    assert _forms(ctx.store, "twice") == [
+        f"{s}/part-{i:05d}.parquet" for s in ("test", "train", "val") for i in range(3)
+    ]
+    for name in ("train", "val", "test"):
+        assert _split_ids(ctx.store, "twice", name) == _split_ids(ctx.store, "local", name), name
+    prepare_data(ctx, whole, seed=7, progress=False)
+    assert _forms(ctx.store, "twice") == ["test.parquet", "train.parquet", "val.parquet"]
+    recorded = {a["key"] for a in ctx.tracker.step_artifacts("twice", ("prepare",))}
+    assert recorded == {
+        f"runs/twice/prepare/{f}"
+        for f in ("test.parquet", "train.parquet", "val.parquet", "encoding.json", "schema.json")
+    }
+
+
+@pytest.mark.services
+def test_removing_both_forms_on_s3(s3_server):
+    from workbench.storage import open_store
+    from workbench.storage.parts import remove_forms
+
+    s3_server.client().create_bucket(Bucket="forms")
+    store = open_store("s3://forms/store")
+    for key in ("r/train.parquet", "r/train/part-00000.parquet", "r/train/part-00001.parquet", "r/val.parquet"):
+        store.write_bytes(key, b"x")
+    assert remove_forms(store, "r/train.parquet") == [
+        "r/train/part-00000.parquet",
+        "r/train/part-00001.parquet",
+        "r/train.parquet",
+    ]
+    assert store.list("r/") == ["r/val.parquet"]
+    assert remove_forms(store, "r/train.parquet") == []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.storage import open_store
 from workbench.storage.base import ArtifactInfo, Store
 from workbench.storage.catalog import NOTEBOOKS, Artifact, RunLayout, artifact, decode, encode
+from workbench.storage.parts import remove_forms
 from workbench.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ class StepContext:
         info = self.store.put_file(self._own(name), path)
         self.tracker.log_artifact(self.run_id, self.step, info)
         return info
+
+    def discard(self, name: str | Artifact) -> None:
+        """Remove the Parquet artifact ``name`` of this step as one file and as parts, and forget
+        their records, before the step writes it again (in either form): what an earlier attempt
+        wrote with the other engine, or with more partitions, is never read as this attempt's."""
+        self.tracker.forget_artifacts(self.run_id, remove_forms(self.store, self._own(name)))
 
     def save_artifact(self, name: str | Artifact, value: Any) -> ArtifactInfo:
         """Write the catalog artifact ``name`` of this step: a local file (``Path``) or bytes as

@@ -4,7 +4,11 @@ A step's key is the sha256 of everything that decides its result (its *ingredien
 notebook's cells, the source of the installed ``workbench`` package (and of a user's model package),
 the parameters the step reads, the sha256 of every artifact it reads from earlier steps, the data's
 fingerprint for the steps that read a table, the versions of the libraries that change numbers and,
-for training, the kind of device. Outputs, ``store``, ``db`` and ``run_id`` are not ingredients.
+for training, the kind of device. Outputs, ``store``, ``db`` and ``run_id`` are not ingredients, nor
+are ``engine`` and ``dask.*``: they say where prepare and scoring run, not what they compute (both
+engines give the same splits and predictions, and the encoding to rounding; the readers read a split
+as one file or as parts, and a reused step's copy holds whichever its source wrote), and a cluster's
+address changes each time one is started.
 
 When a finished step of an earlier ``workbench run`` in the same store has the same key, and each
 artifact it recorded is still there with its recorded size and sha256, the step is not executed:
@@ -37,6 +41,7 @@ from workbench.tracking.tracker import Tracker
 # The libraries whose versions change a step's numbers; a new version runs the steps again.
 LIBRARIES = ("torch", "onnx", "onnxruntime", "mxnet", "numpy", "pandas", "pyarrow", "scikit-learn")
 TABLES = {"prepare": "data.source", "score": "score.source"}  # steps that read a table, and its parameter
+WHERE_NOT_WHAT = ("engine", "dask")  # parameter sections that say where a step runs (see above)
 BUILTIN_MODELS = ("auto", "cnn", "mlp")
 SHOWN = 3  # changed ingredients named in one line; the rest are counted
 NAMED_FILES = 2_000  # a dataset's files kept as ingredients by name (a larger one is its digest alone)
@@ -153,7 +158,9 @@ class Reuse:
         """Everything that decides ``step``'s result, by name (see the module's docstring)."""
         found = {"notebook": notebook_cells(self.notebooks / notebook_file)}
         found |= {f"code:{name}": digest for name, digest in installed_sources().items()}
-        found |= {f"param:{key}": _text(value) for key, value in params.items()}
+        found |= {
+            f"param:{key}": _text(value) for key, value in params.items() if key.partition(".")[0] not in WHERE_NOT_WHAT
+        }
         found |= {f"lib:{name}": version for name, version in library_versions().items()}
         if step == "train":
             found["device"] = device_kind(str(params.get("train.device", "auto")))

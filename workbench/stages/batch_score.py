@@ -535,6 +535,7 @@ def score_batch(
         if not rows:
             raise DataError(f"{SOURCE_KEY} {shown}: no rows to score")
         seconds = time.perf_counter() - started
+        ctx.discard(PREDICTIONS)  # parts an earlier attempt with engine dask left
         ctx.save_artifact(PREDICTIONS, path)
     return _summarise(ctx, params, publish, model_run, scored, inputs, Scored(rows, unscored, tally, seconds, preview))
 
@@ -749,6 +750,7 @@ def score_on_cluster(
         ctx.step,
         params.backend,
     )
+    ctx.discard(PREDICTIONS)  # an earlier attempt's one file, or its parts past this source's count
     started = time.perf_counter()
     with connect(dask.scheduler) as client:
         futures = run_tasks(

@@ -236,6 +236,7 @@ def prepare_data(
         encoding = fitter.finish()
         encoding.target = task
         for name in SPLITS:
+            ctx.discard(SPLIT_ARTIFACTS[name])  # parts an earlier attempt with engine dask left
             ctx.save_artifact(SPLIT_ARTIFACTS[name], folder / SPLIT_ARTIFACTS[name].file)
     return _record(
         ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, fit.moments, fit.histograms, sample)
@@ -632,6 +633,8 @@ def prepare_on_cluster(
             n = np.asarray(_partition_groups(task, part_labels, part_rows), dtype=np.int64)
             slices.append([plan[a : a + k] for plan, a, k in zip(plans, offsets, n, strict=True)])
             offsets += n
+        for name in SPLITS:  # an earlier attempt's one file, or its parts past this source's count
+            ctx.discard(SPLIT_ARTIFACTS[name])
         keys = tuple(ctx.key(SPLIT_ARTIFACTS[name]) for name in SPLITS)
         job = _Job(params, where, chunk_rows, ctx.store.root, keys, task, ranges)
         calls = [(fragment, job, plan) for fragment, plan in zip(parts, slices, strict=True)]

@@ -67,6 +67,7 @@ class Store(Protocol):
     # a copy inside the store without moving the bytes through this process where the store
     # allows (a hard link, a server-side copy); ``sha256`` is the source's verified digest
     def copy(self, source: str, key: str, sha256: str) -> ArtifactInfo: ...
+    def remove(self, key: str) -> None: ...  # gone afterwards; no error when it was not there
 
 
 def hash_file(path: Path) -> str:

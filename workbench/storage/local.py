@@ -133,6 +133,16 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._file(key).is_file()
 
+    def remove(self, key: str) -> None:
+        """Unlink this key's file (a hard link another run shares keeps that run's file)."""
+        target = self._file(key)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot remove {target}: {exc.strerror or exc}; check the 'store' folder's permissions"
+            ) from exc
+
     def list(self, prefix: str) -> list[str]:
         base = self._file(prefix) if prefix else self.path
         if not base.is_dir():

@@ -3,6 +3,8 @@
 prepare with engine dask writes each split as parts, one per source partition, beside where the
 local engine writes one file; the readers of a split (training, validation's test split, the gate)
 read either through :func:`part_keys` and :func:`read_table`. The parts' name order is the rows' order.
+A step that writes such an artifact first removes it in both forms (:func:`remove_forms`), so an
+earlier attempt with the other engine, or with more partitions, never shadows what it writes.
 """
 
 from __future__ import annotations
@@ -32,3 +34,11 @@ def read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.T
 
     tables = [pq.read_table(io.BytesIO(store.read_bytes(k)), columns=columns) for k in part_keys(store, key)]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
+def remove_forms(store: Store, key: str) -> list[str]:
+    """Remove the artifact at ``key`` as one file and as parts; returns the keys that were there."""
+    found = store.list(parts_prefix(key)) + ([key] if store.exists(key) else [])
+    for k in found:
+        store.remove(k)
+    return found

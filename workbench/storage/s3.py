@@ -191,6 +191,10 @@ class S3Store:
                 raise
         return True
 
+    def remove(self, key: str) -> None:
+        with self.errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
     def list(self, prefix: str) -> list[str]:
         start = self._full(prefix)
         keys = []

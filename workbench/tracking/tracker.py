@@ -557,6 +557,12 @@ class Tracker:
             )
         )
 
+    def forget_artifacts(self, run_id: str, keys: list[str]) -> None:
+        """Drop the records of artifacts a step removed before writing them again in another form:
+        reuse and the report then see only what the step's latest attempt wrote."""
+        if keys:
+            self._write(delete(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.key.in_(keys)))
+
     # reading ----------------------------------------------------------------------------------
     def has_run(self, run_id: str) -> bool:
         with self.engine.connect() as conn:
