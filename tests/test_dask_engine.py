@@ -512,3 +512,27 @@ def test_removing_both_forms_on_s3(s3_server):
     ]
     assert store.list("r/") == ["r/val.parquet"]
     assert remove_forms(store, "r/train.parquet") == []
+
+
+@pytest.mark.e2e
+def test_a_workers_onnxruntime_session_uses_the_workers_threads(churn_run):
+    """One session per worker process computes with threads_per_worker threads, sleeping when idle,
+    not a thread per core of the host (which several workers on one host would share)."""
+    from distributed import Client, LocalCluster
+
+    from workbench.stages.batch_score import _worker_session
+
+    ctx = churn_run.ctx("score", "threads")
+    key = ctx.key("model.onnx", step="export", run="local")
+    model = (ctx.store.root, key, ctx.tracker.recorded_sha256(key))
+
+    def options(store: str, key: str, sha256: str | None) -> tuple[int, str]:
+        chosen = _worker_session(store, key, sha256).get_session_options()
+        return chosen.intra_op_num_threads, chosen.get_session_config_entry("session.intra_op.allow_spinning")
+
+    with (
+        LocalCluster(n_workers=1, processes=True, threads_per_worker=3, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        assert client.submit(options, *model).result() == (3, "0")
+    assert options(*model) == (1, "0")  # outside a worker: one thread

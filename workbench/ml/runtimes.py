@@ -104,13 +104,29 @@ def fast_form(proto: onnx.ModelProto) -> onnx.ModelProto:
 def load_onnxruntime(
     onnx_bytes: bytes, *, as_exported: bool = False, threads: int = 0, sleep_when_idle: bool = False
 ) -> Predict:
-    """An onnxruntime session as a function of a float32 batch (CUDA provider first when built in).
+    """An onnxruntime session (:func:`onnxruntime_session`) as a function of a float32 batch."""
+    return session_predict(
+        onnxruntime_session(onnx_bytes, as_exported=as_exported, threads=threads, sleep_when_idle=sleep_when_idle)
+    )
+
+
+def session_predict(session: Any) -> Predict:
+    """An onnxruntime session as a function of a float32 batch of its one input."""
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def onnxruntime_session(
+    onnx_bytes: bytes, *, as_exported: bool = False, threads: int = 0, sleep_when_idle: bool = False
+) -> Any:
+    """An onnxruntime ``InferenceSession`` of the model (CUDA provider first when built in).
 
     It runs :func:`fast_form` of the model, with onnxruntime's own warnings shown: there are none
     to hide once the weights are constants. ``as_exported`` runs the file as it is, initializers as
     inputs, for parity to check that both forms agree; that form's warning per weight is expected
-    and skipped. ``threads`` (0: onnxruntime's choice) and ``sleep_when_idle`` are for a server: by
-    default the threads spin a while after each call, taking the cores its event loop needs.
+    and skipped. ``threads`` (0: onnxruntime's choice, one per core) and ``sleep_when_idle`` are for
+    a process that shares the cores: a server (by default the threads spin a while after each call,
+    taking the cores its event loop needs) or a Dask worker (its share of the host's cores).
     """
     import onnxruntime as ort
 
@@ -126,11 +142,9 @@ def load_onnxruntime(
         onnx_bytes = fast_form(proto).SerializeToString()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
-        session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+        return ort.InferenceSession(onnx_bytes, options, providers=providers)
     except Exception as exc:  # broad on purpose: onnxruntime's Fail, InvalidGraph, ... derive from Exception alone
         raise ModelError(f"onnxruntime cannot load the ONNX model ({one_line(exc)})") from exc
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 def load_mxnet(onnx_bytes: bytes) -> Predict:

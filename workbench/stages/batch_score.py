@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,14 @@ import pandas as pd
 from workbench.config.secrets import mask
 from workbench.errors import DataError, TrackingError
 from workbench.ml.encoding import Encoding, Target
-from workbench.ml.runtimes import ModelFiles, Predict, check_exported_weights, load_backend, top_class
+from workbench.ml.runtimes import (
+    ModelFiles,
+    Predict,
+    check_exported_weights,
+    load_backend,
+    session_predict,
+    top_class,
+)
 from workbench.progress import progress as progress_bar
 from workbench.storage import scratch
 from workbench.storage.base import verified
@@ -652,15 +659,28 @@ class _ScoreJob:
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(store: str, key: str, sha256: str | None) -> Predict:
+def _worker_session(store: str, key: str, sha256: str | None) -> Any:
     """The ONNX model in onnxruntime, one session per worker process, loaded by the first task that
-    needs it and kept for the others (keyed by the model's recorded sha256)."""
-    from workbench.ml.runtimes import ModelFiles
+    needs it and kept for the others (keyed by the model's recorded sha256). It computes with the
+    worker's threads, not one per core of the host: a host runs several workers, whose sessions
+    would otherwise each start a thread per core and fight over them; its threads sleep when idle,
+    as the task reads and encodes between calls."""
+    from workbench.ml.runtimes import ModelFiles, onnxruntime_session
     from workbench.storage import open_store
 
     opened = open_store(store)
     blob = verified(opened.read_bytes(key), sha256, opened.uri(key))
-    return load_backend("onnxruntime", ModelFiles.of_onnx(blob))
+    return onnxruntime_session(ModelFiles.of_onnx(blob).onnx(), threads=_worker_threads(), sleep_when_idle=True)
+
+
+def _worker_threads() -> int:
+    """The threads of the Dask worker this runs on (``threads_per_worker``), 1 outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError):  # ValueError: not on a worker
+        return 1
 
 
 def _score_part(fragment: Partition, job: _ScoreJob) -> tuple[Scored, ArtifactInfo | None]:
@@ -668,7 +688,7 @@ def _score_part(fragment: Partition, job: _ScoreJob) -> tuple[Scored, ArtifactIn
     from workbench.engine.partitions import read_partition
     from workbench.storage import open_store
 
-    predict = _worker_model(job.store, job.model_key, job.model_sha256)
+    predict = session_predict(_worker_session(job.store, job.model_key, job.model_sha256))
     tally, unscored = _Tally(job.inputs.target, job.batch_size), Unscored()
     rows, preview, frames = 0, None, []
     started = time.perf_counter()
