@@ -34,7 +34,7 @@ from support.tables import churn, penguins
 from workbench.errors import DataError
 from workbench.ml.encoding import Encoding, fit_encoding
 from workbench.serve import media
-from workbench.serve.batching import BackendFailed, Batcher
+from workbench.serve.batching import MEASURE_UP_TO, BackendFailed, Batcher, merge_rows
 from workbench.serve.encoder import RowEncoder
 from workbench.serve.media import RequestError
 from workbench.storage.sources import read_source
@@ -492,6 +492,47 @@ def test_the_batcher_answers_each_request_with_its_own_rows(call_seconds):
     assert sum(calls) == sum(range(1, 13)) and max(calls) == 5
 
 
+@pytest.mark.unit
+def test_requests_merge_within_merge_rows_and_a_larger_one_gets_its_own_calls():
+    """Merging up to 4 rows, calls of at most 10: small requests share a call while they fit, whole
+    and in order; one of 4 rows or more goes alone, split only past 10 rows; every request gets its
+    own rows back."""
+    calls: list[list[int]] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(sorted({int(v) // 100 for v in x[:, 0]}))  # which requests' rows the call holds
+        return x * 2
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(predict, max_batch=10, max_delay=0.001, merge_rows=4)
+        batcher.start()
+        sizes = [1, 1, 1, 6, 1, 12, 2, 2]
+        requests = [np.arange(i * 100, i * 100 + n, dtype=np.float32)[:, None] for i, n in enumerate(sizes)]
+        for _ in requests:
+            batcher.arrived()
+        answers = await asyncio.gather(*[batcher.predict(x) for x in requests])
+        await batcher.close()
+        return [a - 2 * x for a, x in zip(answers, requests, strict=True)]
+
+    differences = asyncio.run(scenario())
+    assert all(not d.any() for d in differences)
+    assert calls == [[0, 1, 2], [3], [4], [5], [5, 6], [7]]
+
+
+def _spin(seconds: float) -> None:
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+@pytest.mark.unit
+def test_merge_rows_grows_while_a_larger_call_costs_less_per_row():
+    """A model whose cost is all per call is worth merging as far as it is measured; one whose cost
+    is all per row gains nothing from company."""
+    assert merge_rows(lambda x: _spin(0.001) or x, width=3) == MEASURE_UP_TO
+    assert merge_rows(lambda x: _spin(0.0005 * len(x)) or x, width=3) <= 4
+
+
 def test_a_failing_backend_fails_its_batch_and_the_batcher_goes_on():
     def predict(x: np.ndarray) -> np.ndarray:
         if (x < 0).any():
@@ -526,6 +567,21 @@ def test_concurrent_requests_share_backend_calls(digits, digits_server):
     calls = after["workbench_serve_batch_rows_count"] - before.get("workbench_serve_batch_rows_count", 0)
     rows = after["workbench_serve_batch_rows_sum"] - before.get("workbench_serve_batch_rows_sum", 0)
     assert rows == n and calls < n / 2, f"{calls} backend calls for {n} concurrent requests"
+
+
+@pytest.mark.e2e
+def test_requests_as_large_as_the_merge_size_get_calls_of_their_own(digits, digits_server):
+    found = re.search(r"requests merged into backend calls of up to (\d+) rows", digits_server.line)
+    assert found, digits_server.line
+    size = int(found.group(1))
+    before = digits_server.metrics()
+    records, expected = digits.records(slice(0, size)), digits.expected(slice(0, size)).predicted.tolist()
+    answers = asyncio.run(_burst(digits_server.url + "/invocations", [json.dumps(records).encode()] * 6))
+    assert [a.json()["predictions"] for a in answers] == [expected] * 6
+    after = digits_server.metrics()
+    calls = after["workbench_serve_batch_rows_count"] - before.get("workbench_serve_batch_rows_count", 0)
+    rows = after["workbench_serve_batch_rows_sum"] - before.get("workbench_serve_batch_rows_sum", 0)
+    assert (calls, rows) == (6, 6 * size)
 
 
 @pytest.mark.e2e

@@ -479,7 +479,11 @@ class ServeParams(Section):
         1, gt=0, le=1024, description="server processes sharing the port, each with its own model and batcher"
     )
     max_batch: Int = Field(
-        1024, gt=0, le=1_048_576, description="rows per backend call: concurrent requests are merged up to this"
+        1024,
+        gt=0,
+        le=1_048_576,
+        description="most rows per backend call (a larger request is split); concurrent requests are merged "
+        "up to this or to the size measured at start, whichever is smaller",
     )
     max_delay_ms: Float = Field(
         2.0, ge=0, le=60_000, description="how long a batch may wait for requests still arriving, in milliseconds"

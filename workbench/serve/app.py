@@ -169,7 +169,9 @@ class Service:
 
     def _loaded(self, model: ServedModel) -> Loaded:
         score = scorer(model.predict, model.target)
-        batcher = Batcher(score, self.max_batch, self.max_delay, self.metrics, Scored.join, on_batch=self.gauges)
+        batcher = Batcher(
+            score, self.max_batch, self.max_delay, self.metrics, Scored.join, self.gauges, model.merge_rows
+        )
         return Loaded(model, self.name, batcher)
 
     def start(self) -> None:

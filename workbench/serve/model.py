@@ -30,6 +30,7 @@ from workbench.ml.runtimes import (
     load_onnxruntime,
     one_line,
 )
+from workbench.serve.batching import merge_rows
 from workbench.storage import open_store
 from workbench.storage.base import Store, verified
 from workbench.storage.catalog import (
@@ -65,6 +66,7 @@ class ServedModel:
     note: str = ""  # how the backend got the model, when not as stored (an archive exported at start)
     warning: str = ""  # why a run named by id is not vouched for (failed, stale or never validated)
     run: str = ""  # the run whose model this is ("" for an archive or a folder): the v2 version
+    merge_rows: int = 1  # the most rows worth merging into one backend call (see batching.merge_rows)
 
     @property
     def version(self) -> str:
@@ -264,7 +266,8 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
     """The model ``spec`` names, loaded into ``backend`` (``threads`` per call) and run once on a row of zeros.
 
     The trial run catches a model whose outputs do not fit its target (a wrong archive, a renamed
-    file) at start rather than on every request.
+    file) at start rather than on every request. Then calls of growing size find how many rows are
+    worth merging into one call (:func:`~workbench.serve.batching.merge_rows`).
     """
     encoding, files, source, resolved, note, warning = _locate(spec, store, db, backend)
     if encoding.target is None:
@@ -288,4 +291,5 @@ def load_model(spec: str, backend: str, store: str, db: str, threads: int = 1) -
             f"{encoding.target.task} target {encoding.target.name!r} needs {width}"
         )
     run = "" if _is_location(spec) else resolved
-    return ServedModel(encoding, predict, backend, source, resolved, note, warning, run)
+    merge = merge_rows(predict, len(encoding.features))
+    return ServedModel(encoding, predict, backend, source, resolved, note, warning, run, merge)

@@ -235,6 +235,7 @@ def serve(settings: ServeParams, store: str, db: str) -> int:
     shown = f"[{host}]" if ":" in host else host
     follow = settings.model.strip() if is_alias(settings.model.strip()) else ""
     notes = [model.note] if model.note else []
+    notes.append(f"requests merged into backend calls of up to {min(model.merge_rows, settings.max_batch)} rows")
     if follow:
         every = f"following {follow} every {settings.reload_s:g} s"
         notes.append(every if settings.reload_s else f"not following {follow} (serve.reload_s=0)")
