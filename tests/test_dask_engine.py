@@ -387,7 +387,7 @@ def test_a_bad_scheduler_is_one_line_naming_the_key():
 def test_a_scheduler_nobody_runs_is_one_line():
     from workbench.engine.cluster import connect
 
-    answer = r"^dask.scheduler tcp://127.0.0.1:1: no Dask scheduler answers"
+    answer = r"^dask.scheduler tcp://127.0.0.1:1: nothing listens there \(.*\); give the scheduler's address"
     with pytest.raises(WorkbenchError, match=answer), connect("tcp://127.0.0.1:1"):
         pass
 
@@ -536,3 +536,127 @@ def test_a_workers_onnxruntime_session_uses_the_workers_threads(churn_run):
     ):
         assert client.submit(options, *model).result() == (3, "0")
     assert options(*model) == (1, "0")  # outside a worker: one thread
+
+
+def test_a_port_that_does_not_speak_dask_is_one_line():
+    """Something else on the port (a proxy, a web server) answering bytes that are not Dask's
+    protocol: one line at once, not a client reading a frame of exabytes."""
+    import socket
+
+    from workbench.engine.cluster import connect
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:  # every connection: the address check's, then the client's
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+            conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    with (
+        pytest.raises(WorkbenchError, match=f"^dask.scheduler {address}: what listens there does not speak Dask's"),
+        connect(address),
+    ):
+        pass
+    server.close()
+
+
+def test_engine_dask_names_a_csv_source_and_masks_a_database_password():
+    from workbench.engine.partitions import partitions
+
+    with pytest.raises(DataError, match=r"^data.source /x/churn.csv: engine dask reads Parquet .*set engine: local$"):
+        partitions("/x/churn.csv", "data.source")
+    with pytest.raises(DataError, match=r"^score.source postgresql://u:\*\*\*@h/db query 'select 1': engine dask"):
+        partitions({"url": "postgresql://u:secret@h/db", "query": "select 1"}, "score.source")
+
+
+def test_a_glob_matching_a_csv_names_it_as_not_parquet(tmp_path):
+    from workbench.storage.datasets import open_dataset
+
+    churn(20, seed=1).to_parquet(tmp_path / "a.parquet", index=False)
+    churn(20, seed=2).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(
+        DataError, match=r"^data.source .*/b.csv: not a Parquet file \(no Parquet footer\); .*\*\.parquet"
+    ):
+        open_dataset(f"{tmp_path}/*", "data.source")
+
+
+@pytest.fixture
+def scheduler_process(tmp_path):
+    """A `dask scheduler` in a process of its own on a free port (as an existing cluster's is), its
+    workers started by the test; everything stopped after."""
+    import socket
+
+    from support.localpg import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    started = [
+        subprocess.Popen(
+            [*dask, "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+
+    for _ in range(300):  # up once its port takes a connection
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+
+    def worker(threads: int = 1) -> None:
+        command = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", str(threads)]
+        started.append(
+            subprocess.Popen(
+                [*command, "--dashboard-address", ":0", "--local-directory", str(tmp_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    yield SimpleNamespace(address=address, worker=worker)
+    for process in reversed(started):
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.e2e
+def test_workbench_run_on_an_existing_cluster(churn_run, place, scheduler_process):
+    """The README's `dask.scheduler: tcp://HOST:PORT`: a scheduler and a worker in processes of their
+    own; without a worker yet, one line; with one, `workbench run` prepares there (the local
+    engine's splits) and batch scoring gives the local engine's predictions."""
+    from support.cli import workbench
+
+    from workbench.config.schema import DaskParams, ScoreParams
+    from workbench.engine.cluster import connect
+    from workbench.stages.batch_score import score_batch
+    from workbench.storage import open_store
+
+    address = scheduler_process.address
+    with (
+        pytest.raises(WorkbenchError, match=r"^dask.scheduler tcp://.*: the scheduler has no workers, and none joined"),
+        connect(address, workers_timeout=1),
+    ):
+        pass
+    scheduler_process.worker(threads=2)
+    engine = ["engine=dask", f"dask.scheduler={address}"]
+    data = [f"data.source={churn_run.root / 'dataset'}/", "data.target=churned", "data.drop=customer_id"]
+    prepared = workbench("run", *place.sets(*engine, *data, "seed=7", "data.max_categories=3"), "--steps", "prepare")
+    assert prepared.code == 0, prepared.stderr
+    run = prepared.stdout.split()[1]
+    local = churn_run.ctx("prepare", "local").store
+    for name in ("train", "val", "test"):
+        assert _split_ids(open_store(str(place.store)), run, name) == _split_ids(local, "local", name), name
+    ctx = churn_run.ctx("score", "score-tcp")
+    params = ScoreParams(source=str(churn_run.root / "dataset"), model_run="local")
+    score_batch(ctx, params, engine="dask", dask=DaskParams(scheduler=address), progress=False)
+    pd.testing.assert_frame_equal(_predictions(ctx.store, "score-tcp"), _predictions(ctx.store, "score-local"))

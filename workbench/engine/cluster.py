@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 SCHEDULER_KEY = "dask.scheduler"
 LOCAL = re.compile(r"local:([1-9][0-9]{0,3})")
 CONNECT_TIMEOUT_S = 10
+WORKERS_TIMEOUT_S = 120
 
 
 def _dask() -> Any:
@@ -41,9 +42,10 @@ def _dask() -> Any:
 
 
 @contextlib.contextmanager
-def connect(scheduler: str) -> Iterator[Client]:
+def connect(scheduler: str, workers_timeout: float = WORKERS_TIMEOUT_S) -> Iterator[Client]:
     """A client of the cluster ``scheduler`` names, for the length of the ``with``; a local cluster
-    is started for it and closed after."""
+    is started for it and closed after. An existing cluster without workers is waited for up to
+    ``workers_timeout`` seconds (an adaptive one starts them on demand), then refused in one line."""
     problem = scheduler_problem(scheduler)
     if problem:
         raise ParameterError(f"{SCHEDULER_KEY} {scheduler!r}: {problem}")
@@ -62,17 +64,58 @@ def connect(scheduler: str) -> Iterator[Client]:
         ):
             yield client
         return
-    try:
-        host, _, port = scheduler.removeprefix("tcp://").rpartition(":")
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()  # refused: at once
-        client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise WorkbenchError(
-            f"{SCHEDULER_KEY} {scheduler}: no Dask scheduler answers there within {CONNECT_TIMEOUT_S} s "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start the cluster, or use local:N"
-        ) from None
+    _check_scheduler(scheduler)
+    client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     with client:
+        if not client.scheduler_info().get("workers"):
+            try:  # an adaptive cluster may be starting its first worker
+                client.wait_for_workers(1, timeout=workers_timeout)
+            except TimeoutError:
+                raise WorkbenchError(
+                    f"{SCHEDULER_KEY} {scheduler}: the scheduler has no workers, and none joined within "
+                    f"{workers_timeout:.0f} s; start workers (dask worker {scheduler}) or scale the cluster up"
+                ) from None
         yield client
+
+
+def _check_scheduler(scheduler: str) -> None:
+    """One line, within seconds, unless a Dask scheduler answers at ``scheduler``: a name that does
+    not resolve, nothing listening (refused at once), or something else on that port (the
+    dashboard's 8787, a proxy) that would leave a client waiting or reading garbage."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect as open_comm
+
+    async def identity() -> object:
+        comm = await open_comm(scheduler, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    host, _, port = scheduler.removeprefix("tcp://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        problem = f"nothing listens there ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    else:
+        try:  # in a thread of its own: a notebook's kernel runs an event loop in this one
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(lambda: asyncio.run(asyncio.wait_for(identity(), CONNECT_TIMEOUT_S))).result()
+        except TimeoutError:
+            problem = f"something listens there but does not answer as a Dask scheduler within {CONNECT_TIMEOUT_S} s"
+        except Exception as exc:  # broad on purpose: bytes that are not Dask's protocol fail in any way
+            problem = f"what listens there does not speak Dask's protocol ({type(exc).__name__})"
+        else:
+            if isinstance(answer, dict) and answer.get("type") == "Scheduler":
+                return
+            problem = "what listens there is not a Dask scheduler"
+    raise WorkbenchError(
+        f"{SCHEDULER_KEY} {scheduler}: {problem}; give the scheduler's address (port 8786 unless set otherwise, "
+        "not the dashboard's 8787), start the cluster, or use local:N"
+    )
 
 
 def run_tasks(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from workbench.errors import DataError
 from workbench.storage.datasets import Fragment, FragmentReader, open_dataset
+from workbench.storage.sources import describe, is_parquet
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,9 +44,9 @@ class Partition:
 def partitions(source: object, key: str) -> list[Partition]:
     """The Parquet files of ``source`` as partitions; a CSV, a database or the bundled table is one
     line naming ``key`` (engine dask reads Parquet)."""
-    if not isinstance(source, str) or source.startswith(("bundled:", "split:")):
+    if not isinstance(source, str) or source.startswith(("bundled:", "split:")) or not is_parquet(source):
         raise DataError(
-            f"{key} {source!r}: engine dask reads Parquet (a file, a folder, an s3:// prefix ending in / or a "
+            f"{key} {describe(source)}: engine dask reads Parquet (a file, a folder, an s3:// prefix ending in / or a "
             "glob); write the table as Parquet or set engine: local"
         )
     dataset = open_dataset(source, key)
