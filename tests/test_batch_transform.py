@@ -24,7 +24,7 @@ from support.tables import churn
 from workbench.errors import ParameterError
 from workbench.ml.encoding import fit_encoding
 from workbench.serve.encoder import RowEncoder
-from workbench.serve.jsonlines import jsonlines_input
+from workbench.serve.jsonlines import jsonlines_input, negotiate_lines
 from workbench.serve.media import RequestError
 from workbench.serve.transform import batch_mode, execution_parameters
 from workbench.storage.sources import read_source
@@ -122,6 +122,26 @@ def test_a_bad_json_lines_line_is_named(churn_encoder, change, message):
     with pytest.raises(RequestError, match=message) as refused:
         jsonlines_input(b"\n".join(change(lines)) + b"\n", encoder)
     assert refused.value.status == 400
+
+
+@pytest.mark.unit
+def test_json_lines_take_a_bom_and_name_csv_sent_as_json_lines(churn_encoder):
+    """A body saved by an editor that writes a byte-order mark reads as without one; CSV under a JSON
+    Lines Content-Type is a 400 that says to send it as text/csv."""
+    encoder, records = churn_encoder
+    body = _lines(records[:5])
+    assert jsonlines_input(b"\xef\xbb\xbf" + body, encoder).tobytes() == jsonlines_input(body, encoder).tobytes()
+    csv = pd.DataFrame(records[:5]).to_csv(index=False, header=False).encode()
+    with pytest.raises(
+        RequestError, match=r"^JSON Lines line 1 is not JSON but looks like CSV .*Content-Type text/csv"
+    ) as refused:
+        jsonlines_input(csv, encoder)
+    assert refused.value.status == 400
+    with pytest.raises(
+        RequestError, match=r"^Accept 'application/xml' matches nothing served here; ask for application/jsonlines"
+    ) as refused:
+        negotiate_lines("application/xml", "application/jsonlines")
+    assert refused.value.status == 406
 
 
 def _text(line: bytes) -> bytes:

@@ -54,6 +54,12 @@ def _parsed(line: bytes, number: int) -> Any:
     try:
         return parse_json(line)
     except RequestError as exc:
+        if number == 1 and not line.lstrip().startswith((b"{", b"[")) and b"," in line:  # CSV sent as JSON Lines
+            raise RequestError(
+                400,
+                f"{LINE} 1 is not JSON but looks like CSV ({line[:40].decode(errors='replace')!r}); send CSV with "
+                "Content-Type text/csv, or one JSON record per line",
+            ) from None
         raise RequestError(exc.status, f"{LINE} {number}: {exc.message}") from None
 
 
