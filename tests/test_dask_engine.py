@@ -660,3 +660,17 @@ def test_workbench_run_on_an_existing_cluster(churn_run, place, scheduler_proces
     params = ScoreParams(source=str(churn_run.root / "dataset"), model_run="local")
     score_batch(ctx, params, engine="dask", dask=DaskParams(scheduler=address), progress=False)
     pd.testing.assert_frame_equal(_predictions(ctx.store, "score-tcp"), _predictions(ctx.store, "score-local"))
+
+
+@pytest.mark.services
+def test_an_s3_prefix_without_its_slash_says_to_add_it(s3_server):
+    from workbench.storage.datasets import open_dataset
+
+    s3_server.client().create_bucket(Bucket="slash")
+    s3_server.client().put_object(Bucket="slash", Key="sales/date=1/part-0.parquet", Body=b"x")
+    with pytest.raises(
+        DataError, match=r"^data.source s3://slash/sales: no object of that name, but a prefix .*s3://slash/sales/\)"
+    ):
+        open_dataset("s3://slash/sales", "data.source")
+    with pytest.raises(DataError, match=r"not found"):
+        open_dataset("s3://slash/nothing", "data.source")

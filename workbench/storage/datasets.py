@@ -208,6 +208,15 @@ def _one_file(source: str, key: str) -> Listing:
             with store.errors(name, missing=f"check {key}"):
                 head = store.client.head_object(Bucket=bucket, Key=name)
         except StoreError as exc:
+            try:  # a prefix named without its slash?
+                listed = store.client.list_objects_v2(Bucket=bucket, Prefix=name.rstrip("/") + "/", MaxKeys=1)
+            except Exception:  # broad on purpose: no bucket, no right to list: the first answer stands
+                listed = {}
+            if name and "not found" in str(exc) and listed.get("KeyCount"):
+                raise DataError(
+                    f"{key} {source}: no object of that name, but a prefix with objects under it; end it with / "
+                    f"({source.rstrip('/')}/) to read them as one dataset"
+                ) from exc
             said = str(exc)
             raise DataError(said if said.startswith(key) else f"{key}: {said}") from exc
         found = Listed(f"{bucket}/{name}", name.rpartition("/")[2], int(head["ContentLength"]), head["ETag"].strip('"'))
