@@ -519,6 +519,28 @@ def test_requests_merge_within_merge_rows_and_a_larger_one_gets_its_own_calls():
     assert calls == [[0, 1, 2], [3], [4], [5], [5, 6], [7]]
 
 
+@pytest.mark.unit
+def test_a_short_batch_does_not_wait_for_company_when_the_next_request_cannot_join():
+    """With another request still arriving and a minute of max_delay, a 1-row request followed by a
+    6-row one (more than merge_rows) is answered at once: the batch could only grow by a request
+    that cannot join it."""
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(lambda x: x * 2, max_batch=10, max_delay=60.0, merge_rows=4)
+        batcher.start()
+        batcher.arrived()  # admitted, its body still on its way: worth waiting for, if anything fits
+        for _ in range(2):
+            batcher.arrived()
+        small, large = np.ones((1, 1), np.float32), np.ones((6, 1), np.float32)
+        answers = await asyncio.wait_for(asyncio.gather(batcher.predict(small), batcher.predict(large)), 20)
+        batcher.gave_up()
+        await batcher.close()
+        return answers
+
+    small, large = asyncio.run(scenario())
+    assert small.tolist() == [[2.0]] and large.tolist() == [[2.0]] * 6
+
+
 def _spin(seconds: float) -> None:
     until = time.process_time() + seconds
     while time.process_time() < until:

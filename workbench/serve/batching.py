@@ -7,11 +7,11 @@ merges what is waiting into one call while it stays within ``merge_rows`` rows: 
 a bigger call no longer costs less per row (:func:`merge_rows` measures it when a model loads). A
 request that size or larger gets a call of its own (split across calls of ``max_batch`` rows only
 when larger than that): merged with others it would only wait for their rows and make the call, and
-every request queued behind it, longer. While the backend runs (in a thread, so the event loop keeps reading requests) the
-next batch forms by itself and starts as soon as the call returns, before its results are handed
-out; when the backend is idle, a batch short of ``merge_rows`` waits at most
-``max_delay`` seconds for requests still being read, and not at all when none is on its way, so a
-lone client never waits for company that cannot come. A call expected to take less than handing it
+every request queued behind it, longer. While the backend runs (in a thread, so the event loop keeps
+reading requests) the next batch forms by itself and starts as soon as the call returns, before its
+results are handed out; when the backend is idle, a batch short of ``merge_rows`` with nothing else
+queued waits at most ``max_delay`` seconds for requests still being read, and not at all when none
+is on its way, so a lone client never waits for company that cannot come. A call expected to take less than handing it
 to the thread and back (a few rows of a small model) runs on the event loop itself.
 """
 
@@ -45,9 +45,9 @@ def merge_rows(predict: Callable[[np.ndarray], Any], width: int) -> int:
     Calls of 1, 2, 4, ... rows are timed in CPU seconds (every thread of the process: a backend's
     own threads count), with the hand-off to the backend thread added to each, until doubling a
     call's rows no longer cuts its cost per row by a tenth. Past that size merging more requests
-    saves nothing and only makes each of them, and the ones queued behind, wait longer: on a small
-    convolutional net onnxruntime's cost per row stops falling at a few dozen rows, on a tiny
-    linear model only after thousands."""
+    saves nothing and only makes each of them, and the ones queued behind, wait longer: for the
+    digits CNN in onnxruntime on two cores the cost per row stops falling at a few dozen rows; a
+    model whose cost is mostly per call (a tiny one) is merged much further."""
     x = np.random.default_rng(0).standard_normal((MEASURE_UP_TO, width)).astype(np.float32)
 
     def per_row(rows: int) -> tuple[float, float]:
@@ -200,7 +200,14 @@ class Batcher:
     async def _gather(self) -> list[tuple[_Pending, np.ndarray]]:
         batch: list[tuple[_Pending, np.ndarray]] = []
         rows = self._take(batch)
-        if rows < self.merge_rows and self.arriving > 0 and self.max_delay > 0 and not self._closing:
+        # a request left queued did not fit: waiting could only add to a call it cannot join
+        if (
+            rows < self.merge_rows
+            and not self._queue
+            and self.arriving > 0
+            and self.max_delay > 0
+            and not self._closing
+        ):
             self._room = self.merge_rows - rows
             self._wake.clear()
             try:
