@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,6 +357,89 @@ def test_a_killed_worker_loses_and_duplicates_no_rows(churn_run, postgres, tmp_p
             text("select count(*), count(distinct row), min(row), max(row) from churn_scores where run_id = 'killed'")
         ).one()
     assert counts == (4000, 4000, 0, 3999)
+
+
+# ---- a dataset that lacks one of the model's input columns ---------------------------------------------
+
+
+def _lacking(frame: pd.DataFrame, folder: Path, files: tuple[int, ...], column: str = "tenure_months") -> Path:
+    """The five-file dataset with ``column`` left out of the files numbered ``files``."""
+    folder.mkdir(parents=True)
+    for i, (a, b) in enumerate(itertools.pairwise(FILES)):
+        part = frame.iloc[a:b]
+        (part.drop(columns=[column]) if i in files else part).to_parquet(folder / f"part-{i:04d}.parquet", index=False)
+    return folder
+
+
+def _score_left(store: Path, db: str, run: str) -> tuple[str, list[str], list[str]]:
+    """The score step's status, what it recorded under its folder (beside its notebook and log), and
+    the Parquet files there."""
+    from workbench.tracking.tracker import Tracker
+
+    tracker = Tracker(db)
+    status = next(s["status"] for s in tracker.get_run(run)["steps"] if s["name"] == "score")
+    recorded = [a["key"] for a in tracker.step_artifacts(run, ("score",)) if f"{run}/score/" in a["key"]]
+    written = sorted(p.name for p in (store / "runs" / run / "score").rglob("*.parquet"))
+    return status, recorded, written
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_dataset_lacking_an_input_column_is_one_line_and_leaves_no_predictions(churn_run, tmp_path, engine):
+    """`workbench run --steps score` on a dataset whose files all lack a model input column names the
+    column and the source; one whose third file alone lacks it (the unified schema has it, null in
+    that file) names that file, rather than scoring its rows on the training means. Either way, with
+    either engine: exit non-zero, the step failed, no predictions written or recorded."""
+    from support.cli import sets, workbench
+
+    store, db = churn_run.root / "store", f"sqlite:///{churn_run.root}/tracking.db"
+    engine_sets = [f"engine={engine}"] + (["dask.scheduler=local:2"] if engine == "dask" else [])
+    every = _lacking(churn_run.frame, tmp_path / "every", (0, 1, 2, 3, 4))
+    third = _lacking(churn_run.frame, tmp_path / "third", (2,))
+    lacks = "lacks the model's input column 'tenure_months'"
+    expected = {
+        every: rf"score.source {re.escape(str(every))}: {lacks} \(1 missing\); score a table with the columns the "
+        "model was trained on",
+        third: rf"score.source {re.escape(str(third))}/part-0002.parquet: {lacks}, which other files of "
+        rf"{re.escape(str(third))} hold; write the column into this file or leave the file out of score.source",
+    }
+    for source, said in expected.items():
+        given = sets(f"store={store}", f"db={db}", "score.model_run=local", f"score.source={source}", *engine_sets)
+        result = workbench("run", *given, "--steps", "score")
+        assert result.code != 0, result.stdout
+        last = result.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: step score failed: DataError: {said}", last), result.stderr
+        assert "Traceback" not in result.stderr
+        run = re.search(r"run (\S+): 1 steps", result.stdout + result.stderr).group(1)
+        assert _score_left(store, db, run) == ("failed", [], [])
+
+
+@pytest.mark.e2e
+def test_a_later_file_that_fails_on_a_worker_leaves_no_predictions_parts(churn_run, tmp_path):
+    """A value only a worker can find wrong (a date that does not parse, in the last file): the step
+    fails in one line and the parts the other files' tasks wrote are removed, none recorded."""
+    from workbench.config.schema import DaskParams, ScoreParams
+    from workbench.stages.batch_score import score_batch
+
+    folder = tmp_path / "late"
+    folder.mkdir()
+    for i, (a, b) in enumerate(itertools.pairwise(FILES)):
+        part = churn_run.frame.iloc[a:b]
+        (part.assign(signup_date="soon") if i == 4 else part).to_parquet(folder / f"part-{i:04d}.parquet", index=False)
+    ctx = churn_run.ctx("score", "late")
+    with pytest.raises(
+        DataError,
+        match=rf"^score.source {re.escape(str(folder))}: column 'signup_date': 'soon' does not parse as a date$",
+    ):
+        score_batch(
+            ctx,
+            ScoreParams(source=str(folder), model_run="local"),
+            engine="dask",
+            dask=DaskParams(scheduler="local:2"),
+            progress=False,
+        )
+    assert not list((churn_run.root / "store" / "runs" / "late").rglob("*.parquet"))
+    assert ctx.tracker.step_artifacts("late", ("score",)) == []
 
 
 @pytest.mark.services

@@ -48,6 +48,7 @@ from workbench.storage.catalog import (
     part_key,
     parts_prefix,
 )
+from workbench.storage.datasets import first_lacking, is_dataset, open_dataset
 from workbench.storage.parts import part_keys
 from workbench.storage.sources import Source, count_rows, describe, iter_source
 from workbench.tracking.aliases import is_alias, resolve
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from workbench.run.context import StepContext
     from workbench.storage.base import ArtifactInfo
     from workbench.storage.catalog import Artifact
+    from workbench.storage.datasets import Fragment
 
 
 SOURCE_KEY = "score.source"
@@ -137,6 +139,21 @@ class ModelInputs:
             raise DataError(
                 f"{SOURCE_KEY} {source}: lacks the model's input column{'s' if len(missing) > 1 else ''} {shown} "
                 f"({len(missing)} missing); score a table with the columns the model was trained on"
+            )
+
+    def check_files(self, schema: pa.Schema, fragments: Iterable[Fragment], source: str) -> None:
+        """The dataset's unified ``schema`` has every input column, and so does each of its files:
+        the unified schema reads a column a file lacks as null there, so its rows would be scored on
+        the training means, not refused. Asked before anything is scored or written."""
+        self.check(schema, source)
+        found = first_lacking(fragments, self.features)
+        if found:
+            fragment, missing = found
+            shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise DataError(
+                f"{SOURCE_KEY} {fragment.uri}: lacks the model's input column{'s' if len(missing) > 1 else ''} "
+                f"{shown}, which other files of {source} hold; write the column into this file or leave the file "
+                "out of score.source"
             )
 
     def matrix(self, table: pa.Table, source: str) -> np.ndarray:
@@ -504,6 +521,9 @@ def score_batch(
     scored = scored_source(ctx, source, model_run)
     source, shown = scored.source, scored.shown
     inputs = model_inputs(ctx, model_run)
+    if is_dataset(source):
+        dataset = open_dataset(source, SOURCE_KEY)
+        inputs.check_files(dataset.schema, dataset.fragments, shown)
     predict = predictor(ctx, backend, model_run)
     publisher = None
     if publish_url:
@@ -749,6 +769,7 @@ def score_on_cluster(
     inputs = model_inputs(ctx, model_run)
     predictor(ctx, params.backend, model_run)  # the model's files checked here, before any worker starts
     parts = partitions(scored.source, SOURCE_KEY)
+    inputs.check_files(parts[0].reader.schema, [p.fragment for p in parts], scored.shown)  # before any worker starts
     publish_url, publish_table = (publish.url, publish.table) if publish else ("", "")
     if publish_url:
         from workbench.storage.publish import Publisher, prediction_rows
@@ -772,16 +793,20 @@ def score_on_cluster(
     )
     ctx.discard(PREDICTIONS)  # an earlier attempt's one file, or its parts past this source's count
     started = time.perf_counter()
-    with connect(dask.scheduler) as client:
-        futures = run_tasks(
-            client,
-            _score_part,
-            [(f, job) for f in parts],
-            desc="scoring",
-            weights=[f.rows for f in parts],
-            progress=progress,
-        )
-        results = client.gather(futures)
+    try:
+        with connect(dask.scheduler) as client:
+            futures = run_tasks(
+                client,
+                _score_part,
+                [(f, job) for f in parts],
+                desc="scoring",
+                weights=[f.rows for f in parts],
+                progress=progress,
+            )
+            results = client.gather(futures)
+    except Exception:
+        ctx.discard(PREDICTIONS)  # the parts that other tasks wrote: a failed step leaves no predictions to read
+        raise
     seconds = time.perf_counter() - started
     total = Scored(0, Unscored(), _Tally(inputs.target, params.batch_size), seconds, None)
     for part, info in results:

@@ -28,7 +28,7 @@ import functools
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,7 +308,8 @@ class Fragment:
     """One file of a dataset: its place in the dataset's order (``index``; ``offset`` is the table's
     row number of its first row), where it is, its size and rows (from its footer), and the hive
     folder it sits in relative to the dataset's base (``date=2026-12-01/region=eu``), whose values
-    become columns."""
+    become columns. ``columns`` are those the file itself holds (its footer's and its folder's):
+    the dataset's other columns read as null in it."""
 
     index: int
     offset: int
@@ -317,6 +318,7 @@ class Fragment:
     size: int
     rows: int
     folder: str
+    columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -416,10 +418,25 @@ def open_dataset(source: str, key: str = "data.source") -> Dataset:
     counts = [rows for _, rows in footers]
     offsets = list(itertools.accumulate(counts, initial=0))[:-1]
     fragments = tuple(
-        Fragment(index, offset, item.path, listing.uri(item), item.size, rows, folder)
-        for index, (item, rows, folder, offset) in enumerate(zip(listing.files, counts, folders, offsets, strict=True))
+        Fragment(index, offset, item.path, listing.uri(item), item.size, rows, folder, (*own.names, *_keys(folder)))
+        for index, (item, (own, rows), folder, offset) in enumerate(
+            zip(listing.files, footers, folders, offsets, strict=True)
+        )
     )
     return Dataset(source, fragments, FragmentReader(listing.place, schema, partitioning, key))
+
+
+def first_lacking(fragments: Iterable[Fragment], columns: Iterable[str]) -> tuple[Fragment, list[str]] | None:
+    """The first file, in the dataset's order, that lacks some of ``columns`` (they would read as null
+    in all its rows), and those it lacks; None when every file holds them all. For a reader that
+    needs each file to hold a column (a model's inputs), not merely the unified schema."""
+    wanted = list(columns)
+    for fragment in fragments:
+        held = set(fragment.columns)
+        missing = [c for c in wanted if c not in held]
+        if missing:
+            return fragment, missing
+    return None
 
 
 def check_dataset(source: str, key: str = "data.source") -> Listing:
@@ -456,6 +473,11 @@ def _reason(exc: Exception) -> str:
     said = str(exc).strip()
     first = said.splitlines()[0] if said else type(exc).__name__
     return re.sub(r"\s*\(Request ID: [^)]*\)", "", first)
+
+
+def _keys(folder: str) -> list[str]:
+    """The hive keys of a file's folder (``date`` and ``region`` of ``date=2026-12-01/region=eu``)."""
+    return [unquote(name) for name, eq, _ in (p.partition("=") for p in folder.split("/") if folder) if eq and name]
 
 
 def _partition_schema(folders: list[str]) -> pa.Schema:
