@@ -46,12 +46,13 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml ./
 # The build of the locked torch version from TORCH_INDEX first (PyPI's, with CUDA, by default); the lock's
 # `torch==2.13.0` accepts it, so the second install keeps it. Then what the package needs when it
-# runs (pyproject's dependencies and the postgres extra) at the lock's pins; the lock's test, lint,
+# runs (pyproject's dependencies, the postgres extra, and the dask extra so that the image also serves
+# as a Dask cluster's worker) at the lock's pins; the lock's test, lint,
 # notebook-editing and benchmark tools stay out of the image.
 RUN grep '^torch==' requirements.lock > /tmp/torch.txt \
     && pip install --requirement /tmp/torch.txt --index-url "${TORCH_INDEX}" \
     && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/runtime.txt \
+x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['postgres'] + x['dask']))" > /tmp/runtime.txt \
     && pip install --constraint requirements.lock --requirement /tmp/runtime.txt
 
 COPY README.md ./

@@ -33,4 +33,8 @@ if [ "${1:-}" = "nightly" ]; then  # the nightly refresh: train, promote through
     exec /bin/sh "$(dirname "$0")/nightly.sh" "$@"
 fi
 
+if [ "${1:-}" = "dask" ]; then  # a Dask cluster's scheduler or worker: `dask worker tcp://HOST:8786`
+    exec "$@"
+fi
+
 exec workbench "$@"

@@ -401,7 +401,8 @@ def test_a_dataset_lacking_an_input_column_is_one_line_and_leaves_no_predictions
         every: rf"score.source {re.escape(str(every))}: {lacks} \(1 missing\); score a table with the columns the "
         "model was trained on",
         third: rf"score.source {re.escape(str(third))}/part-0002.parquet: {lacks}, which other files of "
-        rf"{re.escape(str(third))} hold; write the column into this file or leave the file out of score.source",
+        rf"{re.escape(str(third))} hold and training never saw empty; write the column into this file or leave the "
+        "file out of score.source",
     }
     for source, said in expected.items():
         given = sets(f"store={store}", f"db={db}", "score.model_run=local", f"score.source={source}", *engine_sets)

@@ -154,6 +154,14 @@ def test_nightly_trains_promotes_through_the_gate_and_scores_with_the_champion(t
         assert broken.returncode == int(code) and len(log.read_text().splitlines()) == 2
 
 
+def test_the_image_runs_a_dask_scheduler_or_worker(entry, tmp_path):
+    """`docker run IMAGE dask worker tcp://...`: the image is a worker of an engine: dask cluster."""
+    fake = tmp_path / "bin" / "dask"  # the entry fixture's bin folder, first on PATH
+    fake.write_text('#!/bin/sh\necho dask "$@"\n')
+    fake.chmod(0o755)
+    assert entry("dask", "worker", "tcp://10.0.0.9:8786") == ["dask worker tcp://10.0.0.9:8786"]
+
+
 def test_serve_binds_port_8080_on_every_interface(entry):
     assert entry("serve") == ["serve", "--set", "serve.host=0.0.0.0", "--set", "serve.port=8080"]
 

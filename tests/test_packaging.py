@@ -85,9 +85,10 @@ def test_ci_calls_the_readme_test_command():
 
 
 def runtime_requirements() -> list[str]:
-    """What the image installs: the package's dependencies and its postgres extra, not the tools."""
+    """What the image installs: the package's dependencies and its postgres and dask extras, not the tools."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + project["optional-dependencies"]["postgres"]
+    extras = project["optional-dependencies"]
+    return project["dependencies"] + extras["postgres"] + extras["dask"]
 
 
 def _closure(requirements: list[str]) -> set[str]:

@@ -142,18 +142,21 @@ class ModelInputs:
             )
 
     def check_files(self, schema: pa.Schema, fragments: Iterable[Fragment], source: str) -> None:
-        """The dataset's unified ``schema`` has every input column, and so does each of its files:
-        the unified schema reads a column a file lacks as null there, so its rows would be scored on
-        the training means, not refused. Asked before anything is scored or written."""
+        """The dataset's unified ``schema`` has every input column, and so does each of its files,
+        unless training had gaps in that column. The unified schema reads a column a file lacks as
+        null there: where training saw gaps (prepare read such files the same way) those rows are
+        gaps as they were then; elsewhere they would all be scored on the training mean, so that
+        file is refused. Asked before anything is scored or written."""
         self.check(schema, source)
-        found = first_lacking(fragments, self.features)
+        required = [spec["name"] for spec in self.encoding.columns if not spec.get("missing")]
+        found = first_lacking(fragments, required)
         if found:
             fragment, missing = found
             shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise DataError(
                 f"{SOURCE_KEY} {fragment.uri}: lacks the model's input column{'s' if len(missing) > 1 else ''} "
-                f"{shown}, which other files of {source} hold; write the column into this file or leave the file "
-                "out of score.source"
+                f"{shown}, which other files of {source} hold and training never saw empty; write the column into "
+                "this file or leave the file out of score.source"
             )
 
     def matrix(self, table: pa.Table, source: str) -> np.ndarray:

@@ -459,7 +459,8 @@ def _footer(place: Place, path: str, size: int, stamp: str, key: str) -> tuple[p
         piece = _parquet_format().make_fragment(path, place.filesystem(), file_size=size)
         return piece.physical_schema, piece.metadata.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
-        if "magic bytes not found" in str(exc):  # no Parquet footer at all: another kind of file
+        named = str(path).lower().endswith(PARQUET_SUFFIXES)  # named Parquet: a file cut short, not another kind
+        if "magic bytes not found" in str(exc) and not named:  # no Parquet footer at all: another kind of file
             raise DataError(
                 f"{key} {place.uri(path)}: not a Parquet file (no Parquet footer); a dataset reads Parquet only: "
                 "narrow the pattern to the Parquet files (e.g. *.parquet), or convert or move this file"
