@@ -104,8 +104,8 @@ def _key(result, name: str) -> str:
 
 @pytest.mark.e2e
 def test_a_killed_run_leaves_an_orphan_the_next_command_removes(tmp_path, temp_dir):
-    """kill -9 leaves the run's scratch with its kernel's connection file (the kernel's HMAC key);
-    the next workbench command finds its process gone and removes it."""
+    """kill -9 leaves the run's scratch with its kernel's connection file (the kernel's HMAC key) and its kernels running;
+    the next workbench command finds its process gone, stops them and removes it."""
     db = f"sqlite:///{tmp_path}/tracking.db"
     temp = Path(temp_dir["TMPDIR"])
     proc = subprocess.Popen(
@@ -125,6 +125,12 @@ def test_a_killed_run_leaves_an_orphan_the_next_command_removes(tmp_path, temp_d
         proc.wait()
     orphan = next(temp.glob(f"workbench-{proc.pid}-*"))
     assert list(orphan.glob("run-*/*-kernel.json"))  # the key is still on disk after kill -9
+    kernels = [int(p.name.removeprefix("child-")) for p in orphan.glob("child-*")]
+    assert kernels  # the run's kernels outlive it, still importing
     listed = workbench("runs", f"--set=db={db}", env=temp_dir)
     assert listed.code == 0, listed.stderr
     assert not orphan.exists()
+    alive = [
+        pid for pid in kernels if Path(f"/proc/{pid}").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    ]
+    assert not alive, f"kernels of the killed run still running: {alive}"

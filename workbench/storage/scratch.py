@@ -18,13 +18,16 @@ import functools
 import os
 import re
 import shutil
+import signal
 import string
 import tempfile
+import time
 from pathlib import Path
 
 ENV = "WORKBENCH_SCRATCH"
 _NAME = re.compile(r"workbench-(\d+)-([0-9a-z]+)")
 _DIGITS = string.digits + string.ascii_lowercase
+_CHILD = "child-"  # a file per adopted process: child-<pid>, holding when it started
 
 
 def _base36(number: int) -> str:
@@ -62,8 +65,41 @@ def _owner_gone(folder: Path) -> bool:
     return bool(match) and _started(int(match[1])) != match[2]
 
 
+def adopt(pid: int) -> None:
+    """Record process ``pid`` (a step's kernel) as this process's: if this process is killed
+    outright, the sweep that removes its scratch stops it first. A kernel still importing when its
+    run dies outlives it for a while and writes into the run's scratch (its sockets, its timings),
+    so the folder would come back half removed; and it holds the key of the removed connection file."""
+    (root() / f"{_CHILD}{pid}").write_text(_started(pid) or "")
+
+
+def _stop_children(folder: Path) -> None:
+    """Kill the processes a gone process adopted (those still alive and started when recorded)."""
+    stopped = []
+    for entry in folder.glob(f"{_CHILD}*"):
+        pid = int(entry.name.removeprefix(_CHILD))
+        try:
+            if _started(pid) == entry.read_text():
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
+        except (OSError, ValueError):
+            continue
+    deadline = time.monotonic() + 5
+    while stopped and time.monotonic() < deadline:  # killed is not yet gone: its writes may be in flight
+        stopped = [pid for pid in stopped if _started(pid) is not None and not _zombie(pid)]
+        time.sleep(0.05)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
 def sweep(where: Path | None = None) -> list[Path]:
-    """Remove the scratch folders of processes that are gone; returns what was removed."""
+    """Remove the scratch folders of processes that are gone, and stop what they left running;
+    returns what was removed."""
     where = Path(where or tempfile.gettempdir())
     try:
         found = [entry for entry in where.iterdir() if entry.name.startswith("workbench-")]
@@ -72,6 +108,7 @@ def sweep(where: Path | None = None) -> list[Path]:
     removed = []
     for folder in found:
         if folder.is_dir() and not folder.is_symlink() and _owner_gone(folder):
+            _stop_children(folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
