@@ -68,6 +68,18 @@ def _shown(value: Any, width: int = 40) -> str:
 # ---- fitting: Arrow chunks in, counts and moments kept --------------------------------------------
 
 
+def combine_moments(
+    n: np.ndarray, mean: np.ndarray, m2: np.ndarray, n2: np.ndarray, mean2: np.ndarray, m22: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean and sum of squared deviations of two groups of rows taken together (Chan et al.'s
+    pairwise combine, stable where a sum of squares is not): how chunks and partitions add up to
+    the fit of their union."""
+    total = n + n2
+    share = np.divide(n2, total, out=np.zeros_like(np.asarray(mean, dtype=np.float64)), where=total > 0)
+    delta = mean2 - mean
+    return total, mean + delta * share, m2 + (m22 + delta**2 * n * share)
+
+
 class _Moments:
     """Count, mean and sum of squared deviations per column, merged chunk by chunk (Chan et al.)."""
 
@@ -90,12 +102,7 @@ class _Moments:
     def merge(self, later: _Moments) -> None:
         """Take in the moments of other rows (Chan et al.'s pairwise combine, stable where a sum of
         squares is not), so partial fits of partitions add up to the fit of their union."""
-        total = self.n + later.n
-        share = np.divide(later.n, total, out=np.zeros_like(self.mean), where=total > 0)
-        delta = later.mean - self.mean
-        self.mean += delta * share
-        self.m2 += later.m2 + delta**2 * self.n * share
-        self.n = total
+        self.n, self.mean, self.m2 = combine_moments(self.n, self.mean, self.m2, later.n, later.mean, later.m2)
 
     def scale(self) -> np.ndarray:
         std = np.sqrt(np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import DataError
-from workbench.ml.encoding import Target, category_key
+from workbench.ml.encoding import Target, category_key, combine_moments
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -129,22 +129,12 @@ class Moments:
             m2 = np.where(finite, (x - mean) ** 2, 0.0).sum(axis=0)
             self.low = np.minimum(self.low, np.where(finite, x, np.inf).min(axis=0))
             self.high = np.maximum(self.high, np.where(finite, x, -np.inf).max(axis=0))
-        total = self.n + n
-        share = np.divide(n, total, out=np.zeros_like(self.mean), where=total > 0)
-        delta = mean - self.mean
-        self.mean += delta * share
-        self.m2 += m2 + delta**2 * self.n * share
-        self.n = total
+        self.n, self.mean, self.m2 = combine_moments(self.n, self.mean, self.m2, n, mean, m2)
 
     def merge(self, later: Moments) -> Moments:
         """Take in the moments of other rows by the same pairwise combine as :meth:`add` (stable: no
         sum of squares); returns ``self``, for a reduction."""
-        total = self.n + later.n
-        share = np.divide(later.n, total, out=np.zeros_like(self.mean), where=total > 0)
-        delta = later.mean - self.mean
-        self.mean += delta * share
-        self.m2 += later.m2 + delta**2 * self.n * share
-        self.n = total
+        self.n, self.mean, self.m2 = combine_moments(self.n, self.mean, self.m2, later.n, later.mean, later.m2)
         self.low = np.minimum(self.low, later.low)
         self.high = np.maximum(self.high, later.high)
         return self

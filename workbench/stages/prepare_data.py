@@ -203,13 +203,7 @@ def prepare_data(
             spool.close()
         if ranges is None or not rows:
             raise DataError(f"{where}no rows")
-        task = labels.finish()
-        groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
-        if task.regression and groups[0] < MIN_CLASS_ROWS:
-            raise DataError(
-                f"{where}data.target {target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
-            )
-        plans = split_plan(groups, params.val_fraction, params.test_fraction, seed)
+        task, groups, plans = _plan(labels, rows, params, seed, where)
         seen = np.zeros(len(groups), dtype=np.int64)
         writers = {name: pq.ParquetWriter(folder / SPLIT_ARTIFACTS[name].file, ranges.schema) for name in SPLITS}
         numeric = [c for c in ranges.columns if c in ranges.low]  # a numeric column empty throughout is refused below
@@ -241,6 +235,20 @@ def prepare_data(
     return _record(
         ctx, params, seed, shown, Passes(ranges, rows, task, plans, encoding, fit.moments, fit.histograms, sample)
     )
+
+
+def _plan(
+    labels: TargetFitter, rows: int, params: DataParams, seed: int, where: str
+) -> tuple[Target, list[int], list[np.ndarray]]:
+    """The target as fitted on all ``rows``, the rows per stratum (class, or one for regression) and
+    each stratum's split plan: drawn from the whole table's counts, whichever engine counted them."""
+    task = labels.finish()
+    groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
+    if task.regression and groups[0] < MIN_CLASS_ROWS:
+        raise DataError(
+            f"{where}data.target {params.target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
+        )
+    return task, groups, split_plan(groups, params.val_fraction, params.test_fraction, seed)
 
 
 def _assign(task: Target, labels: pa.ChunkedArray, plans: list[np.ndarray], seen: np.ndarray, where: str) -> np.ndarray:
@@ -620,13 +628,7 @@ def prepare_on_cluster(
         rows = sum(c[3] for c in counted)
         if ranges is None or not rows:
             raise DataError(f"{where}no rows")
-        task = labels.finish()
-        groups = class_counts(task, labels.counts) if not task.regression else [rows - task.missing]
-        if task.regression and groups[0] < MIN_CLASS_ROWS:
-            raise DataError(
-                f"{where}data.target {params.target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
-            )
-        plans = split_plan(groups, params.val_fraction, params.test_fraction, seed)
+        task, groups, plans = _plan(labels, rows, params, seed, where)
         offsets = np.zeros(len(groups), dtype=np.int64)
         slices = []
         for part_labels, _, _, part_rows in counted:
