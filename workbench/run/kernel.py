@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench.storage import scratch
 from workbench.storage.catalog import suffix
 from workbench.storage.scratch import ENV as SCRATCH_ENV
 
@@ -105,8 +104,6 @@ class WarmKernel:
             stderr=self.log,
             extra_arguments=[f"--IPKernelApp.exec_lines={self.preload}"],
         )
-        if km.provisioner is not None and km.provisioner.pid:  # type: ignore[attr-defined]
-            scratch.adopt(km.provisioner.pid)  # type: ignore[attr-defined]
         return km
 
     def ready(self, timeout: float = STARTUP_TIMEOUT) -> None:

@@ -14,6 +14,7 @@ folder in ``WORKBENCH_SCRATCH`` and keep theirs inside it, so the run's whole sc
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import re
@@ -27,7 +28,6 @@ from pathlib import Path
 ENV = "WORKBENCH_SCRATCH"
 _NAME = re.compile(r"workbench-(\d+)-([0-9a-z]+)")
 _DIGITS = string.digits + string.ascii_lowercase
-_CHILD = "child-"  # a file per adopted process: child-<pid>, holding when it started
 
 
 def _base36(number: int) -> str:
@@ -65,25 +65,30 @@ def _owner_gone(folder: Path) -> bool:
     return bool(match) and _started(int(match[1])) != match[2]
 
 
-def adopt(pid: int) -> None:
-    """Record process ``pid`` (a step's kernel) as this process's: if this process is killed
-    outright, the sweep that removes its scratch stops it first. A kernel still importing when its
-    run dies outlives it for a while and writes into the run's scratch (its sockets, its timings),
-    so the folder would come back half removed; and it holds the key of the removed connection file."""
-    (root() / f"{_CHILD}{pid}").write_text(_started(pid) or "")
-
-
-def _stop_children(folder: Path) -> None:
-    """Kill the processes a gone process adopted (those still alive and started when recorded)."""
-    stopped = []
-    for entry in folder.glob(f"{_CHILD}*"):
-        pid = int(entry.name.removeprefix(_CHILD))
+def users(folder: Path) -> list[int]:
+    """The processes told to keep their scratch inside ``folder`` (``WORKBENCH_SCRATCH`` in their
+    environment): a run's step kernels and what they start. Read from ``/proc``; empty where the
+    system has none."""
+    marker = f"{ENV}={folder}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if _started(pid) == entry.read_text():
-                os.kill(pid, signal.SIGKILL)
-                stopped.append(pid)
-        except (OSError, ValueError):
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or another user's
             continue
+        if any(v == marker or v.startswith(marker + b"/") for v in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return [pid for pid in found if pid != os.getpid() and not _zombie(pid)]
+
+
+def _stop_users(folder: Path) -> None:
+    """Kill what a gone process left running in its scratch. A kernel still importing when its run
+    is killed outright outlives it for a while and writes into the run's scratch (its sockets, its
+    timings), so the folder would come back half removed; and it holds the removed key's secret."""
+    stopped = users(folder)
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while stopped and time.monotonic() < deadline:  # killed is not yet gone: its writes may be in flight
         stopped = [pid for pid in stopped if _started(pid) is not None and not _zombie(pid)]
@@ -108,7 +113,7 @@ def sweep(where: Path | None = None) -> list[Path]:
     removed = []
     for folder in found:
         if folder.is_dir() and not folder.is_symlink() and _owner_gone(folder):
-            _stop_children(folder)
+            _stop_users(folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
