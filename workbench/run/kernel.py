@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -126,24 +125,10 @@ class WarmKernel:
                 self.km = self._start()
 
     async def _answer(self, timeout: float) -> None:
-        """One kernel_info round trip. jupyter_client's ``wait_for_ready`` then also waits for
-        0.2 s of silence on IOPub, which papermill's own client does again: once is enough."""
         client = self.km.client()
         client.start_channels()
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                client.kernel_info()
-                try:
-                    reply = await client.shell_channel.get_msg(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
-                    if reply["msg_type"] == "kernel_info_reply":
-                        return
-                except queue.Empty:
-                    pass
-                if not await self.km.is_alive():
-                    raise RuntimeError("the kernel died before it answered")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the kernel did not answer in {timeout:g} s")
+            await client.wait_for_ready(timeout=timeout)
         finally:
             client.stop_channels()
 
