@@ -38,6 +38,7 @@ from workbench.storage.sources import CHUNK_ROWS, count_rows, describe, is_parqu
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
     from matplotlib.figure import Figure
 
     from workbench.config.schema import DaskParams, DataParams
@@ -170,7 +171,6 @@ def prepare_data(
         return prepare_on_cluster(
             ctx, params, seed=seed, dask=dask or DaskParams(), chunk_rows=chunk_rows, progress=progress
         )
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source, target = params.source, params.target
@@ -213,13 +213,7 @@ def prepare_data(
         with bar(total=rows, desc="splitting") as split_rows:
             for table in iter_source(again, chunk_rows):
                 assigned = _assign(task, table.column(target), plans, seen, where)
-                for i, name in enumerate(SPLITS):
-                    part = table.filter(pa.array(assigned == i))
-                    writers[name].write_table(part)
-                    if name == "train":
-                        fit.add(part, task, numeric, sample)
-                    else:
-                        fitter.check(part)
+                _write_splits(table, assigned, writers, fit, task, numeric, sample)
                 split_rows.update(table.num_rows)
         for writer in writers.values():
             writer.close()
@@ -249,6 +243,28 @@ def _plan(
             f"{where}data.target {params.target!r} has {groups[0]} value(s); needs {MIN_CLASS_ROWS} or more rows to split"
         )
     return task, groups, split_plan(groups, params.val_fraction, params.test_fraction, seed)
+
+
+def _write_splits(
+    table: pa.Table,
+    assigned: np.ndarray,
+    writers: dict[str, pq.ParquetWriter],
+    fit: _PartialFit,
+    task: Target,
+    numeric: list[str],
+    sample: list[pd.DataFrame],
+) -> None:
+    """Send each row of a chunk to its split's file; the training rows feed the fit, the others are
+    only checked against it. The same for both engines, so their splits and fits agree."""
+    import pyarrow as pa
+
+    for i, name in enumerate(SPLITS):
+        part = table.filter(pa.array(assigned == i))
+        writers[name].write_table(part)
+        if name == "train":
+            fit.add(part, task, numeric, sample)
+        else:
+            fit.fitter.check(part)
 
 
 def _assign(task: Target, labels: pa.ChunkedArray, plans: list[np.ndarray], seen: np.ndarray, where: str) -> np.ndarray:
@@ -540,7 +556,6 @@ def _second_pass(
 ) -> tuple[_PartialFit, list[ArtifactInfo], pd.DataFrame]:
     """One partition split by its slice of the plan, each split's rows written as this partition's
     part (replaced whole if the task runs again), and the partial fit of its training rows."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from workbench.engine.partitions import read_partition
@@ -565,13 +580,7 @@ def _second_pass(
                     name: pq.ParquetWriter(Path(tmp) / SPLIT_ARTIFACTS[name].file, table.schema) for name in SPLITS
                 }
             assigned = _assign(task, table.column(params.target), plans, seen, job.where)
-            for i, name in enumerate(SPLITS):
-                part = table.filter(pa.array(assigned == i))
-                writers[name].write_table(part)
-                if name == "train":
-                    fit.add(part, task, numeric, sample)
-                else:
-                    fit.fitter.check(part)
+            _write_splits(table, assigned, writers, fit, task, numeric, sample)
         if any(seen[c] != len(plans[c]) for c in range(len(plans))):
             raise DataError(f"{job.where}changed while it was read; run the step again")
         infos = []
